@@ -1,0 +1,1 @@
+"""Benchmarks that drive real syncd components and print figures."""
