@@ -1,0 +1,630 @@
+"""The device's local SQLite database: server rows, the sync checkpoint and the edit outbox.
+
+Strategy. Every public method is one short synchronous SQLite transaction (milliseconds for a
+1,000-row batch), so the asyncio SDK may call it inline or hand it to a thread with
+`asyncio.to_thread`; a lock serializes callers, and the connection is not bound to a thread.
+
+Durability. The database runs in WAL mode with `synchronous=NORMAL`: a commit is not fsynced
+until the next checkpoint of the WAL, so power loss may drop the last few committed
+transactions. That is safe here because a batch of changes and the checkpoint that follows it
+commit in ONE transaction: whatever is lost, the stored checkpoint is lost with it, and the
+server re-sends everything after the checkpoint that survived. (A local edit could be lost the
+same way; that is the usual mobile trade for not paying an fsync per keystroke.)
+
+Server rows are applied with a version-guarded upsert (see `Entity.upsert_sql`), passing the
+decoded wire rows straight to `executemany`: no Python work per row or per value.
+
+Pending edits win locally. Each local edit changes the visible table and appends to
+`_syncd_outbox` in the same transaction. While a key has queued edits, the server's row for it
+is kept aside in the entity's base table (`_syncd_base_<entity>`), and the visible row is
+always "base row + queued edits replayed in order" (`_settle`). So a server change that
+arrives before the edit is uploaded is merged under the edit instead of discarding it; the
+server detects and resolves the conflict when the edit is uploaded, because the edit carries
+the version it was made against (`base_version`).
+
+Upload results: applied -> the base row takes the edit and the new version; conflict -> the
+base row becomes the server's row (or goes away), and the error is recorded; rejected -> the
+edit is dropped and recorded, so the row reverts to the server's last known row (a rejected
+insert disappears). In every case the op leaves the outbox and the key is settled again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import orjson
+
+from syncd.client.localschema import (
+    VERSION_COLUMN,
+    Entity,
+    EntitySchemaLike,
+    InvalidSchema,
+    quote,
+)
+from syncd.client.outbox import (
+    OpKind,
+    SyncError,
+    UploadBatch,
+    UploadOp,
+    decode_values,
+    encode_values,
+)
+
+MIN_SQLITE = (3, 37, 0)
+"""STRICT tables (3.37) reject wrongly typed server values; upserts need 3.24, DROP COLUMN 3.35."""
+
+Changes = Sequence[tuple[str, Sequence[Sequence[Any]], Sequence[Any]]]
+"""(entity, upsert rows in wire order each ending with the version, deleted keys)."""
+
+_META_DDL = (
+    "CREATE TABLE IF NOT EXISTS _syncd_meta (name TEXT PRIMARY KEY, value ANY) STRICT",
+    "CREATE TABLE IF NOT EXISTS _syncd_schema (entity TEXT PRIMARY KEY, key TEXT NOT NULL,"
+    " columns TEXT NOT NULL, writable TEXT NOT NULL) STRICT",
+    "CREATE TABLE IF NOT EXISTS _syncd_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " batch_id TEXT, op TEXT NOT NULL, entity TEXT NOT NULL, key ANY NOT NULL,"
+    ' base_version INTEGER, "values" TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT',
+    "CREATE INDEX IF NOT EXISTS _syncd_outbox_key ON _syncd_outbox (entity, key)",
+    "CREATE INDEX IF NOT EXISTS _syncd_outbox_batch ON _syncd_outbox (batch_id)"
+    " WHERE batch_id IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS _syncd_errors (id INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
+    " entity TEXT NOT NULL, key ANY, op TEXT NOT NULL, code ANY, reason TEXT,"
+    " at INTEGER NOT NULL) STRICT",
+)
+
+_CHECKPOINT = "checkpoint"
+_FINGERPRINT = "fingerprint"
+
+
+class UnknownEntity(LookupError):
+    """An entity name that is not in the applied model summary."""
+
+
+class InvalidEdit(ValueError):
+    """A local edit the app asked for that the model or the current rows do not allow."""
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class LocalDB:
+    """The SDK's SQLite store. Build with `LocalDB.open(path)`; close with `close()`."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+        self._lock = threading.Lock()
+        self._entities: dict[str, Entity] = {}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> LocalDB:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is older than {MIN_SQLITE}")
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per call.
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            db = cls(connection)
+            with db._write() as cur:
+                for ddl in _META_DDL:
+                    cur.execute(ddl)
+                db._entities = db._load_entities(cur)
+        except BaseException:
+            connection.close()
+            raise
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> LocalDB:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One IMMEDIATE transaction: it commits whole or rolls back whole."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # -- model --------------------------------------------------------------------------
+
+    @staticmethod
+    def _load_entities(cur: sqlite3.Cursor) -> dict[str, Entity]:
+        entities: dict[str, Entity] = {}
+        for name, key, columns, writable in cur.execute(
+            "SELECT entity, key, columns, writable FROM _syncd_schema"
+        ):
+            cols = tuple((c[0], c[1]) for c in orjson.loads(columns))
+            entities[name] = Entity(name, key, cols, frozenset(orjson.loads(writable)))
+        return entities
+
+    def _entity(self, name: str) -> Entity:
+        try:
+            return self._entities[name]
+        except KeyError:
+            raise UnknownEntity(f"no entity {name!r} in the local model") from None
+
+    def entities(self) -> list[str]:
+        return sorted(self._entities)
+
+    def apply_schema(self, entities: Sequence[EntitySchemaLike], fingerprint: str) -> list[str]:
+        """Make the local tables match the server's model; return entities to re-download.
+
+        New columns are added; removed columns and entities are dropped (the device must not
+        keep data the model no longer gives it, and queued edits of a dropped entity go too).
+        A changed key or column type cannot be migrated in place: that entity's table is
+        recreated empty and its name returned.
+        """
+        if not isinstance(fingerprint, str):
+            raise InvalidSchema(f"schema fingerprint {fingerprint!r} is not text")
+        wanted: dict[str, Entity] = {}
+        for schema in entities:
+            entity = Entity.from_schema(schema)
+            if entity.name in wanted:
+                raise InvalidSchema(f"entity {entity.name} appears twice in the model")
+            wanted[entity.name] = entity
+        recreated: list[str] = []
+        with self._write() as cur:
+            for name, old in self._entities.items():
+                if name not in wanted:
+                    cur.execute(f"DROP TABLE IF EXISTS {old.table}")
+                    cur.execute(f"DROP TABLE IF EXISTS {old.base}")
+                    cur.execute("DELETE FROM _syncd_outbox WHERE entity = ?", (name,))
+                    cur.execute("DELETE FROM _syncd_schema WHERE entity = ?", (name,))
+            for name, new in wanted.items():
+                old_entity = self._entities.get(name)
+                if old_entity is None:
+                    self._create_tables(cur, new)
+                elif self._needs_recreate(old_entity, new):
+                    cur.execute(f"DROP TABLE {old_entity.table}")
+                    cur.execute(f"DROP TABLE {old_entity.base}")
+                    self._create_tables(cur, new)
+                    recreated.append(name)
+                else:
+                    self._evolve_columns(cur, old_entity, new)
+                cur.execute(
+                    "INSERT OR REPLACE INTO _syncd_schema (entity, key, columns, writable)"
+                    " VALUES (?, ?, ?, ?)",
+                    (
+                        name,
+                        new.key,
+                        orjson.dumps(new.columns).decode(),
+                        orjson.dumps(sorted(new.writable)).decode(),
+                    ),
+                )
+            self._set_meta(cur, _FINGERPRINT, fingerprint)
+            for name in recreated:
+                # Queued edits survive a recreate: replay them onto the empty table now;
+                # rows they edit come back under them as the re-download arrives.
+                for key in self._pending_keys(cur, wanted[name]):
+                    self._settle(cur, wanted[name], key)
+        self._entities = wanted
+        return recreated
+
+    @staticmethod
+    def _needs_recreate(old: Entity, new: Entity) -> bool:
+        old_types = old.types
+        changed = any(old_types.get(n, t) != t for n, t in new.columns)
+        return changed or old.key != new.key
+
+    @staticmethod
+    def _create_tables(cur: sqlite3.Cursor, entity: Entity) -> None:
+        cur.execute(entity.create_sql(entity.table))
+        cur.execute(entity.create_sql(entity.base))
+
+    @staticmethod
+    def _evolve_columns(cur: sqlite3.Cursor, old: Entity, new: Entity) -> None:
+        old_names = set(old.column_names)
+        new_names = set(new.column_names)
+        for table in (new.table, new.base):
+            for column in new.column_names:
+                if column not in old_names:
+                    cur.execute(new.add_column_sql(table, column))
+            for column in old.column_names:
+                if column not in new_names:
+                    cur.execute(old.drop_column_sql(table, column))
+
+    # -- meta ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _set_meta(cur: sqlite3.Cursor, name: str, value: Any) -> None:
+        cur.execute("INSERT OR REPLACE INTO _syncd_meta (name, value) VALUES (?, ?)", (name, value))
+
+    def meta(self, name: str) -> Any:
+        """A stored session value (server identity, session info), or None."""
+        rows = self._read("SELECT value FROM _syncd_meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, name: str, value: str | bytes | int | float | None) -> None:
+        with self._write() as cur:
+            self._set_meta(cur, name, value)
+
+    def checkpoint(self) -> bytes | None:
+        value = self.meta(_CHECKPOINT)
+        return cast(bytes | None, value)
+
+    def schema_fingerprint(self) -> str | None:
+        value = self.meta(_FINGERPRINT)
+        return cast(str | None, value)
+
+    # -- server changes -----------------------------------------------------------------
+
+    def apply_batch(self, changes: Changes, checkpoint: bytes | None) -> None:
+        """Apply server changes and then store `checkpoint`, all in one transaction.
+
+        Upserts go first, then deletes (deleting a key we do not have is a no-op). Any
+        failure, such as a row of the wrong length or type, rolls back the whole batch and
+        leaves the previous checkpoint, so the server re-sends it.
+        """
+        with self._write() as cur:
+            for name, upserts, deletes in changes:
+                entity = self._entity(name)
+                pending = self._pending_keys(cur, entity)
+                if pending:
+                    self._apply_under_edits(cur, entity, upserts, deletes, pending)
+                    continue
+                if upserts:
+                    cur.executemany(entity.upsert_sql(entity.table), upserts)
+                if deletes:
+                    cur.executemany(entity.delete_sql(entity.table), ((k,) for k in deletes))
+            if checkpoint is not None:
+                self._set_meta(cur, _CHECKPOINT, bytes(checkpoint))
+
+    def _apply_under_edits(
+        self,
+        cur: sqlite3.Cursor,
+        entity: Entity,
+        upserts: Sequence[Sequence[Any]],
+        deletes: Sequence[Any],
+        pending: set[Any],
+    ) -> None:
+        """Slow path for an entity with queued edits: those keys' rows go to the base table."""
+        index = entity.key_index
+        direct: list[Sequence[Any]] = []
+        held: list[Sequence[Any]] = []
+        for row in upserts:
+            (held if len(row) > index and row[index] in pending else direct).append(row)
+        if direct:
+            cur.executemany(entity.upsert_sql(entity.table), direct)
+        if held:
+            cur.executemany(entity.upsert_sql(entity.base), held)
+        touched = {row[index] for row in held}
+        for key in deletes:
+            if key in pending:
+                cur.execute(entity.delete_sql(entity.base), (key,))
+                touched.add(key)
+            else:
+                cur.execute(entity.delete_sql(entity.table), (key,))
+        for key in touched:
+            self._settle(cur, entity, key)
+
+    def reset(self, entities: Sequence[str] | None = None) -> None:
+        """Forget server rows (all entities when None) and the checkpoint, for a Resync.
+
+        Rows with queued edits stay visible so the user's work is not lost; their base rows
+        are forgotten and come back with the re-download.
+        """
+        targets = [self._entity(n) for n in (self._entities if entities is None else entities)]
+        with self._write() as cur:
+            for entity in targets:
+                cur.execute(
+                    f"DELETE FROM {entity.table} WHERE {quote(entity.key)} NOT IN"
+                    " (SELECT key FROM _syncd_outbox WHERE entity = ?)",
+                    (entity.name,),
+                )
+                cur.execute(f"DELETE FROM {entity.base}")
+            cur.execute("DELETE FROM _syncd_meta WHERE name = ?", (_CHECKPOINT,))
+
+    # -- reads --------------------------------------------------------------------------
+
+    def count(self, entity: str) -> int:
+        ent = self._entity(entity)
+        return int(self._read(f"SELECT count(*) FROM {ent.table}")[0][0])
+
+    def rows(self, entity: str) -> list[tuple[Any, ...]]:
+        """All visible rows of an entity in key order: columns in wire order, then version."""
+        ent = self._entity(entity)
+        return [tuple(r) for r in self._read(ent.select_sql(ent.table, where_key=False))]
+
+    def get(self, entity: str, key: Any) -> tuple[Any, ...] | None:
+        ent = self._entity(entity)
+        found = self._read(ent.select_sql(ent.table, where_key=True), (key,))
+        return tuple(found[0]) if found else None
+
+    # -- local edits --------------------------------------------------------------------
+
+    def insert(self, entity: str, values: Mapping[str, Any]) -> None:
+        """Create a row on the device; `values` must include the key (a client uuid)."""
+        ent = self._entity(entity)
+        self._check_columns(ent, values, allow_key=True)
+        if values.get(ent.key) is None:
+            raise InvalidEdit(f"insert into {entity} needs its key column {ent.key}")
+        key = values[ent.key]
+        with self._write() as cur:
+            if self._version_of(cur, ent, key) is not None:
+                raise InvalidEdit(f"{entity} already has a row with key {key!r}")
+            self._replay(cur, ent, ent.table, "insert", key, dict(values), version=0)
+            self._enqueue(cur, ent, "insert", key, None, values)
+
+    def update(self, entity: str, key: Any, values: Mapping[str, Any]) -> None:
+        """Change writable columns of one row."""
+        ent = self._entity(entity)
+        self._check_columns(ent, values, allow_key=False)
+        if not values:
+            raise InvalidEdit(f"update of {entity} {key!r} changes no column")
+        with self._write() as cur:
+            version = self._version_of(cur, ent, key)
+            if version is None:
+                raise InvalidEdit(f"{entity} has no row with key {key!r}")
+            self._keep_base(cur, ent, key)
+            self._replay(cur, ent, ent.table, "update", key, dict(values), version=0)
+            self._enqueue(cur, ent, "update", key, version, values)
+
+    def delete(self, entity: str, key: Any) -> None:
+        ent = self._entity(entity)
+        with self._write() as cur:
+            version = self._version_of(cur, ent, key)
+            if version is None:
+                raise InvalidEdit(f"{entity} has no row with key {key!r}")
+            self._keep_base(cur, ent, key)
+            self._replay(cur, ent, ent.table, "delete", key, {}, version=0)
+            self._enqueue(cur, ent, "delete", key, version, {})
+
+    @staticmethod
+    def _check_columns(entity: Entity, values: Mapping[str, Any], allow_key: bool) -> None:
+        allowed = entity.writable | {entity.key} if allow_key else entity.writable
+        refused = [name for name in values if name not in allowed]
+        if refused:
+            raise InvalidEdit(
+                f"{entity.name}: columns {refused} are not writable on the device"
+                f" (writable: {sorted(entity.writable)})"
+            )
+
+    @staticmethod
+    def _version_of(cur: sqlite3.Cursor, entity: Entity, key: Any) -> int | None:
+        found = cur.execute(
+            f"SELECT {quote(VERSION_COLUMN)} FROM {entity.table} WHERE {quote(entity.key)} = ?",
+            (key,),
+        ).fetchone()
+        return None if found is None else int(found[0])
+
+    def _keep_base(self, cur: sqlite3.Cursor, entity: Entity, key: Any) -> None:
+        """Before the first queued edit of a key, keep the server's row aside."""
+        queued = cur.execute(
+            "SELECT 1 FROM _syncd_outbox WHERE entity = ? AND key = ? LIMIT 1", (entity.name, key)
+        ).fetchone()
+        if queued is None:
+            cur.execute(entity.copy_row_sql(entity.table, entity.base), (key,))
+
+    @staticmethod
+    def _enqueue(
+        cur: sqlite3.Cursor,
+        entity: Entity,
+        op: OpKind,
+        key: Any,
+        base_version: int | None,
+        values: Mapping[str, Any],
+    ) -> None:
+        cur.execute(
+            'INSERT INTO _syncd_outbox (op, entity, key, base_version, "values", created_at)'
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                op,
+                entity.name,
+                key,
+                base_version,
+                encode_values(values, entity.types).decode(),
+                _now_us(),
+            ),
+        )
+
+    @staticmethod
+    def _replay(
+        cur: sqlite3.Cursor,
+        entity: Entity,
+        table: str,
+        op: str,
+        key: Any,
+        values: dict[str, Any],
+        version: int,
+    ) -> None:
+        """Apply one edit to `table`; columns the model no longer has are skipped."""
+        known = entity.types
+        values = {n: v for n, v in values.items() if n in known}
+        if op == "insert":
+            values[entity.key] = key
+            sql = entity.partial_upsert_sql(table, list(values))
+            cur.execute(sql, [*values.values(), version])
+        elif op == "update":
+            if values:
+                cur.execute(entity.update_sql(table, list(values)), [*values.values(), key])
+        elif op == "delete":
+            cur.execute(entity.delete_sql(table), (key,))
+        else:
+            raise ValueError(f"unknown outbox op {op!r}")
+
+    @staticmethod
+    def _pending_keys(cur: sqlite3.Cursor, entity: Entity) -> set[Any]:
+        rows = cur.execute(
+            "SELECT DISTINCT key FROM _syncd_outbox WHERE entity = ?", (entity.name,)
+        )
+        return {key for (key,) in rows}
+
+    def _settle(self, cur: sqlite3.Cursor, entity: Entity, key: Any) -> None:
+        """Visible row := base row (if any) + the key's queued edits replayed in order."""
+        queued = cur.execute(
+            'SELECT op, "values" FROM _syncd_outbox WHERE entity = ? AND key = ? ORDER BY seq',
+            (entity.name, key),
+        ).fetchall()
+        cur.execute(entity.delete_sql(entity.table), (key,))
+        cur.execute(entity.copy_row_sql(entity.base, entity.table), (key,))
+        types = entity.types
+        for op, document in queued:
+            self._replay(cur, entity, entity.table, op, key, decode_values(document, types), 0)
+        if not queued:
+            cur.execute(entity.delete_sql(entity.base), (key,))
+
+    # -- uploads ------------------------------------------------------------------------
+
+    def pending_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM _syncd_outbox")[0][0])
+
+    def next_upload_batch(self, max_ops: int) -> UploadBatch | None:
+        """The oldest queued edits under a batch id, or None when nothing is queued.
+
+        A batch stays in flight until `complete_upload`: asking again (after a reconnect)
+        returns the same id and the same ops, so the server can recognise a retry.
+        """
+        if max_ops < 1:
+            raise ValueError(f"max_ops must be at least 1, not {max_ops}")
+        with self._write() as cur:
+            found = cur.execute(
+                "SELECT batch_id FROM _syncd_outbox WHERE batch_id IS NOT NULL LIMIT 1"
+            ).fetchone()
+            if found is None:
+                batch_id = str(uuid.uuid4())
+                cur.execute(
+                    "UPDATE _syncd_outbox SET batch_id = ? WHERE seq IN"
+                    " (SELECT seq FROM _syncd_outbox ORDER BY seq LIMIT ?)",
+                    (batch_id, max_ops),
+                )
+                if cur.rowcount == 0:
+                    return None
+            else:
+                batch_id = found[0]
+            ops = cur.execute(
+                'SELECT seq, op, entity, key, base_version, "values" FROM _syncd_outbox'
+                " WHERE batch_id = ? ORDER BY seq",
+                (batch_id,),
+            ).fetchall()
+        return UploadBatch(batch_id, tuple(self._upload_op(*row) for row in ops))
+
+    def _upload_op(
+        self, seq: int, op: OpKind, entity: str, key: Any, base_version: int | None, doc: str
+    ) -> UploadOp:
+        types = self._entities[entity].types if entity in self._entities else {}
+        return UploadOp(seq, op, entity, key, base_version, decode_values(doc, types))
+
+    def complete_upload(self, batch_id: str, results: Iterable[Sequence[Any]]) -> bool:
+        """Take the server's result for each op of the in-flight batch, in op order.
+
+        Returns False (and changes nothing) for a batch id that is not in flight, so a result
+        delivered twice after a reconnect is harmless. A malformed result list raises and
+        changes nothing.
+        """
+        verdicts = list(results)
+        with self._write() as cur:
+            ops = cur.execute(
+                'SELECT seq, op, entity, key, "values" FROM _syncd_outbox WHERE batch_id = ?'
+                " ORDER BY seq",
+                (batch_id,),
+            ).fetchall()
+            if not ops:
+                return False
+            if len(verdicts) != len(ops):
+                raise ValueError(f"batch {batch_id} has {len(ops)} ops, got {len(verdicts)}")
+            for (seq, op, name, key, document), verdict in zip(ops, verdicts, strict=True):
+                status, version, row, code, reason = verdict
+                entity = self._entity(name)
+                if status == "applied":
+                    if not isinstance(version, int) or isinstance(version, bool):
+                        raise ValueError(f"applied result for op {seq} has no version")
+                    values = decode_values(document, entity.types)
+                    self._applied_to_base(cur, entity, op, key, values, version)
+                elif status == "conflict":
+                    if row is None:
+                        cur.execute(entity.delete_sql(entity.base), (key,))
+                    else:
+                        if len(row) <= entity.key_index or row[entity.key_index] != key:
+                            raise ValueError(f"conflict row for op {seq} is not row {key!r}")
+                        cur.execute(entity.upsert_sql(entity.base), row)
+                    self._record(cur, "conflict", name, key, op, code, reason)
+                elif status == "rejected":
+                    self._record(cur, "rejected", name, key, op, code, reason)
+                else:
+                    raise ValueError(f"unknown upload result status {status!r}")
+                cur.execute("DELETE FROM _syncd_outbox WHERE seq = ?", (seq,))
+                self._settle(cur, entity, key)
+        return True
+
+    def _applied_to_base(
+        self,
+        cur: sqlite3.Cursor,
+        entity: Entity,
+        op: str,
+        key: Any,
+        values: dict[str, Any],
+        version: int,
+    ) -> None:
+        """The server now has base + this edit at `version`, unless base is already newer."""
+        if op == "update":
+            # The base is missing only after a reset whose re-download skipped this row;
+            # the visible row is then the best knowledge of what the server had.
+            cur.execute(
+                entity.copy_row_sql(entity.table, entity.base, overwrite=False),
+                (key,),
+            )
+        found = cur.execute(
+            f"SELECT {quote(VERSION_COLUMN)} FROM {entity.base} WHERE {quote(entity.key)} = ?",
+            (key,),
+        ).fetchone()
+        if found is not None and found[0] >= version:
+            return  # the server's newer row already arrived and includes this edit
+        self._replay(cur, entity, entity.base, op, key, values, version)
+        cur.execute(entity.set_version_sql(entity.base), (version, key))
+
+    @staticmethod
+    def _record(
+        cur: sqlite3.Cursor,
+        kind: str,
+        entity: str,
+        key: Any,
+        op: str,
+        code: Any,
+        reason: str | None,
+    ) -> None:
+        cur.execute(
+            "INSERT INTO _syncd_errors (kind, entity, key, op, code, reason, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, entity, key, op, code, reason, _now_us()),
+        )
+
+    def errors(self) -> list[SyncError]:
+        """Conflicts and rejections recorded so far, oldest first."""
+        rows = self._read(
+            "SELECT id, kind, entity, key, op, code, reason, at FROM _syncd_errors ORDER BY id"
+        )
+        return [SyncError(*row) for row in rows]
+
+    def clear_errors(self, ids: Iterable[int] | None = None) -> None:
+        """Forget recorded errors the app has shown (all when None)."""
+        with self._write() as cur:
+            if ids is None:
+                cur.execute("DELETE FROM _syncd_errors")
+            else:
+                cur.executemany("DELETE FROM _syncd_errors WHERE id = ?", ((i,) for i in ids))
