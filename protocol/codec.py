@@ -1,0 +1,126 @@
+"""Strict msgpack decoding of one payload, and the checks msgpack does not do for us.
+
+Strategy: msgpack's C unpacker does the byte-level work with every knob set strictly
+(str must be UTF-8, map keys str, no extension types, container and string lengths bounded
+by the frame size so a header claiming 2**32 elements fails before allocating). What the
+unpacker cannot enforce - a nesting-depth bound, bin map keys, the timestamp extension that
+bypasses ext_hook - is checked afterwards by `check_tree`, an explicit-stack walk (no
+Python recursion, so hostile nesting cannot exhaust the interpreter stack; msgpack's own
+C stack already stops at 1024 levels before we see the object).
+
+The Changes hot path does not walk rows here: messages.Changes validates its rows with a
+few C-level passes instead (see there).
+
+PROTOCOL.md, "Payload encoding":
+    Maps have str keys only. Extension types (including the timestamp extension -1) are
+    not used and are rejected. Nesting deeper than 32 containers is rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import msgpack
+
+from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+__all__ = ["MAX_DEPTH", "PRIMITIVE_TYPES", "check_tree", "pack", "unpack"]
+
+#: Deepest container nesting in any message. The deepest legitimate message is Welcome:
+#: map > model map > entities array > entity map > columns array > column map = 6 levels;
+#: 32 leaves room for future fields without letting a peer build pathological trees.
+MAX_DEPTH = 32
+
+#: Python types a decoded scalar may have (Timestamp and ExtType objects are not among them).
+PRIMITIVE_TYPES: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes})
+
+_CONTAINER_TYPES = (list, dict)
+
+
+def _reject_ext(code: int, data: bytes) -> NoReturn:
+    raise RemoteProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+def unpack(payload: bytes) -> Any:
+    """Decode exactly one msgpack object from `payload` under strict settings.
+
+    Raises RemoteProtocolError(PROTOCOL_VIOLATION) for anything that is not one valid,
+    extension-free msgpack object with UTF-8 strings and str/bin map keys.
+    """
+    size = len(payload)
+    try:
+        return msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            timestamp=0,
+            ext_hook=_reject_ext,
+            # Every element takes at least one byte, so no honest container or string can
+            # claim more than the payload's size; larger claims fail before allocation.
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
+            max_ext_len=0,
+        )
+    except RemoteProtocolError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"invalid UTF-8 in a msgpack str: {exc.reason}") from None
+    except (ValueError, TypeError) as exc:
+        # msgpack raises ValueError subclasses (ExtraData, FormatError, StackError, plain
+        # ValueError for truncation or limits) and TypeError for odd keys.
+        detail = str(exc) or type(exc).__name__
+        raise RemoteProtocolError(f"malformed msgpack payload: {detail}") from None
+
+
+def check_tree(obj: object, *, depth: int = 0) -> None:
+    """Reject trees deeper than MAX_DEPTH, non-str map keys and non-primitive scalars.
+
+    `depth` is the nesting level of `obj` itself inside the message (the message map is 1).
+    Iterative on purpose: see the module docstring.
+    """
+    stack: list[tuple[object, int]] = [(obj, depth)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, level = pop()
+        node_type = type(node)
+        if node_type is list:
+            level += 1
+            if level > MAX_DEPTH:
+                _too_deep()
+            for item in node:  # type: ignore[attr-defined]
+                if type(item) in PRIMITIVE_TYPES:
+                    continue
+                push((item, level))
+        elif node_type is dict:
+            level += 1
+            if level > MAX_DEPTH:
+                _too_deep()
+            for key, item in node.items():  # type: ignore[attr-defined]
+                if type(key) is not str:
+                    raise RemoteProtocolError(f"map key {key!r} is not a str")
+                if type(item) in PRIMITIVE_TYPES:
+                    continue
+                push((item, level))
+        elif node_type not in PRIMITIVE_TYPES:
+            raise RemoteProtocolError(f"value of type {node_type.__name__} is not allowed")
+
+
+def _too_deep() -> NoReturn:
+    raise RemoteProtocolError(
+        f"message nests containers deeper than {MAX_DEPTH} levels", ErrorCode.PROTOCOL_VIOLATION
+    )
+
+
+_packer_options: dict[str, Any] = {"use_bin_type": True, "strict_types": False}
+
+
+def pack(obj: object) -> bytes:
+    """msgpack-encode a wire map; unknown Python types are our bug, not the peer's."""
+    try:
+        data: bytes = msgpack.packb(obj, **_packer_options)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode message: {exc}") from None
+    return data

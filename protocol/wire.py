@@ -1,0 +1,109 @@
+"""Message <-> msgpack map conversion, generic over the dataclasses in `messages`.
+
+Strategy: a message's attribute names are its wire field names, so one pair of functions
+serves every class; field metadata says which fields hold nested structures and which may
+be nil or absent. Decoding first runs the structural checks of `codec` (depth, str keys,
+no foreign scalars) - for Changes only outside the rows, whose checks `Changes` does in C -
+then builds the message through its validating constructor.
+
+PROTOCOL.md, "Messages": unknown fields are ignored; optional fields may be nil or absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from protocol.codec import check_tree, pack, unpack
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.framing import frame_header
+from protocol.messages import MESSAGE_TYPES, Changes, Message
+
+__all__ = ["decode_payload", "encode_frame", "from_wire", "to_wire"]
+
+#: Fields of Changes validated by Changes itself; every other field gets the generic walk.
+_CHANGES_ROW_FIELDS = frozenset({"upserts", "deletes"})
+
+
+def _encode_value(value: object) -> object:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _struct_to_map(value)
+    if type(value) is tuple and value and is_dataclass(value[0]):
+        return [_struct_to_map(item) for item in value]
+    return value
+
+
+def _struct_to_map(struct: object) -> dict[str, object]:
+    return {f.name: _encode_value(getattr(struct, f.name)) for f in fields(struct)}  # type: ignore[arg-type]
+
+
+def to_wire(message: Message) -> dict[str, object]:
+    """The msgpack map for `message`: "type" first, then fields in declaration order."""
+    wire: dict[str, object] = {"type": message.TYPE}
+    wire.update(_struct_to_map(message))
+    return wire
+
+
+def _struct_from_map(cls: type[Any], wire: object, where: str) -> Any:
+    if type(wire) is not dict:
+        raise RemoteProtocolError(f"{where}: expected map, got {type(wire).__name__}")
+    kwargs: dict[str, object] = {}
+    for f in fields(cls):
+        if f.name in wire:
+            value = wire[f.name]
+        elif f.metadata.get("optional"):
+            value = None
+        else:
+            raise RemoteProtocolError(f"{where}: missing field {f.name!r}")
+        nested = f.metadata.get("nested")
+        if nested is not None and value is not None:
+            if f.metadata.get("many"):
+                if type(value) is not list:
+                    raise RemoteProtocolError(f"{where}.{f.name}: expected array")
+                value = tuple(
+                    _struct_from_map(nested, item, f"{where}.{f.name}[{index}]")
+                    for index, item in enumerate(value)
+                )
+            else:
+                value = _struct_from_map(nested, value, f"{where}.{f.name}")
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except LocalProtocolError as exc:
+        # The constructor rejected fields that came from the peer: the peer's fault.
+        raise RemoteProtocolError(f"{where}: {exc}") from None
+
+
+def from_wire(wire: object) -> Message:
+    """Build the message described by a decoded payload, or raise RemoteProtocolError."""
+    if type(wire) is not dict:
+        raise RemoteProtocolError(f"payload must be a map, got {type(wire).__name__}")
+    type_name = wire.get("type")
+    if type(type_name) is not str:
+        raise RemoteProtocolError('payload has no str "type" field')
+    cls = MESSAGE_TYPES.get(type_name)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {type_name!r}")
+    if cls is Changes:
+        for key, value in wire.items():
+            if type(key) is not str:
+                raise RemoteProtocolError(f"map key {key!r} is not a str")
+            if key not in _CHANGES_ROW_FIELDS:
+                check_tree(value, depth=1)
+    else:
+        check_tree(wire)
+    message: Message = _struct_from_map(cls, wire, cls.__name__)
+    return message
+
+
+def decode_payload(payload: bytes) -> Message:
+    """One frame payload (without its length prefix) to a validated message."""
+    return from_wire(unpack(payload))
+
+
+def encode_frame(message: Message) -> bytes:
+    """The complete frame (length prefix + msgpack payload) for `message`."""
+    if not isinstance(message, Message):
+        raise LocalProtocolError(f"not a protocol message: {message!r}")
+    payload = pack(to_wire(message))
+    return frame_header(len(payload)) + payload
