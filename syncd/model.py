@@ -1,0 +1,284 @@
+"""The client model: which entities an org syncs, their columns, and who gets what.
+
+Strategy: the ingest role pushes the model as JSON; ``ClientModel.parse`` validates the whole
+document in one pass and raises ``ModelError`` naming the JSON path of the first offence, so an
+admin sees ``entities.account.columns.amount: unknown type 'money'`` rather than a traceback.
+Everything downstream (provisioning, the feed, sessions) trusts a parsed model: names match
+``IDENT_RE`` and may be quoted into SQL as identifiers, types come from ``COLUMN_TYPES``.
+
+Keys are single columns of type uuid, text or integer: every device table and every delete
+message is keyed by one value, and those three types have one exact canonical text form, which
+is how the change log records a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import orjson
+
+__all__ = [
+    "COLUMN_TYPES",
+    "CONFLICT_POLICIES",
+    "IDENT_RE",
+    "KEY_TYPES",
+    "AccessSpec",
+    "ClientModel",
+    "Column",
+    "ColumnType",
+    "ConflictPolicy",
+    "Entity",
+    "ModelError",
+    "Profile",
+]
+
+# Lower-case so names never need case folding; a leading underscore is reserved for the
+# system columns (_version, _txid); 48 characters leaves room for prefixes within
+# PostgreSQL's 63-byte identifier limit (e.g. trigger and function names).
+IDENT_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+ColumnType = Literal[
+    "uuid", "text", "integer", "float", "boolean", "numeric", "timestamp", "date", "json", "bytes"
+]
+COLUMN_TYPES: frozenset[str] = frozenset(
+    ("uuid", "text", "integer", "float", "boolean", "numeric", "timestamp", "date", "json", "bytes")
+)
+KEY_TYPES: frozenset[str] = frozenset(("uuid", "text", "integer"))
+
+ConflictPolicy = Literal["server_wins", "client_wins", "merge"]
+CONFLICT_POLICIES: frozenset[str] = frozenset(("server_wins", "client_wins", "merge"))
+
+
+class ModelError(ValueError):
+    """A client model document is invalid; ``path`` locates the offending JSON node."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: ColumnType
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    name: str
+    key: str
+    columns: tuple[Column, ...]  # wire order, key included
+    writable: frozenset[str] = frozenset()
+    conflict: ConflictPolicy = "server_wins"
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def key_column(self) -> Column:
+        return self.column(self.key)
+
+    @property
+    def key_index(self) -> int:
+        """Position of the key in a wire row."""
+        return [c.name for c in self.columns].index(self.key)
+
+    def schema_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "key": self.key,
+            "columns": {c.name: c.type for c in self.columns},
+        }
+        if self.writable:
+            # Canonical: writable in wire order, whatever order it was given in.
+            out["writable"] = [c.name for c in self.columns if c.name in self.writable]
+        out["conflict"] = self.conflict
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSpec:
+    """What a profile gets of one entity; ``filter`` is the filter JSON, None = all rows."""
+
+    filter: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    offline: bool
+    entities: tuple[tuple[str, AccessSpec], ...]  # in document order
+
+    def access(self, entity: str) -> AccessSpec | None:
+        for name, spec in self.entities:
+            if name == entity:
+                return spec
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientModel:
+    entities: tuple[Entity, ...]
+    profiles: tuple[Profile, ...]
+    default_profile: str | None = None
+
+    def entity(self, name: str) -> Entity:
+        for e in self.entities:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def profile(self, name: str) -> Profile:
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    @classmethod
+    def parse(cls, obj: object) -> ClientModel:
+        return _parse_model(obj)
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes | str) -> ClientModel:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise ModelError("", f"not JSON: {e}") from e
+        return _parse_model(obj)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "entities": {e.name: e.schema_json() for e in self.entities},
+            "profiles": {
+                p.name: {
+                    "offline": p.offline,
+                    "entities": {
+                        name: ({} if spec.filter is None else {"filter": spec.filter})
+                        for name, spec in p.entities
+                    },
+                }
+                for p in self.profiles
+            },
+        }
+        if self.default_profile is not None:
+            out["default_profile"] = self.default_profile
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex of the entity schemas: equal fingerprints mean equal device tables."""
+        schemas = {e.name: e.schema_json() for e in self.entities}
+        return hashlib.sha256(orjson.dumps(schemas, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _parse_model(obj: object) -> ClientModel:
+    root = _object(obj, "")
+    _only_keys(root, "", {"entities", "profiles", "default_profile"})
+    entities_obj = _object(root.get("entities"), "entities")
+    if not entities_obj:
+        raise ModelError("entities", "at least one entity is required")
+    entities = tuple(
+        _parse_entity(name, spec, f"entities.{name}") for name, spec in entities_obj.items()
+    )
+    known = {e.name for e in entities}
+    profiles_obj = _object(root.get("profiles", {}), "profiles")
+    profiles = tuple(
+        _parse_profile(name, spec, f"profiles.{name}", known) for name, spec in profiles_obj.items()
+    )
+    default = root.get("default_profile")
+    if default is not None and (not isinstance(default, str) or default not in profiles_obj):
+        raise ModelError("default_profile", f"unknown profile {default!r}")
+    return ClientModel(entities=entities, profiles=profiles, default_profile=default)
+
+
+def _parse_entity(name: str, obj: object, path: str) -> Entity:
+    _ident(name, path)
+    spec = _object(obj, path)
+    _only_keys(spec, path, {"key", "columns", "writable", "conflict"})
+    cols_obj = _object(spec.get("columns"), f"{path}.columns")
+    if not cols_obj:
+        raise ModelError(f"{path}.columns", "at least one column is required")
+    columns: list[Column] = []
+    for cname, ctype in cols_obj.items():
+        cpath = f"{path}.columns.{cname}"
+        _ident(cname, cpath)
+        if not isinstance(ctype, str) or ctype not in COLUMN_TYPES:
+            raise ModelError(cpath, f"unknown type {ctype!r}")
+        columns.append(Column(cname, cast(ColumnType, ctype)))
+    key = spec.get("key")
+    if not isinstance(key, str):
+        raise ModelError(f"{path}.key", "exactly one key column name (a string) is required")
+    if key not in cols_obj:
+        raise ModelError(f"{path}.key", f"key {key!r} is not a declared column")
+    if cols_obj[key] not in KEY_TYPES:
+        raise ModelError(
+            f"{path}.key", f"key type {cols_obj[key]!r} is not one of {sorted(KEY_TYPES)}"
+        )
+    writable_obj = spec.get("writable", [])
+    if not isinstance(writable_obj, list):
+        raise ModelError(f"{path}.writable", "must be a list of column names")
+    writable: set[str] = set()
+    for i, w in enumerate(writable_obj):
+        if not isinstance(w, str) or w not in cols_obj:
+            raise ModelError(f"{path}.writable[{i}]", f"unknown column {w!r}")
+        if w in writable:
+            raise ModelError(f"{path}.writable[{i}]", f"duplicate column {w!r}")
+        writable.add(w)
+    conflict = spec.get("conflict", "server_wins")
+    if not isinstance(conflict, str) or conflict not in CONFLICT_POLICIES:
+        raise ModelError(
+            f"{path}.conflict", f"{conflict!r} is not one of {sorted(CONFLICT_POLICIES)}"
+        )
+    return Entity(
+        name=name,
+        key=key,
+        columns=tuple(columns),
+        writable=frozenset(writable),
+        conflict=cast(ConflictPolicy, conflict),
+    )
+
+
+def _parse_profile(name: str, obj: object, path: str, known: set[str]) -> Profile:
+    _ident(name, path)
+    spec = _object(obj, path)
+    _only_keys(spec, path, {"offline", "entities"})
+    offline = spec.get("offline", False)
+    if not isinstance(offline, bool):
+        raise ModelError(f"{path}.offline", "must be true or false")
+    ents_obj = _object(spec.get("entities", {}), f"{path}.entities")
+    entities: list[tuple[str, AccessSpec]] = []
+    for ename, access in ents_obj.items():
+        epath = f"{path}.entities.{ename}"
+        if ename not in known:
+            raise ModelError(epath, f"unknown entity {ename!r}")
+        access_obj = _object(access, epath)
+        _only_keys(access_obj, epath, {"filter"})
+        flt = access_obj.get("filter")
+        if flt is not None and not isinstance(flt, dict):
+            raise ModelError(f"{epath}.filter", "must be a JSON object")
+        entities.append((ename, AccessSpec(filter=flt)))
+    return Profile(name=name, offline=offline, entities=tuple(entities))
+
+
+def _object(obj: object, path: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ModelError(path, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _only_keys(obj: dict[str, Any], path: str, allowed: set[str]) -> None:
+    for k in obj:
+        if k not in allowed:
+            where = f"{path}.{k}" if path else str(k)
+            raise ModelError(where, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _ident(name: object, path: str) -> None:
+    if not isinstance(name, str) or not IDENT_RE.fullmatch(name):
+        raise ModelError(path, f"invalid name {name!r}: must match {IDENT_RE.pattern}")

@@ -1,0 +1,38 @@
+"""The staging store: the only package that speaks SQL (control DB, org staging DBs, feed)."""
+
+from syncd.store.checkpoint import Checkpoint, CheckpointError, ResyncRequired
+from syncd.store.control import CONFIG_CHANNEL, ControlStore, DeviceRecord, OrgRecord, StoredModel
+from syncd.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from syncd.store.feed import ChangeBatch, FilterTerm, RowFilter, RowPredicate, Subscription
+from syncd.store.ingest import Changeset, apply_changeset, bulk_load
+from syncd.store.listen import Listener
+from syncd.store.orgs import OrgStores
+from syncd.store.schema import NOTIFY_CHANNEL, ProvisionError
+from syncd.store.staging import ChangeStream, StagingStore
+
+__all__ = [
+    "CONFIG_CHANNEL",
+    "NOTIFY_CHANNEL",
+    "ChangeBatch",
+    "ChangeStream",
+    "Changeset",
+    "Checkpoint",
+    "CheckpointError",
+    "ControlStore",
+    "DeviceRecord",
+    "EmbeddedPostgres",
+    "EmbeddedPostgresError",
+    "FilterTerm",
+    "Listener",
+    "OrgRecord",
+    "OrgStores",
+    "ProvisionError",
+    "ResyncRequired",
+    "RowFilter",
+    "RowPredicate",
+    "StagingStore",
+    "StoredModel",
+    "Subscription",
+    "apply_changeset",
+    "bulk_load",
+]

@@ -1,0 +1,298 @@
+"""The control database: orgs, client models, profile assignments, devices, upload records.
+
+Strategy (decision 6): everything the admin socket accepts is written here before it is
+acknowledged. The schema is a list of numbered migrations applied at start under an advisory
+lock, so two daemons starting together apply each migration exactly once. Model documents are
+stored as ``json`` (not ``jsonb``) because column order in the document is the wire order.
+Writes that other instances must see (orgs, models, assignments) NOTIFY ``syncd_config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from syncd.model import ClientModel
+from syncd.store.checkpoint import Checkpoint
+from syncd.store.sql import ORG_RE
+
+__all__ = ["CONFIG_CHANNEL", "ControlStore", "DeviceRecord", "OrgRecord", "StoredModel"]
+
+CONFIG_CHANNEL = "syncd_config"
+# Arbitrary constant shared by every syncd instance: serializes migrations.
+_MIGRATION_LOCK = 7469120
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE orgs (
+        name        text PRIMARY KEY,
+        status      text NOT NULL DEFAULT 'active',
+        staging_dsn text,
+        created_at  timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE client_models (
+        org         text NOT NULL REFERENCES orgs ON DELETE CASCADE,
+        version     integer NOT NULL,
+        model       json NOT NULL,
+        fingerprint text NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (org, version)
+    );
+    CREATE TABLE assignments (
+        org     text NOT NULL REFERENCES orgs ON DELETE CASCADE,
+        user_id text NOT NULL,
+        profile text NOT NULL,
+        PRIMARY KEY (org, user_id)
+    );
+    CREATE TABLE devices (
+        org        text NOT NULL REFERENCES orgs ON DELETE CASCADE,
+        device_id  text NOT NULL,
+        user_id    text NOT NULL,
+        checkpoint bytea,
+        last_seen  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (org, device_id)
+    );
+    CREATE TABLE upload_batches (
+        org        text NOT NULL REFERENCES orgs ON DELETE CASCADE,
+        batch_id   text NOT NULL,
+        results    jsonb NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (org, batch_id)
+    );
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OrgRecord:
+    name: str
+    status: str
+    staging_dsn: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    org: str
+    version: int
+    model: ClientModel
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    org: str
+    device_id: str
+    user_id: str
+    checkpoint: Checkpoint | None
+    last_seen: datetime
+
+
+class ControlStore:
+    """Typed access to the control database through one bounded pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, max_size: int = 4, migrate: bool = True) -> ControlStore:
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size)
+        store = cls(pool)
+        if migrate:
+            try:
+                await store.migrate()
+            except BaseException:
+                await pool.close()
+                raise
+        return store
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def migrate(self) -> int:
+        """Apply missing migrations; returns the schema version now in place."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            for number, sql in enumerate(MIGRATIONS, start=1):
+                if number > done:
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)", number
+                    )
+            return len(MIGRATIONS)
+
+    # -- orgs ---------------------------------------------------------------------------------
+
+    async def add_org(self, name: str, staging_dsn: str | None = None) -> OrgRecord:
+        if not ORG_RE.fullmatch(name):
+            raise ValueError(f"invalid org name {name!r}: must match {ORG_RE.pattern}")
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO orgs (name, staging_dsn) VALUES ($1, $2) RETURNING *",
+                name,
+                staging_dsn,
+            )
+            await _notify(conn, name)
+        return _org(row)
+
+    async def remove_org(self, name: str) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute("DELETE FROM orgs WHERE name = $1", name)
+            await _notify(conn, name)
+        return bool(status == "DELETE 1")
+
+    async def set_org_status(self, name: str, status: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE orgs SET status = $2 WHERE name = $1", name, status)
+            await _notify(conn, name)
+
+    async def get_org(self, name: str) -> OrgRecord | None:
+        row = await self._pool.fetchrow("SELECT * FROM orgs WHERE name = $1", name)
+        return None if row is None else _org(row)
+
+    async def list_orgs(self) -> list[OrgRecord]:
+        return [_org(r) for r in await self._pool.fetch("SELECT * FROM orgs ORDER BY name")]
+
+    # -- client models ------------------------------------------------------------------------
+
+    async def put_model(self, org: str, model: ClientModel) -> int:
+        """Store ``model`` as the org's next (and live) version; returns that version."""
+        doc = orjson.dumps(model.to_json()).decode()
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Row lock on the org serializes concurrent puts so versions stay dense.
+            if await conn.fetchval("SELECT 1 FROM orgs WHERE name = $1 FOR UPDATE", org) is None:
+                raise KeyError(f"unknown org {org!r}")
+            version: int = await conn.fetchval(
+                """
+                INSERT INTO client_models (org, version, model, fingerprint)
+                SELECT $1, coalesce(max(version), 0) + 1, $2::json, $3
+                FROM client_models WHERE org = $1
+                RETURNING version
+                """,
+                org,
+                doc,
+                model.fingerprint,
+            )
+            await _notify(conn, org)
+        return version
+
+    async def get_model(self, org: str, version: int | None = None) -> StoredModel | None:
+        """The live (latest) model of ``org``, or a given version."""
+        row = await self._pool.fetchrow(
+            """
+            SELECT org, version, model::text AS model, created_at FROM client_models
+            WHERE org = $1 AND ($2::integer IS NULL OR version = $2)
+            ORDER BY version DESC LIMIT 1
+            """,
+            org,
+            version,
+        )
+        if row is None:
+            return None
+        model = ClientModel.from_json_bytes(row["model"])
+        return StoredModel(row["org"], row["version"], model, row["created_at"])
+
+    # -- profile assignments ------------------------------------------------------------------
+
+    async def assign_profile(self, org: str, user_id: str, profile: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO assignments (org, user_id, profile) VALUES ($1, $2, $3)
+                ON CONFLICT (org, user_id) DO UPDATE SET profile = EXCLUDED.profile
+                """,
+                org,
+                user_id,
+                profile,
+            )
+            await _notify(conn, org)
+
+    async def unassign_profile(self, org: str, user_id: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM assignments WHERE org = $1 AND user_id = $2", org, user_id
+            )
+            await _notify(conn, org)
+
+    async def get_profile(self, org: str, user_id: str) -> str | None:
+        profile: str | None = await self._pool.fetchval(
+            "SELECT profile FROM assignments WHERE org = $1 AND user_id = $2", org, user_id
+        )
+        return profile
+
+    async def list_assignments(self, org: str) -> dict[str, str]:
+        rows = await self._pool.fetch(
+            "SELECT user_id, profile FROM assignments WHERE org = $1 ORDER BY user_id", org
+        )
+        return {r["user_id"]: r["profile"] for r in rows}
+
+    # -- devices ------------------------------------------------------------------------------
+
+    async def register_device(self, org: str, device_id: str, user_id: str) -> None:
+        """Record (or refresh) a device; a device that changes user starts over."""
+        await self._pool.execute(
+            """
+            INSERT INTO devices (org, device_id, user_id) VALUES ($1, $2, $3)
+            ON CONFLICT (org, device_id) DO UPDATE SET
+                last_seen = now(),
+                checkpoint = CASE WHEN devices.user_id = EXCLUDED.user_id
+                                  THEN devices.checkpoint END,
+                user_id = EXCLUDED.user_id
+            """,
+            org,
+            device_id,
+            user_id,
+        )
+
+    async def save_checkpoint(self, org: str, device_id: str, checkpoint: Checkpoint) -> None:
+        status = await self._pool.execute(
+            "UPDATE devices SET checkpoint = $3, last_seen = now()"
+            " WHERE org = $1 AND device_id = $2",
+            org,
+            device_id,
+            checkpoint.encode(),
+        )
+        if status != "UPDATE 1":
+            raise KeyError(f"device {device_id!r} of org {org!r} is not registered")
+
+    async def load_checkpoint(self, org: str, device_id: str) -> Checkpoint | None:
+        data = await self._pool.fetchval(
+            "SELECT checkpoint FROM devices WHERE org = $1 AND device_id = $2", org, device_id
+        )
+        return None if data is None else Checkpoint.decode(data)
+
+    async def get_device(self, org: str, device_id: str) -> DeviceRecord | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM devices WHERE org = $1 AND device_id = $2", org, device_id
+        )
+        if row is None:
+            return None
+        cp = None if row["checkpoint"] is None else Checkpoint.decode(row["checkpoint"])
+        return DeviceRecord(row["org"], row["device_id"], row["user_id"], cp, row["last_seen"])
+
+    async def oldest_checkpoint(self, org: str) -> Checkpoint | None:
+        """The checkpoint with the lowest xmin among the org's devices (a compaction bound)."""
+        rows = await self._pool.fetch(
+            "SELECT checkpoint FROM devices WHERE org = $1 AND checkpoint IS NOT NULL", org
+        )
+        cps = [Checkpoint.decode(r[0]) for r in rows]
+        return min(cps, key=lambda c: c.xmin, default=None)
+
+
+async def _notify(conn: asyncpg.Connection, org: str) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", CONFIG_CHANNEL, org)
+
+
+def _org(row: Any) -> OrgRecord:
+    return OrgRecord(row["name"], row["status"], row["staging_dsn"], row["created_at"])

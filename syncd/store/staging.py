@@ -1,0 +1,213 @@
+"""One org's staging database: its pool, provisioning, the change feed, LISTEN, compaction.
+
+Strategy: an org is one PostgreSQL database (``syncd_org_<name>`` on the control server, or
+the org's own DSN), so tenants are isolated, each org can live on its own server, and
+deprovisioning is a DROP DATABASE. ``StagingStore`` owns one bounded asyncpg pool, created
+lazily; every feed page borrows a connection for one statement and gives it back. Reads are
+idempotent, so a page that fails because its connection died (server restart, backend
+terminated) is retried once on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from syncd.model import ClientModel
+from syncd.store.checkpoint import Checkpoint, ResyncRequired
+from syncd.store.feed import ChangeBatch, Subscription, incremental_pages, initial_pages
+from syncd.store.listen import Listener
+from syncd.store.schema import NOTIFY_CHANNEL, ensure_schema
+from syncd.store.sql import ident
+
+__all__ = ["ChangeStream", "StagingStore", "create_database", "drop_database"]
+
+# Settings for every staging connection: custom plans because a generic plan for a filtered
+# page query can be 30x slower (CEILINGS.md); JIT only adds compile time to short pages.
+SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
+
+_CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError)
+
+
+class StagingStore:
+    """The staging database of one org."""
+
+    def __init__(self, org: str, dsn: str, database: str | None, *, max_size: int = 8) -> None:
+        self.org = org
+        self._dsn = dsn
+        self._database = database
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    async def connect(self, **settings: Any) -> asyncpg.Connection:
+        """A dedicated connection (not pooled), e.g. for LISTEN or long ingest work."""
+        return await asyncpg.connect(
+            self._dsn, database=self._database, server_settings=SERVER_SETTINGS, **settings
+        )
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        database=self._database,
+                        min_size=0,
+                        max_size=self._max_size,
+                        server_settings=SERVER_SETTINGS,
+                    )
+        return self._pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def provision(self, model: ClientModel) -> None:
+        """Create or evolve the tables for ``model`` (adds only; see schema.py)."""
+        pool = await self.pool()
+        async with pool.acquire() as conn:
+            await ensure_schema(conn, model)
+
+    async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        """One read statement on a borrowed connection, retried once if it was lost."""
+        pool = await self.pool()
+        try:
+            rows: list[asyncpg.Record] = await pool.fetch(sql, *args)
+        except _CONNECTION_LOST:
+            rows = await pool.fetch(sql, *args)
+        return rows
+
+    async def current_checkpoint(self) -> Checkpoint:
+        rows = await self.fetch("SELECT pg_current_snapshot()")
+        return Checkpoint.from_pg(rows[0][0])
+
+    async def horizon(self) -> int:
+        rows = await self.fetch("SELECT horizon FROM _syncd_meta")
+        return int(rows[0][0])
+
+    async def changes(
+        self,
+        since: Checkpoint | None,
+        subscriptions: Sequence[Subscription],
+        *,
+        batch_size: int = 1000,
+    ) -> ChangeStream:
+        """Open the window (since, now]; raises ResyncRequired if its history is gone."""
+        rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
+        snapshot = Checkpoint.from_pg(rows[0][0])
+        if since is not None:
+            _check_horizon(since, int(rows[0][1]))
+        return ChangeStream(self, since, snapshot, tuple(subscriptions), batch_size)
+
+    async def listen(self, callback: Callable[[str], None]) -> Listener:
+        """Call ``callback(entity_name)`` after each committed write ('' after a reconnect)."""
+        listener = Listener(self.connect, NOTIFY_CHANNEL, callback)
+        await listener.start()
+        return listener
+
+    async def compact(
+        self, older_than: timedelta | None = None, *, horizon: Checkpoint | None = None
+    ) -> int:
+        """Delete change history older than ``older_than`` or below ``horizon``.
+
+        The new horizon is an xid H: all history of transactions before H is gone, so a
+        checkpoint whose xmin is below H can no longer be served (ResyncRequired). H never
+        passes the oldest running transaction, so in-flight writes keep their history.
+        """
+        if (older_than is None) == (horizon is None):
+            raise ValueError("give exactly one of older_than or horizon")
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE _syncd_meta IN EXCLUSIVE MODE")
+            if horizon is not None:
+                h = await conn.fetchval(
+                    "SELECT least($1::xid8, pg_snapshot_xmin(pg_current_snapshot()))",
+                    horizon.xmin,
+                )
+            else:
+                h = await conn.fetchval(
+                    """
+                    SELECT least(
+                        (SELECT min(txid) FROM _syncd_changes WHERE at >= now() - $1::interval),
+                        pg_snapshot_xmin(pg_current_snapshot()))
+                    """,
+                    older_than,
+                )
+            h = await conn.fetchval(
+                "UPDATE _syncd_meta SET horizon = greatest(horizon, $1::xid8) RETURNING horizon",
+                h,
+            )
+            status: str = await conn.execute("DELETE FROM _syncd_changes WHERE txid < $1", h)
+        return int(status.split()[-1])
+
+
+def _check_horizon(since: Checkpoint, horizon: int) -> None:
+    if since.xmin < horizon:
+        raise ResyncRequired(
+            f"checkpoint xmin {since.xmin} is older than the retained history ({horizon})"
+        )
+
+
+class ChangeStream:
+    """Batches of the window (since, checkpoint]; ``checkpoint`` is known from the start and
+    is what the device stores once it has applied every batch."""
+
+    def __init__(
+        self,
+        store: StagingStore,
+        since: Checkpoint | None,
+        checkpoint: Checkpoint,
+        subscriptions: tuple[Subscription, ...],
+        batch_size: int,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self._store = store
+        self.since = since
+        self.checkpoint = checkpoint
+        self._subscriptions = subscriptions
+        self._batch_size = batch_size
+
+    async def __aiter__(self) -> AsyncIterator[ChangeBatch]:
+        fetch = self._store.fetch
+        for sub in self._subscriptions:
+            if self.since is None:
+                pages = initial_pages(fetch, sub, self.checkpoint, self._batch_size)
+            else:
+                pages = incremental_pages(fetch, sub, self.since, self.checkpoint, self._batch_size)
+            async for batch in pages:
+                yield batch
+        if self.since is not None:
+            # Compaction may have run while we paged; the horizon only grows, so checking it
+            # after the last page proves no row of this window was deleted under us.
+            _check_horizon(self.since, await self._store.horizon())
+
+
+async def create_database(dsn: str, database: str) -> bool:
+    """Create ``database`` on the server of ``dsn`` unless it exists; True if created."""
+    conn = await asyncpg.connect(dsn, database="postgres")
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if exists:
+            return False
+        try:
+            await conn.execute(f"CREATE DATABASE {ident(database)}")
+        except asyncpg.DuplicateDatabaseError:
+            return False
+        return True
+    finally:
+        await conn.close()
+
+
+async def drop_database(dsn: str, database: str) -> None:
+    conn = await asyncpg.connect(dsn, database="postgres")
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {ident(database)} WITH (FORCE)")
+    finally:
+        await conn.close()
