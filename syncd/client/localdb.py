@@ -20,7 +20,8 @@ is kept aside in the entity's base table (`_syncd_base_<entity>`), and the visib
 always "base row + queued edits replayed in order" (`_settle`). So a server change that
 arrives before the edit is uploaded is merged under the edit instead of discarding it; the
 server detects and resolves the conflict when the edit is uploaded, because the edit carries
-the version it was made against (`base_version`).
+the version it was made against (`base_version`). A server delete of such a key is held the
+same way: the edited row stays visible until the upload result settles it.
 
 Upload results: applied -> the base row takes the edit and the new version; conflict -> the
 base row becomes the server's row (or goes away), and the error is recorded; rejected -> the
@@ -316,8 +317,10 @@ class LocalDB:
         touched = {row[index] for row in held}
         for key in deletes:
             if key in pending:
+                # Held, not applied: the visible row keeps the user's edit on screen until
+                # the upload's conflict result removes it.
                 cur.execute(entity.delete_sql(entity.base), (key,))
-                touched.add(key)
+                touched.discard(key)
             else:
                 cur.execute(entity.delete_sql(entity.table), (key,))
         for key in touched:
