@@ -158,7 +158,7 @@ def test_malformed_results_change_nothing(synced: LocalDB, results: list[UploadR
     synced.update("account", "a1", {"name": "mine"})
     batch = synced.next_upload_batch(10)
     assert batch is not None
-    with pytest.raises(ValueError, match="ops|version|status|not row"):
+    with pytest.raises(ValueError, match=r"ops|version|status|not row"):
         synced.complete_upload(batch.batch_id, results)
     assert synced.next_upload_batch(10) == batch
     assert synced.get("account", "a1") == ("a1", "mine", "1.00", 7, 1, None, 4)
