@@ -84,6 +84,8 @@ class Message:
 
 
 def _check_code(owner: str, value: object) -> ErrorCode:
+    if isinstance(value, ErrorCode):
+        return value
     code = check_int(owner, "code", value)
     try:
         return ErrorCode(code)

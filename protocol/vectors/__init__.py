@@ -1,0 +1,1 @@
+"""Golden byte vectors of the wire protocol (vectors.json) and the code that writes them."""
