@@ -153,7 +153,21 @@ class Entity:
             for n, t in self.columns
         ]
         defs.append(f"{quote(VERSION_COLUMN)} INTEGER NOT NULL")
-        return f"CREATE TABLE {table} ({', '.join(defs)}) STRICT"
+        return f"CREATE TABLE {table} ({', '.join(defs)}) {self.table_options}"
+
+    @property
+    def table_options(self) -> str:
+        """STRICT always; WITHOUT ROWID when the key is text and rows are small.
+
+        A clustered table on the key saves the separate key index: about 15% faster bulk
+        upserts of uuid-keyed CRM rows here (bench/localdb.py). Not for integer keys, which
+        already are the rowid, nor for entities with bytes columns, whose large rows would
+        thin out the clustered b-tree.
+        """
+        types = self.types
+        if types[self.key] == "integer" or "bytes" in types.values():
+            return "STRICT"
+        return "STRICT, WITHOUT ROWID"
 
     def add_column_sql(self, table: str, column: str) -> str:
         return f"ALTER TABLE {table} ADD COLUMN {quote(column)} {SQLITE_TYPES[self.types[column]]}"
