@@ -39,7 +39,8 @@ class Link:
     def handshake(self) -> None:
         hello = SAMPLES["hello"]
         welcome = SAMPLES["welcome"]
-        assert isinstance(hello, Hello) and isinstance(welcome, Welcome)
+        assert isinstance(hello, Hello)
+        assert isinstance(welcome, Welcome)
         assert self.deliver(Role.DEVICE, hello) == hello
         assert self.deliver(Role.SERVER, welcome) == welcome
 

@@ -40,8 +40,7 @@ def _drain(connection: Connection, data: bytes, eof: bool) -> ErrorCode | None:
         try:
             event = connection.next_event()
         except RemoteProtocolError as exc:
-            assert isinstance(exc.code, ErrorCode)
-            return exc.code
+            return ErrorCode(exc.code)
         if isinstance(event, NeedData | ConnectionClosed):
             return None
         assert isinstance(event, Message)

@@ -65,3 +65,9 @@ def test_protocol_md_examples_are_the_vector_bytes() -> None:
 def test_protocol_md_documents_every_error_code() -> None:
     for code in ErrorCode:
         assert re.search(rf"\|\s*{int(code)}\s*\|\s*`?{code.name}`?\s*\|", SPEC), code.name
+
+
+def test_fuzz_entry_point_runs_briefly() -> None:
+    from protocol.fuzz import main
+
+    assert main(["--seconds", "0.5", "--seed", "1"]) == 0
