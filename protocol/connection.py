@@ -270,7 +270,7 @@ class Connection:
             raise LocalProtocolError(
                 f"{message_type.TYPE} frame of {len(data) - 4} bytes exceeds the limit of {limit}"
             )
-        if isinstance(message, Welcome):
+        if isinstance(message, Welcome) and self.state is State.AUTHENTICATING:
             self._check_welcome(message)
         self._state.process(self.our_role, message_type)
         if isinstance(message, Hello):
