@@ -159,3 +159,21 @@ def test_each_wire_type_round_trips(db_path: Path) -> None:
         local.apply_schema([every], "fp")
         local.apply_batch([("every", [row], [])], None)
         assert local.rows("every") == [stored(row)]
+
+
+def test_recreate_keeps_queued_edits(db: LocalDB) -> None:
+    db.apply_batch([("contact", [["c1", "a1", "x@example.com", 4]], [])], None)
+    db.update("contact", "c1", {"email": "edited@example.com"})
+    db.insert("contact", {"id": "c2", "email": "new@example.com"})
+    retyped = EntitySchema(
+        "contact", "id", [("id", "uuid"), ("account_id", "text"), ("email", "text")], ["email"]
+    )
+    assert db.apply_schema([ACCOUNT, retyped], "fp-2") == ["contact"]
+    assert db.rows("contact") == [("c2", None, "new@example.com", 0)]
+    assert db.pending_count() == 2
+    # The re-download brings c1 back with the queued edit on top.
+    db.apply_batch([("contact", [["c1", "a1", "x@example.com", 5]], [])], b"cp")
+    assert db.rows("contact") == [
+        ("c1", "a1", "edited@example.com", 5),
+        ("c2", None, "new@example.com", 0),
+    ]
