@@ -400,7 +400,8 @@ class LocalDB:
 
     @staticmethod
     def _check_columns(entity: Entity, values: Mapping[str, Any], allow_key: bool) -> None:
-        allowed = entity.writable | {entity.key} if allow_key else entity.writable
+        # The key is given once, on insert; changing it would orphan the row's queued ops.
+        allowed = entity.writable | {entity.key} if allow_key else entity.writable - {entity.key}
         refused = [name for name in values if name not in allowed]
         if refused:
             raise InvalidEdit(

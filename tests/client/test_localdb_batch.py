@@ -1,5 +1,6 @@
 """Server change batches: atomic with their checkpoint, ordered by version, resettable."""
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -125,3 +126,11 @@ def test_reset_unknown_entity_is_refused(db: LocalDB) -> None:
     with pytest.raises(UnknownEntity):
         db.reset(["ghost"])
     assert db.checkpoint() == b"cp"
+
+
+async def test_calls_work_from_a_worker_thread(db: LocalDB) -> None:
+    """The SDK runs store calls off the event loop with asyncio.to_thread."""
+    async with asyncio.timeout(10):
+        await asyncio.to_thread(db.apply_batch, [("account", [account("a1", "A", 1)], [])], b"cp")
+        assert await asyncio.to_thread(db.checkpoint) == b"cp"
+    assert db.count("account") == 1

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.client import InvalidEdit, LocalDB
+from syncd.client import EntitySchema, InvalidEdit, LocalDB
 from tests.client.crm import account, stored
 
 NEW_ID = "5b1c8a52-7a5e-4f8e-8d1e-0e4cf6f1a001"
@@ -137,3 +137,13 @@ def test_edits_on_a_locally_inserted_row_stack(db: LocalDB) -> None:
     batch = db.next_upload_batch(10)
     assert batch is not None
     assert [(op.op, op.base_version) for op in batch.ops] == [("insert", None), ("update", 0)]
+
+
+def test_key_is_never_updatable_even_if_listed_writable(db_path: Path) -> None:
+    loose = EntitySchema("tag", "id", [("id", "text"), ("label", "text")], ["id", "label"])
+    with LocalDB.open(db_path) as local:
+        local.apply_schema([loose], "fp")
+        local.insert("tag", {"id": "t1", "label": "x"})
+        with pytest.raises(InvalidEdit, match="id"):
+            local.update("tag", "t1", {"id": "t2"})
+        assert local.rows("tag") == [("t1", "x", 0)]
