@@ -173,7 +173,11 @@ class ClientModel:
     @property
     def fingerprint(self) -> str:
         """sha256 hex of the entity schemas: equal fingerprints mean equal device tables."""
-        schemas = {e.name: e.schema_json() for e in self.entities}
+        # Columns as [name, type] pairs: key sorting must not erase the wire order.
+        schemas = {
+            e.name: {**e.schema_json(), "columns": [[c.name, c.type] for c in e.columns]}
+            for e in self.entities
+        }
         return hashlib.sha256(orjson.dumps(schemas, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

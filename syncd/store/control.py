@@ -96,13 +96,14 @@ class DeviceRecord:
 class ControlStore:
     """Typed access to the control database through one bounded pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
+        self._dsn = dsn
 
     @classmethod
     async def connect(cls, dsn: str, *, max_size: int = 4, migrate: bool = True) -> ControlStore:
         pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size)
-        store = cls(pool)
+        store = cls(pool, dsn)
         if migrate:
             try:
                 await store.migrate()
@@ -113,6 +114,10 @@ class ControlStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def connect_listener(self) -> asyncpg.Connection:
+        """A dedicated (unpooled) connection, for LISTEN on CONFIG_CHANNEL via ``Listener``."""
+        return await asyncpg.connect(self._dsn)
 
     async def migrate(self) -> int:
         """Apply missing migrations; returns the schema version now in place."""

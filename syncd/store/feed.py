@@ -76,11 +76,12 @@ class RowFilter:
         parts = []
         for term in self.terms:
             col = entity.column(term.column)  # KeyError for a column the entity lacks
+            lhs = column(col)  # may add parameters of its own: call before numbering ours
             params.append(term.value)
             if term.op == "=":
-                parts.append(f"{column(col)} = ${len(params)}::{SQL_TYPES[col.type]}")
+                parts.append(f"{lhs} = ${len(params)}::{SQL_TYPES[col.type]}")
             elif term.op == "IN":
-                parts.append(f"{column(col)} = ANY(${len(params)}::{SQL_TYPES[col.type]}[])")
+                parts.append(f"{lhs} = ANY(${len(params)}::{SQL_TYPES[col.type]}[])")
             else:
                 raise ValueError(f"unsupported filter op {term.op!r}")
         return " AND ".join(parts) if parts else "true"
@@ -117,7 +118,7 @@ def _old_image_column(alias: str, params: list[object]) -> ColumnSql:
     def column(c: Column) -> str:
         # The jsonb key is the column name passed as a value: no SQL text from names here.
         params.append(c.name)
-        return f"({alias}.old->>${len(params)})::{SQL_TYPES[c.type]}"
+        return f"({alias}.old->>${len(params)}::text)::{SQL_TYPES[c.type]}"
 
     return column
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -29,7 +29,7 @@ class Listener:
 
     def __init__(
         self,
-        connect: Callable[[], asyncpg.Connection],
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
         channel: str,
         callback: Callable[[str], None],
     ) -> None:

@@ -30,7 +30,12 @@ __all__ = ["ChangeStream", "StagingStore", "create_database", "drop_database"]
 # page query can be 30x slower (CEILINGS.md); JIT only adds compile time to short pages.
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
 
-_CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError)
+_CONNECTION_LOST = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a dead connection reused before its loss was noticed
+    OSError,
+)
 
 
 class StagingStore:
@@ -80,6 +85,9 @@ class StagingStore:
         try:
             rows: list[asyncpg.Record] = await pool.fetch(sql, *args)
         except _CONNECTION_LOST:
+            # One lost connection usually means all of them (server restart, mass
+            # termination): expire the idle ones so the retry gets a fresh connection.
+            await pool.expire_connections()
             rows = await pool.fetch(sql, *args)
         return rows
 

@@ -1,0 +1,137 @@
+"""Shared fixtures: one embedded PostgreSQL per test session, fresh databases per test.
+
+The server starts once (about a second) in a temporary directory and is stopped at the end of
+the session; the fixture then checks no server process is left. Each test gets databases of
+its own (unique names), so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import psutil  # type: ignore[import-untyped]
+import pytest
+
+from syncd.model import ClientModel
+from syncd.store import ControlStore, EmbeddedPostgres, OrgStores, StagingStore
+
+CRM_MODEL = {
+    "entities": {
+        "account": {
+            "key": "id",
+            "columns": {
+                "id": "uuid",
+                "name": "text",
+                "owner_id": "integer",
+                "amount": "numeric",
+                "modified_at": "timestamp",
+                "status": "integer",
+            },
+            "writable": ["name", "status"],
+        },
+        "note": {"key": "id", "columns": {"id": "integer", "body": "text", "day": "date"}},
+    },
+    "profiles": {
+        "field_sales": {
+            "offline": True,
+            "entities": {
+                "account": {"filter": {"column": "owner_id", "op": "=", "param": "user.id"}},
+                "note": {},
+            },
+        }
+    },
+    "default_profile": "field_sales",
+}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    # Not tmp_path_factory: pytest prunes old numbered temp dirs, and a concurrent pytest run
+    # (several engineers share this machine) would delete our live data directory.
+    base = Path(tempfile.mkdtemp(prefix="syncd-test-pg-"))
+    server = EmbeddedPostgres(base / "data")
+    server.start()
+    try:
+        yield server
+    finally:
+        data_dir = server.data_dir
+        server.stop()
+        left = [p.pid for p in psutil.process_iter(["name", "cmdline"]) if _serves(p, data_dir)]
+        shutil.rmtree(base, ignore_errors=True)
+        assert not left, f"PostgreSQL processes left behind: {left}"
+
+
+def _serves(proc: psutil.Process, data_dir: Path) -> bool:
+    info = proc.info
+    if info.get("name") != "postgres" or proc.status() == psutil.STATUS_ZOMBIE:
+        return False
+    return str(data_dir) in " ".join(info.get("cmdline") or ())
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_server: EmbeddedPostgres) -> str:
+    return pg_server.dsn("postgres")
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def fresh_database(pg_dsn: str) -> AsyncIterator[str]:
+    """The name of an empty database, dropped after the test."""
+    name = unique_name("t")
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield name
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def control(pg_dsn: str, fresh_database: str) -> AsyncIterator[ControlStore]:
+    """A migrated control store on a database of its own."""
+    store = await ControlStore.connect(_with_database(pg_dsn, fresh_database))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _with_database(dsn: str, database: str) -> str:
+    # Embedded DSNs look like postgresql://postgres:@/postgres?host=/socket/dir
+    head, _, query = dsn.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{database}?{query}" if query else f"{base}/{database}"
+
+
+@pytest.fixture
+def crm_model() -> ClientModel:
+    return ClientModel.parse(CRM_MODEL)
+
+
+@pytest.fixture
+async def org_stores(pg_dsn: str) -> AsyncIterator[OrgStores]:
+    stores = OrgStores(pg_dsn)
+    try:
+        yield stores
+    finally:
+        await stores.close_all()
+
+
+@pytest.fixture
+async def staging(org_stores: OrgStores, crm_model: ClientModel) -> AsyncIterator[StagingStore]:
+    """A provisioned staging database (CRM model) for a fresh org, dropped afterwards."""
+    org = unique_name("org")
+    store = await org_stores.provision(org, crm_model)
+    try:
+        yield store
+    finally:
+        await org_stores.deprovision(org)

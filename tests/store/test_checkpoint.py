@@ -1,0 +1,51 @@
+"""Checkpoint encoding: compact, versioned, and garbage is a clear CheckpointError."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.store import Checkpoint, CheckpointError
+
+
+def test_round_trip() -> None:
+    cp = Checkpoint(100, 110, (101, 105))
+    data = cp.encode()
+    assert Checkpoint.decode(data) == cp
+    assert len(data) < 20
+
+
+@given(st.binary(max_size=64))
+def test_garbage_is_checkpoint_error(data: bytes) -> None:
+    # Either a valid checkpoint or a CheckpointError: never another exception type.
+    with contextlib.suppress(CheckpointError):
+        Checkpoint.decode(data)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [2, 1, 2, []],  # unknown format
+        [1, 5, 4, []],  # xmin > xmax
+        [1, 0, 4, []],  # xmin 0
+        [1, 5, 9, [10]],  # xip outside range
+        [1, 5, 9, ["6"]],
+        [1, 5.0, 9, []],
+        [1, 5, 9],
+        {"xmin": 1},
+        [1, -1, 9, []],
+        [1, True, 9, []],
+    ],
+)
+def test_malformed(obj: object) -> None:
+    with pytest.raises(CheckpointError):
+        Checkpoint.decode(msgpack.packb(obj))
+
+
+def test_not_bytes() -> None:
+    with pytest.raises(CheckpointError):
+        Checkpoint.decode("abc")  # type: ignore[arg-type]
