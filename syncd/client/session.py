@@ -1,0 +1,336 @@
+"""The device side of a sync session over TLS, driving a `LocalDB`.
+
+Strategy: the same sans-IO `protocol.Connection` the server uses, in the DEVICE role, wrapped
+in asyncio streams. Changes frames are buffered and applied to SQLite in one transaction per
+group (up to `APPLY_ROWS` rows, or at each Checkpoint/CaughtUp together with its token, so
+rows and checkpoint commit atomically). Applying runs in a worker thread, so SQLite commits
+overlap with reading the next frames from the network. After a checkpoint is durable the
+client acknowledges it.
+
+`sync_once` downloads until caught up; `run_live` stays connected and reconnects after drops
+and GoingAway with capped, jittered backoff, resuming from the stored checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import (
+    NEED_DATA,
+    Ack,
+    CaughtUp,
+    Changes,
+    Checkpoint,
+    Connection,
+    ConnectionClosed,
+    Error,
+    ErrorCode,
+    GoingAway,
+    Goodbye,
+    Hello,
+    Message,
+    ModelChanged,
+    ModelSummary,
+    Ping,
+    Pong,
+    RefreshToken,
+    RemoteProtocolError,
+    Resync,
+    Role,
+    State,
+    TokenExpiring,
+    TokenRefreshed,
+    UploadResult,
+    Welcome,
+    error_frame_for,
+)
+from syncd.client.localdb import LocalDB
+from syncd.client.localschema import EntitySchema
+
+__all__ = ["ServerError", "SyncClient", "SyncStats"]
+
+#: Rows buffered before one SQLite transaction when no checkpoint comes sooner: large enough
+#: to amortize the commit, small enough to bound the client's memory during a 1M-row sync.
+APPLY_ROWS = 20_000
+READ_CHUNK = 256 * 1024
+
+
+class ServerError(Exception):
+    """The server ended the session with an Error frame (or the link broke)."""
+
+    def __init__(self, code: ErrorCode, message: str, retry_after_ms: int | None = None) -> None:
+        super().__init__(f"{code.name} ({int(code)}): {message}")
+        self.code = code
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+    @property
+    def retryable(self) -> bool:
+        return self.code.retryable
+
+
+@dataclass
+class SyncStats:
+    rows_received: int = 0
+    rows_applied: int = 0
+    deletes_applied: int = 0
+    frames: int = 0
+    checkpoints: int = 0
+    bytes_received: int = 0
+    started: float = field(default_factory=time.monotonic)
+    caught_up_after: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+TokenProvider = Callable[[], Awaitable[str]]
+Progress = Callable[[SyncStats], None]
+
+
+@dataclass
+class _Buffered:
+    changes: list[tuple[str, Any, Any]] = field(default_factory=list)
+    rows: int = 0
+
+
+class SyncClient:
+    def __init__(
+        self,
+        db: LocalDB,
+        *,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        token: str,
+        org: str,
+        device_id: str | None = None,
+        app_version: str = "syncd-client/0.1",
+        server_hostname: str | None = None,
+        token_provider: TokenProvider | None = None,
+        on_progress: Progress | None = None,
+        on_live_change: Callable[[Changes], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.host, self.port = host, port
+        self._ssl = ssl_context
+        self._server_hostname = server_hostname
+        self.token = token
+        self.org = org
+        stored = db.meta("device_id")
+        self.device_id = device_id or (str(stored) if stored else uuid.uuid4().hex)
+        if stored != self.device_id:
+            db.set_meta("device_id", self.device_id)
+        self.app_version = app_version
+        self._token_provider = token_provider
+        self._on_progress = on_progress
+        self._on_live_change = on_live_change
+        self.stats = SyncStats()
+        self.welcome: Welcome | None = None
+        self.caught_up = asyncio.Event()
+        self.checkpoint_applied = asyncio.Event()
+        self._conn: Connection | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._buffer = _Buffered()
+
+    # --- public entry points ------------------------------------------------------------
+
+    async def sync_once(self) -> SyncStats:
+        """Connect, download until caught up, say goodbye."""
+        await self.connect()
+        try:
+            await self._pump(until_caught_up=True)
+            await self._send(Goodbye(reason="caught up"))
+        finally:
+            await self.close()
+        return self.stats
+
+    async def run_live(self, stop: asyncio.Event, *, max_backoff: float = 30.0) -> None:
+        """Stay in sync until `stop` is set, reconnecting after drops and GoingAway."""
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                await self.connect()
+                backoff = 0.2
+                pump = asyncio.create_task(self._pump(until_caught_up=False))
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait([pump, stopper], return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if stop.is_set():
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pump
+                    with contextlib.suppress(Exception):
+                        await self._send(Goodbye(reason="stopping"))
+                    return
+                pump.result()
+            except ServerError as exc:
+                if not exc.retryable:
+                    raise
+                if exc.retry_after_ms:
+                    backoff = max(backoff, exc.retry_after_ms / 1000)
+            except (OSError, asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                await self.close()
+            delay = min(backoff, max_backoff) * (0.5 + random.random())
+            backoff = min(backoff * 2, max_backoff)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+
+    # --- connection ---------------------------------------------------------------------
+
+    async def connect(self) -> Welcome:
+        self._conn = Connection(Role.DEVICE)
+        self.caught_up.clear()
+        self._reader, self._writer = await asyncio.open_connection(
+            self.host,
+            self.port,
+            ssl=self._ssl,
+            server_hostname=self._server_hostname,
+            limit=READ_CHUNK,
+        )
+        await self._send(
+            Hello(
+                versions=(1,),
+                token=self.token,
+                org=self.org,
+                device_id=self.device_id,
+                app_version=self.app_version,
+                checkpoint=self.db.checkpoint(),
+                schema_fingerprint=self.db.schema_fingerprint(),
+            )
+        )
+        message = await self._next()
+        if not isinstance(message, Welcome):
+            raise ServerError(ErrorCode.UNEXPECTED_MESSAGE, f"expected Welcome, got {message!r}")
+        self.welcome = message
+        await self._apply_model(message.model)
+        return message
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await writer.wait_closed()
+
+    # --- the receive loop ---------------------------------------------------------------
+
+    async def _pump(self, *, until_caught_up: bool) -> None:
+        while True:
+            message = await self._next()
+            if isinstance(message, Changes):
+                self._buffer.changes.append((message.entity, message.upserts, message.deletes))
+                count = len(message.upserts) + len(message.deletes)
+                self._buffer.rows += count
+                self.stats.rows_received += count
+                self.stats.frames += 1
+                if self._buffer.rows >= APPLY_ROWS:
+                    await self._flush(None)
+                if self._on_live_change is not None and self.caught_up.is_set():
+                    self._on_live_change(message)
+            elif isinstance(message, Checkpoint | CaughtUp):
+                await self._flush(message.token)
+                await self._send(Ack(checkpoint=message.token))
+                self.stats.checkpoints += 1
+                self.checkpoint_applied.set()
+                if isinstance(message, CaughtUp):
+                    self.stats.caught_up_after = self.stats.elapsed
+                    self.caught_up.set()
+                    if until_caught_up:
+                        return
+            elif isinstance(message, Resync):
+                await self._flush(None)
+                await asyncio.to_thread(self.db.reset, message.entities)
+                self.caught_up.clear()
+            elif isinstance(message, ModelChanged):
+                await self._flush(None)
+                await self._apply_model(message.model)
+                if message.resync:
+                    await asyncio.to_thread(self.db.reset, message.resync)
+                self.caught_up.clear()
+            elif isinstance(message, Ping):
+                await self._send(Pong(nonce=message.nonce))
+            elif isinstance(message, TokenExpiring):
+                if self._token_provider is not None:
+                    self.token = await self._token_provider()
+                    await self._send(RefreshToken(token=self.token))
+            elif isinstance(message, GoingAway):
+                await self._flush(None)
+                raise ServerError(ErrorCode.GOING_AWAY, message.reason, message.retry_after_ms)
+            elif isinstance(message, Pong | TokenRefreshed | UploadResult):
+                pass
+
+    async def _flush(self, token: bytes | None) -> None:
+        """Apply the buffered frames (and `token`, if given) in one SQLite transaction."""
+        buffered, self._buffer = self._buffer, _Buffered()
+        if not buffered.changes and token is None:
+            return
+        await asyncio.to_thread(self.db.apply_batch, buffered.changes, token)
+        for _entity, upserts, deletes in buffered.changes:
+            self.stats.rows_applied += len(upserts)
+            self.stats.deletes_applied += len(deletes)
+        if self._on_progress is not None:
+            self._on_progress(self.stats)
+
+    async def _apply_model(self, model: ModelSummary) -> None:
+        entities = [
+            EntitySchema(
+                name=e.name,
+                key=e.key,
+                columns=[(c.name, c.type) for c in e.columns],
+                writable=e.writable,
+            )
+            for e in model.entities
+        ]
+        await asyncio.to_thread(self.db.apply_schema, entities, model.fingerprint)
+
+    async def _next(self) -> Message:
+        conn, reader = self._conn, self._reader
+        assert conn is not None
+        assert reader is not None
+        while True:
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError as exc:
+                with contextlib.suppress(Exception):
+                    await self._write(error_frame_for(exc))
+                raise ServerError(exc.code, f"server sent invalid data: {exc.message}") from None
+            if event is NEED_DATA:
+                data = await reader.read(READ_CHUNK)
+                self.stats.bytes_received += len(data)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, ConnectionClosed):
+                raise ConnectionResetError("the server closed the connection")
+            if isinstance(event, Error):
+                raise ServerError(event.code, event.message, event.retry_after_ms)
+            assert isinstance(event, Message)
+            return event
+
+    async def _send(self, message: Message) -> None:
+        conn = self._conn
+        assert conn is not None
+        if conn.state is State.CLOSED:
+            return
+        await self._write(conn.send(message))
+
+    async def _write(self, data: bytes) -> None:
+        writer = self._writer
+        if writer is None:
+            raise ConnectionResetError("not connected")
+        writer.write(data)
+        await writer.drain()

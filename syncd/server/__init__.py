@@ -1,0 +1,1 @@
+"""The syncd daemon: lifecycle, listeners, device sessions, live fan-out, admin service."""

@@ -1,0 +1,191 @@
+"""Live fan-out: one query and one encoding per change per group of identical subscribers.
+
+Strategy (DESIGN.md, decisions 4 and 5). Every org has one hub. Sessions that have caught up
+join it as members of a group keyed by their plan's `group_key` (same entities, same filters,
+same bound parameters: the same rows). When the org's staging database signals a commit, the
+hub takes one snapshot S and, for each group, reads the window (hub position, S] once,
+encodes each batch once, and hands the same frame objects to every member's bounded queue.
+
+A member whose queue is full is a slow device: it is dropped from the hub with the checkpoint
+of the last window it received whole and catches up on its own later, so one slow phone
+never grows memory or holds back the others.
+
+Joining is done under the hub's lock so no window is missed or seen twice: the hub first
+advances to a fresh snapshot (taken after the session's own catch-up snapshot), then the
+session reads the small gap between its checkpoint and the hub's position itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from protocol import Checkpoint as CheckpointMsg
+from protocol import PreparedFrame, encode_changes, prepare
+from syncd.metrics import Metrics
+from syncd.server.plan import DevicePlan
+from syncd.server.sync_token import SyncToken
+from syncd.store import ChangeStream, Checkpoint, ResyncRequired, StagingStore
+
+__all__ = ["LiveHub", "LiveMember"]
+
+_log = logging.getLogger(__name__)
+
+GroupKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(eq=False)
+class LiveMember:
+    """A caught-up session as the hub sees it."""
+
+    plan: DevicePlan
+    checkpoint: Checkpoint
+    offer: Callable[[Sequence[PreparedFrame]], bool]
+    """Queue frames without waiting; False means the session's queue is full."""
+    on_dropped: Callable[[Checkpoint], None]
+    """Called once if the hub drops the member, with the checkpoint it last received whole."""
+
+
+@dataclass(eq=False)
+class _Group:
+    plan: DevicePlan
+    members: set[LiveMember] = field(default_factory=set)
+
+
+class LiveHub:
+    def __init__(self, org: str, staging: StagingStore, batch_size: int, metrics: Metrics) -> None:
+        self.org = org
+        self._staging = staging
+        self._batch_size = batch_size
+        self._metrics = metrics
+        self._groups: dict[GroupKey, _Group] = {}
+        self._position: Checkpoint | None = None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._last_signal = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"hub:{self.org}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for group in self._groups.values():
+            for member in group.members:
+                member.on_dropped(member.checkpoint)
+        self._groups.clear()
+
+    @property
+    def member_count(self) -> int:
+        return sum(len(g.members) for g in self._groups.values())
+
+    def signal(self, _entity: str = "") -> None:
+        """The staging database committed something (LISTEN callback): advance soon."""
+        if not self._wake.is_set():
+            self._last_signal = time.monotonic()
+        self._wake.set()
+
+    async def join(
+        self,
+        member: LiveMember,
+        catch_up: Callable[[Checkpoint | None, Checkpoint], Awaitable[None]],
+    ) -> None:
+        """Make `member` live. `catch_up(since, until)` sends the gap (since, until] itself;
+        the hub is locked meanwhile, so the member's next frames start exactly at `until`."""
+        async with self._lock:
+            if self._groups:
+                await self._advance()
+            else:
+                self._position = await self._staging.current_checkpoint()
+            assert self._position is not None
+            await catch_up(member.checkpoint, self._position)
+            member.checkpoint = self._position
+            key = member.plan.group_key
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _Group(member.plan)
+            group.members.add(member)
+
+    def leave(self, member: LiveMember) -> None:
+        group = self._groups.get(member.plan.group_key)
+        if group is not None:
+            group.members.discard(member)
+            if not group.members:
+                del self._groups[member.plan.group_key]
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            signalled = self._last_signal
+            try:
+                async with self._lock:
+                    if self._groups:
+                        await self._advance()
+                        self._metrics.commit_to_send_seconds.labels(org=self.org).observe(
+                            time.monotonic() - signalled
+                        )
+            except Exception:
+                # A failed window leaves the position unchanged: the next signal retries it.
+                _log.exception("live window failed", extra={"org": self.org})
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def _advance(self) -> None:
+        """Read (position, now] once per group and offer the frames to every member."""
+        since = self._position
+        assert since is not None
+        try:
+            first = await self._staging.changes(since, (), batch_size=self._batch_size)
+        except ResyncRequired:
+            # The history behind the hub's position is gone (compaction raced us): every
+            # member re-downloads on its own.
+            self._drop_all()
+            self._position = await self._staging.current_checkpoint()
+            return
+        until = first.checkpoint
+        if until == since:
+            return
+        for key, group in list(self._groups.items()):
+            frames: list[PreparedFrame] = []
+            rows: dict[str, int] = {}
+            stream = ChangeStream(
+                self._staging, since, until, group.plan.subscriptions, self._batch_size
+            )
+            async for batch in stream:
+                if batch.upserts or batch.deletes:
+                    frames.append(encode_changes(batch.entity, batch.upserts, batch.deletes))
+                    rows[batch.entity] = (
+                        rows.get(batch.entity, 0) + len(batch.upserts) + len(batch.deletes)
+                    )
+            if not frames:
+                # Nothing for this group: its members keep their (still exact) checkpoint.
+                continue
+            token = SyncToken(until, group.plan.hashes).encode()
+            frames.append(prepare(CheckpointMsg(token=token)))
+            delivered = 0
+            for member in list(group.members):
+                if member.offer(frames):
+                    member.checkpoint = until
+                    delivered += 1
+                else:
+                    group.members.discard(member)
+                    member.on_dropped(member.checkpoint)
+            if not group.members:
+                del self._groups[key]
+            for entity, count in rows.items():
+                self._metrics.rows_sent.labels(org=self.org, entity=entity).inc(count * delivered)
+        self._position = until
+
+    def _drop_all(self) -> None:
+        for group in self._groups.values():
+            for member in group.members:
+                member.on_dropped(member.checkpoint)
+        self._groups.clear()

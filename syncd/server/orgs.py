@@ -1,0 +1,155 @@
+"""Every org's live state in memory: its client model, assignments, staging store and hub.
+
+Strategy: the control database is the truth (DESIGN.md, decision 6); this registry is a
+cache of it. Each org is (re)loaded whole from the control database, at start and whenever
+the `syncd_config` channel says the org changed, whichever instance made the change, so
+several daemons over one control database converge without talking to each other.
+Sessions register a callback and are told when their org's configuration changed; they
+re-plan themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from syncd.metrics import Metrics
+from syncd.server.hub import LiveHub
+from syncd.store import (
+    CONFIG_CHANNEL,
+    ControlStore,
+    Listener,
+    OrgRecord,
+    OrgStores,
+    StagingStore,
+    StoredModel,
+)
+
+__all__ = ["OrgRegistry", "OrgRuntime"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class OrgRuntime:
+    record: OrgRecord
+    staging: StagingStore
+    hub: LiveHub
+    model: StoredModel | None = None
+    assignments: dict[str, str] = field(default_factory=dict)
+    watchers: set[Callable[[], None]] = field(default_factory=set)
+    listener: Listener | None = None
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    def notify_watchers(self) -> None:
+        for watcher in list(self.watchers):
+            watcher()
+
+
+class OrgRegistry:
+    def __init__(
+        self,
+        control: ControlStore,
+        stores: OrgStores,
+        *,
+        batch_size: int,
+        metrics: Metrics,
+    ) -> None:
+        self.control = control
+        self.stores = stores
+        self._batch_size = batch_size
+        self._metrics = metrics
+        self._orgs: dict[str, OrgRuntime] = {}
+        self._reload_locks: dict[str, asyncio.Lock] = {}
+        self._config_listener: Listener | None = None
+        self._pending: set[asyncio.Task[OrgRuntime | None]] = set()
+
+    def get(self, name: str) -> OrgRuntime | None:
+        return self._orgs.get(name)
+
+    def all(self) -> list[OrgRuntime]:
+        return list(self._orgs.values())
+
+    async def start(self) -> None:
+        """Load every org, then follow configuration changes made by any instance."""
+        for record in await self.control.list_orgs():
+            await self.reload(record.name)
+        self._config_listener = Listener(
+            self.control.connect_listener, CONFIG_CHANNEL, self._on_config_notify
+        )
+        await self._config_listener.start()
+
+    def _on_config_notify(self, org: str) -> None:
+        names = [org] if org else [*self._orgs]  # '' = reconnected: anything may have changed
+        for name in names:
+            task = asyncio.create_task(self.reload(name))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def reload(self, name: str) -> OrgRuntime | None:
+        """Bring the in-memory state of `name` in line with the control database."""
+        lock = self._reload_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            try:
+                return await self._reload(name)
+            except Exception:
+                _log.exception("reloading org failed", extra={"org": name})
+                return self._orgs.get(name)
+
+    async def _reload(self, name: str) -> OrgRuntime | None:
+        record = await self.control.get_org(name)
+        runtime = self._orgs.get(name)
+        if record is None:
+            if runtime is not None:
+                await self._unload(runtime)
+            return None
+        if runtime is None:
+            staging = self.stores.get(name, record.staging_dsn)
+            hub = LiveHub(name, staging, self._batch_size, self._metrics)
+            runtime = OrgRuntime(record, staging, hub)
+            self._orgs[name] = runtime
+            hub.start()
+        else:
+            runtime.record = record
+        model = await self.control.get_model(name)
+        assignments = await self.control.list_assignments(name)
+        changed = (
+            model is not None and (runtime.model is None or runtime.model.version != model.version)
+        ) or assignments != runtime.assignments
+        runtime.assignments = assignments
+        if model is not None and changed:
+            runtime.model = model
+        if runtime.model is not None and runtime.listener is None:
+            runtime.listener = await runtime.staging.listen(runtime.hub.signal)
+        if changed:
+            runtime.notify_watchers()
+        return runtime
+
+    async def _unload(self, runtime: OrgRuntime) -> None:
+        self._orgs.pop(runtime.name, None)
+        runtime.model = None
+        runtime.notify_watchers()  # sessions see no model and close with UNKNOWN_ORG
+        if runtime.listener is not None:
+            await runtime.listener.close()
+        await runtime.hub.close()
+        await self.stores.close(runtime.name)
+        self._metrics.forget_org(runtime.name)
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        if self._config_listener is not None:
+            await self._config_listener.close()
+        for runtime in list(self._orgs.values()):
+            if runtime.listener is not None:
+                with contextlib.suppress(Exception):
+                    await runtime.listener.close()
+            await runtime.hub.close()
+        self._orgs.clear()
+        await self.stores.close_all()

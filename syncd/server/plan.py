@@ -1,0 +1,117 @@
+"""What one device follows: its profile's entities, their compiled filters, its model summary.
+
+Strategy: everything a session needs to know about "what may this user see" is computed once,
+from the org's live client model and the verified token claims, into a `DevicePlan`. The plan
+is immutable; a model change or profile reassignment produces a new plan, and comparing the
+per-entity hashes of the old and new plans tells which entities must be re-downloaded.
+
+Two devices with equal `group_key` follow exactly the same rows, so the live hub serves them
+with one query and one encoding per change (DESIGN.md, decision 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from protocol import ColumnSchema, EntitySchema, ErrorCode, ModelSummary
+from syncd.auth import Claims
+from syncd.model import ClientModel, Entity
+from syncd.store import RowFilter, Subscription
+
+__all__ = ["DevicePlan", "PlanError", "filter_params", "plan_for"]
+
+
+class PlanError(Exception):
+    """The user may not sync: carries the wire code the session answers with."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    model_version: int
+    profile: str
+    summary: ModelSummary
+    subscriptions: tuple[Subscription, ...]
+    hashes: Mapping[str, str]
+
+    @property
+    def group_key(self) -> tuple[tuple[str, str], ...]:
+        """Equal keys mean equal rows: the live hub groups sessions by this."""
+        return tuple(sorted(self.hashes.items()))
+
+    def changed_entities(self, previous: Mapping[str, str]) -> tuple[str, ...]:
+        """Entities of this plan that a device following `previous` must download anew."""
+        return tuple(name for name, h in self.hashes.items() if previous.get(name) != h)
+
+
+def filter_params(claims: Claims) -> dict[str, object]:
+    """The values a filter may bind, named as filters refer to them (``user.id`` ...)."""
+    return {
+        "user.id": claims.subject,
+        "user.roles": list(claims.roles),
+        "user.teams": list(claims.teams),
+        "org": claims.org,
+    }
+
+
+def plan_for(
+    model: ClientModel, model_version: int, assigned_profile: str | None, claims: Claims
+) -> DevicePlan:
+    """The plan for the token's user, or PlanError with the code to answer."""
+    profile_name = assigned_profile or model.default_profile
+    if profile_name is None:
+        raise PlanError(ErrorCode.FORBIDDEN, "the user has no sync profile in this org")
+    try:
+        profile = model.profile(profile_name)
+    except KeyError:
+        raise PlanError(
+            ErrorCode.FORBIDDEN, f"the user's profile {profile_name!r} is not in the model"
+        ) from None
+    if not profile.offline:
+        raise PlanError(
+            ErrorCode.NOT_ALLOWED_OFFLINE, f"profile {profile_name!r} may not go offline"
+        )
+    params = filter_params(claims)
+    subscriptions: list[Subscription] = []
+    schemas: list[EntitySchema] = []
+    hashes: dict[str, str] = {}
+    for name, access in profile.entities:
+        entity = model.entity(name)
+        row_filter = None
+        bound: Any = None
+        if access.filter is not None:
+            try:
+                row_filter = RowFilter.from_spec(access.filter, params)
+            except (ValueError, KeyError) as exc:
+                raise PlanError(
+                    ErrorCode.FORBIDDEN, f"entity {name!r}: filter cannot apply: {exc}"
+                ) from None
+            bound = [[t.column, t.op, t.value] for t in row_filter.terms]
+        subscriptions.append(Subscription(entity, row_filter))
+        schemas.append(_entity_schema(entity))
+        hashes[name] = _digest([entity.schema_json(), access.filter, bound])
+    fingerprint = _digest([[s.name, s.key, [[c.name, c.type] for c in s.columns]] for s in schemas])
+    summary = ModelSummary(fingerprint=fingerprint, entities=tuple(schemas))
+    return DevicePlan(model_version, profile_name, summary, tuple(subscriptions), hashes)
+
+
+def _entity_schema(entity: Entity) -> EntitySchema:
+    return EntitySchema(
+        name=entity.name,
+        key=entity.key,
+        columns=tuple(ColumnSchema(c.name, c.type) for c in entity.columns),
+        writable=tuple(c.name for c in entity.columns if c.name in entity.writable),
+    )
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]

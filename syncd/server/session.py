@@ -1,0 +1,598 @@
+"""One device session: handshake, catch-up, live mode, and the messages a device sends.
+
+Strategy. The protocol object (`protocol.Connection`, sans-IO) validates every byte and
+every transition; this module wraps it in asyncio the way uvicorn wraps h11. Three tasks
+share a session:
+
+* the main task runs the handshake, then the sync loop: catch up from the device's
+  checkpoint in batches (each batch fetched on a pooled connection that is released
+  before the frame is queued, DESIGN.md decision 5), then join the org's live hub and wait
+  until the hub drops us (slow device), the configuration changes, or the session ends;
+* the reader task decodes what the device sends (acks, pings, uploads, token refreshes)
+  and enforces the idle timeout;
+* the writer task drains the bounded outgoing queue, joining every queued frame into one
+  TLS write (CEILINGS.md: one write per small frame caps fan-out at ~60k frames/s).
+
+Whatever ends the session (a protocol error, an auth failure, the daemon draining, the
+device leaving) is funnelled into `_End`, which carries the Error code to send, if any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import (
+    NEED_DATA,
+    Ack,
+    CaughtUp,
+    Connection,
+    ConnectionClosed,
+    Error,
+    ErrorCode,
+    GoingAway,
+    Goodbye,
+    Hello,
+    Message,
+    ModelChanged,
+    NeedData,
+    OpResult,
+    Ping,
+    Pong,
+    PreparedFrame,
+    RefreshToken,
+    RemoteProtocolError,
+    Resync,
+    Role,
+    State,
+    TokenExpiring,
+    TokenRefreshed,
+    Upload,
+    UploadResult,
+    Welcome,
+    encode_changes,
+    error_frame_for,
+)
+from protocol import Checkpoint as CheckpointMsg
+from syncd.auth import AuthError, Claims, TokenVerifier
+from syncd.logs import log_context
+from syncd.metrics import Metrics
+from syncd.server.hub import LiveMember
+from syncd.server.orgs import OrgRegistry, OrgRuntime
+from syncd.server.plan import DevicePlan, PlanError, plan_for
+from syncd.server.sync_token import SyncToken, SyncTokenError
+from syncd.store import ChangeStream, Checkpoint, ResyncRequired
+
+__all__ = ["DeviceSession", "SessionSettings"]
+
+_log = logging.getLogger(__name__)
+
+# Reads are sized to a TLS record's worth of frames; bigger reads only add latency.
+READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    batch_size: int
+    max_frame_size: int
+    heartbeat_interval: float
+    handshake_timeout: float
+    idle_timeout: float
+    token_expiry_warning: float
+    send_queue_frames: int
+    drain_retry_after: float
+
+
+class _End(Exception):
+    """The session is over; `error` is the frame to send first, if any."""
+
+    def __init__(self, error: Error | None = None, raw: bytes | None = None) -> None:
+        super().__init__(error.message if error else "session ended")
+        self.error = error
+        self.raw = raw
+
+    @classmethod
+    def code(cls, code: ErrorCode, message: str, retry_after_ms: int | None = None) -> _End:
+        return cls(Error(code=code, message=message, retry_after_ms=retry_after_ms))
+
+
+Outgoing = Message | PreparedFrame
+
+
+class _Outbox:
+    """A bounded queue of outgoing frames that the writer takes all at once.
+
+    The catch-up path waits for room (backpressure reaches the database reads); the live
+    hub never waits: `offer` takes a whole window or nothing.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[Outgoing] = deque()
+        self._limit = limit
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def offer(self, frames: Sequence[Outgoing]) -> bool:
+        if len(self._items) + len(frames) > self._limit:
+            return False
+        self._items.extend(frames)
+        self._readable.set()
+        self._writable.clear() if len(self._items) >= self._limit else None
+        return True
+
+    def push(self, item: Outgoing) -> None:
+        """Control frames (pong, results) bypass the bound: they are few and small."""
+        self._items.append(item)
+        self._readable.set()
+
+    async def put(self, item: Outgoing) -> None:
+        while len(self._items) >= self._limit:
+            self._writable.clear()
+            await self._writable.wait()
+        self.push(item)
+
+    async def take_all(self) -> list[Outgoing]:
+        while not self._items:
+            self._readable.clear()
+            await self._readable.wait()
+        items = list(self._items)
+        self._items.clear()
+        self._writable.set()
+        return items
+
+
+class DeviceSession:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        registry: OrgRegistry,
+        verifier: TokenVerifier,
+        settings: SessionSettings,
+        metrics: Metrics,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._registry = registry
+        self._verifier = verifier
+        self._settings = settings
+        self._metrics = metrics
+        self._conn = Connection(Role.SERVER, max_frame_size=settings.max_frame_size)
+        self._outbox = _Outbox(settings.send_queue_frames)
+        self.session_id = uuid.uuid4().hex
+        self.device_id = ""
+        self.org: OrgRuntime | None = None
+        self._claims: Claims | None = None
+        self._plan: DevicePlan | None = None
+        self._end: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
+        self._wake = asyncio.Event()
+        self._dropped: Checkpoint | None = None
+        self._replan = False
+        self._acked: SyncToken | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.state = "handshake"
+
+    # --- entry points -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        end: _End | None = None
+        try:
+            hello = await asyncio.wait_for(self._receive_hello(), self._settings.handshake_timeout)
+            with log_context(session=self.session_id, device=hello.device_id, org=hello.org):
+                await self._welcome(hello)
+                self._metrics.handshake_seconds.observe(time.monotonic() - started)
+                self._tasks = [
+                    asyncio.create_task(self._write_loop()),
+                    asyncio.create_task(self._read_loop()),
+                    asyncio.create_task(self._heartbeat_loop()),
+                ]
+                sync = asyncio.create_task(self._sync(hello))
+                try:
+                    waiters: list[asyncio.Future[Any]] = [sync, self._end]
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sync.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, _End):
+                        await sync
+                if sync.done() and not sync.cancelled() and sync.exception() is not None:
+                    exc = sync.exception()
+                    if isinstance(exc, _End):
+                        end = exc
+                    else:
+                        raise exc  # type: ignore[misc]
+                if end is None and self._end.done():
+                    end = self._end.result()
+        except TimeoutError:
+            end = _End.code(ErrorCode.HANDSHAKE_TIMEOUT, "no Hello within the handshake timeout")
+        except _End as exc:
+            end = exc
+        except RemoteProtocolError as exc:
+            end = _End(raw=error_frame_for(exc))
+            self._metrics.errors.labels(code=exc.code.name).inc()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            end = None
+        except Exception:
+            _log.exception("session failed")
+            end = _End.code(ErrorCode.INTERNAL_ERROR, "internal error", retry_after_ms=1000)
+        finally:
+            await self._finish(end)
+
+    def going_away(self, retry_after_ms: int, reason: str) -> None:
+        """The daemon is draining: tell the device and end the session."""
+        if self._conn.state in (State.SYNCING, State.LIVE):
+            self._finish_with(_End(None), GoingAway(retry_after_ms=retry_after_ms, reason=reason))
+        else:
+            self._finish_with(
+                _End.code(ErrorCode.GOING_AWAY, reason, retry_after_ms=retry_after_ms)
+            )
+
+    # --- handshake ----------------------------------------------------------------------
+
+    async def _receive_hello(self) -> Hello:
+        while True:
+            event = self._conn.next_event()
+            if event is NEED_DATA:
+                data = await self._reader.read(READ_CHUNK)
+                self._conn.receive_data(data)
+                continue
+            if isinstance(event, ConnectionClosed):
+                raise ConnectionResetError("device closed before Hello")
+            if isinstance(event, Hello):
+                return event
+            raise RemoteProtocolError(
+                f"expected Hello, got {type(event).__name__}", ErrorCode.UNEXPECTED_MESSAGE
+            )
+
+    async def _welcome(self, hello: Hello) -> None:
+        try:
+            claims = self._verifier.verify(hello.token)
+        except AuthError as exc:
+            code = (
+                ErrorCode.TOKEN_EXPIRED
+                if exc.kind == "expired"
+                else ErrorCode.AUTHENTICATION_FAILED
+            )
+            raise _End.code(code, str(exc)) from None
+        if claims.org != hello.org:
+            raise _End.code(ErrorCode.UNKNOWN_ORG, "the token is not valid for this org")
+        org = self._registry.get(hello.org)
+        if org is None or org.model is None:
+            raise _End.code(ErrorCode.UNKNOWN_ORG, f"unknown org {hello.org!r}")
+        self.org, self._claims, self.device_id = org, claims, hello.device_id
+        self._plan = self._make_plan()
+        welcome = Welcome(
+            version=self._conn.negotiated_version or 1,
+            session_id=self.session_id,
+            max_frame_size=self._settings.max_frame_size,
+            batch_size=self._settings.batch_size,
+            heartbeat_interval_ms=int(self._settings.heartbeat_interval * 1000),
+            token_expires_at=claims.expires_at,
+            model=self._plan.summary,
+        )
+        await self._write_now(self._conn.send(welcome))
+        org.watchers.add(self._on_config_change)
+        self._metrics.sessions_opened.labels(org=org.name).inc()
+        self._set_state("syncing")
+        await self._registry.control.register_device(org.name, hello.device_id, claims.subject)
+
+    def _make_plan(self) -> DevicePlan:
+        org, claims = self.org, self._claims
+        assert org is not None
+        assert claims is not None
+        if org.model is None:
+            raise _End.code(ErrorCode.UNKNOWN_ORG, f"org {org.name!r} was removed")
+        try:
+            return plan_for(
+                org.model.model, org.model.version, org.assignments.get(claims.subject), claims
+            )
+        except PlanError as exc:
+            raise _End.code(exc.code, exc.message) from None
+
+    # --- sync loop ----------------------------------------------------------------------
+
+    async def _sync(self, hello: Hello) -> None:
+        assert self.org is not None
+        assert self._plan is not None
+        since: Checkpoint | None = None
+        fresh: tuple[str, ...] = ()
+        if hello.checkpoint is not None:
+            try:
+                token = SyncToken.decode(hello.checkpoint)
+            except SyncTokenError as exc:
+                raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
+            since = token.checkpoint
+            fresh = self._plan.changed_entities(token.entities)
+            if fresh:
+                await self._outbox.put(
+                    Resync(
+                        entities=fresh,
+                        code=ErrorCode.MODEL_CHANGED,
+                        reason="the model or filters changed for these entities",
+                    )
+                )
+        while True:
+            until = await self._catch_up(since, fresh)
+            plan = self._plan
+            token_bytes = SyncToken(until, plan.hashes).encode()
+            if self._conn.state is State.SYNCING:
+                await self._outbox.put(CaughtUp(token=token_bytes))
+            else:
+                await self._outbox.put(CheckpointMsg(token=token_bytes))
+            member = LiveMember(plan, until, self._outbox.offer, self._on_dropped)
+            self._dropped, self._replan = None, False
+            await self.org.hub.join(member, self._send_gap)
+            self._set_state("live")
+            while self._dropped is None and not self._replan:
+                self._wake.clear()
+                await self._wake.wait()
+            self.org.hub.leave(member)
+            self._set_state("syncing")
+            since, fresh = member.checkpoint, ()
+            if self._dropped is not None:
+                since = self._dropped
+            if self._replan:
+                old = plan
+                self._plan = self._make_plan()
+                fresh = self._plan.changed_entities(old.hashes)
+                if self._plan.summary != old.summary or fresh:
+                    await self._outbox.put(ModelChanged(model=self._plan.summary, resync=fresh))
+
+    async def _catch_up(self, since: Checkpoint | None, fresh: Sequence[str]) -> Checkpoint:
+        """Send everything from `since` to now; entities in `fresh` from scratch."""
+        assert self.org is not None
+        assert self._plan is not None
+        staging, batch_size = self.org.staging, self._settings.batch_size
+        subs = self._plan.subscriptions
+        incremental = [s for s in subs if since is not None and s.entity.name not in fresh]
+        initial = [s for s in subs if since is None or s.entity.name in fresh]
+        try:
+            first = await staging.changes(
+                since if incremental else None, incremental or initial, batch_size=batch_size
+            )
+        except ResyncRequired as exc:
+            await self._outbox.put(
+                Resync(entities=None, code=ErrorCode.CHECKPOINT_TOO_OLD, reason=str(exc))
+            )
+            first = await staging.changes(None, subs, batch_size=batch_size)
+            incremental, initial = [], list(subs)
+        streams = [first]
+        if incremental and initial:
+            streams.append(
+                ChangeStream(staging, None, first.checkpoint, tuple(initial), batch_size)
+            )
+        for stream in streams:
+            await self._send_stream(stream)
+        return first.checkpoint
+
+    async def _send_gap(self, since: Checkpoint | None, until: Checkpoint) -> None:
+        """The hub's join callback: send (since, until] for our plan."""
+        assert self.org is not None
+        assert self._plan is not None
+        assert since is not None
+        if since == until:
+            return
+        stream = ChangeStream(
+            self.org.staging, since, until, self._plan.subscriptions, self._settings.batch_size
+        )
+        await self._send_stream(stream)
+        if self._conn.state is not State.SYNCING:
+            await self._outbox.put(
+                CheckpointMsg(token=SyncToken(until, self._plan.hashes).encode())
+            )
+
+    async def _send_stream(self, stream: ChangeStream) -> None:
+        assert self.org is not None
+        rows = self._metrics.rows_sent
+        for_org = self.org.name
+        async for batch in stream:
+            if not batch.upserts and not batch.deletes:
+                continue
+            frame = encode_changes(batch.entity, batch.upserts, batch.deletes)
+            await self._outbox.put(frame)
+            rows.labels(org=for_org, entity=batch.entity).inc(
+                len(batch.upserts) + len(batch.deletes)
+            )
+
+    def _on_dropped(self, checkpoint: Checkpoint) -> None:
+        self._dropped = checkpoint
+        self._wake.set()
+
+    def _on_config_change(self) -> None:
+        self._replan = True
+        self._wake.set()
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                event = self._conn.next_event()
+                if isinstance(event, NeedData):
+                    async with asyncio.timeout(self._settings.idle_timeout):
+                        data = await self._reader.read(READ_CHUNK)
+                    if self.org is not None:
+                        self._metrics.bytes_received.labels(org=self.org.name).inc(len(data))
+                    self._conn.receive_data(data)
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    self._finish_with(_End(None))
+                    return
+                await self._handle(event)
+        except TimeoutError:
+            self._finish_with(_End.code(ErrorCode.IDLE_TIMEOUT, "no data within the idle timeout"))
+        except RemoteProtocolError as exc:
+            self._metrics.errors.labels(code=exc.code.name).inc()
+            self._finish_with(_End(raw=error_frame_for(exc)))
+        except _End as end:
+            self._finish_with(end)
+        except (ConnectionError, OSError):
+            self._finish_with(_End(None))
+
+    async def _handle(self, message: Message) -> None:
+        if isinstance(message, Ping):
+            self._outbox.push(Pong(nonce=message.nonce))
+        elif isinstance(message, Pong):
+            pass  # any traffic resets the idle timeout; the nonce needs no check
+        elif isinstance(message, Ack):
+            self._on_ack(message)
+        elif isinstance(message, Upload):
+            self._outbox.push(self._refuse_upload(message))
+        elif isinstance(message, RefreshToken):
+            self._on_refresh(message)
+        elif isinstance(message, Goodbye):
+            self._finish_with(_End(None))
+        elif isinstance(message, Error):
+            _log.info("device reported an error", extra={"code": int(message.code)})
+            self._finish_with(_End(None))
+
+    def _on_ack(self, ack: Ack) -> None:
+        try:
+            token = SyncToken.decode(ack.checkpoint)
+        except SyncTokenError as exc:
+            raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
+        self._acked = token
+        if self.org is not None:
+            self._metrics.checkpoints_acked.labels(org=self.org.name).inc()
+
+    def _refuse_upload(self, upload: Upload) -> UploadResult:
+        # Offline edits are a separate capability (the uploads issue); until it lands the
+        # server says so per operation instead of pretending to apply anything.
+        refusal = OpResult(
+            status="rejected",
+            code=ErrorCode.NOT_WRITABLE,
+            reason="this server does not accept uploads yet",
+        )
+        return UploadResult(batch_id=upload.batch_id, results=tuple(refusal for _ in upload.ops))
+
+    def _on_refresh(self, message: RefreshToken) -> None:
+        try:
+            claims = self._verifier.verify(message.token)
+        except AuthError as exc:
+            code = (
+                ErrorCode.TOKEN_EXPIRED
+                if exc.kind == "expired"
+                else ErrorCode.AUTHENTICATION_FAILED
+            )
+            raise _End.code(code, str(exc)) from None
+        current = self._claims
+        assert current is not None
+        if (claims.org, claims.subject) != (current.org, current.subject):
+            raise _End.code(
+                ErrorCode.AUTHENTICATION_FAILED, "a refreshed token must keep user and org"
+            )
+        self._claims = claims
+        self._outbox.push(TokenRefreshed(expires_at=claims.expires_at))
+        if (claims.roles, claims.teams) != (current.roles, current.teams):
+            self._on_config_change()  # memberships may change what the filters select
+
+    # --- timers -------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        """Ping at the heartbeat interval; warn before the token expires, end at expiry."""
+        nonce = 0
+        warned = False
+        while True:
+            claims = self._claims
+            assert claims is not None
+            now = time.time()
+            left = claims.expires_at - now
+            if left <= 0:
+                self._finish_with(_End.code(ErrorCode.TOKEN_EXPIRED, "the token expired"))
+                return
+            if left <= self._settings.token_expiry_warning and not warned:
+                warned = True
+                self._outbox.push(TokenExpiring(expires_at=claims.expires_at))
+            elif left > self._settings.token_expiry_warning:
+                warned = False
+            wait = min(
+                self._settings.heartbeat_interval,
+                max(left - self._settings.token_expiry_warning, 0) or left,
+            )
+            await asyncio.sleep(max(wait, 0.01))
+            nonce += 1
+            self._outbox.push(Ping(nonce=nonce))
+
+    # --- writing and ending -------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        conn, writer = self._conn, self._writer
+        sent = self._metrics.bytes_sent
+        batches = self._metrics.batches_sent
+        try:
+            while True:
+                items = await self._outbox.take_all()
+                chunks = []
+                frames = 0
+                for item in items:
+                    if isinstance(item, PreparedFrame):
+                        chunks.append(conn.send_prepared(item))
+                        frames += 1
+                    else:
+                        chunks.append(conn.send(item))
+                data = b"".join(chunks)
+                writer.write(data)
+                if self.org is not None:
+                    sent.labels(org=self.org.name).inc(len(data))
+                    batches.labels(org=self.org.name).inc(frames)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            self._finish_with(_End(None))
+
+    async def _write_now(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    def _finish_with(self, end: _End, last: Message | None = None) -> None:
+        if not self._end.done():
+            if last is not None:
+                end.raw = self._conn.send(last)
+            self._end.set_result(end)
+
+    def _set_state(self, state: str) -> None:
+        if self.org is not None:
+            self._metrics.sessions.labels(org=self.org.name, state=self.state).dec()
+            self._metrics.sessions.labels(org=self.org.name, state=state).inc()
+        self.state = state
+
+    async def _finish(self, end: _End | None) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.org is not None:
+            self.org.watchers.discard(self._on_config_change)
+            self._metrics.sessions.labels(org=self.org.name, state=self.state).dec()
+        data = b""
+        if end is not None:
+            if end.raw is not None:
+                data = end.raw
+            elif end.error is not None:
+                self._metrics.errors.labels(code=end.error.code.name).inc()
+                try:
+                    data = self._conn.send(end.error)
+                except Exception:
+                    data = error_frame_for(RemoteProtocolError(end.error.message, end.error.code))
+        with contextlib.suppress(Exception):
+            if data:
+                self._writer.write(data)
+                async with asyncio.timeout(2):
+                    await self._writer.drain()
+            self._writer.close()
+            async with asyncio.timeout(2):
+                await self._writer.wait_closed()
+        if self.org is not None and self._acked is not None:
+            with contextlib.suppress(Exception):
+                await self._registry.control.save_checkpoint(
+                    self.org.name, self.device_id, self._acked.checkpoint
+                )

@@ -1,0 +1,68 @@
+"""The token a device stores and sends back: where it is in the feed, and for what.
+
+Strategy: the store's checkpoint (a PostgreSQL snapshot) says *where* the device is; the map
+of entity -> subscription hash says *what* it was following there (the entity's schema, its
+filter and the filter's bound parameters). On reconnect or after a model change the server
+compares that map with what the device should follow now: an entity whose hash is unchanged
+continues incrementally from the checkpoint, any other entity is downloaded from scratch.
+So a model change costs a re-download only of the entities it touched.
+
+The token is opaque to devices (PROTOCOL.md, "Checkpoints"); a device that tampers with it
+can only confuse itself: what it may see is decided from its verified token claims, never
+from this value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import msgpack
+
+from syncd.store import Checkpoint, CheckpointError
+
+__all__ = ["SyncToken", "SyncTokenError"]
+
+_FORMAT = 1
+# Entities per model are few; the bound stops a hostile device from making us decode a lot.
+MAX_ENTITIES = 1024
+MAX_TOKEN_BYTES = 1 << 20
+
+
+class SyncTokenError(ValueError):
+    """Bytes that are not a sync token this server issued."""
+
+
+@dataclass(frozen=True)
+class SyncToken:
+    checkpoint: Checkpoint
+    entities: Mapping[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        data: bytes = msgpack.packb(
+            [_FORMAT, self.checkpoint.encode(), dict(self.entities)], use_bin_type=True
+        )
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> SyncToken:
+        if len(data) > MAX_TOKEN_BYTES:
+            raise SyncTokenError("sync token too long")
+        try:
+            obj = msgpack.unpackb(
+                data, raw=False, max_map_len=MAX_ENTITIES, max_array_len=3, strict_map_key=True
+            )
+        except Exception as exc:  # msgpack raises several unrelated types on garbage
+            raise SyncTokenError(f"undecodable sync token: {exc}") from None
+        if not (isinstance(obj, list) and len(obj) == 3 and obj[0] == _FORMAT):
+            raise SyncTokenError("unknown sync token format")
+        _, raw_checkpoint, entities = obj
+        if not isinstance(raw_checkpoint, bytes) or not isinstance(entities, dict):
+            raise SyncTokenError("malformed sync token")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in entities.items()):
+            raise SyncTokenError("malformed sync token entities")
+        try:
+            checkpoint = Checkpoint.decode(raw_checkpoint)
+        except CheckpointError as exc:
+            raise SyncTokenError(str(exc)) from None
+        return cls(checkpoint, entities)
