@@ -11,7 +11,9 @@ from syncd.store.feed import wire_select_list
 from syncd.store.sql import ident
 
 
-async def staging_rows(store: StagingStore, model: dict[str, Any], entity: str) -> set[tuple[Any, ...]]:
+async def staging_rows(
+    store: StagingStore, model: dict[str, Any], entity: str
+) -> set[tuple[Any, ...]]:
     """Every row of `entity` in staging, as the wire would carry it (values, then version)."""
     e = ClientModel.parse(model).entity(entity)
     records = await store.fetch(f"SELECT {wire_select_list(e, 't')} FROM {ident(e.name)} t")
