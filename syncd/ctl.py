@@ -1,0 +1,392 @@
+"""``syncctl``: the operator's command line for a running syncd, over its admin socket.
+
+Strategy. Each subcommand maps its arguments to one admin request (see
+``syncd/server/admin_wire.py`` for the wire format) and formats the result: readable text by
+default, the raw result with ``--json`` for scripts. ``syncctl token`` prints only the token so
+``TOKEN=$(syncctl token ...)`` works. Exit codes tell a script what went wrong without parsing
+stderr: 0 done, 1 the daemon refused the command, 2 usage (bad arguments or input file),
+3 the daemon could not be reached.
+
+``AdminClient`` is the asyncio client side of the wire, shared with the tests and bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TextIO
+
+import orjson
+
+from syncd.server.admin_wire import (
+    AdminError,
+    FrameDecoder,
+    FrameError,
+    encode_request,
+    parse_response,
+)
+
+__all__ = ["AdminClient", "DaemonUnreachable", "client_tls_context", "main", "run"]
+
+EXIT_OK: Final = 0
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNREACHABLE: Final = 3
+
+DEFAULT_SOCKET: Final = Path("var/admin.sock")  # the daemon's default data_dir is var/
+SOCKET_ENV: Final = "SYNCD_ADMIN_SOCKET"
+READ_CHUNK: Final = 64 * 1024
+
+
+class DaemonUnreachable(Exception):
+    """The admin endpoint could not be reached, or the connection broke mid-request."""
+
+
+class AdminClient:
+    """One admin connection; ``call`` sends a request and waits for its response."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder()
+        self._next_id = 1
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open_unix(cls, path: Path | str) -> AdminClient:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        except OSError as exc:
+            raise DaemonUnreachable(
+                f"cannot reach syncd admin socket at {path}: is the daemon running? ({exc})"
+            ) from None
+        return cls(reader, writer)
+
+    @classmethod
+    async def open_tcp(cls, host: str, port: int, tls: ssl.SSLContext) -> AdminClient:
+        try:
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise DaemonUnreachable(
+                f"cannot reach syncd admin endpoint at {host}:{port}: {exc}"
+            ) from None
+        return cls(reader, writer)
+
+    async def call(self, command: str, args: dict[str, Any] | None = None) -> Any:
+        """The command's result; AdminError if refused, DaemonUnreachable if the link broke."""
+        async with self._lock:
+            request_id, self._next_id = self._next_id, self._next_id + 1
+            try:
+                self._writer.write(encode_request(request_id, command, args or {}))
+                await self._writer.drain()
+                payload = await self._read_frame()
+            except (ConnectionError, ssl.SSLError) as exc:
+                raise DaemonUnreachable(f"connection to syncd lost: {exc}") from None
+            return parse_response(payload, request_id)
+
+    async def _read_frame(self) -> bytes:
+        while (payload := self._decoder.next_frame()) is None:
+            data = await self._reader.read(READ_CHUNK)
+            if not data:
+                raise DaemonUnreachable("syncd closed the admin connection without answering")
+            self._decoder.feed(data)
+        return payload
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def client_tls_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """TLS for the admin TCP endpoint: verify the daemon against ``ca``, present our cert."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+# -- the command line ----------------------------------------------------------------------
+
+Formatter = Callable[[Any], str]
+Build = Callable[[argparse.Namespace], tuple[str, dict[str, Any], Formatter]]
+
+
+class UsageError(Exception):
+    """The invocation cannot become a request (e.g. the model file is not JSON)."""
+
+
+def _read_json(path: str) -> Any:
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(header)] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def _org_add(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    args: dict[str, Any] = {"name": ns.name}
+    if ns.dsn:
+        args["staging_dsn"] = ns.dsn
+    return "org.add", args, lambda r: f"added org {r['name']}"
+
+
+def _org_remove(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    return "org.remove", {"name": ns.name}, lambda r: f"removed org {r['name']}"
+
+
+def _org_list(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(orgs: list[dict[str, Any]]) -> str:
+        if not orgs:
+            return "no orgs"
+        rows = [(o["name"], o["status"], o["model_version"], o["sessions"]) for o in orgs]
+        return _table(("ORG", "STATUS", "MODEL", "SESSIONS"), rows)
+
+    return "org.list", {}, fmt
+
+
+def _model_put(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        return f"org {r['org']}: model version {r['version']} is live ({r['fingerprint'][:12]})"
+
+    return "model.put", {"org": ns.org, "model": _read_json(ns.file)}, fmt
+
+
+def _model_get(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    args: dict[str, Any] = {"org": ns.org}
+    if ns.version is not None:
+        args["version"] = ns.version
+    # The bare model, so `syncctl model get ... > m.json` round-trips through `model put`.
+    return (
+        "model.get",
+        args,
+        lambda r: orjson.dumps(r["model"], option=orjson.OPT_INDENT_2).decode(),
+    )
+
+
+def _profile_assign(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    args = {"org": ns.org, "user": ns.user, "profile": ns.profile}
+    return "profile.assign", args, lambda r: f"{r['user']} -> {r['profile']} in org {r['org']}"
+
+
+def _profile_unassign(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        done = "unassigned" if r["removed"] else "had no profile assigned"
+        return f"{r['user']} {done} in org {r['org']}"
+
+    return "profile.unassign", {"org": ns.org, "user": ns.user}, fmt
+
+
+def _profile_list(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        lines = [f"profiles: {', '.join(r['profiles']) or '-'} (default: {r['default_profile']})"]
+        rows = sorted(r["assignments"].items())
+        lines.append(_table(("USER", "PROFILE"), rows) if rows else "no users assigned")
+        return "\n".join(lines)
+
+    return "profile.list", {"org": ns.org}, fmt
+
+
+def _status(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        mode = " (dev mode)" if r["dev_mode"] else ""
+        head = (
+            f"instance {r['instance']}{mode}: {r['totals']['orgs']} orgs, "
+            f"{r['totals']['sessions']} sessions"
+        )
+        rows = [
+            (
+                o["name"],
+                o["status"],
+                o["model_version"],
+                (o["fingerprint"] or "")[:12] or None,
+                ", ".join(f"{k}={v}" for k, v in sorted(o["sessions"].items())) or "0",
+            )
+            for o in r["orgs"]
+        ]
+        if not rows:
+            return head
+        return head + "\n" + _table(("ORG", "STATUS", "MODEL", "FINGERPRINT", "SESSIONS"), rows)
+
+    return "status", {}, fmt
+
+
+def _token(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    args: dict[str, Any] = {"org": ns.org, "user": ns.user, "roles": ns.role, "teams": ns.team}
+    if ns.ttl is not None:
+        args["ttl_seconds"] = ns.ttl
+    return "token.mint", args, lambda r: str(r["token"])
+
+
+def _ingest(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    changes = _read_json(ns.file)
+    if isinstance(changes, dict) and "changes" in changes:
+        changes = changes["changes"]
+
+    def fmt(r: dict[str, Any]) -> str:
+        return f"org {r['org']}: applied {r['upserts']} upserts and {r['deletes']} deletes"
+
+    return "ingest.apply", {"org": ns.org, "changes": changes}, fmt
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syncctl", description="Administer a running syncd.")
+    where = parser.add_argument_group("where the daemon is")
+    where.add_argument(
+        "--socket",
+        type=Path,
+        help=f"admin Unix socket (default: ${SOCKET_ENV} or {DEFAULT_SOCKET})",
+    )
+    where.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="admin TCP endpoint")
+    where.add_argument("--cert", type=Path, help="client certificate for --tcp")
+    where.add_argument("--key", type=Path, help="client key for --tcp")
+    where.add_argument("--ca", type=Path, help="CA that signed the daemon's certificate")
+    parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
+    topics = parser.add_subparsers(dest="topic", required=True, metavar="COMMAND")
+
+    org = topics.add_parser("org", help="add, remove and list orgs")
+    org_cmds = org.add_subparsers(dest="action", required=True)
+    p = org_cmds.add_parser("add", help="add an org")
+    p.add_argument("name")
+    p.add_argument("--dsn", help="the org's own staging database (default: on the control server)")
+    p.set_defaults(build=_org_add)
+    p = org_cmds.add_parser("remove", help="remove an org and drop its staging database")
+    p.add_argument("name")
+    p.set_defaults(build=_org_remove)
+    org_cmds.add_parser("list", help="list orgs").set_defaults(build=_org_list)
+
+    model = topics.add_parser("model", help="push or fetch an org's client model")
+    model_cmds = model.add_subparsers(dest="action", required=True)
+    p = model_cmds.add_parser("put", help="validate, provision and activate a client model")
+    p.add_argument("--org", required=True)
+    p.add_argument("file", help="the model JSON file ('-' for stdin)")
+    p.set_defaults(build=_model_put)
+    p = model_cmds.add_parser("get", help="print the live (or a given) model version")
+    p.add_argument("--org", required=True)
+    p.add_argument("--version", type=int)
+    p.set_defaults(build=_model_get)
+
+    profile = topics.add_parser("profile", help="assign users to profiles")
+    profile_cmds = profile.add_subparsers(dest="action", required=True)
+    p = profile_cmds.add_parser("assign", help="give USER the profile PROFILE")
+    p.add_argument("--org", required=True)
+    p.add_argument("user")
+    p.add_argument("profile")
+    p.set_defaults(build=_profile_assign)
+    p = profile_cmds.add_parser("unassign", help="return USER to the default profile")
+    p.add_argument("--org", required=True)
+    p.add_argument("user")
+    p.set_defaults(build=_profile_unassign)
+    p = profile_cmds.add_parser("list", help="profiles and assignments of an org")
+    p.add_argument("--org", required=True)
+    p.set_defaults(build=_profile_list)
+
+    topics.add_parser("status", help="the daemon's orgs and sessions").set_defaults(build=_status)
+
+    p = topics.add_parser("token", help="mint a device token (dev mode only); prints only it")
+    p.add_argument("--org", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--ttl", type=int, metavar="SECONDS")
+    p.add_argument("--role", action="append", default=[])
+    p.add_argument("--team", action="append", default=[])
+    p.set_defaults(build=_token)
+
+    p = topics.add_parser("ingest", help="apply one changeset (JSON list of entity changes)")
+    p.add_argument("--org", required=True)
+    p.add_argument("file", help="the changes JSON file ('-' for stdin)")
+    p.set_defaults(build=_ingest)
+    return parser
+
+
+async def _connect(ns: argparse.Namespace) -> AdminClient:
+    if ns.tcp is not None:
+        host, port = ns.tcp
+        return await AdminClient.open_tcp(host, port, client_tls_context(ns.cert, ns.key, ns.ca))
+    return await AdminClient.open_unix(ns.socket)
+
+
+async def _call(ns: argparse.Namespace, command: str, args: dict[str, Any]) -> Any:
+    client = await _connect(ns)
+    async with client:
+        return await client.call(command, args)
+
+
+def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
+    """Run one syncctl invocation, writing to the given streams; returns the exit code."""
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage error
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if ns.tcp is not None and not (ns.cert and ns.key and ns.ca):
+        print("syncctl: --tcp needs --cert, --key and --ca (mutual TLS)", file=stderr)
+        return EXIT_USAGE
+    if ns.socket is None:
+        ns.socket = Path(os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET)
+    try:
+        command, args, fmt = ns.build(ns)
+        result = asyncio.run(_call(ns, command, args))
+    except UsageError as exc:
+        print(f"syncctl: {exc}", file=stderr)
+        return EXIT_USAGE
+    except DaemonUnreachable as exc:
+        print(f"syncctl: {exc}", file=stderr)
+        return EXIT_UNREACHABLE
+    except FrameError as exc:
+        print(f"syncctl: the daemon answered garbage: {exc.message}", file=stderr)
+        return EXIT_UNREACHABLE
+    except AdminError as exc:
+        where = f" at {exc.path}" if exc.path else ""
+        print(f"syncctl: {command} refused ({exc.code}){where}: {exc.message}", file=stderr)
+        return EXIT_REFUSED
+    except (OSError, ssl.SSLError) as exc:  # e.g. unreadable client certificate
+        print(f"syncctl: {exc}", file=stderr)
+        return EXIT_USAGE
+    if ns.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode(), file=stdout)
+    else:
+        print(fmt(result), file=stdout)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

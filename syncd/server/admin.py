@@ -1,0 +1,506 @@
+"""The admin commands: validate whole, persist, then apply in memory.
+
+Strategy (DESIGN.md decision 6). Every command that changes configuration validates its whole
+input first, writes the control database, and only then calls ``registry.reload(org)``, which
+rebuilds the org's in-memory state from the control database exactly as a NOTIFY from another
+instance would. So an acknowledged command survives a restart, and this instance and its peers
+apply it by the same path. A model is provisioned in staging before it is stored: a model
+the staging tables cannot take (a column type change) is refused while the previous model
+stays live. Mutations of one org run under a per-org lock so two admins pushing models at
+once cannot interleave provisioning and versioning.
+
+Handlers raise ``AdminError`` for refusals; anything else is a bug, logged and answered
+``internal``. Each command is counted in ``metrics.admin_commands`` by outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import asyncpg
+import orjson
+
+from syncd.auth import mint_token
+from syncd.metrics import Metrics
+from syncd.model import ClientModel, Column, Entity, ModelError
+from syncd.server.admin_wire import AdminError, ErrorCode, Request, error_response, ok_response
+from syncd.server.orgs import OrgRegistry, OrgRuntime
+from syncd.store import Changeset, OrgRecord, ProvisionError, apply_changeset
+from syncd.store.sql import ORG_RE
+
+__all__ = ["AdminService", "SessionInfo", "json_to_db"]
+
+_log = logging.getLogger(__name__)
+
+# A dev token outliving a working day is a token someone forgot about.
+MAX_TOKEN_TTL: Final = 7 * 24 * 3600
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY: Final = date(1970, 1, 1)
+
+
+class SessionInfo(Protocol):
+    """What the admin service reads of a device session (``DeviceSession`` fits)."""
+
+    @property
+    def org(self) -> OrgRuntime | None: ...
+
+    @property
+    def state(self) -> str: ...
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class AdminService:
+    def __init__(
+        self,
+        *,
+        registry: OrgRegistry,
+        metrics: Metrics,
+        token_issuer: str,
+        token_audience: str,
+        instance: str,
+        dev_token_key: Path | None = None,
+        sessions: Callable[[], Iterable[SessionInfo]] = lambda: (),
+    ) -> None:
+        self._registry = registry
+        self._control = registry.control
+        self._stores = registry.stores
+        self._metrics = metrics
+        self._issuer = token_issuer
+        self._audience = token_audience
+        self._instance = instance
+        self._dev_token_key = dev_token_key
+        self._sessions = sessions
+        self._org_locks: dict[str, asyncio.Lock] = {}
+        self._handlers: dict[str, Handler] = {
+            "org.add": self.org_add,
+            "org.remove": self.org_remove,
+            "org.list": self.org_list,
+            "model.put": self.model_put,
+            "model.get": self.model_get,
+            "profile.assign": self.profile_assign,
+            "profile.unassign": self.profile_unassign,
+            "profile.list": self.profile_list,
+            "status": self.status,
+            "token.mint": self.token_mint,
+            "ingest.apply": self.ingest_apply,
+        }
+
+    @property
+    def commands(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def handle(self, request: Request) -> dict[str, Any]:
+        """Run one request and return the response object (never raises for a refusal)."""
+        handler = self._handlers.get(request.command)
+        label = request.command if handler is not None else "unknown"
+        try:
+            if handler is None:
+                raise AdminError(
+                    ErrorCode.UNKNOWN_COMMAND,
+                    f"unknown command {request.command!r} (known: {', '.join(self.commands)})",
+                )
+            result = await handler(request.args)
+        except AdminError as exc:
+            self._metrics.admin_commands.labels(label, exc.code.value).inc()
+            return error_response(request.id, exc)
+        except Exception:
+            _log.exception("admin command failed", extra={"command": request.command})
+            self._metrics.admin_commands.labels(label, "internal").inc()
+            error = AdminError(ErrorCode.INTERNAL, "internal error (see the daemon log)")
+            return error_response(request.id, error)
+        self._metrics.admin_commands.labels(label, "ok").inc()
+        return ok_response(request.id, result)
+
+    def _lock(self, org: str) -> asyncio.Lock:
+        return self._org_locks.setdefault(org, asyncio.Lock())
+
+    async def _org(self, args: Mapping[str, Any], key: str = "org") -> OrgRecord:
+        name = _str(args, key)
+        record = await self._control.get_org(name)
+        if record is None:
+            raise AdminError(ErrorCode.UNKNOWN_ORG, f"no org named {name!r}", key)
+        return record
+
+    def _live_model(self, org: str) -> ClientModel:
+        runtime = self._registry.get(org)
+        if runtime is None or runtime.model is None:
+            raise AdminError(ErrorCode.NOT_FOUND, f"org {org!r} has no client model yet", "org")
+        return runtime.model.model
+
+    def _session_states(self) -> dict[str, Counter[str]]:
+        by_org: dict[str, Counter[str]] = {}
+        for session in self._sessions():
+            if session.org is not None:
+                by_org.setdefault(session.org.name, Counter())[session.state] += 1
+        return by_org
+
+    # -- orgs -----------------------------------------------------------------------------
+
+    async def org_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"name", "staging_dsn"})
+        name = _str(args, "name")
+        if not ORG_RE.fullmatch(name):
+            raise AdminError(
+                ErrorCode.BAD_REQUEST, f"invalid org name {name!r}: must match {ORG_RE.pattern}"
+            )
+        dsn = _opt_str(args, "staging_dsn")
+        async with self._lock(name):
+            if await self._control.get_org(name) is not None:
+                raise AdminError(ErrorCode.CONFLICT, f"org {name!r} exists already", "name")
+            try:
+                record = await self._control.add_org(name, dsn)
+            except asyncpg.UniqueViolationError:
+                raise AdminError(ErrorCode.CONFLICT, f"org {name!r} exists already") from None
+            await self._registry.reload(name)
+        return {"name": record.name, "status": record.status}
+
+    async def org_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"name"})
+        record = await self._org(args, "name")
+        async with self._lock(record.name):
+            await self._control.remove_org(record.name)
+            await self._registry.reload(record.name)
+            await self._stores.deprovision(record.name, record.staging_dsn)
+        return {"name": record.name, "removed": True}
+
+    async def org_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        _only(args, set())
+        states = self._session_states()
+        out = []
+        for record in await self._control.list_orgs():
+            runtime = self._registry.get(record.name)
+            model = runtime.model if runtime is not None else None
+            out.append(
+                {
+                    "name": record.name,
+                    "status": record.status,
+                    "loaded": runtime is not None,
+                    "model_version": model.version if model is not None else None,
+                    "sessions": sum(states.get(record.name, Counter()).values()),
+                }
+            )
+        return out
+
+    # -- models ---------------------------------------------------------------------------
+
+    async def model_put(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org", "model"})
+        record = await self._org(args)
+        if "model" not in args:
+            raise AdminError(ErrorCode.BAD_REQUEST, "missing argument 'model'", "model")
+        try:
+            model = ClientModel.parse(args["model"])
+        except ModelError as exc:
+            raise AdminError(ErrorCode.INVALID_MODEL, exc.message, exc.path) from None
+        async with self._lock(record.name):
+            try:
+                await self._stores.provision(record.name, model, record.staging_dsn)
+            except ProvisionError as exc:
+                path, _, message = str(exc).partition(": ")
+                if not path.startswith("entities."):
+                    path, message = "", str(exc)
+                raise AdminError(ErrorCode.INVALID_MODEL, message, path or None) from None
+            try:
+                version = await self._control.put_model(record.name, model)
+            except KeyError:
+                raise AdminError(
+                    ErrorCode.UNKNOWN_ORG, f"org {record.name!r} was removed"
+                ) from None
+            await self._registry.reload(record.name)
+        return {"org": record.name, "version": version, "fingerprint": model.fingerprint}
+
+    async def model_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org", "version"})
+        record = await self._org(args)
+        version = _opt_int(args, "version")
+        stored = await self._control.get_model(record.name, version)
+        if stored is None:
+            what = f"version {version}" if version is not None else "a client model"
+            raise AdminError(ErrorCode.NOT_FOUND, f"org {record.name!r} has no {what}", "version")
+        return {
+            "org": record.name,
+            "version": stored.version,
+            "fingerprint": stored.model.fingerprint,
+            "created_at": stored.created_at.isoformat(),
+            "model": stored.model.to_json(),
+        }
+
+    # -- profiles -------------------------------------------------------------------------
+
+    async def profile_assign(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org", "user", "profile"})
+        record = await self._org(args)
+        user, profile = _str(args, "user"), _str(args, "profile")
+        model = self._live_model(record.name)
+        if profile not in {p.name for p in model.profiles}:
+            known = ", ".join(p.name for p in model.profiles) or "none"
+            raise AdminError(
+                ErrorCode.NOT_FOUND,
+                f"profile {profile!r} is not in the live model (profiles: {known})",
+                "profile",
+            )
+        async with self._lock(record.name):
+            await self._control.assign_profile(record.name, user, profile)
+            await self._registry.reload(record.name)
+        return {"org": record.name, "user": user, "profile": profile}
+
+    async def profile_unassign(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org", "user"})
+        record = await self._org(args)
+        user = _str(args, "user")
+        async with self._lock(record.name):
+            had = await self._control.get_profile(record.name, user)
+            await self._control.unassign_profile(record.name, user)
+            await self._registry.reload(record.name)
+        return {"org": record.name, "user": user, "removed": had is not None}
+
+    async def profile_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org"})
+        record = await self._org(args)
+        runtime = self._registry.get(record.name)
+        model = runtime.model.model if runtime is not None and runtime.model else None
+        return {
+            "org": record.name,
+            "profiles": [p.name for p in model.profiles] if model is not None else [],
+            "default_profile": model.default_profile if model is not None else None,
+            "assignments": await self._control.list_assignments(record.name),
+        }
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, set())
+        states = self._session_states()
+        orgs = []
+        for runtime in sorted(self._registry.all(), key=lambda r: r.name):
+            model = runtime.model
+            orgs.append(
+                {
+                    "name": runtime.name,
+                    "status": runtime.record.status,
+                    "model_version": model.version if model is not None else None,
+                    "fingerprint": model.model.fingerprint if model is not None else None,
+                    "assignments": len(runtime.assignments),
+                    "sessions": dict(states.get(runtime.name, Counter())),
+                }
+            )
+        return {
+            "instance": self._instance,
+            "dev_mode": self._dev_token_key is not None,
+            "orgs": orgs,
+            "totals": {
+                "orgs": len(orgs),
+                "sessions": sum(sum(c.values()) for c in states.values()),
+            },
+        }
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def token_mint(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org", "user", "ttl_seconds", "roles", "teams"})
+        if self._dev_token_key is None:
+            raise AdminError(
+                ErrorCode.FORBIDDEN, "token minting is only available in dev mode (syncd dev)"
+            )
+        record = await self._org(args)
+        user = _str(args, "user")
+        ttl = _opt_int(args, "ttl_seconds")
+        ttl = 3600 if ttl is None else ttl
+        if not 0 < ttl <= MAX_TOKEN_TTL:
+            raise AdminError(
+                ErrorCode.BAD_REQUEST, f"must be between 1 and {MAX_TOKEN_TTL}", "ttl_seconds"
+            )
+        key = await asyncio.to_thread(self._dev_token_key.read_bytes)
+        token = mint_token(
+            key,
+            issuer=self._issuer,
+            audience=self._audience,
+            org=record.name,
+            user=user,
+            ttl_seconds=ttl,
+            roles=_str_list(args, "roles"),
+            teams=_str_list(args, "teams"),
+        )
+        return {"token": token, "expires_in": ttl}
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def ingest_apply(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org", "changes"})
+        record = await self._org(args)
+        model = self._live_model(record.name)
+        changes = args.get("changes")
+        if not isinstance(changes, list):
+            raise AdminError(ErrorCode.BAD_REQUEST, "must be a list", "changes")
+        changeset = Changeset()
+        counts = {"upserts": 0, "deletes": 0}
+        for i, change in enumerate(changes):
+            path = f"changes[{i}]"
+            if not isinstance(change, dict):
+                raise AdminError(ErrorCode.BAD_REQUEST, "must be an object", path)
+            _only(change, {"entity", "upserts", "deletes"}, path)
+            name = _str(change, "entity", path)
+            try:
+                entity = model.entity(name)
+            except KeyError:
+                raise AdminError(
+                    ErrorCode.NOT_FOUND, f"unknown entity {name!r}", f"{path}.entity"
+                ) from None
+            upserts = [
+                _row(entity, row, f"{path}.upserts[{j}]")
+                for j, row in enumerate(_list(change, "upserts", path))
+            ]
+            key = entity.key_column
+            deletes = [
+                json_to_db(key, k, f"{path}.deletes[{j}]")
+                for j, k in enumerate(_list(change, "deletes", path))
+            ]
+            if upserts:
+                changeset.upserts.setdefault(name, []).extend(upserts)
+            if deletes:
+                changeset.deletes.setdefault(name, []).extend(deletes)
+            counts["upserts"] += len(upserts)
+            counts["deletes"] += len(deletes)
+        runtime = self._registry.get(record.name)
+        if runtime is None:
+            raise AdminError(ErrorCode.UNKNOWN_ORG, f"org {record.name!r} is not loaded")
+        try:
+            await apply_changeset(await runtime.staging.pool(), model, changeset)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise AdminError(ErrorCode.BAD_REQUEST, f"rejected by staging: {exc}") from None
+        return {"org": record.name, **counts}
+
+
+# -- argument helpers -----------------------------------------------------------------------
+
+
+def _where(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _only(args: Mapping[str, Any], allowed: set[str], path: str = "") -> None:
+    for key in args:
+        if key not in allowed:
+            listed = ", ".join(sorted(allowed)) or "none"
+            raise AdminError(
+                ErrorCode.BAD_REQUEST, f"unknown argument (allowed: {listed})", _where(path, key)
+            )
+
+
+def _str(args: Mapping[str, Any], key: str, path: str = "") -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value:
+        raise AdminError(ErrorCode.BAD_REQUEST, "a non-empty string is required", _where(path, key))
+    return value
+
+
+def _opt_str(args: Mapping[str, Any], key: str) -> str | None:
+    return None if args.get(key) is None else _str(args, key)
+
+
+def _opt_int(args: Mapping[str, Any], key: str) -> int | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AdminError(ErrorCode.BAD_REQUEST, "must be an integer", key)
+    return value
+
+
+def _str_list(args: Mapping[str, Any], key: str) -> list[str]:
+    value = args.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AdminError(ErrorCode.BAD_REQUEST, "must be a list of strings", key)
+    return value
+
+
+def _list(args: Mapping[str, Any], key: str, path: str) -> list[Any]:
+    value = args.get(key, [])
+    if not isinstance(value, list):
+        raise AdminError(ErrorCode.BAD_REQUEST, "must be a list", _where(path, key))
+    return value
+
+
+def _row(entity: Entity, row: object, path: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise AdminError(ErrorCode.BAD_REQUEST, "must be an object of column values", path)
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        try:
+            column = entity.column(name)
+        except KeyError:
+            raise AdminError(
+                ErrorCode.BAD_REQUEST, f"unknown column of {entity.name}", f"{path}.{name}"
+            ) from None
+        out[name] = json_to_db(column, value, f"{path}.{name}")
+    if entity.key not in out or out[entity.key] is None:
+        raise AdminError(ErrorCode.BAD_REQUEST, f"key column {entity.key!r} is required", path)
+    return out
+
+
+def json_to_db(column: Column, value: Any, path: str) -> Any:
+    """A JSON value as the Python value asyncpg encodes for ``column`` (None stays None).
+
+    uuid: canonical string; numeric: decimal string or number; timestamp: ISO-8601 (naive means
+    UTC) or integer microseconds since the epoch; date: ISO date or integer days since the
+    epoch; bytes: base64; json: any JSON value.
+    """
+    if value is None:
+        return None
+    try:
+        return _CONVERTERS[column.type](value)
+    except (ValueError, TypeError, InvalidOperation, OverflowError) as exc:
+        raise AdminError(
+            ErrorCode.BAD_REQUEST, f"not a valid {column.type} value: {value!r} ({exc})", path
+        ) from None
+
+
+def _expect(value: Any, *types: type) -> Any:
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise TypeError(f"expected {' or '.join(t.__name__ for t in types)}")
+    return value
+
+
+def _timestamp(value: Any) -> datetime:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _EPOCH + timedelta(microseconds=value)
+    parsed = datetime.fromisoformat(_expect(value, str))
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _date(value: Any) -> date:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _EPOCH_DAY + timedelta(days=value)
+    return date.fromisoformat(_expect(value, str))
+
+
+def _numeric(value: Any) -> Decimal:
+    result = Decimal(str(_expect(value, str, int, float)))
+    if not result.is_finite():
+        raise ValueError("not a finite number")
+    return result
+
+
+_CONVERTERS: Final[dict[str, Callable[[Any], Any]]] = {
+    "uuid": lambda v: uuid.UUID(_expect(v, str)),
+    "text": lambda v: _expect(v, str),
+    "integer": lambda v: _expect(v, int),
+    "float": lambda v: float(_expect(v, int, float)),
+    "boolean": lambda v: _expect(v, bool),
+    "numeric": _numeric,
+    "timestamp": _timestamp,
+    "date": _date,
+    "json": lambda v: orjson.dumps(v).decode(),
+    "bytes": lambda v: base64.b64decode(_expect(v, str), validate=True),
+}
