@@ -170,6 +170,8 @@ async def incremental_pages(
         old_ok = sub.filter.sql(e, _old_image_column("p", params), params)
     k = ident(key.name)
     key_wire = {"integer": "p.key::bigint"}.get(key.type, "p.key")
+    # Both OFFSET 0 fences keep PostgreSQL from turning the per-change lookups into hash
+    # joins, which would read the whole window and the whole entity table on every page.
     sql = f"""
         WITH p AS (
             SELECT c.txid, c.seq, c.key, c.op, c.old
@@ -179,7 +181,8 @@ async def incremental_pages(
               AND NOT EXISTS (
                   SELECT 1 FROM _syncd_changes l
                   WHERE l.entity = c.entity AND l.key = c.key AND l.seq > c.seq
-                    AND {in_window.format(a="l")})
+                    AND {in_window.format(a="l")}
+                  OFFSET 0)
             ORDER BY c.txid, c.seq
             LIMIT $8)
         SELECT p.txid, p.seq,
@@ -189,7 +192,9 @@ async def incremental_pages(
                     WHEN t.{k} IS NULL AND p.op = 'd' AND ({old_ok}) THEN 2
                     ELSE 0 END,
                {wire_select_list(e, "t")}, {key_wire}
-        FROM p LEFT JOIN {ident(e.name)} t ON t.{k} = {from_wire(key, "p.key")}
+        FROM p LEFT JOIN LATERAL (
+            SELECT * FROM {ident(e.name)} r WHERE r.{k} = {from_wire(key, "p.key")} OFFSET 0
+        ) t ON true
         ORDER BY p.txid, p.seq
     """
     while True:
