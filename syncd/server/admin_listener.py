@@ -50,6 +50,9 @@ MAX_CONNECTIONS: Final = 64
 # An admin client that says nothing for this long has been forgotten by its owner.
 IDLE_TIMEOUT: Final = 600.0
 SOCKET_MODE: Final = 0o600
+# On close, commands already running (a model push provisioning tables) get this long to finish
+# so their outcome is not left unknown to the admin who sent them.
+CLOSE_GRACE: Final = 5.0
 
 
 class AdminListener:
@@ -59,6 +62,7 @@ class AdminListener:
         self._service = service
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.socket_path: Path | None = None
         self._socket_inode: int | None = None
         self.tcp_address: tuple[str, int] | None = None
@@ -87,11 +91,16 @@ class AdminListener:
         self.tcp_address = (str(bound[0]), int(bound[1]))
 
     async def close(self) -> None:
+        """Stop accepting, end idle connections, give running commands a moment to finish."""
         for server in self._servers:
             server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        for writer in list(self._writers):
+            writer.close()  # a connection waiting for a request reads EOF and ends
+        if self._connections:
+            _, pending = await asyncio.wait(set(self._connections), timeout=CLOSE_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
@@ -107,6 +116,7 @@ class AdminListener:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._writers.add(writer)
         try:
             if len(self._connections) > MAX_CONNECTIONS:
                 error = AdminError(ErrorCode.INTERNAL, "too many admin connections, retry later")
@@ -115,10 +125,15 @@ class AdminListener:
             await self._serve(reader, writer)
         except (ConnectionError, ssl.SSLError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            # Only close() cancels us, and this task is the stream server's own: on Python
+            # 3.11 a cancelled connection task makes asyncio log a spurious traceback.
+            pass
         except Exception:
             _log.exception("admin connection failed")
         finally:
             self._connections.discard(task)
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from syncd.ctl import AdminClient
+from syncd.ctl import AdminClient, DaemonUnreachable
 from syncd.server.admin_listener import start_admin_listener
 from syncd.server.admin_wire import FrameDecoder, encode_request
 from tests.admin.conftest import AdminStack
@@ -114,3 +114,21 @@ async def test_tcp_without_client_certificates_is_refused(
             admin.service, socket_path=short_dir / "t.sock", tcp=("127.0.0.1", 0), tls=tls
         )
     assert not (short_dir / "t.sock").exists()
+
+
+async def test_close_ends_connected_clients_cleanly(
+    admin: AdminStack, short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = short_dir / "closing.sock"
+    listener = await start_admin_listener(admin.service, socket_path=path)
+    client = await AdminClient.open_unix(path)
+    try:
+        assert (await client.call("status"))["instance"] == "test-1"
+        async with asyncio.timeout(10):
+            await listener.close()
+        with pytest.raises(DaemonUnreachable):
+            await client.call("status")
+    finally:
+        await client.close()
+    assert not path.exists()
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
