@@ -69,6 +69,46 @@ END $$;
 """
 
 
+# Uploads (syncd/store/uploads.py, writeback.py). ``_syncd_upload_batches`` makes a batch
+# idempotent: it is written in the same transaction as the batch's rows, so a replay finds it
+# exactly when the rows were committed. ``_syncd_writeback`` is the outbox the ingest role
+# drains; a claim sets ``next_attempt_at`` to the lease end, so one partial index serves
+# pending, failed-and-due and lease-expired rows alike. The (entity, key, version) index lets
+# an upload recognise a row version written by the same device (see uploads.py).
+_UPLOADS = """
+CREATE TABLE IF NOT EXISTS _syncd_upload_batches (
+    user_id    text        NOT NULL,
+    batch_id   text        NOT NULL,
+    device_id  text        NOT NULL,
+    results    bytea,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, batch_id)
+);
+CREATE TABLE IF NOT EXISTS _syncd_writeback (
+    id              bigserial   PRIMARY KEY,
+    entity          text        NOT NULL,
+    key             text        NOT NULL,
+    op              text        NOT NULL CHECK (op IN ('insert', 'update', 'delete')),
+    "values"        jsonb,
+    version         bigint      NOT NULL,
+    base_version    bigint,
+    user_id         text        NOT NULL,
+    device_id       text        NOT NULL,
+    batch_id        text        NOT NULL,
+    status          text        NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'claimed', 'done', 'failed')),
+    attempts        int         NOT NULL DEFAULT 0,
+    claimed_until   timestamptz,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS _syncd_writeback_due ON _syncd_writeback (next_attempt_at, id)
+    WHERE status <> 'done';
+CREATE INDEX IF NOT EXISTS _syncd_writeback_key ON _syncd_writeback (entity, key, version);
+"""
+
+
 class ProvisionError(Exception):
     """The model cannot be applied to the existing staging tables."""
 
@@ -160,6 +200,7 @@ async def ensure_schema(conn: asyncpg.Connection, model: ClientModel) -> None:
         # Two provisioners of the same org serialize here instead of racing on DDL.
         await conn.execute("SELECT pg_advisory_xact_lock(7469121)")
         await conn.execute(_BASE)
+        await conn.execute(_UPLOADS)
         for e in model.entities:
             await _ensure_table(conn, e)
             await conn.execute(_log_functions(e))
