@@ -17,6 +17,7 @@ import signal
 import ssl
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ _log = logging.getLogger(__name__)
 
 #: The control database's name on the embedded server (with a DSN, the DSN names it).
 CONTROL_DATABASE = "syncd_control"
+#: How often change logs are trimmed: often enough that the log stays small, rarely enough
+#: that the DELETE's cost is noise.
+COMPACTION_INTERVAL_SECONDS = 3600
 
 
 @dataclass
@@ -50,6 +54,7 @@ class _Running:
     device_server: asyncio.Server | None = None
     admin: Any = None
     ops: asyncio.Server | None = None
+    maintenance: asyncio.Task[None] | None = None
     sessions: set[DeviceSession] = field(default_factory=set)
     session_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -102,6 +107,7 @@ class Daemon:
             run.control, stores, batch_size=cfg.sync.batch_size, metrics=self.metrics
         )
         await run.registry.start()
+        run.maintenance = asyncio.create_task(self._compact_forever(), name="compaction")
 
         dev_key: Path | None = None
         public_keys = tuple(cfg.auth.public_keys)
@@ -188,6 +194,24 @@ class Daemon:
             },
         )
 
+    async def _compact_forever(self) -> None:
+        """Trim every org's change log past the retention horizon, once per interval.
+
+        A device whose checkpoint is older than the horizon gets Resync (never wrong data),
+        so retention bounds how long a device may stay offline and still sync incrementally.
+        """
+        retention = timedelta(hours=self.config.sync.change_retention_hours)
+        while True:
+            await asyncio.sleep(COMPACTION_INTERVAL_SECONDS)
+            registry = self._run.registry
+            for org in registry.all() if registry is not None else ():
+                try:
+                    removed = await org.staging.compact(older_than=retention)
+                except Exception:
+                    _log.exception("compaction failed", extra={"org": org.name})
+                else:
+                    _log.info("change log compacted", extra={"org": org.name, "rows": removed})
+
     def _ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
@@ -218,6 +242,10 @@ class Daemon:
                     "seconds": round(time.monotonic() - started, 3),
                 },
             )
+        if run.maintenance is not None:
+            run.maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run.maintenance
         if run.admin is not None:
             await run.admin.close()
         if run.ops is not None:
