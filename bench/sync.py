@@ -1,0 +1,490 @@
+"""End-to-end sync figures (issue 4, section 8): PostgreSQL -> syncd -> TLS -> devices.
+
+Strategy. One embedded PostgreSQL holds three orgs of CRM rows loaded by COPY before the
+daemon starts: `one` (the 1-device initial sync), `many` (the N-device initial sync) and
+`live` (a small org whose devices stay connected). The daemon runs in a subprocess, so it
+has a Python core of its own; devices, the ceiling and the writer run in this process
+(`--in-process` puts the daemon in this loop too, for cProfile-free comparisons).
+
+Each figure is printed next to what bounds it, measured in the same run:
+
+* ceiling: asyncpg fetching the same rows with the feed's own select list (the same
+  SQL-side casts to primitives), through a server-side cursor in 10,000-row fetches;
+* received: `WireDevice`, a protocol-level device (protocol.Connection over TLS, decode
+  only, acks every checkpoint): what the daemon can push;
+* committed: the real `SyncClient` + `LocalDB`: rows durably in SQLite, checkpoint included;
+* live: devices stay connected after catching up while a writer commits single-row
+  INSERTs at a steady rate through asyncpg; the latency of each (device, change) pair is
+  its arrival (decoded on the device) minus the moment the writer's COMMIT returned.
+
+Daemon CPU is read from /proc around each phase: 100% means its one core was saturated.
+
+    python -m bench.sync [--full] [--rows N] [--devices N] [--device-rows N] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+import asyncpg
+import uvloop
+
+from bench.common import (
+    CRM_MODEL,
+    DaemonProcess,
+    Endpoint,
+    PgServer,
+    cpu_seconds,
+    embedded_server,
+    in_process_daemon,
+    load_org,
+    print_table,
+    with_database,
+)
+from protocol import (
+    NEED_DATA,
+    Ack,
+    CaughtUp,
+    Changes,
+    Checkpoint,
+    Connection,
+    ConnectionClosed,
+    Error,
+    Goodbye,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Role,
+    Welcome,
+)
+from syncd.client import LocalDB
+from syncd.client.session import SyncClient
+from syncd.model import ClientModel
+from syncd.store.feed import wire_select_list
+from syncd.store.sql import database_name
+
+READ_CHUNK: Final = 256 * 1024
+CEILING_FETCH: Final = 10_000
+# Column of "name" in the CRM wire row (model order: id, owner_id, name, ...).
+NAME_INDEX: Final = 2
+LIVE_PREFIX: Final = "live "
+# Rows every phase may take per second at worst before it is declared stuck: far below
+# any figure this machine produces, so only a hang trips it.
+MIN_RATE: Final = 5_000
+# How long the last live change may take to reach every device before it counts as lost.
+LIVE_GRACE_S: Final = 10.0
+
+
+class WireError(Exception):
+    """The daemon ended a bench device's session with an Error frame."""
+
+
+@dataclass
+class WireDevice:
+    """A device that only speaks the protocol: decode frames, count rows, ack, answer pings."""
+
+    endpoint: Endpoint
+    org: str
+    user: str = "1"
+    conn: Connection = field(default_factory=lambda: Connection(Role.DEVICE))
+    rows: int = 0
+    _reader: asyncio.StreamReader | None = None
+    _writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> Welcome:
+        self._reader, self._writer = await asyncio.open_connection(
+            self.endpoint.host,
+            self.endpoint.port,
+            ssl=self.endpoint.ssl_context(),
+            server_hostname="localhost",
+            limit=READ_CHUNK,
+        )
+        hello = Hello((1,), self.endpoint.token(self.org, self.user), self.org,
+                      uuid.uuid4().hex, "bench/wire")  # fmt: skip
+        self._send(hello)
+        welcome = await self.next()
+        if not isinstance(welcome, Welcome):
+            raise WireError(f"expected Welcome, got {welcome!r}")
+        return welcome
+
+    async def next(self) -> Message:
+        """The next message, after answering what the protocol requires of a device."""
+        assert self._reader is not None
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                self.conn.receive_data(await self._reader.read(READ_CHUNK))
+                continue
+            if isinstance(event, ConnectionClosed):
+                raise ConnectionResetError("the daemon closed the connection")
+            if isinstance(event, Error):
+                raise WireError(f"{event.code.name}: {event.message}")
+            assert isinstance(event, Message)
+            if isinstance(event, Changes):
+                self.rows += len(event.upserts) + len(event.deletes)
+            elif isinstance(event, Checkpoint | CaughtUp):
+                self._send(Ack(checkpoint=event.token))
+            elif isinstance(event, Ping):
+                self._send(Pong(nonce=event.nonce))
+            return event
+
+    async def download(self) -> int:
+        """Read until CaughtUp; returns rows received."""
+        while not isinstance(await self.next(), CaughtUp):
+            pass
+        return self.rows
+
+    def _send(self, message: Message) -> None:
+        assert self._writer is not None
+        # Acks and pongs are tiny and rare: the transport buffers them without a drain.
+        self._writer.write(self.conn.send(message))
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        with contextlib.suppress(Exception):
+            writer.write(self.conn.send(Goodbye(reason="bench done")))
+        writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await writer.wait_closed()
+
+
+# --- measurements -------------------------------------------------------------------------
+
+
+@dataclass
+class Rate:
+    label: str
+    rows: int
+    seconds: float
+    daemon_cpu: float | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+class Phase:
+    """Wall time and daemon CPU over a `with` block."""
+
+    def __init__(self, daemon_pid: int | None) -> None:
+        self._pid = daemon_pid
+        self.seconds = 0.0
+        self.daemon_cpu: float | None = None
+
+    def __enter__(self) -> Phase:
+        self._t = time.perf_counter()
+        self._cpu = cpu_seconds(self._pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t
+        end = cpu_seconds(self._pid)
+        if self._cpu is not None and end is not None and self.seconds > 0:
+            self.daemon_cpu = (end - self._cpu) / self.seconds
+
+
+async def ceiling(pg: PgServer, org: str) -> Rate:
+    """asyncpg reading the org's rows with the feed's casts, streamed, nothing kept."""
+    entity = ClientModel.parse(CRM_MODEL).entity("account")
+    sql = f"SELECT {wire_select_list(entity, 't')} FROM account t"
+    conn = await asyncpg.connect(with_database(pg.dsn, database_name(org)))
+    try:
+        rows = 0
+        started = time.perf_counter()
+        async with conn.transaction():
+            cursor = await conn.cursor(sql)
+            while batch := await cursor.fetch(CEILING_FETCH):
+                rows += len(batch)
+        return Rate("asyncpg ceiling (same casts)", rows, time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+async def wire_download(endpoint: Endpoint, org: str, devices: int, pid: int | None) -> Rate:
+    """`devices` protocol-level devices download the whole org at once; aggregate rows/s."""
+    clients = [WireDevice(endpoint, org, user=str(i)) for i in range(devices)]
+
+    async def one(device: WireDevice) -> int:
+        try:
+            await device.connect()
+            return await device.download()
+        finally:
+            await device.close()
+
+    with Phase(pid) as phase:
+        counts = await asyncio.gather(*(one(d) for d in clients))
+    label = f"received, {devices} wire device{'s' if devices > 1 else ''}"
+    return Rate(label, sum(counts), phase.seconds, phase.daemon_cpu)
+
+
+async def sqlite_download(endpoint: Endpoint, org: str, devices: int, pid: int | None) -> Rate:
+    """`devices` real SyncClients download the org into their own SQLite files."""
+    with tempfile.TemporaryDirectory(prefix="syncd-bench-dev-") as tmp:
+        dbs = [LocalDB.open(Path(tmp) / f"d{i}.sqlite") for i in range(devices)]
+        try:
+            clients = [
+                SyncClient(
+                    db,
+                    host=endpoint.host,
+                    port=endpoint.port,
+                    ssl_context=endpoint.ssl_context(),
+                    server_hostname="localhost",
+                    token=endpoint.token(org, str(i)),
+                    org=org,
+                )
+                for i, db in enumerate(dbs)
+            ]
+            with Phase(pid) as phase:
+                stats = await asyncio.gather(*(c.sync_once() for c in clients))
+            committed = sum(s.rows_applied for s in stats)
+            stored = sum(db.count("account") for db in dbs)
+            if stored != committed:
+                raise AssertionError(f"SQLite holds {stored} rows, {committed} were applied")
+        finally:
+            for db in dbs:
+                db.close()
+    label = f"committed, {devices} SyncClient{'s' if devices > 1 else ''}"
+    return Rate(label, committed, phase.seconds, phase.daemon_cpu)
+
+
+@dataclass
+class LiveResult:
+    devices: int
+    changes: int
+    latencies_ms: list[float]
+    daemon_cpu: float | None
+
+
+async def live_latency(
+    endpoint: Endpoint, pg: PgServer, org: str, devices: int, rate: float, seconds: float,
+    pid: int | None,
+) -> LiveResult:  # fmt: skip
+    """Connected devices, a steady single-row writer, arrival minus COMMIT-returned."""
+    total = int(rate * seconds)
+    expected = total * devices
+    committed: dict[int, float] = {}
+    arrivals: list[tuple[int, float]] = []
+    all_arrived = asyncio.Event()
+    clients = [WireDevice(endpoint, org, user=str(i)) for i in range(devices)]
+
+    async def listen(device: WireDevice) -> None:
+        while True:
+            message = await device.next()
+            if isinstance(message, Changes):
+                now = time.perf_counter()
+                for row in message.upserts:
+                    name = row[NAME_INDEX]
+                    if isinstance(name, str) and name.startswith(LIVE_PREFIX):
+                        arrivals.append((int(name[len(LIVE_PREFIX) :]), now))
+                if len(arrivals) >= expected:
+                    all_arrived.set()
+
+    async def catch_up(device: WireDevice) -> None:
+        await device.connect()
+        await device.download()
+
+    listeners: list[asyncio.Task[None]] = []
+    try:
+        # Everyone caught up first, so the writer measures live delivery only.
+        await asyncio.gather(*(catch_up(d) for d in clients))
+        listeners = [asyncio.create_task(listen(d)) for d in clients]
+        with Phase(pid) as phase:
+            await _write_steadily(pg, org, total, rate, committed)
+            # Every device must see every change; the bound only cuts a lost delivery short.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LIVE_GRACE_S):
+                    await all_arrived.wait()
+    finally:
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+        await asyncio.gather(*(d.close() for d in clients))
+    latencies = [(at - committed[n]) * 1000 for n, at in arrivals if n in committed]
+    return LiveResult(devices, total, latencies, phase.daemon_cpu)
+
+
+async def _write_steadily(
+    pg: PgServer, org: str, total: int, rate: float, committed: dict[int, float]
+) -> None:
+    """One autocommitted INSERT per tick, paced on a fixed schedule (not after each other)."""
+    conn = await asyncpg.connect(with_database(pg.dsn, database_name(org)))
+    try:
+        insert = await conn.prepare(
+            "INSERT INTO account (id, owner_id, name, city, amount, modified_at, status)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        )
+        start = time.perf_counter()
+        for n in range(total):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the load, not synchronizing
+            now = datetime.now(UTC)
+            await insert.fetch(uuid.uuid4(), 1, f"{LIVE_PREFIX}{n}", "Oslo", Decimal(1), now, 0)
+            committed[n] = time.perf_counter()
+    finally:
+        await conn.close()
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rows: int
+    devices: int
+    device_rows: int
+    live_devices: int
+    rate: float
+    seconds: float
+    sqlite_devices: int
+
+
+QUICK = Sizes(rows=200_000, devices=10, device_rows=20_000, live_devices=100, rate=20,
+              seconds=5, sqlite_devices=10)  # fmt: skip
+FULL = Sizes(rows=1_000_000, devices=100, device_rows=100_000, live_devices=100, rate=20,
+             seconds=10, sqlite_devices=100)  # fmt: skip
+
+
+def _rate_rows(rates: Sequence[Rate], ceiling_rate: Rate) -> list[list[object]]:
+    table: list[list[object]] = []
+    for r in [ceiling_rate, *rates]:
+        cpu = "" if r.daemon_cpu is None else f"{r.daemon_cpu:.0%}"
+        ratio = f"{r.per_second / ceiling_rate.per_second:.0%}"
+        table.append([r.label, r.rows, r.seconds, r.per_second, ratio, cpu])
+    return table
+
+
+HEADERS: Final = ["path", "rows", "seconds", "rows/s", "vs ceiling", "daemon CPU"]
+
+
+def _deadline(rows: int) -> float:
+    return 60 + rows / MIN_RATE
+
+
+async def run(pg: PgServer, endpoint: Endpoint, sizes: Sizes, pid: int | None,
+              phases: set[str]) -> None:  # fmt: skip
+    if "one" in phases:
+        async with asyncio.timeout(_deadline(sizes.rows * 2)):
+            top = await ceiling(pg, "one")
+            wire = await wire_download(endpoint, "one", 1, pid)
+            local = await sqlite_download(endpoint, "one", 1, pid)
+        print(f"\nInitial sync, {sizes.rows:,} rows to 1 device")
+        print_table(HEADERS, _rate_rows([wire, local], top))
+    if "many" in phases:
+        moved = sizes.device_rows * (sizes.devices + sizes.sqlite_devices)
+        async with asyncio.timeout(_deadline(moved)):
+            top = await ceiling(pg, "many")
+            wire = await wire_download(endpoint, "many", sizes.devices, pid)
+            rates = [wire]
+            if sizes.sqlite_devices:
+                rates.append(await sqlite_download(endpoint, "many", sizes.sqlite_devices, pid))
+        print(f"\nInitial sync, {sizes.device_rows:,} rows to each of N concurrent devices")
+        print_table(HEADERS, _rate_rows(rates, top))
+    if "live" in phases:
+        async with asyncio.timeout(120 + sizes.seconds):
+            live = await live_latency(
+                endpoint, pg, "live", sizes.live_devices, sizes.rate, sizes.seconds, pid
+            )
+        _print_live(live, sizes)
+
+
+def _print_live(live: LiveResult, sizes: Sizes) -> None:
+    expected = live.devices * live.changes
+    print(
+        f"\nCommit-to-device latency: {live.devices} live devices, {live.changes} single-row"
+        f" commits at {sizes.rate:g}/s"
+    )
+    lat = sorted(live.latencies_ms)
+    cpu = "" if live.daemon_cpu is None else f"{live.daemon_cpu:.0%}"
+    if not lat:
+        print(f"no deliveries (expected {expected:,})")
+        return
+    p50 = statistics.median(lat)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    print_table(
+        ["deliveries", "expected", "p50 ms", "p99 ms", "max ms", "daemon CPU"],
+        [[len(lat), expected, f"{p50:.1f}", f"{p99:.1f}", f"{lat[-1]:.1f}", cpu]],
+    )
+
+
+async def prepare(pg: PgServer, sizes: Sizes, phases: set[str]) -> None:
+    plan = {"one": sizes.rows, "many": sizes.device_rows, "live": 1000}
+    for org, rows in plan.items():
+        if org in phases or org == "live":
+            seconds = await load_org(pg, org, rows if org in phases else 0)
+            if org in phases:
+                print(f"loaded org {org!r}: {rows:,} rows by COPY in {seconds:.1f} s")
+
+
+def parse(argv: Sequence[str] | None) -> tuple[Sizes, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the issue's sizes (minutes)")
+    parser.add_argument("--rows", type=int, help="rows for the 1-device initial sync")
+    parser.add_argument("--devices", type=int, help="concurrent wire devices")
+    parser.add_argument("--sqlite-devices", type=int, help="concurrent SyncClients (0: skip)")
+    parser.add_argument("--device-rows", type=int, help="rows each concurrent device gets")
+    parser.add_argument("--live-devices", type=int)
+    parser.add_argument("--rate", type=float, help="live commits per second")
+    parser.add_argument("--seconds", type=float, help="live writer duration")
+    parser.add_argument("--batch-size", type=int, default=1000, help="daemon sync.batch_size")
+    parser.add_argument("--phases", default="one,many,live", help="subset of one,many,live")
+    parser.add_argument("--in-process", action="store_true", help="daemon in this process")
+    parser.add_argument("--profile-daemon", type=Path, help="cProfile the daemon into FILE")
+    args = parser.parse_args(argv)
+    base = FULL if args.full else QUICK
+    sizes = Sizes(
+        rows=args.rows or base.rows,
+        devices=args.devices or base.devices,
+        device_rows=args.device_rows or base.device_rows,
+        live_devices=args.live_devices or base.live_devices,
+        rate=args.rate or base.rate,
+        seconds=args.seconds or base.seconds,
+        sqlite_devices=base.sqlite_devices if args.sqlite_devices is None else args.sqlite_devices,
+    )
+    return sizes, args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sizes, args = parse(argv)
+    phases = set(args.phases.split(","))
+    with embedded_server() as pg:
+        uvloop.run(prepare(pg, sizes, phases))
+        where = "in this process" if args.in_process else "in a subprocess"
+        print(f"daemon {where}; devices, ceiling and writer in this process; loopback TLS")
+        if args.in_process:
+
+            async def inline() -> None:
+                async with in_process_daemon(pg, batch_size=args.batch_size) as endpoint:
+                    await run(pg, endpoint, sizes, None, phases)
+
+            uvloop.run(inline())
+            return
+        daemon = DaemonProcess(pg, batch_size=args.batch_size, profile=args.profile_daemon)
+        with daemon as endpoint:
+            try:
+                uvloop.run(run(pg, endpoint, sizes, daemon.pid, phases))
+            except BaseException:
+                print(f"--- daemon log tail ---\n{daemon.log_tail()}")
+                raise
+        if args.profile_daemon:
+            print(f"daemon profile written to {args.profile_daemon}")
+
+
+if __name__ == "__main__":
+    main()
