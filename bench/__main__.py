@@ -1,0 +1,80 @@
+"""`python -m bench`: every bench, one after the other, sized for a 2-core machine.
+
+Strategy: each bench module keeps its own `main()` and command line; this runner only
+chooses arguments. The quick sizes finish in a few minutes together and keep the ratios
+meaningful (each bench compares against a ceiling measured in the same run); `--full` passes
+the issue's sizes (1M rows, 100 devices x 100k rows), which takes tens of minutes. Benches
+run one at a time so none steals the others' cores, and a failing bench does not stop the
+rest: the runner reports it and exits non-zero at the end.
+
+    python -m bench [--full] [--only codec,localdb,feed,sync]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Final
+
+BENCHES: Final = ("codec", "localdb", "feed", "sync")
+QUICK: Final[dict[str, list[str]]] = {
+    "codec": ["--batches", "20", "--repeat", "3"],
+    "localdb": ["--rows", "50000", "--rounds", "3"],
+    "feed": ["--rows", "200000"],
+    "sync": [],
+}
+FULL: Final[dict[str, list[str]]] = {
+    "codec": [],
+    "localdb": [],
+    "feed": ["--rows", "1000000"],
+    "sync": ["--full"],
+}
+
+
+def _run(name: str, argv: list[str]) -> None:
+    """Import late, so a bench that does not import (work in progress) fails alone."""
+    module = importlib.import_module(f"bench.{name}")
+    main: Callable[[], None] = module.main
+    # Every bench main parses sys.argv when called without arguments (bench.feed only so):
+    # hand each one its own command line.
+    saved = sys.argv
+    sys.argv = [f"python -m bench.{name}", *argv]
+    try:
+        main()
+    finally:
+        sys.argv = saved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the issue's sizes (tens of minutes)")
+    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset")
+    args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in BENCHES]
+    if unknown:
+        parser.error(f"unknown bench {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    sizes = FULL if args.full else QUICK
+    failed: list[str] = []
+    for name in chosen:
+        command = " ".join(["python -m bench." + name, *sizes[name]])
+        print(f"\n=== {name}: {command}", flush=True)
+        started = time.perf_counter()
+        try:
+            _run(name, list(sizes[name]))
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        print(f"=== {name}: {time.perf_counter() - started:.0f} s", flush=True)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
