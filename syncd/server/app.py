@@ -82,7 +82,6 @@ class Daemon:
                 loop.add_signal_handler(sig, self.should_exit.set)
         try:
             await self.startup()
-            self.started.set()
             await self.should_exit.wait()
         finally:
             await self.shutdown()
@@ -185,6 +184,7 @@ class Daemon:
             run.ops = await start_ops_server(
                 cfg.ops.listen.host, cfg.ops.listen.port, self.metrics, self._ready
             )
+        self.started.set()
         _log.info(
             "syncd serving",
             extra={

@@ -102,7 +102,7 @@ class RunningDaemon:
         )
 
 
-def test_config(base: Path, control_dsn: str, **sync: Any) -> Config:
+def daemon_config(base: Path, control_dsn: str, ops: str = "", **sync: Any) -> Config:
     return load_config(
         None,
         env={},
@@ -115,7 +115,7 @@ def test_config(base: Path, control_dsn: str, **sync: Any) -> Config:
                 "tls_key": str(base / "certs" / "server.key"),
             },
             "admin": {"socket": str(base / "admin.sock")},
-            "ops": {"listen": ""},
+            "ops": {"listen": ops},
             "database": {"dsn": control_dsn},
             "sync": {"heartbeat_interval_seconds": 5, "idle_timeout_seconds": 30, **sync},
         },
@@ -123,8 +123,10 @@ def test_config(base: Path, control_dsn: str, **sync: Any) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def run_daemon(base: Path, control_dsn: str, **sync: Any) -> AsyncIterator[RunningDaemon]:
-    config = test_config(base, control_dsn, **sync)
+async def run_daemon(
+    base: Path, control_dsn: str, ops: str = "", **sync: Any
+) -> AsyncIterator[RunningDaemon]:
+    config = daemon_config(base, control_dsn, ops, **sync)
     pki = ensure_dev_pki(base / "certs")
     daemon = Daemon(config)
     try:
