@@ -6,6 +6,11 @@ admin sees ``entities.account.columns.amount: unknown type 'money'`` rather than
 Everything downstream (provisioning, the feed, sessions) trusts a parsed model: names match
 ``IDENT_RE`` and may be quoted into SQL as identifiers, types come from ``COLUMN_TYPES``.
 
+Filters are parsed by ``syncd.filters`` against this model's schema while the model is parsed;
+their errors get the profile and entity prefixed (``profiles.sales.entities.contact.filter.
+related.via: unknown column``). Cross-entity rules live here: a ``related`` parent must be in
+the same profile, and chains of related entities are acyclic and at most three deep.
+
 Keys are single columns of type uuid, text or integer: every device table and every delete
 message is keyed by one value, and those three types have one exact canonical text form, which
 is how the change log records a key.
@@ -20,6 +25,10 @@ from typing import Any, Literal, cast
 
 import orjson
 
+from syncd.filters import MAX_RELATED_DEPTH, FilterError, FilterNode, SchemaView, parse_filter
+from syncd.filters.nodes import Related, walk
+from syncd.filters.values import COMPARABLE_TYPES
+
 __all__ = [
     "COLUMN_TYPES",
     "CONFLICT_POLICIES",
@@ -31,6 +40,7 @@ __all__ = [
     "ColumnType",
     "ConflictPolicy",
     "Entity",
+    "MembershipSpec",
     "ModelError",
     "Profile",
 ]
@@ -104,9 +114,31 @@ class Entity:
 
 @dataclass(frozen=True, slots=True)
 class AccessSpec:
-    """What a profile gets of one entity; ``filter`` is the filter JSON, None = all rows."""
+    """What a profile gets of one entity: ``filter`` is the canonical filter JSON and
+    ``node`` its parsed form; None means all rows."""
 
     filter: dict[str, Any] | None = None
+    node: FilterNode | None = None
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        """Entities whose selected rows this filter refers to (``related``)."""
+        if self.node is None:
+            return ()
+        return tuple(dict.fromkeys(n.entity for n in walk(self.node) if isinstance(n, Related)))
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipSpec:
+    """A staging table listing, per user, the values (teams, units...) they belong to."""
+
+    name: str
+    entity: str
+    user: str  # column holding the user id (the token's subject)
+    value: str  # column holding the member value
+
+    def to_json(self) -> dict[str, str]:
+        return {"entity": self.entity, "user": self.user, "value": self.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +159,13 @@ class ClientModel:
     entities: tuple[Entity, ...]
     profiles: tuple[Profile, ...]
     default_profile: str | None = None
+    memberships: tuple[MembershipSpec, ...] = ()
+
+    def membership(self, name: str) -> MembershipSpec:
+        for m in self.memberships:
+            if m.name == name:
+                return m
+        raise KeyError(name)
 
     def entity(self, name: str) -> Entity:
         for e in self.entities:
@@ -168,6 +207,8 @@ class ClientModel:
         }
         if self.default_profile is not None:
             out["default_profile"] = self.default_profile
+        if self.memberships:
+            out["memberships"] = {m.name: m.to_json() for m in self.memberships}
         return out
 
     @property
@@ -183,22 +224,34 @@ class ClientModel:
 
 def _parse_model(obj: object) -> ClientModel:
     root = _object(obj, "")
-    _only_keys(root, "", {"entities", "profiles", "default_profile"})
+    _only_keys(root, "", {"entities", "profiles", "default_profile", "memberships"})
     entities_obj = _object(root.get("entities"), "entities")
     if not entities_obj:
         raise ModelError("entities", "at least one entity is required")
     entities = tuple(
         _parse_entity(name, spec, f"entities.{name}") for name, spec in entities_obj.items()
     )
-    known = {e.name for e in entities}
+    by_name = {e.name: e for e in entities}
+    memberships = tuple(
+        _parse_membership(name, spec, f"memberships.{name}", by_name)
+        for name, spec in _object(root.get("memberships", {}), "memberships").items()
+    )
+    schema = SchemaView(
+        columns={e.name: {c.name: c.type for c in e.columns} for e in entities},
+        keys={e.name: e.key for e in entities},
+        memberships={m.name: by_name[m.entity].column(m.value).type for m in memberships},
+    )
     profiles_obj = _object(root.get("profiles", {}), "profiles")
     profiles = tuple(
-        _parse_profile(name, spec, f"profiles.{name}", known) for name, spec in profiles_obj.items()
+        _parse_profile(name, spec, f"profiles.{name}", schema)
+        for name, spec in profiles_obj.items()
     )
     default = root.get("default_profile")
     if default is not None and (not isinstance(default, str) or default not in profiles_obj):
         raise ModelError("default_profile", f"unknown profile {default!r}")
-    return ClientModel(entities=entities, profiles=profiles, default_profile=default)
+    return ClientModel(
+        entities=entities, profiles=profiles, default_profile=default, memberships=memberships
+    )
 
 
 def _parse_entity(name: str, obj: object, path: str) -> Entity:
@@ -248,7 +301,27 @@ def _parse_entity(name: str, obj: object, path: str) -> Entity:
     )
 
 
-def _parse_profile(name: str, obj: object, path: str, known: set[str]) -> Profile:
+def _parse_membership(
+    name: str, obj: object, path: str, entities: dict[str, Entity]
+) -> MembershipSpec:
+    _ident(name, path)
+    spec = _object(obj, path)
+    _only_keys(spec, path, {"entity", "user", "value"})
+    ename = spec.get("entity")
+    if not isinstance(ename, str) or ename not in entities:
+        raise ModelError(f"{path}.entity", f"unknown entity {ename!r}")
+    entity = entities[ename]
+    cols = {c.name: c.type for c in entity.columns}
+    for part in ("user", "value"):
+        col = spec.get(part)
+        if not isinstance(col, str) or col not in cols:
+            raise ModelError(f"{path}.{part}", f"unknown column {col!r} of entity {ename!r}")
+        if cols[col] not in COMPARABLE_TYPES:
+            raise ModelError(f"{path}.{part}", f"a {cols[col]} column cannot be matched")
+    return MembershipSpec(name, ename, spec["user"], spec["value"])
+
+
+def _parse_profile(name: str, obj: object, path: str, schema: SchemaView) -> Profile:
     _ident(name, path)
     spec = _object(obj, path)
     _only_keys(spec, path, {"offline", "entities"})
@@ -259,15 +332,51 @@ def _parse_profile(name: str, obj: object, path: str, known: set[str]) -> Profil
     entities: list[tuple[str, AccessSpec]] = []
     for ename, access in ents_obj.items():
         epath = f"{path}.entities.{ename}"
-        if ename not in known:
+        if ename not in schema.columns:
             raise ModelError(epath, f"unknown entity {ename!r}")
         access_obj = _object(access, epath)
         _only_keys(access_obj, epath, {"filter"})
         flt = access_obj.get("filter")
-        if flt is not None and not isinstance(flt, dict):
+        if flt is None:
+            entities.append((ename, AccessSpec()))
+            continue
+        if not isinstance(flt, dict):
             raise ModelError(f"{epath}.filter", "must be a JSON object")
-        entities.append((ename, AccessSpec(filter=flt)))
+        try:
+            node = parse_filter(flt, ename, schema)
+        except FilterError as exc:
+            where = f"{epath}.filter" + (
+                exc.path if exc.path.startswith("[") or not exc.path else f".{exc.path}"
+            )
+            raise ModelError(where, exc.message) from None
+        entities.append((ename, AccessSpec(filter=node.to_json(), node=node)))
+    _check_related(dict(entities), f"{path}.entities")
     return Profile(name=name, offline=offline, entities=tuple(entities))
+
+
+def _check_related(access: dict[str, AccessSpec], path: str) -> None:
+    """Parents are in the profile; chains are acyclic and at most MAX_RELATED_DEPTH deep."""
+    for ename, spec in access.items():
+        for parent in spec.parents:
+            if parent not in access:
+                raise ModelError(
+                    f"{path}.{ename}.filter",
+                    f"related entity {parent!r} is not synced by this profile",
+                )
+
+    def depth(ename: str, seen: tuple[str, ...]) -> int:
+        if ename in seen:
+            chain = " -> ".join((*seen, ename))
+            raise ModelError(f"{path}.{seen[0]}.filter", f"related entities form a cycle: {chain}")
+        parents = access[ename].parents
+        return 0 if not parents else 1 + max(depth(p, (*seen, ename)) for p in parents)
+
+    for ename in access:
+        if depth(ename, ()) > MAX_RELATED_DEPTH:
+            raise ModelError(
+                f"{path}.{ename}.filter",
+                f"related chain is deeper than {MAX_RELATED_DEPTH} levels",
+            )
 
 
 def _object(obj: object, path: str) -> dict[str, Any]:

@@ -5,6 +5,13 @@ from the org's live client model and the verified token claims, into a `DevicePl
 is immutable; a model change or profile reassignment produces a new plan, and comparing the
 per-entity hashes of the old and new plans tells which entities must be re-downloaded.
 
+Filters are bound here (``syncd.filters.compiled.bind_filter``): claim values are coerced to
+the compared columns' types and every entity's hash covers its bound filter's identity (the
+tree and its values, parents' filters included). So membership that comes from token claims
+(``user.teams``, ``user.roles``, ``claims.*``) is part of the hash: a refreshed token with
+other teams re-downloads exactly the entities whose filters use them. Membership kept in
+staging tables is data, not plan: it moves rows through the feed instead.
+
 Two devices with equal `group_key` follow exactly the same rows, so the live hub serves them
 with one query and one encoding per change (DESIGN.md, decision 4).
 """
@@ -20,8 +27,9 @@ import orjson
 
 from protocol import ColumnSchema, EntitySchema, ErrorCode, ModelSummary
 from syncd.auth import Claims
+from syncd.filters.compiled import BindError, bind_filter
 from syncd.model import ClientModel, Entity
-from syncd.store import RowFilter, Subscription
+from syncd.store import Subscription
 
 __all__ = ["DevicePlan", "PlanError", "filter_params", "plan_for"]
 
@@ -54,13 +62,30 @@ class DevicePlan:
 
 
 def filter_params(claims: Claims) -> dict[str, object]:
-    """The values a filter may bind, named as filters refer to them (``user.id`` ...)."""
-    return {
-        "user.id": claims.subject,
-        "user.roles": list(claims.roles),
-        "user.teams": list(claims.teams),
-        "org": claims.org,
+    """The values a filter may bind, named as filters refer to them (``user.id`` ...).
+
+    Custom claims are offered as ``claims.<name>`` when they are a scalar or a list of
+    scalars; anything else (objects) cannot be compared with a column and is left out.
+    """
+    params: dict[str, object] = {
+        f"claims.{name}": value
+        for name, value in claims.extra.items()
+        if _scalar(value) or (isinstance(value, list) and all(_scalar(v) for v in value))
     }
+    params.update(
+        {
+            "user.id": claims.subject,
+            "user.roles": list(claims.roles),
+            "user.teams": list(claims.teams),
+            "user.business_unit": params.get("claims.business_unit"),
+            "org": claims.org,
+        }
+    )
+    return params
+
+
+def _scalar(value: object) -> bool:
+    return isinstance(value, str | int | float | bool) and value is not None
 
 
 def plan_for(
@@ -86,16 +111,13 @@ def plan_for(
     hashes: dict[str, str] = {}
     for name, access in profile.entities:
         entity = model.entity(name)
-        row_filter = None
-        bound: Any = None
-        if access.filter is not None:
-            try:
-                row_filter = RowFilter.from_spec(access.filter, params)
-            except (ValueError, KeyError) as exc:
-                raise PlanError(
-                    ErrorCode.FORBIDDEN, f"entity {name!r}: filter cannot apply: {exc}"
-                ) from None
-            bound = [[t.column, t.op, t.value] for t in row_filter.terms]
+        try:
+            row_filter = bind_filter(model, profile, name, params, claims.subject)
+        except BindError as exc:
+            raise PlanError(
+                ErrorCode.FORBIDDEN, f"entity {name!r}: filter cannot apply: {exc}"
+            ) from None
+        bound: Any = None if row_filter is None else row_filter.identity
         subscriptions.append(Subscription(entity, row_filter))
         schemas.append(_entity_schema(entity))
         hashes[name] = _digest([entity.schema_json(), access.filter, bound])

@@ -1,0 +1,154 @@
+"""``BoundFilter``: one device's filter for one entity, ready for the feed and for tests.
+
+Strategy: the feed knows filters only through the ``RowPredicate`` protocol
+(``sql(entity, column, params) -> str``); this class is that predicate, plus the in-memory
+``matches`` and an ``identity`` that is equal exactly when two bound filters select the same
+rows (same tree, same bound values). Plans hash the identity, and the live hub groups devices
+by it, so users whose filters bind to the same values share one query and one encoding.
+
+``dependencies`` names the other staging tables whose writes can move rows in or out
+(related parents, membership tables) and ``time_relative`` says whether the passing of time
+can: the feed needs both to widen a window beyond the rows that changed themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from syncd.filters.bound import (
+    BAll,
+    BAnd,
+    BBetween,
+    BCompare,
+    BIn,
+    BindError,
+    BIsNull,
+    BMember,
+    BNot,
+    BOr,
+    BoundNode,
+    BoundTree,
+    BRelated,
+    BWithin,
+    bind_tree,
+)
+from syncd.filters.memory import Lookup, matches
+from syncd.filters.sql import ColumnSql, compile_tree
+from syncd.model import ClientModel, Entity, Profile
+
+__all__ = ["BindError", "BoundFilter", "bind_filter"]
+
+
+@dataclass(frozen=True)
+class BoundFilter:
+    tree: BoundTree
+
+    def sql(self, entity: Entity, column: ColumnSql, params: list[object]) -> str:
+        if entity.name != self.tree.entity.name:
+            raise ValueError(f"filter of {self.tree.entity.name!r} applied to {entity.name!r}")
+        return compile_tree(self.tree, column, params)
+
+    def sql_at(self, entity: Entity, column: ColumnSql, params: list[object], now: datetime) -> str:
+        """As ``sql`` with "now" fixed by the caller (one value per feed window)."""
+        if entity.name != self.tree.entity.name:
+            raise ValueError(f"filter of {self.tree.entity.name!r} applied to {entity.name!r}")
+        return compile_tree(self.tree, column, params, now)
+
+    def matches(
+        self, row: Mapping[str, object], lookup: Lookup, now: datetime | None = None
+    ) -> bool:
+        return matches(self.tree, row, lookup, now)
+
+    @property
+    def identity(self) -> list[Any]:
+        return _tree_identity(self.tree)
+
+    @property
+    def dependencies(self) -> frozenset[str]:
+        return _dependencies(self.tree)
+
+    @property
+    def time_relative(self) -> bool:
+        return _any_within(self.tree)
+
+
+def bind_filter(
+    model: ClientModel,
+    profile: Profile,
+    entity: str,
+    params: Mapping[str, object],
+    user: str,
+) -> BoundFilter | None:
+    """The bound filter of ``entity`` in ``profile``; None when the profile takes all rows."""
+    tree = bind_tree(model, profile, entity, params, user)
+    return None if tree.root is None else BoundFilter(tree)
+
+
+def _nodes(n: BoundNode) -> list[BoundNode]:
+    out: list[BoundNode] = [n]
+    if isinstance(n, BAnd | BOr):
+        for i in n.items:
+            out.extend(_nodes(i))
+    elif isinstance(n, BNot):
+        out.extend(_nodes(n.item))
+    return out
+
+
+def _dependencies(tree: BoundTree) -> frozenset[str]:
+    if tree.root is None:
+        return frozenset()
+    out: set[str] = set()
+    for n in _nodes(tree.root):
+        if isinstance(n, BMember):
+            out.add(n.table.name)
+        elif isinstance(n, BRelated):
+            out.add(n.parent.entity.name)
+            out |= _dependencies(n.parent)
+    return frozenset(out)
+
+
+def _any_within(tree: BoundTree) -> bool:
+    if tree.root is None:
+        return False
+    for n in _nodes(tree.root):
+        if isinstance(n, BWithin):
+            return True
+        if isinstance(n, BRelated) and _any_within(n.parent):
+            return True
+    return False
+
+
+def _v(value: object) -> Any:
+    return value if isinstance(value, bool | int | str) else [type(value).__name__, str(value)]
+
+
+def _tree_identity(tree: BoundTree) -> list[Any]:
+    return [tree.entity.name, None if tree.root is None else _identity(tree.root)]
+
+
+def _identity(n: BoundNode) -> Any:
+    if isinstance(n, BAll):
+        return ["all"]
+    if isinstance(n, BAnd | BOr):
+        return ["and" if isinstance(n, BAnd) else "or", [_identity(i) for i in n.items]]
+    if isinstance(n, BNot):
+        return ["not", _identity(n.item)]
+    if isinstance(n, BRelated):
+        return ["related", n.via.name, _tree_identity(n.parent)]
+    if isinstance(n, BCompare):
+        return [n.op, n.column.name, _v(n.value)]
+    if isinstance(n, BIn):
+        return ["not_in" if n.negated else "in", n.column.name, [_v(v) for v in n.values]]
+    if isinstance(n, BMember):
+        op = "not_member" if n.negated else "member"
+        return [op, n.column.name, n.membership.name, _v(n.user)]
+    if isinstance(n, BIsNull):
+        return ["not_null" if n.negated else "is_null", n.column.name]
+    if isinstance(n, BBetween):
+        return ["between", n.column.name, _v(n.low), _v(n.high)]
+    if isinstance(n, BWithin):
+        return ["within", n.column.name, n.direction, n.seconds]
+    raise AssertionError(f"unhandled bound node {n!r}")

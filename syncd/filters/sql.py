@@ -1,0 +1,125 @@
+"""Compile a bound filter to a parameterized SQL condition.
+
+Strategy (project security rule): the SQL text comes only from the fixed templates below,
+from identifiers of the parsed model quoted by ``syncd.store.sql.ident``, and from the fixed
+type table ``SQL_TYPES``; every value (literals, claims, the user id, "now") is appended to
+``params`` and referenced as ``$n`` with an explicit cast. The caller says how to spell a
+column of the filtered row (``t."col"`` for the current row, ``(c.old->>$n)::type`` for a
+change's before-image), which is how the feed evaluates one filter against both states.
+
+Related parents and memberships are subqueries against the current staging tables, aliased
+by chain depth (``_r1`` .. ``_r3``, ``_m0`` ..) so nested levels never collide. Text ordering
+uses ``COLLATE "C"`` so SQL and the in-memory predicate order strings the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from syncd.filters.bound import (
+    BAll,
+    BAnd,
+    BBetween,
+    BCompare,
+    BIn,
+    BIsNull,
+    BMember,
+    BNot,
+    BOr,
+    BoundNode,
+    BoundTree,
+    BRelated,
+    BWithin,
+)
+from syncd.model import Column
+from syncd.store.sql import SQL_TYPES, ident
+
+__all__ = ["ColumnSql", "compile_tree", "cutoff"]
+
+ColumnSql = Callable[[Column], str]
+
+
+def cutoff(node: BWithin, now: datetime) -> object:
+    """The bound a ``within`` node compares with, for one fixed "now"."""
+    delta = timedelta(seconds=node.seconds)
+    edge = now - delta if node.direction == "last" else now + delta
+    return edge.date() if node.column.type == "date" else edge
+
+
+def compile_tree(
+    tree: BoundTree, column: ColumnSql, params: list[object], now: datetime | None = None
+) -> str:
+    """The condition for ``tree``'s entity; "true" when it selects every row."""
+    if tree.root is None:
+        return "true"
+    return _Compiler(tree, column, params, now or datetime.now(UTC)).node(tree.root)
+
+
+class _Compiler:
+    def __init__(
+        self, tree: BoundTree, column: ColumnSql, params: list[object], now: datetime
+    ) -> None:
+        self.tree, self.column, self.params, self.now = tree, column, params, now
+        self.memberships = 0
+
+    def bind(self, value: object, col: Column, array: bool = False) -> str:
+        self.params.append(value)
+        return f"${len(self.params)}::{SQL_TYPES[col.type]}{'[]' if array else ''}"
+
+    def collate(self, col: Column) -> str:
+        return ' COLLATE "C"' if col.type == "text" else ""
+
+    def node(self, n: BoundNode) -> str:
+        if isinstance(n, BAll):
+            return "true"
+        if isinstance(n, BAnd):
+            return "(" + " AND ".join(self.node(i) for i in n.items) + ")"
+        if isinstance(n, BOr):
+            return "(" + " OR ".join(self.node(i) for i in n.items) + ")"
+        if isinstance(n, BNot):
+            return f"(NOT {self.node(n.item)})"
+        if isinstance(n, BRelated):
+            return self.related(n)
+        # The column expression may append parameters of its own: spell it before binding.
+        lhs = self.column(n.column)
+        if isinstance(n, BCompare):
+            op = "<>" if n.op == "!=" else n.op
+            collate = self.collate(n.column) if op not in ("=", "<>") else ""
+            return f"({lhs}{collate} {op} {self.bind(n.value, n.column)})"
+        if isinstance(n, BIn):
+            test = f"{lhs} = ANY({self.bind(list(n.values), n.column, array=True)})"
+            return f"(NOT ({test}))" if n.negated else f"({test})"
+        if isinstance(n, BMember):
+            return self.member(lhs, n)
+        if isinstance(n, BIsNull):
+            return f"({lhs} IS {'NOT ' if n.negated else ''}NULL)"
+        if isinstance(n, BBetween):
+            c = self.collate(n.column)
+            low, high = self.bind(n.low, n.column), self.bind(n.high, n.column)
+            return f"({lhs}{c} BETWEEN {low} AND {high})"
+        if isinstance(n, BWithin):
+            op = ">=" if n.direction == "last" else "<="
+            return f"({lhs} {op} {self.bind(cutoff(n, self.now), n.column)})"
+        raise AssertionError(f"unhandled bound node {n!r}")
+
+    def member(self, lhs: str, n: BMember) -> str:
+        alias = f"_m{self.tree.depth}_{self.memberships}"
+        self.memberships += 1
+        user = self.bind(n.user, n.table.column(n.membership.user))
+        sub = (
+            f"SELECT {alias}.{ident(n.membership.value)} FROM {ident(n.table.name)} {alias}"
+            f" WHERE {alias}.{ident(n.membership.user)} = {user}"
+        )
+        return f"({lhs} {'NOT IN' if n.negated else 'IN'} ({sub}))"
+
+    def related(self, n: BRelated) -> str:
+        parent = n.parent
+        alias = f"_r{parent.depth}"
+        lhs = self.column(n.via)
+        key = f"{alias}.{ident(parent.entity.key)}"
+        inner = compile_tree(parent, lambda c: f"{alias}.{ident(c.name)}", self.params, self.now)
+        return (
+            f"EXISTS (SELECT 1 FROM {ident(parent.entity.name)} {alias}"
+            f" WHERE {key} = {lhs} AND {inner})"
+        )
