@@ -69,6 +69,7 @@ class OrgRegistry:
         self._reload_locks: dict[str, asyncio.Lock] = {}
         self._config_listener: Listener | None = None
         self._pending: set[asyncio.Task[OrgRuntime | None]] = set()
+        self._reloaded = asyncio.Condition()
 
     def get(self, name: str) -> OrgRuntime | None:
         return self._orgs.get(name)
@@ -101,6 +102,15 @@ class OrgRegistry:
             except Exception:
                 _log.exception("reloading org failed", extra={"org": name})
                 return self._orgs.get(name)
+            finally:
+                async with self._reloaded:
+                    self._reloaded.notify_all()
+
+    async def wait_until(self, predicate: Callable[[OrgRegistry], bool]) -> None:
+        """Wait until `predicate(self)` holds, re-checking after every reload (for
+        operators' tooling and tests that watch a change made by another instance)."""
+        async with self._reloaded:
+            await self._reloaded.wait_for(lambda: predicate(self))
 
     async def _reload(self, name: str) -> OrgRuntime | None:
         record = await self.control.get_org(name)

@@ -102,7 +102,10 @@ class RunningDaemon:
         )
 
 
-def daemon_config(base: Path, control_dsn: str, ops: str = "", **sync: Any) -> Config:
+def daemon_config(
+    base: Path, control_dsn: str, ops: str = "", certs: Path | None = None, **sync: Any
+) -> Config:
+    certs = certs or base / "certs"
     return load_config(
         None,
         env={},
@@ -111,8 +114,8 @@ def daemon_config(base: Path, control_dsn: str, ops: str = "", **sync: Any) -> C
                 "listen": "127.0.0.1:0",
                 "data_dir": str(base),
                 "dev_mode": True,
-                "tls_cert": str(base / "certs" / "server.pem"),
-                "tls_key": str(base / "certs" / "server.key"),
+                "tls_cert": str(certs / "server.pem"),
+                "tls_key": str(certs / "server.key"),
             },
             "admin": {"socket": str(base / "admin.sock")},
             "ops": {"listen": ops},
@@ -124,10 +127,10 @@ def daemon_config(base: Path, control_dsn: str, ops: str = "", **sync: Any) -> C
 
 @contextlib.asynccontextmanager
 async def run_daemon(
-    base: Path, control_dsn: str, ops: str = "", **sync: Any
+    base: Path, control_dsn: str, ops: str = "", certs: Path | None = None, **sync: Any
 ) -> AsyncIterator[RunningDaemon]:
-    config = daemon_config(base, control_dsn, ops, **sync)
-    pki = ensure_dev_pki(base / "certs")
+    config = daemon_config(base, control_dsn, ops, certs, **sync)
+    pki = ensure_dev_pki(config.server.tls_cert.parent)
     daemon = Daemon(config)
     try:
         await daemon.startup()
