@@ -1,0 +1,191 @@
+"""Uploads on the server: validate each op of a batch, then apply the batch exactly once.
+
+Strategy. Validation is cheap Python per op and per value (isinstance and a compiled regex),
+against the device's plan: the entity must be in the device's model and writable, every
+column known and writable, every value of its column's wire encoding (PROTOCOL.md, "Values")
+and inside what the database will store, so the set-based apply in `syncd.store.uploads`
+rarely meets a database error. A refused op gets its own ``rejected`` result and never blocks
+the rest (issue 6). The valid ops go to the store in one staging transaction, together with
+the batch id that makes a replay return the stored results.
+
+Retries: a deadlock or serialization failure (an ingest writer locking the same rows in
+another order) re-runs the whole transaction, which is safe because nothing of it committed;
+a data error that validation did not foresee re-runs the batch with one savepoint per op, so
+only the offending op is rejected.
+
+PROTOCOL.md, "upload": "re-sending the same batch after a reconnect does not apply it twice".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import asyncpg
+import orjson
+
+from protocol import ErrorCode, OpResult, Upload, UploadOp, UploadResult
+from syncd.model import Entity
+from syncd.server.plan import DevicePlan
+from syncd.store import RowPredicate, StagingStore
+from syncd.store.uploads import PlannedOp, StoredResult, UploadIdentity, apply_upload
+
+__all__ = ["MAX_UPLOAD_OPS", "UploadRejected", "apply_upload_batch", "validate_op"]
+
+_log = logging.getLogger(__name__)
+
+#: One batch is one transaction holding row locks; 10,000 ops keep it well under a second
+#: while letting a device that was offline for days catch up in few round trips.
+MAX_UPLOAD_OPS = 10_000
+#: Deadlocks with other writers are retried this many times before the device is told to retry.
+MAX_ATTEMPTS = 4
+#: numeric text longer than this is refused: it is stored, indexed and sent to every device.
+MAX_NUMERIC_LENGTH = 1000
+
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_NUMERIC_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+# Years 1 to 9999, the range every SQL and device date library agrees on.
+_MIN_US, _MAX_US = -62_135_596_800_000_000, 253_402_300_799_999_999
+_MIN_DAY, _MAX_DAY = -719_162, 2_932_896
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class UploadRejected(Exception):
+    """One op is refused; carries the 4xx code of its OpResult."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _text(value: Any) -> bool:
+    # PostgreSQL text cannot hold NUL.
+    return type(value) is str and "\x00" not in value
+
+
+def _json(value: Any) -> bool:
+    if type(value) is not str or "\\u0000" in value:  # jsonb refuses the NUL escape
+        return False
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "uuid": lambda v: type(v) is str and _UUID_RE.fullmatch(v) is not None,
+    "text": _text,
+    "integer": lambda v: type(v) is int and _INT64[0] <= v <= _INT64[1],
+    "float": lambda v: type(v) is float or type(v) is int,
+    "boolean": lambda v: type(v) is bool,
+    "numeric": lambda v: (
+        type(v) is str and len(v) <= MAX_NUMERIC_LENGTH and _NUMERIC_RE.fullmatch(v) is not None
+    ),
+    "timestamp": lambda v: type(v) is int and _MIN_US <= v <= _MAX_US,
+    "date": lambda v: type(v) is int and _MIN_DAY <= v <= _MAX_DAY,
+    "json": _json,
+    "bytes": lambda v: type(v) is bytes,
+}
+
+
+def validate_op(index: int, op: UploadOp, entities: Mapping[str, Entity]) -> PlannedOp:
+    """The op as the store applies it, or UploadRejected naming the first rule it breaks."""
+    entity = entities.get(op.entity)
+    if entity is None:
+        raise UploadRejected(ErrorCode.UNKNOWN_ENTITY, f"{op.entity!r} is not in your model")
+    if not entity.writable:
+        raise UploadRejected(ErrorCode.NOT_WRITABLE, f"{entity.name} is read-only")
+    key_column = entity.key_column
+    if not _CHECKS[key_column.type](op.key):
+        raise UploadRejected(
+            ErrorCode.VALIDATION_FAILED, f"the key is not a valid {key_column.type}: {op.key!r}"
+        )
+    if op.op != "insert" and op.base_version is None:
+        raise UploadRejected(ErrorCode.VALIDATION_FAILED, f"{op.op} needs base_version")
+    values: dict[str, Any] = {}
+    for name, value in (op.values or {}).items():
+        if name == entity.key:
+            if value != op.key or type(value) is not type(op.key):
+                raise UploadRejected(ErrorCode.NOT_WRITABLE, "the key of a row cannot change")
+            continue
+        try:
+            column = entity.column(name)
+        except KeyError:
+            raise UploadRejected(
+                ErrorCode.VALIDATION_FAILED, f"{entity.name} has no column {name!r}"
+            ) from None
+        if name not in entity.writable:
+            raise UploadRejected(ErrorCode.NOT_WRITABLE, f"{entity.name}.{name} is read-only")
+        if value is not None and not _CHECKS[column.type](value):
+            raise UploadRejected(
+                ErrorCode.VALIDATION_FAILED,
+                f"{entity.name}.{name}: {value!r} is not a valid {column.type}"[:500],
+            )
+        values[name] = value
+    if op.op == "update" and not values:
+        raise UploadRejected(ErrorCode.VALIDATION_FAILED, "update changes no column")
+    return PlannedOp(index, op.op, entity, op.key, op.base_version, values)
+
+
+def _rejected(code: ErrorCode, reason: str) -> StoredResult:
+    return ("rejected", None, None, int(code), reason)
+
+
+def _to_message(batch_id: str, results: list[StoredResult]) -> UploadResult:
+    return UploadResult(
+        batch_id=batch_id,
+        results=tuple(
+            OpResult(
+                status=status,  # type: ignore[arg-type]
+                version=version,
+                row=row,
+                code=None if code is None else ErrorCode(code),
+                reason=reason,
+            )
+            for status, version, row, code, reason in results
+        ),
+    )
+
+
+async def apply_upload_batch(
+    staging: StagingStore, plan: DevicePlan, user_id: str, device_id: str, upload: Upload
+) -> UploadResult:
+    """Validate and apply `upload` for this user and device; one OpResult per op, in order."""
+    if len(upload.ops) > MAX_UPLOAD_OPS:
+        # Not recorded: the device may split the batch and send it again under a new id.
+        refusal = _rejected(
+            ErrorCode.BATCH_TOO_LARGE, f"at most {MAX_UPLOAD_OPS} ops per upload batch"
+        )
+        return _to_message(upload.batch_id, [refusal] * len(upload.ops))
+    entities = {s.entity.name: s.entity for s in plan.subscriptions}
+    filters: dict[str, RowPredicate | None] = {s.entity.name: s.filter for s in plan.subscriptions}
+    early: dict[int, StoredResult] = {}
+    planned: list[PlannedOp] = []
+    for i, op in enumerate(upload.ops):
+        try:
+            planned.append(validate_op(i, op, entities))
+        except UploadRejected as exc:
+            early[i] = _rejected(exc.code, exc.reason)
+    who = UploadIdentity(user_id, device_id, upload.batch_id)
+    pool = await staging.pool()
+    isolate = False
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            async with pool.acquire() as conn:
+                results, _replayed = await apply_upload(
+                    conn, who, len(upload.ops), planned, early, filters, isolate=isolate
+                )
+            return _to_message(upload.batch_id, results)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == MAX_ATTEMPTS:
+                raise
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError):
+            if isolate:
+                raise
+            _log.warning("upload batch hit a database error; applying op by op")
+            isolate = True
+    raise AssertionError("unreachable")
