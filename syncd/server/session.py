@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,6 @@ from protocol import (
     Message,
     ModelChanged,
     NeedData,
-    OpResult,
     Ping,
     Pong,
     PreparedFrame,
@@ -67,8 +66,9 @@ from syncd.metrics import Metrics
 from syncd.server.hub import LiveMember
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.server.plan import DevicePlan, PlanError, plan_for
-from syncd.server.sync_token import SyncToken, SyncTokenError
-from syncd.store import ChangeStream, Checkpoint, ResyncRequired
+from syncd.server.sync_token import Progress, SyncToken, SyncTokenError
+from syncd.server.uploads import apply_upload_batch
+from syncd.store import ChangeBatch, ChangeStream, Checkpoint, ResyncRequired, Subscription
 
 __all__ = ["DeviceSession", "SessionSettings"]
 
@@ -76,6 +76,10 @@ _log = logging.getLogger(__name__)
 
 # Reads are sized to a TLS record's worth of frames; bigger reads only add latency.
 READ_CHUNK = 64 * 1024
+#: A long initial download carries a resumable checkpoint this often: a device cut off
+#: mid-download loses at most this many rows of progress, and each checkpoint costs the
+#: device one SQLite commit.
+CHECKPOINT_EVERY_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -311,13 +315,20 @@ class DeviceSession:
             except SyncTokenError as exc:
                 raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
             since = token.checkpoint
-            fresh = self._plan.changed_entities(token.entities)
+            done = dict(token.entities)
+            progress = token.progress
+            if progress is not None and self._plan.hashes.get(progress.entity) == progress.hash:
+                # A download cut off mid-entity: finish it at the token's snapshot, after
+                # which that entity is exactly as current as the completed ones.
+                await self._finish_interrupted(progress, since, done)
+                done[progress.entity] = progress.hash
+            fresh = self._plan.changed_entities(done)
             if fresh:
                 await self._outbox.put(
                     Resync(
                         entities=fresh,
                         code=ErrorCode.MODEL_CHANGED,
-                        reason="the model or filters changed for these entities",
+                        reason="the model or filters changed, or the download was not finished",
                     )
                 )
         while True:
@@ -348,31 +359,65 @@ class DeviceSession:
                     await self._outbox.put(ModelChanged(model=self._plan.summary, resync=fresh))
 
     async def _catch_up(self, since: Checkpoint | None, fresh: Sequence[str]) -> Checkpoint:
-        """Send everything from `since` to now; entities in `fresh` from scratch."""
+        """Bring every entity to one new snapshot: those in `fresh` (all, for a new device)
+        from scratch, the others incrementally from `since`. Returns the snapshot."""
         assert self.org is not None
         assert self._plan is not None
         staging, batch_size = self.org.staging, self._settings.batch_size
-        subs = self._plan.subscriptions
-        incremental = [s for s in subs if since is not None and s.entity.name not in fresh]
-        initial = [s for s in subs if since is None or s.entity.name in fresh]
+        plan = self._plan
+        incremental = [
+            s for s in plan.subscriptions if since is not None and s.entity.name not in fresh
+        ]
+        initial = [s for s in plan.subscriptions if since is None or s.entity.name in fresh]
         try:
-            first = await staging.changes(
-                since if incremental else None, incremental or initial, batch_size=batch_size
+            window = await staging.changes(
+                since if incremental else None, incremental, batch_size=batch_size
             )
         except ResyncRequired as exc:
             await self._outbox.put(
                 Resync(entities=None, code=ErrorCode.CHECKPOINT_TOO_OLD, reason=str(exc))
             )
-            first = await staging.changes(None, subs, batch_size=batch_size)
-            incremental, initial = [], list(subs)
-        streams = [first]
-        if incremental and initial:
-            streams.append(
-                ChangeStream(staging, None, first.checkpoint, tuple(initial), batch_size)
-            )
-        for stream in streams:
-            await self._send_stream(stream)
-        return first.checkpoint
+            window = await staging.changes(None, (), batch_size=batch_size)
+            incremental, initial = [], list(plan.subscriptions)
+        until = window.checkpoint
+        await self._send_stream(window)
+        done = {s.entity.name: plan.hashes[s.entity.name] for s in incremental}
+        for sub in initial:
+            stream = ChangeStream(staging, None, until, (sub,), batch_size)
+            await self._send_initial(stream, sub, until, done)
+            done[sub.entity.name] = plan.hashes[sub.entity.name]
+        return until
+
+    async def _finish_interrupted(
+        self, progress: Progress, snapshot: Checkpoint, done: dict[str, str]
+    ) -> None:
+        assert self.org is not None
+        assert self._plan is not None
+        sub = next(s for s in self._plan.subscriptions if s.entity.name == progress.entity)
+        stream = ChangeStream(
+            self.org.staging,
+            None,
+            snapshot,
+            (sub,),
+            self._settings.batch_size,
+            initial_after={progress.entity: progress.after},
+        )
+        await self._send_initial(stream, sub, snapshot, done)
+
+    async def _send_initial(
+        self, stream: ChangeStream, sub: Subscription, until: Checkpoint, done: dict[str, str]
+    ) -> None:
+        """Send an initial download, with a resumable checkpoint every so many rows."""
+        assert self._plan is not None
+        name = sub.entity.name
+        since_checkpoint = 0
+        async for batch in self._batches(stream):
+            since_checkpoint += len(batch.upserts)
+            if since_checkpoint >= CHECKPOINT_EVERY_ROWS and batch.last_key is not None:
+                since_checkpoint = 0
+                progress = Progress(name, self._plan.hashes[name], batch.last_key)
+                token = SyncToken(until, dict(done), progress)
+                await self._outbox.put(CheckpointMsg(token=token.encode()))
 
     async def _send_gap(self, since: Checkpoint | None, until: Checkpoint) -> None:
         """The hub's join callback: send (since, until] for our plan."""
@@ -391,17 +436,20 @@ class DeviceSession:
             )
 
     async def _send_stream(self, stream: ChangeStream) -> None:
+        async for _batch in self._batches(stream):
+            pass
+
+    async def _batches(self, stream: ChangeStream) -> AsyncIterator[ChangeBatch]:
+        """Queue each non-empty batch of `stream` as a Changes frame, then yield it."""
         assert self.org is not None
         rows = self._metrics.rows_sent
-        for_org = self.org.name
+        org = self.org.name
         async for batch in stream:
             if not batch.upserts and not batch.deletes:
                 continue
-            frame = encode_changes(batch.entity, batch.upserts, batch.deletes)
-            await self._outbox.put(frame)
-            rows.labels(org=for_org, entity=batch.entity).inc(
-                len(batch.upserts) + len(batch.deletes)
-            )
+            await self._outbox.put(encode_changes(batch.entity, batch.upserts, batch.deletes))
+            rows.labels(org=org, entity=batch.entity).inc(len(batch.upserts) + len(batch.deletes))
+            yield batch
 
     def _on_dropped(self, checkpoint: Checkpoint) -> None:
         self._dropped = checkpoint
@@ -446,7 +494,7 @@ class DeviceSession:
         elif isinstance(message, Ack):
             self._on_ack(message)
         elif isinstance(message, Upload):
-            self._outbox.push(self._refuse_upload(message))
+            self._outbox.push(await self._upload(message))
         elif isinstance(message, RefreshToken):
             self._on_refresh(message)
         elif isinstance(message, Goodbye):
@@ -464,15 +512,25 @@ class DeviceSession:
         if self.org is not None:
             self._metrics.checkpoints_acked.labels(org=self.org.name).inc()
 
-    def _refuse_upload(self, upload: Upload) -> UploadResult:
-        # Offline edits are a separate capability (the uploads issue); until it lands the
-        # server says so per operation instead of pretending to apply anything.
-        refusal = OpResult(
-            status="rejected",
-            code=ErrorCode.NOT_WRITABLE,
-            reason="this server does not accept uploads yet",
-        )
-        return UploadResult(batch_id=upload.batch_id, results=tuple(refusal for _ in upload.ops))
+    async def _upload(self, upload: Upload) -> UploadResult:
+        """Apply one batch before reading on: a device's batches apply in the order sent.
+
+        A failure we cannot blame on one op (the database went away, the daemon is stopping)
+        ends the session with a retryable code: nothing of the batch committed, and the device
+        re-sends the same batch id after reconnecting.
+        """
+        assert self.org is not None
+        assert self._plan is not None
+        assert self._claims is not None
+        try:
+            return await apply_upload_batch(
+                self.org.staging, self._plan, self._claims.subject, self.device_id, upload
+            )
+        except Exception:
+            _log.exception("upload batch failed", extra={"batch_id": upload.batch_id})
+            raise _End.code(
+                ErrorCode.INTERNAL_ERROR, "the upload could not be applied", retry_after_ms=1000
+            ) from None
 
     def _on_refresh(self, message: RefreshToken) -> None:
         try:
