@@ -36,7 +36,8 @@ async def test_timestamps_far_from_1970_keep_their_microseconds(org: Org) -> Non
         (result,) = await dev.upload(ins("account", key, owner="u1", modified_at=micros))
         assert result.status == "applied"
         row = await org.row("account", key)
-        assert row is not None and row[4] == micros
+        assert row is not None
+        assert row[4] == micros
 
 
 async def test_update_changes_only_the_sent_columns(org: Org) -> None:
@@ -45,7 +46,8 @@ async def test_update_changes_only_the_sent_columns(org: Org) -> None:
     (first,) = await dev.upload(ins("account", key, **ALL_TYPES))
     (second,) = await dev.upload(upd("account", key, first.version, name="Beta", blob=None))
     assert second.status == "applied"
-    assert second.version is not None and first.version is not None
+    assert second.version is not None
+    assert first.version is not None
     assert second.version > first.version
     row = await org.row("account", key)
     assert row is not None
@@ -82,7 +84,8 @@ async def test_edits_made_on_one_base_before_hearing_back_are_a_chain_not_a_conf
     (two,) = await dev.upload(upd("account", key, created.version, visits=3))
     assert (one.status, two.status) == ("applied", "applied")
     row = await org.row("account", key)
-    assert row is not None and (row[1], row[10]) == ("b", 3)
+    assert row is not None
+    assert (row[1], row[10]) == ("b", 3)
 
 
 async def test_another_device_of_the_same_user_does_not_inherit_the_chain(org: Org) -> None:
@@ -93,7 +96,8 @@ async def test_another_device_of_the_same_user_does_not_inherit_the_chain(org: O
     (stale,) = await tablet.upload(upd("account", key, created.version, name="c"))
     assert edit.status == "applied"
     assert stale.status == "conflict"
-    assert stale.row is not None and stale.row[1] == "b"
+    assert stale.row is not None
+    assert stale.row[1] == "b"
 
 
 async def test_deleting_a_row_already_gone_is_applied_and_writes_nothing(org: Org) -> None:
@@ -110,4 +114,5 @@ async def test_applied_changes_enter_the_change_log_for_other_devices(org: Org) 
     logged = await org.scalar(
         "SELECT count(*) FROM _syncd_changes WHERE entity = 'account' AND key = $1", key
     )
-    assert result.status == "applied" and logged == 1
+    assert result.status == "applied"
+    assert logged == 1
