@@ -43,7 +43,7 @@ import orjson
 from protocol import ErrorCode
 from syncd.model import Column, Entity
 from syncd.store.feed import RowPredicate, wire_select_list
-from syncd.store.sql import SQL_TYPES, from_wire, ident
+from syncd.store.sql import SQL_TYPES, ident
 
 __all__ = [
     "PlannedOp",
@@ -342,7 +342,7 @@ async def _merge(conn: asyncpg.Connection, o: PlannedOp, row: list[Any]) -> Any:
     k = e.key_column
     image_row = await conn.fetchrow(
         f"SELECT ARRAY[{', '.join(tests)}] FROM {ident(e.name)} t, _syncd_changes c"
-        f" WHERE t.{ident(k.name)} = {from_wire(k, '$2')} AND c.entity = $1::text"
+        f" WHERE t.{ident(k.name)} = $2::text::{SQL_TYPES[k.type]} AND c.entity = $1::text"
         " AND c.key = $2::text AND c.old->>'_version' = $3::text ORDER BY c.seq LIMIT 1",
         *params,
     )
