@@ -57,7 +57,7 @@ MODEL = ClientModel.parse(
             "sales": {
                 "offline": True,
                 "entities": {
-                    "account": {"filter": {"column": "owner_id", "op": "IN", "param": "owners"}}
+                    "account": {"filter": {"column": "owner_id", "op": "IN", "param": "user.teams"}}
                 },
             }
         },

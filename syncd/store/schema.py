@@ -24,7 +24,7 @@ import asyncpg
 from syncd.model import ClientModel, Column, Entity
 from syncd.store.sql import SQL_TYPES, ident
 
-__all__ = ["NOTIFY_CHANNEL", "ProvisionError", "ensure_schema", "filter_index_columns"]
+__all__ = ["NOTIFY_CHANNEL", "ProvisionError", "ensure_schema", "filter_columns"]
 
 NOTIFY_CHANNEL = "syncd_changes"
 
@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS _syncd_changes (
 );
 CREATE INDEX IF NOT EXISTS _syncd_changes_window ON _syncd_changes (entity, txid, seq);
 CREATE INDEX IF NOT EXISTS _syncd_changes_key ON _syncd_changes (entity, key, seq);
+CREATE INDEX IF NOT EXISTS _syncd_changes_deletes ON _syncd_changes (entity, txid, seq)
+    WHERE op = 'd';
 CREATE TABLE IF NOT EXISTS _syncd_meta (
     id      int  PRIMARY KEY CHECK (id = 1),
     horizon xid8 NOT NULL
@@ -162,8 +164,12 @@ def _column_def(c: Column) -> str:
     return f"{ident(c.name)} {SQL_TYPES[c.type]}"
 
 
-def filter_index_columns(model: ClientModel) -> dict[str, set[str]]:
-    """Entity -> columns that profile filters compare, which get a btree index."""
+def filter_columns(model: ClientModel) -> dict[str, set[str]]:
+    """Entity -> columns that profile filters compare; each gets a (column, key) index.
+
+    The filter documents are walked for the columns they name, so a richer filter language
+    only has to keep naming its columns under ``"column"`` (or this walk grows with it).
+    """
     out: dict[str, set[str]] = {}
     for p in model.profiles:
         for name, spec in p.entities:
@@ -189,9 +195,31 @@ def _filter_columns(spec: object) -> Iterable[str]:
             yield from _filter_columns(v)
 
 
-def _index_name(entity: str, column: str) -> str:
-    digest = hashlib.sha256(f"{entity}.{column}".encode()).hexdigest()[:20]
+def _index_name(*parts: str) -> str:
+    """A fixed-length name (identifiers are up to 63 bytes, and two of them would not fit)."""
+    digest = hashlib.sha256(".".join(parts).encode()).hexdigest()[:20]
     return f"_syncd_ix_{digest}"
+
+
+def _indexes(model: ClientModel) -> list[str]:
+    """The feed's indexes on entity tables (see feed.py for the queries they serve).
+
+    * (``_txid``, key): an incremental window is one ordered range scan of the rows written
+      in it, paged by keyset;
+    * (filter column, key): a filtered initial scan finds its page boundaries in one
+      index-only pass and reads each page as one key range per filter value.
+    """
+    out = []
+    for e in model.entities:
+        t, k = ident(e.name), ident(e.key)
+        name = ident(_index_name(e.name, "_txid", e.key))
+        out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {t} (_txid, {k})")
+    for entity, cols in sorted(filter_columns(model).items()):
+        t, k = ident(entity), ident(model.entity(entity).key)
+        for col in sorted(cols - {model.entity(entity).key}):
+            name = ident(_index_name(entity, col, model.entity(entity).key))
+            out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {t} ({ident(col)}, {k})")
+    return out
 
 
 async def ensure_schema(conn: asyncpg.Connection, model: ClientModel) -> None:
@@ -204,12 +232,8 @@ async def ensure_schema(conn: asyncpg.Connection, model: ClientModel) -> None:
         for e in model.entities:
             await _ensure_table(conn, e)
             await conn.execute(_log_functions(e))
-        for entity, cols in filter_index_columns(model).items():
-            for col in sorted(cols):
-                await conn.execute(
-                    f"CREATE INDEX IF NOT EXISTS {ident(_index_name(entity, col))} "
-                    f"ON {ident(entity)} ({ident(col)})"
-                )
+        for ddl in _indexes(model):
+            await conn.execute(ddl)
 
 
 async def _ensure_table(conn: asyncpg.Connection, e: Entity) -> None:

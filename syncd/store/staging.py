@@ -11,7 +11,7 @@ terminated) is retried once on a fresh connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -105,13 +105,16 @@ class StagingStore:
         subscriptions: Sequence[Subscription],
         *,
         batch_size: int = 1000,
+        initial_after: Mapping[str, Any] | None = None,
     ) -> ChangeStream:
         """Open the window (since, now]; raises ResyncRequired if its history is gone."""
         rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
         snapshot = Checkpoint.from_pg(rows[0][0])
         if since is not None:
             _check_horizon(since, int(rows[0][1]))
-        return ChangeStream(self, since, snapshot, tuple(subscriptions), batch_size)
+        return ChangeStream(
+            self, since, snapshot, tuple(subscriptions), batch_size, initial_after=initial_after
+        )
 
     async def listen(self, callback: Callable[[str], None]) -> Listener:
         """Call ``callback(entity_name)`` after each committed write ('' after a reconnect)."""
@@ -164,7 +167,13 @@ def _check_horizon(since: Checkpoint, horizon: int) -> None:
 
 class ChangeStream:
     """Batches of the window (since, checkpoint]; ``checkpoint`` is known from the start and
-    is what the device stores once it has applied every batch."""
+    is what the device stores once it has applied every batch.
+
+    An initial download (since=None) cut off part way resumes at the same ``checkpoint`` with
+    ``initial_after`` = {entity: ``last_key`` of the last batch the device applied}: that
+    entity's scan starts strictly after the key. Entities before it in the subscription order
+    are the caller's to skip (they are complete on the device).
+    """
 
     def __init__(
         self,
@@ -173,6 +182,8 @@ class ChangeStream:
         checkpoint: Checkpoint,
         subscriptions: tuple[Subscription, ...],
         batch_size: int,
+        *,
+        initial_after: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
@@ -181,12 +192,14 @@ class ChangeStream:
         self.checkpoint = checkpoint
         self._subscriptions = subscriptions
         self._batch_size = batch_size
+        self._initial_after = dict(initial_after or {})
 
     async def __aiter__(self) -> AsyncIterator[ChangeBatch]:
         fetch = self._store.fetch
         for sub in self._subscriptions:
             if self.since is None:
-                pages = initial_pages(fetch, sub, self.checkpoint, self._batch_size)
+                after = self._initial_after.get(sub.entity.name)
+                pages = initial_pages(fetch, sub, self.checkpoint, self._batch_size, after=after)
             else:
                 pages = incremental_pages(fetch, sub, self.since, self.checkpoint, self._batch_size)
             async for batch in pages:
