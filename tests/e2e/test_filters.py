@@ -1,0 +1,148 @@
+"""Each filter kind end to end: staging -> daemon over TLS -> the real client's SQLite.
+
+Every test checks two things a user would: the device's tables hold exactly the rows the
+filter selects from staging (same values), and the device *received* nothing else (the
+count of rows and tombstones that arrived in frames equals what it should see), so no key
+of another owner, team or org ever reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+from syncd.client import LocalDB
+from syncd.store import Changeset
+from tests.e2e.conftest import RunningDaemon, ingest, org_name
+from tests.e2e.helpers import device_rows, staging_rows
+from tests.filters.model import field_model
+
+MODEL: dict[str, Any] = field_model()
+MODEL["profiles"]["sales"]["entities"]["team_member"] = {"filter": {"owner": "user_id"}}
+MODEL["profiles"]["claims"] = {
+    "offline": True,
+    "entities": {
+        "account": {"filter": {"column": "team_id", "op": "in", "param": "user.teams"}},
+    },
+}
+MODEL["profiles"]["custom"] = {
+    "offline": True,
+    "entities": {
+        "account": {
+            "filter": {
+                "and": [
+                    {"column": "amount", "op": "between", "value": ["10", "100"]},
+                    {"not": {"column": "name", "op": "in", "value": ["hidden"]}},
+                ]
+            }
+        }
+    },
+}
+
+
+def account(n: int, owner: int, team: int | None, amount: str = "50", name: str = "a") -> Any:
+    return {
+        "id": uuid.UUID(int=n),
+        "name": name,
+        "owner_id": owner,
+        "team_id": team,
+        "amount": amount,
+        "active": True,
+    }
+
+
+async def seed(running: RunningDaemon, org: str) -> Any:
+    store = await running.add_org(org, MODEL)
+    await ingest(
+        store,
+        MODEL,
+        Changeset(
+            upserts={
+                "account": [
+                    account(1, 7, 1),
+                    account(2, 8, 2),
+                    account(3, 7, None, amount="5"),
+                    account(4, 9, 3, name="hidden"),
+                ],
+                "contact": [
+                    {"id": 10, "account_id": uuid.UUID(int=1), "email": "c10"},
+                    {"id": 11, "account_id": uuid.UUID(int=2), "email": "c11"},
+                    {"id": 12, "account_id": None, "email": "c12"},
+                ],
+                "task": [{"id": 100, "contact_id": 10}, {"id": 101, "contact_id": 11}],
+                "team_member": [
+                    {"id": 1, "user_id": "7", "team_id": 1},
+                    {"id": 2, "user_id": "8", "team_id": 2},
+                ],
+            }
+        ),
+    )
+    return store
+
+
+async def sync(running: RunningDaemon, org: str, db: LocalDB, user: str, **kw: Any) -> Any:
+    async with asyncio.timeout(30):
+        return await running.client(db, running.token(org, user=user, **kw), org).sync_once()
+
+
+def keys(db: LocalDB, entity: str) -> set[Any]:
+    return {r[0] for r in db.rows(entity)}
+
+
+async def test_membership_and_related_chain(running: RunningDaemon, tmp_path: Path) -> None:
+    org = org_name()
+    store = await seed(running, org)
+    db = LocalDB.open(tmp_path / "u7.sqlite")
+    stats = await sync(running, org, db, "7")
+    # Team 1 (from the team_member table) -> account 1 -> contact 10 -> task 100.
+    assert keys(db, "account") == {str(uuid.UUID(int=1))}
+    assert keys(db, "contact") == {10}
+    assert keys(db, "task") == {100}
+    assert keys(db, "team_member") == {1}
+    assert stats.rows_received == 4  # nothing of user 8's team arrived, not even a key
+    everything = await staging_rows(store, MODEL, "account")
+    assert device_rows(db, "account") <= everything  # the same values as staging
+
+    other = LocalDB.open(tmp_path / "u8.sqlite")
+    await sync(running, org, other, "8")
+    assert keys(other, "account") == {str(uuid.UUID(int=2))}
+    assert keys(other, "task") == {101}
+
+
+async def test_claims_and_custom_predicate(running: RunningDaemon, tmp_path: Path) -> None:
+    org = org_name()
+    await seed(running, org)
+    registry = running.daemon.registry
+    assert registry is not None
+    await registry.control.assign_profile(org, "5", "claims")
+    await registry.control.assign_profile(org, "6", "custom")
+    await registry.reload(org)
+    db = LocalDB.open(tmp_path / "claims.sqlite")
+    stats = await sync(running, org, db, "5", teams=["2", "3"])
+    assert keys(db, "account") == {str(uuid.UUID(int=2)), str(uuid.UUID(int=4))}
+    assert stats.rows_received == 2
+    custom = LocalDB.open(tmp_path / "custom.sqlite")
+    stats = await sync(running, org, custom, "6")
+    # amount 5 is out of range, "hidden" is excluded by name.
+    assert keys(custom, "account") == {str(uuid.UUID(int=1)), str(uuid.UUID(int=2))}
+    assert stats.rows_received == 2
+
+
+async def test_owner_filter_and_other_org(running: RunningDaemon, tmp_path: Path) -> None:
+    org, other_org = org_name(), org_name()
+    await seed(running, org)
+    await seed(running, other_org)
+    registry = running.daemon.registry
+    assert registry is not None
+    await registry.control.assign_profile(org, "7", "owners")
+    await registry.reload(org)
+    db = LocalDB.open(tmp_path / "owner.sqlite")
+    stats = await sync(running, org, db, "7")
+    assert keys(db, "account") == {str(uuid.UUID(int=1)), str(uuid.UUID(int=3))}
+    assert stats.rows_received == 2
+    # The same user in another org sees that org's data only (its default profile).
+    theirs = LocalDB.open(tmp_path / "other.sqlite")
+    await sync(running, other_org, theirs, "7")
+    assert keys(theirs, "account") == {str(uuid.UUID(int=1))}
