@@ -9,6 +9,13 @@ client acknowledges it.
 
 `sync_once` downloads until caught up; `run_live` stays connected and reconnects after drops
 and GoingAway with capped, jittered backoff, resuming from the stored checkpoint.
+
+Uploads: while connected, an upload task sends the local outbox oldest first, one batch at a
+time (`LocalDB.next_upload_batch`), waits for its UploadResult and hands it to
+`LocalDB.complete_upload`. A batch keeps its id until completed, so after a drop, a crash or a
+daemon restart the same batch is sent again and the server answers with the stored results
+instead of applying it twice. The app calls `notify_edits()` after local edits to upload at
+once; otherwise the outbox is checked every `UPLOAD_POLL_SECONDS`.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from protocol import (
     State,
     TokenExpiring,
     TokenRefreshed,
+    Upload,
+    UploadOp,
     UploadResult,
     Welcome,
     error_frame_for,
@@ -61,6 +70,11 @@ __all__ = ["ServerError", "SyncClient", "SyncStats"]
 #: to amortize the commit, small enough to bound the client's memory during a 1M-row sync.
 APPLY_ROWS = 20_000
 READ_CHUNK = 256 * 1024
+#: Ops per Upload: big enough to amortize the server's transaction, small enough that one
+#: batch's frame stays far below the default 4 MiB frame limit for ordinary rows.
+UPLOAD_BATCH_OPS = 1000
+#: How often a connected client looks at its outbox when the app did not call notify_edits.
+UPLOAD_POLL_SECONDS = 5.0
 
 
 class ServerError(Exception):
@@ -119,6 +133,7 @@ class SyncClient:
         token_provider: TokenProvider | None = None,
         on_progress: Progress | None = None,
         on_live_change: Callable[[Changes], None] | None = None,
+        upload_batch_ops: int = UPLOAD_BATCH_OPS,
     ) -> None:
         self.db = db
         self.host, self.port = host, port
@@ -142,18 +157,34 @@ class SyncClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.StreamReader | None = None
         self._buffer = _Buffered()
+        self.upload_batch_ops = upload_batch_ops
+        self.uploads_completed = 0
+        self._edits = asyncio.Event()
+        self._results: dict[str, asyncio.Future[UploadResult]] = {}
 
     # --- public entry points ------------------------------------------------------------
 
     async def sync_once(self) -> SyncStats:
-        """Connect, download until caught up, say goodbye."""
+        """Connect, download until caught up, upload the whole outbox, say goodbye."""
         await self.connect()
         try:
             await self._pump(until_caught_up=True)
+            if self.db.pending_count():
+                pump = asyncio.create_task(self._pump(until_caught_up=False))
+                try:
+                    await self._await_with(pump, self._upload_until_empty())
+                finally:
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pump
             await self._send(Goodbye(reason="caught up"))
         finally:
             await self.close()
         return self.stats
+
+    def notify_edits(self) -> None:
+        """The app made local edits: upload them now instead of at the next poll."""
+        self._edits.set()
 
     async def run_live(self, stop: asyncio.Event, *, max_backoff: float = 30.0) -> None:
         """Stay in sync until `stop` is set, reconnecting after drops and GoingAway."""
@@ -163,9 +194,18 @@ class SyncClient:
                 await self.connect()
                 backoff = 0.2
                 pump = asyncio.create_task(self._pump(until_caught_up=False))
+                uploader = asyncio.create_task(self._upload_loop())
                 stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait([pump, stopper], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([pump, stopper, uploader], return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
+                uploader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await uploader
+                if uploader.done() and not uploader.cancelled() and not pump.done():
+                    pump.cancel()  # the upload failed (link lost): reconnect
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pump
+                    uploader.result()
                 if stop.is_set():
                     pump.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -220,6 +260,9 @@ class SyncClient:
         return message
 
     async def close(self) -> None:
+        for waiter in self._results.values():
+            waiter.cancel()
+        self._results.clear()
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
@@ -271,8 +314,69 @@ class SyncClient:
             elif isinstance(message, GoingAway):
                 await self._flush(None)
                 raise ServerError(ErrorCode.GOING_AWAY, message.reason, message.retry_after_ms)
-            elif isinstance(message, Pong | TokenRefreshed | UploadResult):
+            elif isinstance(message, UploadResult):
+                waiter = self._results.pop(message.batch_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(message)
+            elif isinstance(message, Pong | TokenRefreshed):
                 pass
+
+    # --- the upload loop ----------------------------------------------------------------
+
+    async def _upload_loop(self) -> None:
+        """Upload the outbox whenever connected: now, after notify_edits, and at each poll."""
+        while True:
+            await self._upload_until_empty()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(UPLOAD_POLL_SECONDS):
+                    await self._edits.wait()
+            self._edits.clear()
+
+    async def _upload_until_empty(self) -> None:
+        while True:
+            batch = await asyncio.to_thread(self.db.next_upload_batch, self.upload_batch_ops)
+            if batch is None:
+                return
+            waiter: asyncio.Future[UploadResult] = asyncio.get_running_loop().create_future()
+            self._results[batch.batch_id] = waiter
+            ops = tuple(
+                UploadOp(
+                    op=o.op,
+                    entity=o.entity,
+                    key=o.key,
+                    base_version=o.base_version,
+                    values=None if o.op == "delete" else o.values,
+                )
+                for o in batch.ops
+            )
+            await self._send(Upload(batch_id=batch.batch_id, ops=ops))
+            result = await waiter
+            verdicts = [
+                (
+                    r.status,
+                    r.version,
+                    None if r.row is None else list(r.row),
+                    None if r.code is None else int(r.code),
+                    r.reason,
+                )
+                for r in result.results
+            ]
+            await asyncio.to_thread(self.db.complete_upload, batch.batch_id, verdicts)
+            self.uploads_completed += 1
+
+    @staticmethod
+    async def _await_with(pump: asyncio.Task[None], work: Awaitable[None]) -> None:
+        """Run `work` while `pump` reads; a pump failure (link lost) fails the work."""
+        job = asyncio.ensure_future(work)
+        await asyncio.wait([pump, job], return_when=asyncio.FIRST_COMPLETED)
+        if job.done():
+            job.result()
+            return
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+        pump.result()
+        raise ConnectionResetError("the connection ended before the uploads completed")
 
     async def _flush(self, token: bytes | None) -> None:
         """Apply the buffered frames (and `token`, if given) in one SQLite transaction."""

@@ -17,6 +17,7 @@ from syncd.server.uploads import apply_upload_batch
 from syncd.store import OrgStores, StagingStore
 from syncd.store.feed import wire_select_list
 from syncd.store.sql import ident
+from tests.e2e.conftest import control_dsn, running, workdir  # noqa: F401 - daemon fixtures
 
 BOUND_S = 60
 
