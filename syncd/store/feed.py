@@ -13,6 +13,10 @@ sent once per window, in the state it had at S:
 * Tombstones come from the change log's deletes in the window (a partial index on the
   ``'d'`` rows): the key's last change in the window is that delete and the row is gone.
 
+The upsert pass sees only current rows, so a row that left a filter (decision 3) is not
+visible to it: that needs the old images of the window's updates in the change log, as the
+delete pass reads them (``_old_image_column``).
+
 The initial sync (C = None) scans the table keyset-paged by primary key, keeping rows whose
 ``_txid`` is visible in S, so ``ChangeBatch.last_key`` can resume it (``after``). A filtered
 scan whose result spans several pages first asks the (filter column, key) index for page
