@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+import psutil
 
 from syncd.auth import mint_token
 from syncd.config import load_config
@@ -54,6 +55,7 @@ __all__ = [
     "embedded_server",
     "in_process_daemon",
     "load_org",
+    "postgres_cpu_seconds",
     "print_table",
     "with_database",
 ]
@@ -326,6 +328,29 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def postgres_cpu_seconds(pg: PgServer) -> float:
+    """CPU seconds used so far by the server's live processes (backends that already exited
+    are missed, so keep connections pooled across a measured phase)."""
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or ())
+        if proc.info.get("name") == "postgres" and (
+            str(pg.base) in cmdline or proc.ppid() in _postmasters(pg)
+        ):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+def _postmasters(pg: PgServer) -> set[int]:
+    pid_file = pg.base / "pg" / "postmaster.pid"
+    try:
+        return {int(pid_file.read_text().splitlines()[0])}
+    except (OSError, IndexError, ValueError):
+        return set()
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

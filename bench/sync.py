@@ -50,6 +50,7 @@ from bench.common import (
     embedded_server,
     in_process_daemon,
     load_org,
+    postgres_cpu_seconds,
     print_table,
     with_database,
 )
@@ -172,31 +173,52 @@ class Rate:
     label: str
     rows: int
     seconds: float
-    daemon_cpu: float | None = None
+    cpu: Cpu | None = None
 
     @property
     def per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
-class Phase:
-    """Wall time and daemon CPU over a `with` block."""
+@dataclass(frozen=True)
+class Cpu:
+    """Share of one core used during a phase: 1.0 is a saturated Python process."""
 
-    def __init__(self, daemon_pid: int | None) -> None:
+    daemon: float | None
+    bench: float
+    postgres: float
+
+    def cells(self) -> list[str]:
+        daemon = "-" if self.daemon is None else f"{self.daemon:.0%}"
+        return [daemon, f"{self.bench:.0%}", f"{self.postgres:.0%}"]
+
+
+CPU_HEADERS: Final = ["daemon CPU", "bench CPU", "pg CPU"]
+
+
+class Phase:
+    """Wall time and CPU (daemon, this process, PostgreSQL) over a `with` block."""
+
+    def __init__(self, pg: PgServer, daemon_pid: int | None) -> None:
+        self._pg = pg
         self._pid = daemon_pid
         self.seconds = 0.0
-        self.daemon_cpu: float | None = None
+        self.cpu = Cpu(None, 0.0, 0.0)
 
     def __enter__(self) -> Phase:
         self._t = time.perf_counter()
-        self._cpu = cpu_seconds(self._pid)
+        self._start = (cpu_seconds(self._pid), time.process_time(), postgres_cpu_seconds(self._pg))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self._t
-        end = cpu_seconds(self._pid)
-        if self._cpu is not None and end is not None and self.seconds > 0:
-            self.daemon_cpu = (end - self._cpu) / self.seconds
+        self.seconds = wall = time.perf_counter() - self._t
+        if wall <= 0:
+            return
+        daemon0, bench0, pg0 = self._start
+        daemon1 = cpu_seconds(self._pid)
+        daemon = None if daemon0 is None or daemon1 is None else (daemon1 - daemon0) / wall
+        bench = (time.process_time() - bench0) / wall
+        self.cpu = Cpu(daemon, bench, (postgres_cpu_seconds(self._pg) - pg0) / wall)
 
 
 async def ceiling(pg: PgServer, org: str) -> Rate:
@@ -216,7 +238,9 @@ async def ceiling(pg: PgServer, org: str) -> Rate:
         await conn.close()
 
 
-async def wire_download(endpoint: Endpoint, org: str, devices: int, pid: int | None) -> Rate:
+async def wire_download(
+    endpoint: Endpoint, pg: PgServer, org: str, devices: int, pid: int | None
+) -> Rate:
     """`devices` protocol-level devices download the whole org at once; aggregate rows/s."""
     clients = [WireDevice(endpoint, org, user=str(i)) for i in range(devices)]
 
@@ -227,13 +251,15 @@ async def wire_download(endpoint: Endpoint, org: str, devices: int, pid: int | N
         finally:
             await device.close()
 
-    with Phase(pid) as phase:
+    with Phase(pg, pid) as phase:
         counts = await asyncio.gather(*(one(d) for d in clients))
     label = f"received, {devices} wire device{'s' if devices > 1 else ''}"
-    return Rate(label, sum(counts), phase.seconds, phase.daemon_cpu)
+    return Rate(label, sum(counts), phase.seconds, phase.cpu)
 
 
-async def sqlite_download(endpoint: Endpoint, org: str, devices: int, pid: int | None) -> Rate:
+async def sqlite_download(
+    endpoint: Endpoint, pg: PgServer, org: str, devices: int, pid: int | None
+) -> Rate:
     """`devices` real SyncClients download the org into their own SQLite files."""
     with tempfile.TemporaryDirectory(prefix="syncd-bench-dev-") as tmp:
         dbs = [LocalDB.open(Path(tmp) / f"d{i}.sqlite") for i in range(devices)]
@@ -250,7 +276,7 @@ async def sqlite_download(endpoint: Endpoint, org: str, devices: int, pid: int |
                 )
                 for i, db in enumerate(dbs)
             ]
-            with Phase(pid) as phase:
+            with Phase(pg, pid) as phase:
                 stats = await asyncio.gather(*(c.sync_once() for c in clients))
             committed = sum(s.rows_applied for s in stats)
             stored = sum(db.count("account") for db in dbs)
@@ -260,15 +286,20 @@ async def sqlite_download(endpoint: Endpoint, org: str, devices: int, pid: int |
             for db in dbs:
                 db.close()
     label = f"committed, {devices} SyncClient{'s' if devices > 1 else ''}"
-    return Rate(label, committed, phase.seconds, phase.daemon_cpu)
+    return Rate(label, committed, phase.seconds, phase.cpu)
 
 
 @dataclass
 class LiveResult:
     devices: int
     changes: int
-    latencies_ms: list[float]
-    daemon_cpu: float | None
+    pairs: list[tuple[int, float]]
+    """(change number, milliseconds from its COMMIT returning to its arrival) per delivery."""
+    cpu: Cpu
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return [ms for _, ms in self.pairs]
 
 
 async def live_latency(
@@ -304,7 +335,7 @@ async def live_latency(
         # Everyone caught up first, so the writer measures live delivery only.
         await asyncio.gather(*(catch_up(d) for d in clients))
         listeners = [asyncio.create_task(listen(d)) for d in clients]
-        with Phase(pid) as phase:
+        with Phase(pg, pid) as phase:
             await _write_steadily(pg, org, total, rate, committed)
             # Every device must see every change; the bound only cuts a lost delivery short.
             with contextlib.suppress(TimeoutError):
@@ -315,8 +346,8 @@ async def live_latency(
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
         await asyncio.gather(*(d.close() for d in clients))
-    latencies = [(at - committed[n]) * 1000 for n, at in arrivals if n in committed]
-    return LiveResult(devices, total, latencies, phase.daemon_cpu)
+    pairs = [(n, (at - committed[n]) * 1000) for n, at in arrivals if n in committed]
+    return LiveResult(devices, total, pairs, phase.cpu)
 
 
 async def _write_steadily(
@@ -364,13 +395,13 @@ FULL = Sizes(rows=1_000_000, devices=100, device_rows=100_000, live_devices=100,
 def _rate_rows(rates: Sequence[Rate], ceiling_rate: Rate) -> list[list[object]]:
     table: list[list[object]] = []
     for r in [ceiling_rate, *rates]:
-        cpu = "" if r.daemon_cpu is None else f"{r.daemon_cpu:.0%}"
+        cpu = ["", "", ""] if r.cpu is None else r.cpu.cells()
         ratio = f"{r.per_second / ceiling_rate.per_second:.0%}"
-        table.append([r.label, r.rows, r.seconds, r.per_second, ratio, cpu])
+        table.append([r.label, r.rows, r.seconds, r.per_second, ratio, *cpu])
     return table
 
 
-HEADERS: Final = ["path", "rows", "seconds", "rows/s", "vs ceiling", "daemon CPU"]
+HEADERS: Final = ["path", "rows", "seconds", "rows/s", "vs ceiling", *CPU_HEADERS]
 
 
 def _deadline(rows: int) -> float:
@@ -382,18 +413,18 @@ async def run(pg: PgServer, endpoint: Endpoint, sizes: Sizes, pid: int | None,
     if "one" in phases:
         async with asyncio.timeout(_deadline(sizes.rows * 2)):
             top = await ceiling(pg, "one")
-            wire = await wire_download(endpoint, "one", 1, pid)
-            local = await sqlite_download(endpoint, "one", 1, pid)
+            wire = await wire_download(endpoint, pg, "one", 1, pid)
+            local = await sqlite_download(endpoint, pg, "one", 1, pid)
         print(f"\nInitial sync, {sizes.rows:,} rows to 1 device")
         print_table(HEADERS, _rate_rows([wire, local], top))
     if "many" in phases:
         moved = sizes.device_rows * (sizes.devices + sizes.sqlite_devices)
         async with asyncio.timeout(_deadline(moved)):
             top = await ceiling(pg, "many")
-            wire = await wire_download(endpoint, "many", sizes.devices, pid)
+            wire = await wire_download(endpoint, pg, "many", sizes.devices, pid)
             rates = [wire]
             if sizes.sqlite_devices:
-                rates.append(await sqlite_download(endpoint, "many", sizes.sqlite_devices, pid))
+                rates.append(await sqlite_download(endpoint, pg, "many", sizes.sqlite_devices, pid))
         print(f"\nInitial sync, {sizes.device_rows:,} rows to each of N concurrent devices")
         print_table(HEADERS, _rate_rows(rates, top))
     if "live" in phases:
@@ -411,15 +442,14 @@ def _print_live(live: LiveResult, sizes: Sizes) -> None:
         f" commits at {sizes.rate:g}/s"
     )
     lat = sorted(live.latencies_ms)
-    cpu = "" if live.daemon_cpu is None else f"{live.daemon_cpu:.0%}"
     if not lat:
         print(f"no deliveries (expected {expected:,})")
         return
     p50 = statistics.median(lat)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     print_table(
-        ["deliveries", "expected", "p50 ms", "p99 ms", "max ms", "daemon CPU"],
-        [[len(lat), expected, f"{p50:.1f}", f"{p99:.1f}", f"{lat[-1]:.1f}", cpu]],
+        ["deliveries", "expected", "p50 ms", "p99 ms", "max ms", *CPU_HEADERS],
+        [[len(lat), expected, f"{p50:.1f}", f"{p99:.1f}", f"{lat[-1]:.1f}", *live.cpu.cells()]],
     )
 
 
