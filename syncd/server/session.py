@@ -420,7 +420,11 @@ class DeviceSession:
                 await self._outbox.put(CheckpointMsg(token=token.encode()))
 
     async def _send_gap(self, since: Checkpoint | None, until: Checkpoint) -> None:
-        """The hub's join callback: send (since, until] for our plan."""
+        """The hub's join callback: send (since, until] for our plan.
+
+        It runs under the hub's lock, so it never waits for the device: the gap is small
+        (it spans only since the hub last advanced) and is queued past the bound.
+        """
         assert self.org is not None
         assert self._plan is not None
         assert since is not None
@@ -429,17 +433,19 @@ class DeviceSession:
         stream = ChangeStream(
             self.org.staging, since, until, self._plan.subscriptions, self._settings.batch_size
         )
-        await self._send_stream(stream)
+        async for _batch in self._batches(stream, wait=False):
+            pass
         if self._conn.state is not State.SYNCING:
-            await self._outbox.put(
-                CheckpointMsg(token=SyncToken(until, self._plan.hashes).encode())
-            )
+            token = SyncToken(until, self._plan.hashes).encode()
+            self._outbox.push(CheckpointMsg(token=token))
 
     async def _send_stream(self, stream: ChangeStream) -> None:
         async for _batch in self._batches(stream):
             pass
 
-    async def _batches(self, stream: ChangeStream) -> AsyncIterator[ChangeBatch]:
+    async def _batches(
+        self, stream: ChangeStream, *, wait: bool = True
+    ) -> AsyncIterator[ChangeBatch]:
         """Queue each non-empty batch of `stream` as a Changes frame, then yield it."""
         assert self.org is not None
         rows = self._metrics.rows_sent
@@ -447,7 +453,11 @@ class DeviceSession:
         async for batch in stream:
             if not batch.upserts and not batch.deletes:
                 continue
-            await self._outbox.put(encode_changes(batch.entity, batch.upserts, batch.deletes))
+            frame = encode_changes(batch.entity, batch.upserts, batch.deletes)
+            if wait:
+                await self._outbox.put(frame)
+            else:
+                self._outbox.push(frame)
             rows.labels(org=org, entity=batch.entity).inc(len(batch.upserts) + len(batch.deletes))
             yield batch
 

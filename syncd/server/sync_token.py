@@ -7,6 +7,12 @@ compares that map with what the device should follow now: an entity whose hash i
 continues incrementally from the checkpoint, any other entity is downloaded from scratch.
 So a model change costs a re-download only of the entities it touched.
 
+A token written in the middle of an initial download also carries `progress`: the entity
+being downloaded, its subscription hash, and the key of the last row sent. Entities in the
+map are complete at the checkpoint; the progress entity is complete up to that key (keys are
+scanned in order); entities in neither are not started. A device cut off mid-download sends
+this token back and the server continues after that key instead of starting over.
+
 The token is opaque to devices (PROTOCOL.md, "Checkpoints"); a device that tampers with it
 can only confuse itself: what it may see is decided from its verified token claims, never
 from this value.
@@ -16,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
 from syncd.store import Checkpoint, CheckpointError
 
-__all__ = ["SyncToken", "SyncTokenError"]
+__all__ = ["Progress", "SyncToken", "SyncTokenError"]
 
 _FORMAT = 1
 # Entities per model are few; the bound stops a hostile device from making us decode a lot.
@@ -34,14 +41,26 @@ class SyncTokenError(ValueError):
 
 
 @dataclass(frozen=True)
+class Progress:
+    """An initial download of `entity` (following `hash`) that reached key `after`."""
+
+    entity: str
+    hash: str
+    after: Any
+
+
+@dataclass(frozen=True)
 class SyncToken:
     checkpoint: Checkpoint
     entities: Mapping[str, str] = field(default_factory=dict)
+    progress: Progress | None = None
 
     def encode(self) -> bytes:
-        data: bytes = msgpack.packb(
-            [_FORMAT, self.checkpoint.encode(), dict(self.entities)], use_bin_type=True
-        )
+        fields: list[Any] = [_FORMAT, self.checkpoint.encode(), dict(self.entities)]
+        if self.progress is not None:
+            p = self.progress
+            fields.append([p.entity, p.hash, p.after])
+        data: bytes = msgpack.packb(fields, use_bin_type=True)
         return data
 
     @classmethod
@@ -50,13 +69,14 @@ class SyncToken:
             raise SyncTokenError("sync token too long")
         try:
             obj = msgpack.unpackb(
-                data, raw=False, max_map_len=MAX_ENTITIES, max_array_len=3, strict_map_key=True
+                data, raw=False, max_map_len=MAX_ENTITIES, max_array_len=4, strict_map_key=True
             )
         except Exception as exc:  # msgpack raises several unrelated types on garbage
             raise SyncTokenError(f"undecodable sync token: {exc}") from None
-        if not (isinstance(obj, list) and len(obj) == 3 and obj[0] == _FORMAT):
+        if not (isinstance(obj, list) and len(obj) in (3, 4) and obj[0] == _FORMAT):
             raise SyncTokenError("unknown sync token format")
-        _, raw_checkpoint, entities = obj
+        raw_checkpoint, entities = obj[1], obj[2]
+        progress = _progress(obj[3]) if len(obj) == 4 else None
         if not isinstance(raw_checkpoint, bytes) or not isinstance(entities, dict):
             raise SyncTokenError("malformed sync token")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in entities.items()):
@@ -65,4 +85,17 @@ class SyncToken:
             checkpoint = Checkpoint.decode(raw_checkpoint)
         except CheckpointError as exc:
             raise SyncTokenError(str(exc)) from None
-        return cls(checkpoint, entities)
+        return cls(checkpoint, entities, progress)
+
+
+def _progress(raw: object) -> Progress:
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 3
+        and isinstance(raw[0], str)
+        and isinstance(raw[1], str)
+        and isinstance(raw[2], str | int)
+        and not isinstance(raw[2], bool)
+    ):
+        raise SyncTokenError("malformed sync token progress")
+    return Progress(raw[0], raw[1], raw[2])
