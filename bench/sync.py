@@ -87,6 +87,7 @@ LIVE_PREFIX: Final = "live "
 MIN_RATE: Final = 5_000
 # How long the last live change may take to reach every device before it counts as lost.
 LIVE_GRACE_S: Final = 10.0
+WARM_UP: Final = -1
 
 
 class WireError(Exception):
@@ -308,10 +309,10 @@ async def live_latency(
 ) -> LiveResult:  # fmt: skip
     """Connected devices, a steady single-row writer, arrival minus COMMIT-returned."""
     total = int(rate * seconds)
-    expected = total * devices
     committed: dict[int, float] = {}
     arrivals: list[tuple[int, float]] = []
-    all_arrived = asyncio.Event()
+    warm = Countdown(devices)
+    measured = Countdown(total * devices)
     clients = [WireDevice(endpoint, org, user=str(i)) for i in range(devices)]
 
     async def listen(device: WireDevice) -> None:
@@ -322,26 +323,36 @@ async def live_latency(
                 for row in message.upserts:
                     name = row[NAME_INDEX]
                     if isinstance(name, str) and name.startswith(LIVE_PREFIX):
-                        arrivals.append((int(name[len(LIVE_PREFIX) :]), now))
-                if len(arrivals) >= expected:
-                    all_arrived.set()
+                        n = int(name[len(LIVE_PREFIX) :])
+                        if n == WARM_UP:
+                            warm.tick()
+                        else:
+                            arrivals.append((n, now))
+                            measured.tick()
 
     async def catch_up(device: WireDevice) -> None:
         await device.connect()
         await device.download()
 
     listeners: list[asyncio.Task[None]] = []
+    writer = await Writer.connect(pg, org)
     try:
-        # Everyone caught up first, so the writer measures live delivery only.
         await asyncio.gather(*(catch_up(d) for d in clients))
         listeners = [asyncio.create_task(listen(d)) for d in clients]
+        # A device has CaughtUp before its session has joined the live hub; one change that
+        # every device receives proves all of them are live, so the figure is live delivery
+        # and not the tail of a hundred simultaneous joins.
+        await writer.insert(WARM_UP)
+        async with asyncio.timeout(LIVE_GRACE_S):
+            await warm.done.wait()
         with Phase(pg, pid) as phase:
-            await _write_steadily(pg, org, total, rate, committed)
+            await writer.steadily(total, rate, committed)
             # Every device must see every change; the bound only cuts a lost delivery short.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LIVE_GRACE_S):
-                    await all_arrived.wait()
+                    await measured.done.wait()
     finally:
+        await writer.close()
         for task in listeners:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
@@ -350,26 +361,54 @@ async def live_latency(
     return LiveResult(devices, total, pairs, phase.cpu)
 
 
-async def _write_steadily(
-    pg: PgServer, org: str, total: int, rate: float, committed: dict[int, float]
-) -> None:
-    """One autocommitted INSERT per tick, paced on a fixed schedule (not after each other)."""
-    conn = await asyncpg.connect(with_database(pg.dsn, database_name(org)))
-    try:
+class Countdown:
+    """An event set once `tick` was called `count` times."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.done = asyncio.Event()
+        if count <= 0:
+            self.done.set()
+
+    def tick(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.done.set()
+
+
+class Writer:
+    """The ingest side of the live bench: single-row autocommitted INSERTs into staging."""
+
+    def __init__(self, conn: asyncpg.Connection, insert: asyncpg.PreparedStatement) -> None:
+        self._conn = conn
+        self._insert = insert
+
+    @classmethod
+    async def connect(cls, pg: PgServer, org: str) -> Writer:
+        conn = await asyncpg.connect(with_database(pg.dsn, database_name(org)))
         insert = await conn.prepare(
             "INSERT INTO account (id, owner_id, name, city, amount, modified_at, status)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7)"
         )
+        return cls(conn, insert)
+
+    async def insert(self, n: int) -> float:
+        """Commit change `n`; returns when its COMMIT returned (perf_counter)."""
+        now = datetime.now(UTC)
+        await self._insert.fetch(uuid.uuid4(), 1, f"{LIVE_PREFIX}{n}", "Oslo", Decimal(1), now, 0)
+        return time.perf_counter()
+
+    async def steadily(self, total: int, rate: float, committed: dict[int, float]) -> None:
+        """`total` changes on a fixed schedule of `rate` per second (not back to back)."""
         start = time.perf_counter()
         for n in range(total):
             delay = start + n / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing the load, not synchronizing
-            now = datetime.now(UTC)
-            await insert.fetch(uuid.uuid4(), 1, f"{LIVE_PREFIX}{n}", "Oslo", Decimal(1), now, 0)
-            committed[n] = time.perf_counter()
-    finally:
-        await conn.close()
+            committed[n] = await self.insert(n)
+
+    async def close(self) -> None:
+        await self._conn.close()
 
 
 # --- the run ------------------------------------------------------------------------------
