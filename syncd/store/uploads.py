@@ -463,11 +463,16 @@ async def _upsert(
     )
     k = ident(entity.key)
     conflict = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
+    # The change-log triggers join the statement's transition tables, which have no
+    # statistics: PostgreSQL then picks nested loops, quadratic in the rows updated (1,000
+    # updates took 350 ms instead of 35 ms). Hash joins for this statement only.
+    await conn.execute("SET LOCAL enable_nestloop = off")
     found = await conn.fetch(
         f"INSERT INTO {ident(entity.name)} AS t ({names}) SELECT {values} FROM {source}"
         f" ON CONFLICT ({k}) {conflict} RETURNING t.{k}::text, t._version",
         *arrays,
     )
+    await conn.execute("SET LOCAL enable_nestloop = on")
     return {r[0]: r[1] for r in found}
 
 
