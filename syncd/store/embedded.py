@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the venv
+import psutil
 
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError"]
 
