@@ -13,6 +13,7 @@ cardinality grows with the fleet and would take the metrics server down first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -51,6 +52,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._refreshers: list[Callable[[], None]] = []
         r = self.registry
         self.sessions = Gauge(
             "syncd_sessions", "Device sessions now open, by state.", ["org", "state"], registry=r
@@ -139,6 +141,15 @@ class Metrics:
             }
             for values in children:
                 metric.remove(*values)
+
+    def on_scrape(self, refresh: Callable[[], None]) -> None:
+        """Run `refresh` on the event loop before each scrape: for gauges read from state
+        that has no events to count (asyncpg pools), sampled exactly when asked."""
+        self._refreshers.append(refresh)
+
+    def refresh(self) -> None:
+        for refresh in self._refreshers:
+            refresh()
 
     def render(self) -> bytes:
         """The text exposition of every metric, for `GET /metrics`."""

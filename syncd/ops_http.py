@@ -75,6 +75,7 @@ async def _route(head: bytes, metrics: Metrics, ready: ReadyCheck) -> bytes:
     if path == b"/metrics":
         # Rendering is pure Python and grows with label sets (~30 ms for 100 orgs here);
         # in a thread the GIL's switch interval slices it instead of stalling every session.
+        metrics.refresh()
         return _response(200, await asyncio.to_thread(metrics.render), CONTENT_TYPE)
     if path == b"/livez":
         return _response(200, b"ok\n")

@@ -54,7 +54,7 @@ class _Running:
     device_server: asyncio.Server | None = None
     admin: Any = None
     ops: asyncio.Server | None = None
-    maintenance: asyncio.Task[None] | None = None
+    maintenance: list[asyncio.Task[None]] = field(default_factory=list)
     sessions: set[DeviceSession] = field(default_factory=set)
     session_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -106,7 +106,10 @@ class Daemon:
             run.control, stores, batch_size=cfg.sync.batch_size, metrics=self.metrics
         )
         await run.registry.start()
-        run.maintenance = asyncio.create_task(self._compact_forever(), name="compaction")
+        self.metrics.on_scrape(self._sample_pools)
+        run.maintenance = [
+            asyncio.create_task(self._compact_forever(), name="compaction"),
+        ]
 
         dev_key: Path | None = None
         public_keys = tuple(cfg.auth.public_keys)
@@ -194,6 +197,15 @@ class Daemon:
             },
         )
 
+    def _sample_pools(self) -> None:
+        """Set the pool gauges from each org's pool (asyncpg has no pool events)."""
+        gauge = self.metrics.db_pool_connections
+        registry = self._run.registry
+        for org in registry.all() if registry is not None else ():
+            in_use, idle = org.staging.pool_usage()
+            gauge.labels(org=org.name, state="in_use").set(in_use)
+            gauge.labels(org=org.name, state="idle").set(idle)
+
     async def _compact_forever(self) -> None:
         """Trim every org's change log past the retention horizon, once per interval.
 
@@ -242,10 +254,10 @@ class Daemon:
                     "seconds": round(time.monotonic() - started, 3),
                 },
             )
-        if run.maintenance is not None:
-            run.maintenance.cancel()
+        for task in run.maintenance:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await run.maintenance
+                await task
         if run.admin is not None:
             await run.admin.close()
         if run.ops is not None:

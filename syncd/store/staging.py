@@ -68,6 +68,14 @@ class StagingStore:
                     )
         return self._pool
 
+    def pool_usage(self) -> tuple[int, int]:
+        """(connections in use, idle connections) of the pool; (0, 0) before it opens."""
+        pool = self._pool
+        if pool is None:
+            return 0, 0
+        idle = pool.get_idle_size()
+        return pool.get_size() - idle, idle
+
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:

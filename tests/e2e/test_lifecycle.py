@@ -135,6 +135,7 @@ async def test_ops_endpoints_report_ready_and_metrics(
         assert status == 200
         assert f'syncd_rows_sent_total{{entity="account",org="{org}"}} 50.0' in metrics.decode()
         assert f'syncd_sessions_opened_total{{org="{org}"}} 1.0' in metrics.decode()
+        assert f'syncd_db_pool_connections{{org="{org}",state="idle"}}' in metrics.decode()
         status, _ = await http_get(port, "/livez")
         assert status == 200
         running.daemon.draining = True  # what shutdown sets first
