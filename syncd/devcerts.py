@@ -233,7 +233,8 @@ def ensure_dev_pki(
     wanted: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     wanted += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     server = _load_pair(pki.server_cert, pki.server_key)
-    if server is None or not _signed_by(server[0], ca[0]) or _sans(server[0]) != set(wanted):
+    # A certificate that already covers more names (e.g. a wildcard for SNI routing) is kept.
+    if server is None or not _signed_by(server[0], ca[0]) or not set(wanted) <= _sans(server[0]):
         _make_leaf(
             pki.server_cert,
             pki.server_key,
