@@ -7,7 +7,7 @@ the issue's sizes (1M rows, 100 devices x 100k rows), which takes tens of minute
 run one at a time so none steals the others' cores, and a failing bench does not stop the
 rest: the runner reports it and exits non-zero at the end.
 
-    python -m bench [--full] [--only codec,localdb,feed,sync]
+    python -m bench [--full] [--only codec,localdb,feed,upload,sync]
 """
 
 from __future__ import annotations
@@ -20,17 +20,19 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Final
 
-BENCHES: Final = ("codec", "localdb", "feed", "sync")
+BENCHES: Final = ("codec", "localdb", "feed", "upload", "sync")
 QUICK: Final[dict[str, list[str]]] = {
     "codec": ["--batches", "20", "--repeat", "3"],
     "localdb": ["--rows", "50000", "--rounds", "3"],
     "feed": ["--rows", "200000"],
+    "upload": ["--devices", "1,10", "--batches", "5"],
     "sync": [],
 }
 FULL: Final[dict[str, list[str]]] = {
     "codec": [],
     "localdb": [],
     "feed": ["--rows", "1000000"],
+    "upload": [],
     "sync": ["--full"],
 }
 
