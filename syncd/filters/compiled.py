@@ -36,7 +36,7 @@ from syncd.filters.bound import (
     bind_tree,
 )
 from syncd.filters.memory import Lookup, matches
-from syncd.filters.sql import ColumnSql, compile_tree
+from syncd.filters.sql import ColumnSql, TableSql, compile_tree
 from syncd.model import ClientModel, Entity, Profile
 
 __all__ = ["BindError", "BoundFilter", "bind_filter"]
@@ -56,6 +56,14 @@ class BoundFilter:
         if entity.name != self.tree.entity.name:
             raise ValueError(f"filter of {self.tree.entity.name!r} applied to {entity.name!r}")
         return compile_tree(self.tree, column, params, now)
+
+    def sql_sourced(
+        self, entity: Entity, column: ColumnSql, params: list[object], table: TableSql
+    ) -> str:
+        """As ``sql`` with related parents and memberships read from ``table(entity)``."""
+        if entity.name != self.tree.entity.name:
+            raise ValueError(f"filter of {self.tree.entity.name!r} applied to {entity.name!r}")
+        return compile_tree(self.tree, column, params, None, table)
 
     def matches(
         self, row: Mapping[str, object], lookup: Lookup, now: datetime | None = None

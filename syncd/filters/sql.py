@@ -7,8 +7,11 @@ type table ``SQL_TYPES``; every value (literals, claims, the user id, "now") is 
 column of the filtered row (``t."col"`` for the current row, ``(c.old->>$n)::type`` for a
 change's before-image), which is how the feed evaluates one filter against both states.
 
-Related parents and memberships are subqueries against the current staging tables, aliased
-by chain depth (``_r1`` .. ``_r3``, ``_m0`` ..) so nested levels never collide. Text ordering
+Related parents and memberships are subqueries against staging tables, aliased by chain
+depth (``_r1`` .. ``_r3``, ``_m0`` ..) so nested levels never collide. By default they read
+the current tables; a ``TableSql`` lets the caller substitute another row source per table
+(the feed's "table as of snapshot X", built from current rows and change-log before-images),
+which is how one filter is evaluated as of a device's old and new checkpoints. Text ordering
 uses ``COLLATE "C"`` so SQL and the in-memory predicate order strings the same way.
 """
 
@@ -32,12 +35,18 @@ from syncd.filters.bound import (
     BRelated,
     BWithin,
 )
-from syncd.model import Column
+from syncd.model import Column, Entity
 from syncd.store.sql import SQL_TYPES, ident
 
-__all__ = ["ColumnSql", "compile_tree", "cutoff"]
+__all__ = ["ColumnSql", "TableSql", "compile_tree", "cutoff"]
 
 ColumnSql = Callable[[Column], str]
+# Spells a staging table as a FROM item; may append parameters of its own.
+TableSql = Callable[[Entity, list[object]], str]
+
+
+def _current_table(entity: Entity, _params: list[object]) -> str:
+    return ident(entity.name)
 
 
 def cutoff(node: BWithin, now: datetime) -> object:
@@ -48,19 +57,31 @@ def cutoff(node: BWithin, now: datetime) -> object:
 
 
 def compile_tree(
-    tree: BoundTree, column: ColumnSql, params: list[object], now: datetime | None = None
+    tree: BoundTree,
+    column: ColumnSql,
+    params: list[object],
+    now: datetime | None = None,
+    table: TableSql | None = None,
 ) -> str:
     """The condition for ``tree``'s entity; "true" when it selects every row."""
     if tree.root is None:
         return "true"
-    return _Compiler(tree, column, params, now or datetime.now(UTC)).node(tree.root)
+    return _Compiler(tree, column, params, now or datetime.now(UTC), table or _current_table).node(
+        tree.root
+    )
 
 
 class _Compiler:
     def __init__(
-        self, tree: BoundTree, column: ColumnSql, params: list[object], now: datetime
+        self,
+        tree: BoundTree,
+        column: ColumnSql,
+        params: list[object],
+        now: datetime,
+        table: TableSql,
     ) -> None:
         self.tree, self.column, self.params, self.now = tree, column, params, now
+        self.table = table
         self.memberships = 0
 
     def bind(self, value: object, col: Column, array: bool = False) -> str:
@@ -108,7 +129,8 @@ class _Compiler:
         self.memberships += 1
         user = self.bind(n.user, n.table.column(n.membership.user))
         sub = (
-            f"SELECT {alias}.{ident(n.membership.value)} FROM {ident(n.table.name)} {alias}"
+            f"SELECT {alias}.{ident(n.membership.value)} FROM {self.table(n.table, self.params)}"
+            f" {alias}"
             f" WHERE {alias}.{ident(n.membership.user)} = {user}"
         )
         return f"({lhs} {'NOT IN' if n.negated else 'IN'} ({sub}))"
@@ -118,8 +140,10 @@ class _Compiler:
         alias = f"_r{parent.depth}"
         lhs = self.column(n.via)
         key = f"{alias}.{ident(parent.entity.key)}"
-        inner = compile_tree(parent, lambda c: f"{alias}.{ident(c.name)}", self.params, self.now)
+        inner = compile_tree(
+            parent, lambda c: f"{alias}.{ident(c.name)}", self.params, self.now, self.table
+        )
         return (
-            f"EXISTS (SELECT 1 FROM {ident(parent.entity.name)} {alias}"
+            f"EXISTS (SELECT 1 FROM {self.table(parent.entity, self.params)} {alias}"
             f" WHERE {key} = {lhs} AND {inner})"
         )

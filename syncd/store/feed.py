@@ -13,9 +13,23 @@ sent once per window, in the state it had at S:
 * Tombstones come from the change log's deletes in the window (a partial index on the
   ``'d'`` rows): the key's last change in the window is that delete and the row is gone.
 
-The upsert pass sees only current rows, so a row that left a filter (decision 3) is not
-visible to it: that needs the old images of the window's updates in the change log, as the
-delete pass reads them (``_old_image_column``).
+Filtered subscriptions also follow rows that move in and out of the filter (decision 3):
+
+* A row's own change: the upsert pass sends it when its state at S matches. The leavers pass
+  reads each key's *first* change in the window, whose before-image is the row as of C
+  (writers of one key commit in ``seq`` order), and sends a tombstone when that image matched
+  as of C and the key has no row in S that matches now. A key that matched in neither state
+  is never sent, not even as a tombstone.
+* A dependency's change (a membership row, a related parent, a parent's own parent): when
+  any dependency table of the filter changed in the window, the dependency pass reads every
+  row of the entity not changed in the window and compares the filter as of C with the filter
+  as of S: entering rows are sent whole, leaving rows as tombstones.
+
+"As of X" is exact, not "current": a table as of snapshot X is its current rows that no
+transaction after X touched, plus the before-image of the first change after X of every other
+key that existed at X (``_as_of``). Every filtered evaluation reads its dependency tables as
+of the window's own snapshot S (or C), never the live tables, so a membership change that
+commits while a window is read belongs to exactly one window and is seen once.
 
 The initial sync (C = None) scans the table keyset-paged by primary key, keeping rows whose
 ``_txid`` is visible in S, so ``ChangeBatch.last_key`` can resume it (``after``). A filtered
@@ -36,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from syncd.model import Column, Entity
 from syncd.store.checkpoint import Checkpoint
@@ -47,6 +61,7 @@ __all__ = [
     "FilterTerm",
     "RowFilter",
     "RowPredicate",
+    "SourcedPredicate",
     "Subscription",
     "incremental_pages",
     "initial_pages",
@@ -55,12 +70,29 @@ __all__ = [
 
 # Spells a column as an SQL expression of the row source being filtered.
 ColumnSql = Callable[[Column], str]
+# Spells a staging table as a FROM item (appending its parameters).
+TableSql = Callable[[Entity, list[object]], str]
 
 
 class RowPredicate(Protocol):
     """A filter compiled to SQL: appends its values to ``params`` and returns a condition."""
 
     def sql(self, entity: Entity, column: ColumnSql, params: list[object]) -> str: ...
+
+
+@runtime_checkable
+class SourcedPredicate(Protocol):
+    """A filter that reads other staging tables (``dependencies``) and lets the feed say
+    which row source stands for each of them (``table``), to evaluate it as of a snapshot."""
+
+    @property
+    def dependencies(self) -> frozenset[str]: ...
+
+    def sql(self, entity: Entity, column: ColumnSql, params: list[object]) -> str: ...
+
+    def sql_sourced(
+        self, entity: Entity, column: ColumnSql, params: list[object], table: TableSql
+    ) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +175,48 @@ def _old_image_column(alias: str, params: list[object]) -> ColumnSql:
     return column
 
 
+def _dependencies(sub: Subscription) -> frozenset[str]:
+    f = sub.filter
+    return f.dependencies if isinstance(f, SourcedPredicate) else frozenset()
+
+
+def _as_of(snapshot: Checkpoint) -> TableSql:
+    """Spell a table as of ``snapshot``: rows no later transaction touched, plus the
+    before-image of each other key's first later change (absent when that change made it)."""
+
+    def table(e: Entity, params: list[object]) -> str:
+        params.extend([e.name, snapshot.xmin, snapshot.as_pg()])
+        n = len(params)
+        name, xmin, snap = f"${n - 2}::text", f"${n - 1}::xid8", f"${n}::pg_snapshot"
+
+        def later(x: str) -> str:
+            return f"{x}.txid >= {xmin} AND NOT pg_visible_in_snapshot({x}.txid, {snap})"
+
+        cols = [*(ident(c.name) for c in e.columns), "_version", "_txid"]
+        k = ident(e.key)
+        return (
+            f"(SELECT {', '.join(f'_a.{c}' for c in cols)} FROM {ident(e.name)} _a"
+            " WHERE NOT EXISTS (SELECT 1 FROM _syncd_changes _l"
+            f" WHERE _l.entity = {name} AND _l.key = _a.{k}::text AND {later('_l')})"
+            f" UNION ALL SELECT {', '.join(f'_o.{c}' for c in cols)} FROM _syncd_changes _c"
+            f" CROSS JOIN LATERAL jsonb_populate_record(NULL::{ident(e.name)}, _c.old) _o"
+            f" WHERE _c.entity = {name} AND _c.old IS NOT NULL AND {later('_c')}"
+            " AND NOT EXISTS (SELECT 1 FROM _syncd_changes _f WHERE _f.entity = _c.entity"
+            f" AND _f.key = _c.key AND _f.seq < _c.seq AND {later('_f')}))"
+        )
+
+    return table
+
+
+def _filter_sql(sub: Subscription, column: ColumnSql, params: list[object], at: Checkpoint) -> str:
+    """The subscription's filter with its dependency tables read as of ``at``."""
+    f = sub.filter
+    assert f is not None
+    if isinstance(f, SourcedPredicate) and f.dependencies:
+        return f.sql_sourced(sub.entity, column, params, _as_of(at))
+    return f.sql(sub.entity, column, params)
+
+
 # Fetch is a coroutine taking SQL and parameters, run on a connection acquired for this page
 # only (decision 5): the caller owns the pool and the retry policy.
 Fetch = Callable[..., Any]
@@ -163,7 +237,7 @@ async def initial_pages(
     params: list[object] = [snapshot.as_pg(), batch_size]
     where = "pg_visible_in_snapshot(t._txid, $1::pg_snapshot)"
     if sub.filter is not None:
-        where += f" AND ({sub.filter.sql(e, _row_column('t'), params)})"
+        where += f" AND ({_filter_sql(sub, _row_column('t'), params, snapshot)})"
     select = f"SELECT {wire_select_list(e, 't')} FROM {ident(e.name)} t WHERE {where}"
 
     def page_sql(lower: bool, upper: bool) -> str:
@@ -190,14 +264,16 @@ async def initial_pages(
         if len(rows) == batch_size and after != upper:
             if not planned:
                 planned = True
-                ranges = await _page_bounds(fetch, sub, batch_size, after)
+                ranges = await _page_bounds(fetch, sub, snapshot, batch_size, after)
             continue
         if upper is None:
             return
         after = ranges.pop(0)
 
 
-async def _page_bounds(fetch: Fetch, sub: Subscription, batch_size: int, after: Any) -> list[Any]:
+async def _page_bounds(
+    fetch: Fetch, sub: Subscription, snapshot: Checkpoint, batch_size: int, after: Any
+) -> list[Any]:
     """Every ``batch_size``-th key matching the filter after ``after``, in key order.
 
     Visibility is left to the page queries so this stays one index-only scan of the (filter
@@ -207,7 +283,7 @@ async def _page_bounds(fetch: Fetch, sub: Subscription, batch_size: int, after: 
     e, key = sub.entity, sub.entity.key_column
     k = f"t.{ident(e.key)}"
     params: list[object] = [batch_size]
-    matches = sub.filter.sql(e, _row_column("t"), params)
+    matches = _filter_sql(sub, _row_column("t"), params, snapshot)
     params.append(after)
     sql = (
         f"SELECT k FROM (SELECT {to_wire(key, k)} AS k, row_number() OVER (ORDER BY {k}) AS n"
@@ -231,8 +307,16 @@ async def incremental_pages(
 ) -> AsyncIterator[ChangeBatch]:
     async for batch in _window_upserts(fetch, sub, since, snapshot, batch_size):
         yield batch
-    async for batch in _window_deletes(fetch, sub, since, snapshot, batch_size):
+    if sub.filter is None:
+        async for batch in _window_deletes(fetch, sub, since, snapshot, batch_size):
+            yield batch
+        return
+    async for batch in _window_leavers(fetch, sub, since, snapshot, batch_size):
         yield batch
+    deps = _dependencies(sub)
+    if deps and await _changed_in_window(fetch, deps, since, snapshot):
+        async for batch in _dependency_moves(fetch, sub, since, snapshot, batch_size):
+            yield batch
 
 
 def _window_params(since: Checkpoint, snapshot: Checkpoint) -> list[object]:
@@ -248,7 +332,7 @@ async def _window_upserts(
     params = [*_window_params(since, snapshot), batch_size]  # $1-$4 window, $5 limit
     where = _window("t._txid", 1)
     if sub.filter is not None:
-        where += f" AND ({sub.filter.sql(e, _row_column('t'), params)})"
+        where += f" AND ({_filter_sql(sub, _row_column('t'), params, snapshot)})"
     n = len(params)
     cursor = f"(t._txid, {k}) > (${n + 1}::xid8, {from_wire(e.key_column, f'${n + 2}')})"
     select = f"SELECT {wire_select_list(e, 't')}, t._txid FROM {ident(e.name)} t WHERE {where}"
@@ -296,3 +380,101 @@ async def _window_deletes(
         if len(rows) < batch_size:
             return
         rows = await fetch(f"{select} AND {cursor} {order}", *params, rows[-1][0], rows[-1][1])
+
+
+async def _window_leavers(
+    fetch: Fetch, sub: Subscription, since: Checkpoint, snapshot: Checkpoint, batch_size: int
+) -> AsyncIterator[ChangeBatch]:
+    """Tombstones of keys that matched as of C and have no matching row in S.
+
+    The before-image of a key's first change in the window is its row as of C; a key whose
+    row is gone, no longer matches, or was rewritten after S (its S state is then the next
+    window's business: the upsert pass sends it there if it matches) leaves the device.
+    """
+    e = sub.entity
+    k = ident(e.key)
+    params: list[object] = [e.name, *_window_params(since, snapshot), batch_size]
+    then = _filter_sql(sub, _old_image_column("c", params), params, since)
+    now = _filter_sql(sub, _row_column("r"), params, snapshot)
+    key_wire = {"integer": "c.key::bigint"}.get(e.key_column.type, "c.key")
+    cursor = f"(c.txid, c.seq) > (${len(params) + 1}::xid8, ${len(params) + 2}::bigint)"
+    # OFFSET 0 fences keep both probes per-row index lookups (see _window_deletes).
+    select = f"""
+        SELECT c.txid, c.seq, {key_wire}
+        FROM _syncd_changes c
+        WHERE c.entity = $1 AND c.old IS NOT NULL AND {_window("c.txid", 2)}
+          AND NOT EXISTS (
+              SELECT 1 FROM _syncd_changes f
+              WHERE f.entity = c.entity AND f.key = c.key AND f.seq < c.seq
+                AND {_window("f.txid", 2)}
+              OFFSET 0)
+          AND ({then}) IS TRUE
+          AND NOT EXISTS (
+              SELECT 1 FROM {ident(e.name)} r
+              WHERE r.{k} = {from_wire(e.key_column, "c.key")}
+                AND pg_visible_in_snapshot(r._txid, $5::pg_snapshot) AND ({now})
+              OFFSET 0)"""
+    order = "ORDER BY c.txid, c.seq LIMIT $6"
+    rows = await fetch(f"{select} {order}", *params)
+    while rows:
+        yield ChangeBatch(e.name, (), [r[2] for r in rows])
+        if len(rows) < batch_size:
+            return
+        rows = await fetch(f"{select} AND {cursor} {order}", *params, rows[-1][0], rows[-1][1])
+
+
+async def _changed_in_window(
+    fetch: Fetch, entities: frozenset[str], since: Checkpoint, snapshot: Checkpoint
+) -> bool:
+    sql = (
+        "SELECT EXISTS (SELECT 1 FROM _syncd_changes c"
+        f" WHERE c.entity = ANY($5::text[]) AND {_window('c.txid', 1)})"
+    )
+    rows = await fetch(sql, *_window_params(since, snapshot), sorted(entities))
+    return bool(rows[0][0])
+
+
+async def _dependency_moves(
+    fetch: Fetch, sub: Subscription, since: Checkpoint, snapshot: Checkpoint, batch_size: int
+) -> AsyncIterator[ChangeBatch]:
+    """Rows the window did not touch whose match changed because a dependency did.
+
+    Such a row is the same as of C and as of S; the filter is evaluated on it twice, with
+    the dependency tables as of C and as of S. Rows entering are sent whole (as of S, which
+    may be a before-image if the row was rewritten after S), rows leaving as tombstones.
+    Keyset-paged by key over the entity as of S.
+    """
+    e = sub.entity
+    k = f"t.{ident(e.key)}"
+    params: list[object] = [e.name, *_window_params(since, snapshot), batch_size]
+    source = _as_of(snapshot)(e, params)
+    column = _row_column("t")
+    was = _filter_sql(sub, column, params, since)
+    now = _filter_sql(sub, column, params, snapshot)
+    width = len(e.columns) + 1  # wire columns and _version; then _k, now_in, was_in
+
+    def page(after: bool) -> str:
+        bound = f"AND {k} > {from_wire(e.key_column, f'${len(params) + 1}')}" if after else ""
+        return f"""
+            SELECT * FROM (
+                SELECT {wire_select_list(e, "t")}, {k} AS _k,
+                       ({now}) IS TRUE AS now_in, ({was}) IS TRUE AS was_in
+                FROM {source} t
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM _syncd_changes l
+                    WHERE l.entity = $1 AND l.key = {k}::text AND {_window("l.txid", 2)})
+                  {bound}) m
+            WHERE m.now_in <> m.was_in ORDER BY m._k LIMIT $6"""
+
+    key_index = e.key_index
+    last: Any = None
+    while True:
+        rows = await fetch(page(last is not None), *params, *(() if last is None else (last,)))
+        if not rows:
+            return
+        upserts = [r[:width] for r in rows if r[width + 1]]
+        deletes = [r[key_index] for r in rows if not r[width + 1]]
+        yield ChangeBatch(e.name, upserts, deletes)
+        if len(rows) < batch_size:
+            return
+        last = rows[-1][key_index]
