@@ -10,9 +10,10 @@ A member whose queue is full is a slow device: it is dropped from the hub with t
 of the last window it received whole and catches up on its own later, so one slow phone
 never grows memory or holds back the others.
 
-Joining is done under the hub's lock so no window is missed or seen twice: the hub first
-advances to a fresh snapshot (taken after the session's own catch-up snapshot), then the
-session reads the small gap between its checkpoint and the hub's position itself.
+Joining is done under the hub's lock so no window is missed or seen twice: unless the hub
+already sees everything the session's checkpoint sees, the hub first advances to a fresh
+snapshot (taken after the session's), then the session reads the small gap between its
+checkpoint and the hub's position itself.
 """
 
 from __future__ import annotations
@@ -100,10 +101,15 @@ class LiveHub:
         """Make `member` live. `catch_up(since, until)` sends the gap (since, until] itself;
         the hub is locked meanwhile, so the member's next frames start exactly at `until`."""
         async with self._lock:
-            if self._groups:
-                await self._advance()
-            else:
-                self._position = await self._staging.current_checkpoint()
+            position = self._position
+            if position is None or not position.sees_all_of(member.checkpoint):
+                # The hub is behind this member: move it past the member's snapshot first.
+                # When many sessions join at once, the first one advances the hub and the
+                # rest find it already ahead, so each only reads its own small gap.
+                if self._groups:
+                    await self._advance()
+                else:
+                    self._position = await self._staging.current_checkpoint()
             assert self._position is not None
             await catch_up(member.checkpoint, self._position)
             member.checkpoint = self._position

@@ -43,6 +43,16 @@ class Checkpoint:
             if not self.xmin <= x < self.xmax:
                 raise CheckpointError(f"in-progress xid {x} outside {self.xmin}:{self.xmax}")
 
+    def sees_all_of(self, other: Checkpoint) -> bool:
+        """True when every transaction visible in `other` is visible in this snapshot too,
+        i.e. the window (other, self] is well-formed and nothing in `other` is repeated."""
+        if other.xmax > self.xmax:
+            return False
+        hidden_in_other = set(other.xip)
+        # A transaction this snapshot still sees as running must have been invisible to
+        # `other` too: in progress there as well, or not yet started (>= other.xmax).
+        return all(x >= other.xmax or x in hidden_in_other for x in self.xip)
+
     def as_pg(self) -> tuple[int, int, tuple[int, ...]]:
         """The value asyncpg binds to a ``pg_snapshot`` parameter."""
         return (self.xmin, self.xmax, self.xip)

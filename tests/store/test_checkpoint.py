@@ -49,3 +49,18 @@ def test_malformed(obj: object) -> None:
 def test_not_bytes() -> None:
     with pytest.raises(CheckpointError):
         Checkpoint.decode("abc")  # type: ignore[arg-type]
+
+
+def test_sees_all_of_orders_snapshots_by_visibility() -> None:
+    from syncd.store import Checkpoint
+
+    early = Checkpoint(100, 105, (100, 103))
+    later = Checkpoint(103, 110, (103, 107))  # 100 committed meanwhile; 103 still running
+    assert later.sees_all_of(early)
+    assert not early.sees_all_of(later)
+    assert later.sees_all_of(later)
+    # Same xmax, but 103 committed in between: only the later one sees it.
+    before_commit = Checkpoint(100, 105, (100, 103))
+    after_commit = Checkpoint(100, 105, (100,))
+    assert after_commit.sees_all_of(before_commit)
+    assert not before_commit.sees_all_of(after_commit)
