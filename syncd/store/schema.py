@@ -167,18 +167,25 @@ def _column_def(c: Column) -> str:
 def filter_columns(model: ClientModel) -> dict[str, set[str]]:
     """Entity -> columns that profile filters compare; each gets a (column, key) index.
 
-    The filter documents are walked for the columns they name, so a richer filter language
-    only has to keep naming its columns under ``"column"`` (or this walk grows with it).
+    The filter documents are walked for the columns they name (``"column"``, and the ``via``
+    column of ``related``, so PostgreSQL can drive a related filter from the parent side), and
+    every membership table's user column is added: filters look members up by user.
     """
     out: dict[str, set[str]] = {}
+
+    def add(name: str, col: str) -> None:
+        entity = model.entity(name)
+        if col in {c.name for c in entity.columns} and entity.column(col).type != "json":
+            out.setdefault(name, set()).add(col)
+
     for p in model.profiles:
         for name, spec in p.entities:
             if spec.filter is None:
                 continue
-            entity = model.entity(name)
             for col in _filter_columns(spec.filter):
-                if col in {c.name for c in entity.columns} and entity.column(col).type != "json":
-                    out.setdefault(name, set()).add(col)
+                add(name, col)
+    for m in model.memberships:
+        add(m.entity, m.user)
     return out
 
 
@@ -188,6 +195,9 @@ def _filter_columns(spec: object) -> Iterable[str]:
         col = spec.get("column")
         if isinstance(col, str):
             yield col
+        related = spec.get("related")
+        if isinstance(related, dict) and isinstance(related.get("via"), str):
+            yield related["via"]
         for v in spec.values():
             yield from _filter_columns(v)
     elif isinstance(spec, list):

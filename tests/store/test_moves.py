@@ -172,3 +172,12 @@ async def test_membership_change_after_the_snapshot_belongs_to_the_next_window(
     device.checkpoint = stream.checkpoint
     events = await device.sync()
     assert sorted(events) == [("account", "d", acc(n)) for n in (2, 4, 6)]
+
+
+async def test_moves_have_indexes_for_children_and_members(store: StagingStore) -> None:
+    rows = await store.fetch(
+        "SELECT tablename, indexdef FROM pg_indexes WHERE tablename IN ('contact', 'team_member')"
+    )
+    defs = {(r[0], r[1].split(" USING btree ")[1]) for r in rows}
+    assert ("contact", "(account_id, id)") in defs  # related children by parent key
+    assert ("team_member", "(user_id, id)") in defs  # members by user
