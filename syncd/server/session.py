@@ -24,7 +24,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +64,7 @@ from syncd.logs import log_context
 from syncd.metrics import Metrics
 from syncd.server.hub import LiveMember
 from syncd.server.orgs import OrgRegistry, OrgRuntime
+from syncd.server.outbox import Outbox
 from syncd.server.plan import DevicePlan, PlanError, plan_for
 from syncd.server.sync_token import Progress, SyncToken, SyncTokenError
 from syncd.server.uploads import apply_upload_batch
@@ -107,52 +107,6 @@ class _End(Exception):
         return cls(Error(code=code, message=message, retry_after_ms=retry_after_ms))
 
 
-Outgoing = Message | PreparedFrame
-
-
-class _Outbox:
-    """A bounded queue of outgoing frames that the writer takes all at once.
-
-    The catch-up path waits for room (backpressure reaches the database reads); the live
-    hub never waits: `offer` takes a whole window or nothing.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._items: deque[Outgoing] = deque()
-        self._limit = limit
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    def offer(self, frames: Sequence[Outgoing]) -> bool:
-        if len(self._items) + len(frames) > self._limit:
-            return False
-        self._items.extend(frames)
-        self._readable.set()
-        self._writable.clear() if len(self._items) >= self._limit else None
-        return True
-
-    def push(self, item: Outgoing) -> None:
-        """Control frames (pong, results) bypass the bound: they are few and small."""
-        self._items.append(item)
-        self._readable.set()
-
-    async def put(self, item: Outgoing) -> None:
-        while len(self._items) >= self._limit:
-            self._writable.clear()
-            await self._writable.wait()
-        self.push(item)
-
-    async def take_all(self) -> list[Outgoing]:
-        while not self._items:
-            self._readable.clear()
-            await self._readable.wait()
-        items = list(self._items)
-        self._items.clear()
-        self._writable.set()
-        return items
-
-
 class DeviceSession:
     def __init__(
         self,
@@ -171,7 +125,7 @@ class DeviceSession:
         self._settings = settings
         self._metrics = metrics
         self._conn = Connection(Role.SERVER, max_frame_size=settings.max_frame_size)
-        self._outbox = _Outbox(settings.send_queue_frames)
+        self._outbox = Outbox(settings.send_queue_frames)
         self.session_id = uuid.uuid4().hex
         self.device_id = ""
         self.org: OrgRuntime | None = None

@@ -1,0 +1,62 @@
+"""A session's outgoing queue: bounded for producers that can wait, all-or-nothing for the
+live hub, drained whole by the writer.
+
+Strategy (DESIGN.md, decision 5; CEILINGS.md on write coalescing): the catch-up path waits
+for room, so backpressure reaches the database reads; the hub never waits (`offer` takes a
+whole window or nothing, and a refusal marks the device as slow); the writer takes every
+queued frame at once and joins them into one TLS write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+
+from protocol import Message, PreparedFrame
+
+__all__ = ["Outbox", "Outgoing"]
+
+Outgoing = Message | PreparedFrame
+
+
+class Outbox:
+    """A bounded queue of outgoing frames that the writer takes all at once.
+
+    The catch-up path waits for room (backpressure reaches the database reads); the live
+    hub never waits: `offer` takes a whole window or nothing.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[Outgoing] = deque()
+        self._limit = limit
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def offer(self, frames: Sequence[Outgoing]) -> bool:
+        if len(self._items) + len(frames) > self._limit:
+            return False
+        self._items.extend(frames)
+        self._readable.set()
+        return True
+
+    def push(self, item: Outgoing) -> None:
+        """Control frames (pong, results) bypass the bound: they are few and small."""
+        self._items.append(item)
+        self._readable.set()
+
+    async def put(self, item: Outgoing) -> None:
+        while len(self._items) >= self._limit:
+            self._writable.clear()
+            await self._writable.wait()
+        self.push(item)
+
+    async def take_all(self) -> list[Outgoing]:
+        while not self._items:
+            self._readable.clear()
+            await self._readable.wait()
+        items = list(self._items)
+        self._items.clear()
+        self._writable.set()
+        return items
