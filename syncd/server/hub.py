@@ -184,7 +184,8 @@ class LiveHub:
                 else:
                     group.members.discard(member)
                     member.on_dropped(member.checkpoint)
-            if not group.members:
+            if not group.members and self._groups.get(key) is group:
+                # (A member may have left while the window was read, emptying the group.)
                 del self._groups[key]
             for entity, count in rows.items():
                 self._metrics.rows_sent.labels(org=self.org, entity=entity).inc(count * delivered)
