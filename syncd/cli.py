@@ -95,8 +95,10 @@ syncd is running (dev mode). Demo org 'demo' {"created" if created else "already
   # download the demo data into a local SQLite file
   .venv/bin/syncd-client sync --server {host}:{daemon.device_port} --ca {certs / "ca.pem"} \\
       --token "$TOKEN" --db device.sqlite
-  # look at what arrived
+  # look at what arrived (user 7's accounts, their contacts and tasks)
   .venv/bin/syncd-client show --db device.sqlite
+  # the whole org: make user 1 a manager, then sync with user 1's token
+  .venv/bin/syncctl --socket {sock} profile assign --org demo 1 manager
 
 Stop with Ctrl-C.
 """,

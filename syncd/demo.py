@@ -82,8 +82,18 @@ DEMO_MODEL: Final[dict[str, Any]] = {
         },
     },
     "profiles": {
-        # No filters yet: the filter language is a later issue.
-        "field_sales": {"offline": True, "entities": {"account": {}, "contact": {}, "task": {}}},
+        # A field worker gets the accounts they own, those accounts' contacts, and the
+        # contacts' tasks (docs/FILTERS.md): about 25 accounts, 100 contacts, 200 tasks.
+        "field_sales": {
+            "offline": True,
+            "entities": {
+                "account": {"filter": {"owner": "owner_id"}},
+                "contact": {"filter": {"related": {"entity": "account", "via": "account_id"}}},
+                "task": {"filter": {"related": {"entity": "contact", "via": "contact_id"}}},
+            },
+        },
+        # A manager takes the whole org offline: `syncctl profile assign --org demo 1 manager`.
+        "manager": {"offline": True, "entities": {"account": {}, "contact": {}, "task": {}}},
         # Online-only users: a device asking to go offline gets NOT_ALLOWED_OFFLINE.
         "office": {"offline": False, "entities": {"account": {}, "contact": {}, "task": {}}},
     },
