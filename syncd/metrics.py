@@ -78,6 +78,12 @@ class Metrics:
         self.batches_sent = Counter(
             "syncd_batches_sent", "CHANGES frames sent to devices.", ["org"], registry=r
         )
+        self.frames_encoded = Counter(
+            "syncd_frames_encoded",
+            "CHANGES frames encoded (one encoding may serve many devices of a live group).",
+            ["org"],
+            registry=r,
+        )
         self.checkpoints_acked = Counter(
             "syncd_checkpoints_acked", "Checkpoints acknowledged by devices.", ["org"], registry=r
         )
@@ -128,6 +134,7 @@ class Metrics:
             (self.bytes_sent, ("org",)),
             (self.bytes_received, ("org",)),
             (self.batches_sent, ("org",)),
+            (self.frames_encoded, ("org",)),
             (self.checkpoints_acked, ("org",)),
             (self.upload_ops, ("org", "outcome")),
             (self.db_pool_connections, ("org", "state")),

@@ -14,7 +14,7 @@ can: the feed needs both to widen a window beyond the rows that changed themselv
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,7 @@ from syncd.filters.bound import (
     bind_tree,
 )
 from syncd.filters.memory import Lookup, matches
-from syncd.filters.sql import ColumnSql, TableSql, compile_tree
+from syncd.filters.sql import ColumnSql, TableSql, TouchedSql, compile_moved, compile_tree
 from syncd.model import ClientModel, Entity, Profile
 
 __all__ = ["BindError", "BoundFilter", "bind_filter"]
@@ -45,11 +45,17 @@ __all__ = ["BindError", "BoundFilter", "bind_filter"]
 @dataclass(frozen=True)
 class BoundFilter:
     tree: BoundTree
+    now: datetime | None = None
+    """A fixed "now" for ``within`` (``at``); None reads the clock at each compile."""
+
+    def at(self, now: datetime) -> BoundFilter:
+        """This filter with "now" fixed: what a feed window at wall time ``now`` selects."""
+        return replace(self, now=now)
 
     def sql(self, entity: Entity, column: ColumnSql, params: list[object]) -> str:
         if entity.name != self.tree.entity.name:
             raise ValueError(f"filter of {self.tree.entity.name!r} applied to {entity.name!r}")
-        return compile_tree(self.tree, column, params)
+        return compile_tree(self.tree, column, params, self.now)
 
     def sql_at(self, entity: Entity, column: ColumnSql, params: list[object], now: datetime) -> str:
         """As ``sql`` with "now" fixed by the caller (one value per feed window)."""
@@ -58,12 +64,33 @@ class BoundFilter:
         return compile_tree(self.tree, column, params, now)
 
     def sql_sourced(
-        self, entity: Entity, column: ColumnSql, params: list[object], table: TableSql
+        self,
+        entity: Entity,
+        column: ColumnSql,
+        params: list[object],
+        table: TableSql,
+        now: datetime | None = None,
     ) -> str:
         """As ``sql`` with related parents and memberships read from ``table(entity)``."""
         if entity.name != self.tree.entity.name:
             raise ValueError(f"filter of {self.tree.entity.name!r} applied to {entity.name!r}")
-        return compile_tree(self.tree, column, params, None, table)
+        return compile_tree(self.tree, column, params, now or self.now, table)
+
+    def sql_moved(
+        self,
+        entity: Entity,
+        column: ColumnSql,
+        params: list[object],
+        touched: TouchedSql,
+        table: TableSql,
+        then: datetime,
+        now: datetime,
+    ) -> str | None:
+        """Rows, unchanged themselves, whose match may differ between ``then`` and ``now``
+        (``syncd.filters.sql.compile_moved``); None when none can."""
+        if entity.name != self.tree.entity.name:
+            raise ValueError(f"filter of {self.tree.entity.name!r} applied to {entity.name!r}")
+        return compile_moved(self.tree, column, params, touched, table, then, now)
 
     def matches(
         self, row: Mapping[str, object], lookup: Lookup, now: datetime | None = None

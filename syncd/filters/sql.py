@@ -13,6 +13,11 @@ the current tables; a ``TableSql`` lets the caller substitute another row source
 (the feed's "table as of snapshot X", built from current rows and change-log before-images),
 which is how one filter is evaluated as of a device's old and new checkpoints. Text ordering
 uses ``COLLATE "C"`` so SQL and the in-memory predicate order strings the same way.
+
+``compile_moved`` writes the other question the feed asks: which rows that did not change
+themselves may still have changed their match between two checkpoints (time crossed a
+``within`` bound, a membership or a parent changed). It narrows the feed's moves pass from
+the whole entity to the rows that join what changed.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from syncd.filters.bound import (
 from syncd.model import Column, Entity
 from syncd.store.sql import SQL_TYPES, ident
 
-__all__ = ["ColumnSql", "TableSql", "compile_tree", "cutoff"]
+__all__ = ["ColumnSql", "TableSql", "TouchedSql", "compile_moved", "compile_tree", "cutoff"]
 
 ColumnSql = Callable[[Column], str]
 # Spells a staging table as a FROM item; may append parameters of its own.
@@ -147,3 +152,77 @@ class _Compiler:
             f"EXISTS (SELECT 1 FROM {self.table(parent.entity, self.params)} {alias}"
             f" WHERE {key} = {lhs} AND {inner})"
         )
+
+
+# Spells the values ``column`` of ``entity`` held, at C or at S, in rows written in the window:
+# a one-column subquery (appending its parameters).
+TouchedSql = Callable[[Entity, Column, list[object]], str]
+
+
+def compile_moved(
+    tree: BoundTree,
+    column: ColumnSql,
+    params: list[object],
+    touched: TouchedSql,
+    table: TableSql,
+    then: datetime,
+    now: datetime,
+) -> str | None:
+    """A condition true for every row, unchanged itself, whose match may differ between
+    C (``then``) and S (``now``); None when no such row can exist.
+
+    A row that did not change can only change its match through a leaf whose truth moves
+    without it: a ``within`` bound that time carried past the row's date, a membership whose
+    set gained or lost the row's value, a related parent that changed (or whose own match
+    moved). The condition is the OR of those leaves' reasons, so it may select rows whose
+    match did not change (the caller compares both states exactly) but never misses one.
+    """
+    reasons: list[str] = []
+    for n in _leaves(tree.root) if tree.root is not None else ():
+        if isinstance(n, BWithin):
+            if then == now:
+                continue
+            edges = sorted([cutoff(n, then), cutoff(n, now)])  # type: ignore[type-var]
+            low, high = (_bind(params, e, n.column) for e in edges)
+            reasons.append(f"({column(n.column)} BETWEEN {low} AND {high})")
+        elif isinstance(n, BMember):
+            lhs = column(n.column)
+            values = touched(n.table, n.table.column(n.membership.value), params)
+            # A null value, or a null in the set, makes IN unknown rather than false, which a
+            # surrounding NOT turns into a difference: such rows are candidates too.
+            reasons.append(
+                f"({lhs} IN ({values}) OR {lhs} IS NULL"
+                f" OR EXISTS (SELECT 1 FROM ({values}) _n(v) WHERE _n.v IS NULL))"
+            )
+        elif isinstance(n, BRelated):
+            parent = n.parent
+            lhs = column(n.via)
+            keys = touched(parent.entity, parent.entity.key_column, params)
+            reason = f"{lhs} IN ({keys})"
+            alias = f"_v{parent.depth}"
+            inner = compile_moved(parent, _alias_column(alias), params, touched, table, then, now)
+            if inner is not None:
+                key = f"{alias}.{ident(parent.entity.key)}"
+                reason += (
+                    f" OR EXISTS (SELECT 1 FROM {table(parent.entity, params)} {alias}"
+                    f" WHERE {key} = {lhs} AND ({inner}))"
+                )
+            reasons.append(f"({reason})")
+    return " OR ".join(reasons) if reasons else None
+
+
+def _alias_column(alias: str) -> ColumnSql:
+    return lambda c: f"{alias}.{ident(c.name)}"
+
+
+def _bind(params: list[object], value: object, col: Column) -> str:
+    params.append(value)
+    return f"${len(params)}::{SQL_TYPES[col.type]}"
+
+
+def _leaves(n: BoundNode) -> list[BoundNode]:
+    if isinstance(n, BAnd | BOr):
+        return [leaf for i in n.items for leaf in _leaves(i)]
+    if isinstance(n, BNot):
+        return _leaves(n.item)
+    return [n]

@@ -14,6 +14,12 @@ Joining is done under the hub's lock so no window is missed or seen twice: unles
 already sees everything the session's checkpoint sees, the hub first advances to a fresh
 snapshot (taken after the session's), then the session reads the small gap between its
 checkpoint and the hub's position itself.
+
+Time moves rows too (a ``within`` filter): the hub's position carries the wall time of its
+snapshot (from ``clock``, which tests may set), every window evaluates time-relative filters at
+its two snapshots' times, and while any live group has such a filter the hub also advances
+every ``TIME_TICK_SECONDS`` without a commit, so a row whose date leaves the window reaches
+live devices as a tombstone within that period.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from protocol import Checkpoint as CheckpointMsg
 from protocol import PreparedFrame, encode_changes, prepare
@@ -31,8 +38,24 @@ from syncd.metrics import Metrics
 from syncd.server.plan import DevicePlan
 from syncd.server.sync_token import SyncToken
 from syncd.store import ChangeStream, Checkpoint, ResyncRequired, StagingStore
+from syncd.store.feed import Subscription, WindowTimes, time_relative
 
-__all__ = ["LiveHub", "LiveMember"]
+__all__ = ["TIME_TICK_SECONDS", "LiveHub", "LiveMember", "wall_clock"]
+
+#: How often the hub advances without a commit while a live group has a time-relative filter:
+#: the most a row leaving (or entering) a ``within`` window by time alone waits to move. Each
+#: tick costs one window read per such group.
+TIME_TICK_SECONDS = 30.0
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def timed(subscriptions: Sequence[Subscription], times: WindowTimes) -> tuple[Subscription, ...]:
+    """The subscriptions of one window, time-relative filters fixed at its wall times."""
+    return tuple(s.at(times) for s in subscriptions)
+
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +68,8 @@ class LiveMember:
 
     plan: DevicePlan
     checkpoint: Checkpoint
+    checkpoint_at: datetime | None
+    """The wall time of ``checkpoint`` (None: unknown, from an old token)."""
     offer: Callable[[Sequence[PreparedFrame]], bool]
     """Queue frames without waiting; False means the session's queue is full."""
     on_dropped: Callable[[Checkpoint], None]
@@ -65,6 +90,9 @@ class LiveHub:
         self._metrics = metrics
         self._groups: dict[GroupKey, _Group] = {}
         self._position: Checkpoint | None = None
+        self._position_at: datetime | None = None
+        self.clock: Callable[[], datetime] = wall_clock
+        """The wall time assigned to each new snapshot; tests set it to move time."""
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._last_signal = 0.0
@@ -96,10 +124,11 @@ class LiveHub:
     async def join(
         self,
         member: LiveMember,
-        catch_up: Callable[[Checkpoint | None, Checkpoint], Awaitable[None]],
+        catch_up: Callable[[Checkpoint, Checkpoint, WindowTimes], Awaitable[None]],
     ) -> None:
-        """Make `member` live. `catch_up(since, until)` sends the gap (since, until] itself;
-        the hub is locked meanwhile, so the member's next frames start exactly at `until`."""
+        """Make `member` live. `catch_up(since, until, times)` sends the gap (since, until]
+        itself, time-relative filters at `times`; the hub is locked meanwhile, so the member's
+        next frames start exactly at `until`."""
         async with self._lock:
             position = self._position
             if position is None or not position.sees_all_of(member.checkpoint):
@@ -110,9 +139,13 @@ class LiveHub:
                     await self._advance()
                 else:
                     self._position = await self._staging.current_checkpoint()
+                    self._position_at = self.clock()
             assert self._position is not None
-            await catch_up(member.checkpoint, self._position)
+            assert self._position_at is not None
+            times = WindowTimes(member.checkpoint_at, self._position_at)
+            await catch_up(member.checkpoint, self._position, times)
             member.checkpoint = self._position
+            member.checkpoint_at = self._position_at
             key = member.plan.group_key
             group = self._groups.get(key)
             if group is None:
@@ -128,16 +161,25 @@ class LiveHub:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            signalled_by_commit = True
+            try:
+                async with asyncio.timeout(TIME_TICK_SECONDS):
+                    await self._wake.wait()
+            except TimeoutError:
+                # A quiet org: advance only if time alone can move someone's rows.
+                if not any(_time_relative(g.plan) for g in self._groups.values()):
+                    continue
+                signalled_by_commit = False
             self._wake.clear()
             signalled = self._last_signal
             try:
                 async with self._lock:
                     if self._groups:
                         await self._advance()
-                        self._metrics.commit_to_send_seconds.labels(org=self.org).observe(
-                            time.monotonic() - signalled
-                        )
+                        if signalled_by_commit:
+                            self._metrics.commit_to_send_seconds.labels(org=self.org).observe(
+                                time.monotonic() - signalled
+                            )
             except Exception:
                 # A failed window leaves the position unchanged: the next signal retries it.
                 _log.exception("live window failed", extra={"org": self.org})
@@ -155,31 +197,34 @@ class LiveHub:
             # member re-downloads on its own.
             self._drop_all()
             self._position = await self._staging.current_checkpoint()
+            self._position_at = self.clock()
             return
-        until = first.checkpoint
-        if until == since:
-            return
+        until, until_at = first.checkpoint, self.clock()
+        times = WindowTimes(self._position_at, until_at)
+        encoded = self._metrics.frames_encoded.labels(org=self.org)
         for key, group in list(self._groups.items()):
+            if until == since and not _time_relative(group.plan):
+                continue  # only time passed, and time moves nothing for this group
             frames: list[PreparedFrame] = []
             rows: dict[str, int] = {}
-            stream = ChangeStream(
-                self._staging, since, until, group.plan.subscriptions, self._batch_size
-            )
+            subs = timed(group.plan.subscriptions, times)
+            stream = ChangeStream(self._staging, since, until, subs, self._batch_size)
             async for batch in stream:
                 if batch.upserts or batch.deletes:
                     frames.append(encode_changes(batch.entity, batch.upserts, batch.deletes))
+                    encoded.inc()
                     rows[batch.entity] = (
                         rows.get(batch.entity, 0) + len(batch.upserts) + len(batch.deletes)
                     )
             if not frames:
                 # Nothing for this group: its members keep their (still exact) checkpoint.
                 continue
-            token = SyncToken(until, group.plan.hashes).encode()
+            token = SyncToken(until, group.plan.hashes, at=until_at).encode()
             frames.append(prepare(CheckpointMsg(token=token)))
             delivered = 0
             for member in list(group.members):
                 if member.offer(frames):
-                    member.checkpoint = until
+                    member.checkpoint, member.checkpoint_at = until, until_at
                     delivered += 1
                 else:
                     group.members.discard(member)
@@ -189,10 +234,14 @@ class LiveHub:
                 del self._groups[key]
             for entity, count in rows.items():
                 self._metrics.rows_sent.labels(org=self.org, entity=entity).inc(count * delivered)
-        self._position = until
+        self._position, self._position_at = until, until_at
 
     def _drop_all(self) -> None:
         for group in self._groups.values():
             for member in group.members:
                 member.on_dropped(member.checkpoint)
         self._groups.clear()
+
+
+def _time_relative(plan: DevicePlan) -> bool:
+    return any(time_relative(s) for s in plan.subscriptions)

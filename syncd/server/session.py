@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from protocol import (
@@ -62,13 +63,14 @@ from protocol import Checkpoint as CheckpointMsg
 from syncd.auth import AuthError, Claims, TokenVerifier
 from syncd.logs import log_context
 from syncd.metrics import Metrics
-from syncd.server.hub import LiveMember
+from syncd.server.hub import LiveMember, timed
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.server.outbox import Outbox
 from syncd.server.plan import DevicePlan, PlanError, plan_for
 from syncd.server.sync_token import Progress, SyncToken, SyncTokenError
 from syncd.server.uploads import apply_upload_batch
 from syncd.store import ChangeBatch, ChangeStream, Checkpoint, ResyncRequired, Subscription
+from syncd.store.feed import WindowTimes
 
 __all__ = ["DeviceSession", "SessionSettings"]
 
@@ -262,19 +264,20 @@ class DeviceSession:
         assert self.org is not None
         assert self._plan is not None
         since: Checkpoint | None = None
+        since_at: datetime | None = None
         fresh: tuple[str, ...] = ()
         if hello.checkpoint is not None:
             try:
                 token = SyncToken.decode(hello.checkpoint)
             except SyncTokenError as exc:
                 raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
-            since = token.checkpoint
+            since, since_at = token.checkpoint, token.at
             done = dict(token.entities)
             progress = token.progress
             if progress is not None and self._plan.hashes.get(progress.entity) == progress.hash:
                 # A download cut off mid-entity: finish it at the token's snapshot, after
                 # which that entity is exactly as current as the completed ones.
-                await self._finish_interrupted(progress, since, done)
+                await self._finish_interrupted(progress, since, since_at, done)
                 done[progress.entity] = progress.hash
             fresh = self._plan.changed_entities(done)
             if fresh:
@@ -286,14 +289,14 @@ class DeviceSession:
                     )
                 )
         while True:
-            until = await self._catch_up(since, fresh)
+            until, until_at = await self._catch_up(since, since_at, fresh)
             plan = self._plan
-            token_bytes = SyncToken(until, plan.hashes).encode()
+            token_bytes = SyncToken(until, plan.hashes, at=until_at).encode()
             if self._conn.state is State.SYNCING:
                 await self._outbox.put(CaughtUp(token=token_bytes))
             else:
                 await self._outbox.put(CheckpointMsg(token=token_bytes))
-            member = LiveMember(plan, until, self._outbox.offer, self._on_dropped)
+            member = LiveMember(plan, until, until_at, self._outbox.offer, self._on_dropped)
             self._dropped, self._replan = None, False
             await self.org.hub.join(member, self._send_gap)
             self._set_state("live")
@@ -302,7 +305,7 @@ class DeviceSession:
                 await self._wake.wait()
             self.org.hub.leave(member)
             self._set_state("syncing")
-            since, fresh = member.checkpoint, ()
+            since, since_at, fresh = member.checkpoint, member.checkpoint_at, ()
             if self._dropped is not None:
                 since = self._dropped
             if self._replan:
@@ -312,9 +315,12 @@ class DeviceSession:
                 if self._plan.summary != old.summary or fresh:
                     await self._outbox.put(ModelChanged(model=self._plan.summary, resync=fresh))
 
-    async def _catch_up(self, since: Checkpoint | None, fresh: Sequence[str]) -> Checkpoint:
+    async def _catch_up(
+        self, since: Checkpoint | None, since_at: datetime | None, fresh: Sequence[str]
+    ) -> tuple[Checkpoint, datetime]:
         """Bring every entity to one new snapshot: those in `fresh` (all, for a new device)
-        from scratch, the others incrementally from `since`. Returns the snapshot."""
+        from scratch, the others incrementally from `since` (at wall time `since_at`).
+        Returns the snapshot and the wall time time-relative filters were evaluated at."""
         assert self.org is not None
         assert self._plan is not None
         staging, batch_size = self.org.staging, self._settings.batch_size
@@ -333,21 +339,30 @@ class DeviceSession:
             )
             window = await staging.changes(None, (), batch_size=batch_size)
             incremental, initial = [], list(plan.subscriptions)
-        until = window.checkpoint
-        await self._send_stream(window)
+        until, until_at = window.checkpoint, self.org.hub.clock()
+        times = WindowTimes(since_at, until_at)
+        await self._send_stream(
+            ChangeStream(staging, window.since, until, timed(incremental, times), batch_size)
+        )
         done = {s.entity.name: plan.hashes[s.entity.name] for s in incremental}
-        for sub in initial:
+        for sub in timed(initial, times):
             stream = ChangeStream(staging, None, until, (sub,), batch_size)
-            await self._send_initial(stream, sub, until, done)
+            await self._send_initial(stream, sub, (until, until_at), done)
             done[sub.entity.name] = plan.hashes[sub.entity.name]
-        return until
+        return until, until_at
 
     async def _finish_interrupted(
-        self, progress: Progress, snapshot: Checkpoint, done: dict[str, str]
+        self,
+        progress: Progress,
+        snapshot: Checkpoint,
+        snapshot_at: datetime | None,
+        done: dict[str, str],
     ) -> None:
         assert self.org is not None
         assert self._plan is not None
         sub = next(s for s in self._plan.subscriptions if s.entity.name == progress.entity)
+        if snapshot_at is not None:
+            sub = sub.at(WindowTimes(None, snapshot_at))
         stream = ChangeStream(
             self.org.staging,
             None,
@@ -356,10 +371,14 @@ class DeviceSession:
             self._settings.batch_size,
             initial_after={progress.entity: progress.after},
         )
-        await self._send_initial(stream, sub, snapshot, done)
+        await self._send_initial(stream, sub, (snapshot, snapshot_at), done)
 
     async def _send_initial(
-        self, stream: ChangeStream, sub: Subscription, until: Checkpoint, done: dict[str, str]
+        self,
+        stream: ChangeStream,
+        sub: Subscription,
+        until: tuple[Checkpoint, datetime | None],
+        done: dict[str, str],
     ) -> None:
         """Send an initial download, with a resumable checkpoint every so many rows."""
         assert self._plan is not None
@@ -370,27 +389,25 @@ class DeviceSession:
             if since_checkpoint >= CHECKPOINT_EVERY_ROWS and batch.last_key is not None:
                 since_checkpoint = 0
                 progress = Progress(name, self._plan.hashes[name], batch.last_key)
-                token = SyncToken(until, dict(done), progress)
+                token = SyncToken(until[0], dict(done), progress, at=until[1])
                 await self._outbox.put(CheckpointMsg(token=token.encode()))
 
-    async def _send_gap(self, since: Checkpoint | None, until: Checkpoint) -> None:
-        """The hub's join callback: send (since, until] for our plan.
+    async def _send_gap(self, since: Checkpoint, until: Checkpoint, times: WindowTimes) -> None:
+        """The hub's join callback: send (our checkpoint, until] for our plan, at `times`.
 
         It runs under the hub's lock, so it never waits for the device: the gap is small
         (it spans only since the hub last advanced) and is queued past the bound.
         """
         assert self.org is not None
         assert self._plan is not None
-        assert since is not None
-        if since == until:
+        if since == until and times.since == times.until:
             return
-        stream = ChangeStream(
-            self.org.staging, since, until, self._plan.subscriptions, self._settings.batch_size
-        )
+        subs = timed(self._plan.subscriptions, times)
+        stream = ChangeStream(self.org.staging, since, until, subs, self._settings.batch_size)
         async for _batch in self._batches(stream, wait=False):
             pass
         if self._conn.state is not State.SYNCING:
-            token = SyncToken(until, self._plan.hashes).encode()
+            token = SyncToken(until, self._plan.hashes, at=times.until).encode()
             self._outbox.push(CheckpointMsg(token=token))
 
     async def _send_stream(self, stream: ChangeStream) -> None:
@@ -408,6 +425,7 @@ class DeviceSession:
             if not batch.upserts and not batch.deletes:
                 continue
             frame = encode_changes(batch.entity, batch.upserts, batch.deletes)
+            self._metrics.frames_encoded.labels(org=org).inc()
             if wait:
                 await self._outbox.put(frame)
             else:

@@ -20,10 +20,17 @@ Filtered subscriptions also follow rows that move in and out of the filter (deci
   (writers of one key commit in ``seq`` order), and sends a tombstone when that image matched
   as of C and the key has no row in S that matches now. A key that matched in neither state
   is never sent, not even as a tombstone.
-* A dependency's change (a membership row, a related parent, a parent's own parent): when
-  any dependency table of the filter changed in the window, the dependency pass reads every
-  row of the entity not changed in the window and compares the filter as of C with the filter
-  as of S: entering rows are sent whole, leaving rows as tombstones.
+* A dependency's change (a membership row, a related parent, a parent's own parent) or the
+  passing of time (a ``within`` bound): when any dependency table of the filter changed in
+  the window, or the window's wall times differ and the filter is time-relative, the moves
+  pass reads the rows of the entity not changed in the window that *may* have moved
+  (``sql_moved``: rows joining a changed membership or parent row, rows whose date lies
+  between the two cutoffs) and compares the filter as of C (at C's wall time) with the
+  filter as of S (at S's): entering rows are sent whole, leaving rows as tombstones.
+
+Time: a window carries the wall times of its two snapshots (``WindowTimes``, kept in the
+sync token), and every evaluation fixes "now" to the time of the snapshot it is about, so a
+row whose date left a ``within`` window between C and S is a mover like any other.
 
 "As of X" is exact, not "current": a table as of snapshot X is its current rows that no
 transaction after X touched, plus the before-image of the first change after X of every other
@@ -50,6 +57,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from syncd.model import Column, Entity
@@ -59,12 +67,16 @@ from syncd.store.sql import SQL_TYPES, from_wire, ident, to_wire
 __all__ = [
     "ChangeBatch",
     "FilterTerm",
+    "MovingPredicate",
     "RowFilter",
     "RowPredicate",
     "SourcedPredicate",
     "Subscription",
+    "TimedPredicate",
+    "WindowTimes",
     "incremental_pages",
     "initial_pages",
+    "time_relative",
     "wire_select_list",
 ]
 
@@ -72,6 +84,8 @@ __all__ = [
 ColumnSql = Callable[[Column], str]
 # Spells a staging table as a FROM item (appending its parameters).
 TableSql = Callable[[Entity, list[object]], str]
+# Spells the values a column held in the window's written rows, as a one-column subquery.
+TouchedSql = Callable[[Entity, Column, list[object]], str]
 
 
 class RowPredicate(Protocol):
@@ -93,6 +107,54 @@ class SourcedPredicate(Protocol):
     def sql_sourced(
         self, entity: Entity, column: ColumnSql, params: list[object], table: TableSql
     ) -> str: ...
+
+
+@runtime_checkable
+class TimedPredicate(Protocol):
+    """A filter that can depend on "now" (``within``): ``at`` fixes it for one snapshot."""
+
+    @property
+    def time_relative(self) -> bool: ...
+
+    def at(self, now: datetime) -> RowPredicate: ...
+
+
+@runtime_checkable
+class MovingPredicate(Protocol):
+    """A filter that can say which unchanged rows may have moved in or out of it between
+    two checkpoints (None: none can), so the moves pass reads those instead of every row."""
+
+    def sql_sourced(
+        self,
+        entity: Entity,
+        column: ColumnSql,
+        params: list[object],
+        table: TableSql,
+        now: datetime | None = None,
+    ) -> str: ...
+
+    def sql_moved(
+        self,
+        entity: Entity,
+        column: ColumnSql,
+        params: list[object],
+        touched: TouchedSql,
+        table: TableSql,
+        then: datetime,
+        now: datetime,
+    ) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WindowTimes:
+    """Wall times of a window's snapshots: "now" for time-relative filters at C and at S.
+
+    ``since`` is None when C's time is unknown (a token from before times were kept): the
+    window then evaluates both sides at ``until`` and moves nothing because of time.
+    """
+
+    since: datetime | None
+    until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +201,20 @@ class Subscription:
 
     entity: Entity
     filter: RowPredicate | None = None
+    times: WindowTimes | None = None
+
+    def at(self, times: WindowTimes) -> Subscription:
+        """This subscription for one window: a time-relative filter evaluates at S's time
+        (an initial download too) and the incremental passes also at C's."""
+        f = self.filter
+        if isinstance(f, TimedPredicate) and f.time_relative:
+            f = f.at(times.until)
+        return Subscription(self.entity, f, times)
+
+
+def time_relative(sub: Subscription) -> bool:
+    """Whether the passing of time alone can move rows of ``sub`` in or out."""
+    return isinstance(sub.filter, TimedPredicate) and sub.filter.time_relative
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,18 +381,60 @@ def _window(x: str, p: int) -> str:
 async def incremental_pages(
     fetch: Fetch, sub: Subscription, since: Checkpoint, snapshot: Checkpoint, batch_size: int
 ) -> AsyncIterator[ChangeBatch]:
-    async for batch in _window_upserts(fetch, sub, since, snapshot, batch_size):
+    now = sub.times.until if sub.times is not None else datetime.now(UTC)
+    then = sub.times.since if sub.times is not None and sub.times.since is not None else now
+    async for batch in _window_upserts(fetch, sub, since, snapshot, batch_size, now):
         yield batch
     if sub.filter is None:
         async for batch in _window_deletes(fetch, sub, since, snapshot, batch_size):
             yield batch
         return
-    async for batch in _window_leavers(fetch, sub, since, snapshot, batch_size):
+    async for batch in _window_leavers(fetch, sub, since, snapshot, batch_size, then, now):
         yield batch
     deps = _dependencies(sub)
-    if deps and await _changed_in_window(fetch, deps, since, snapshot):
-        async for batch in _dependency_moves(fetch, sub, since, snapshot, batch_size):
+    timed = then != now and time_relative(sub)
+    if timed or (deps and await _changed_in_window(fetch, deps, since, snapshot)):
+        moves = _moves(fetch, sub, since, snapshot, batch_size, then, now)
+        async for batch in moves:
             yield batch
+
+
+def _filter_at(
+    sub: Subscription, column: ColumnSql, params: list[object], at: Checkpoint, now: datetime
+) -> str:
+    """The subscription's filter with dependency tables as of ``at`` and "now" = ``now``."""
+    f = sub.filter
+    if isinstance(f, TimedPredicate) and f.time_relative:
+        f = f.at(now)
+    return _filter_sql(Subscription(sub.entity, f), column, params, at)
+
+
+def _touched(since: Checkpoint) -> TouchedSql:
+    """Spell the values ``column`` of ``entity`` held in rows written after C: each change's
+    before-image and the current row of each such key. That covers the row's state at C and
+    at S (and any later one: a superset the moves pass then compares exactly)."""
+
+    def touched(e: Entity, col: Column, params: list[object]) -> str:
+        params.extend([e.name, since.xmin, since.as_pg()])
+        n = len(params)
+        after = (
+            f"_tc.entity = ${n - 2}::text AND _tc.txid >= ${n - 1}::xid8"
+            f" AND NOT pg_visible_in_snapshot(_tc.txid, ${n}::pg_snapshot)"
+        )
+        keys = (
+            f"SELECT _tc.key::{SQL_TYPES[e.key_column.type]} FROM _syncd_changes _tc WHERE {after}"
+        )
+        if col.name == e.key:
+            return keys
+        params.append(col.name)  # the jsonb key is a value: no SQL text from names
+        old = f"(_tc.old->>${len(params)}::text)::{SQL_TYPES[col.type]}"
+        return (
+            f"SELECT {old} FROM _syncd_changes _tc WHERE {after} AND _tc.old IS NOT NULL"
+            f" UNION SELECT _tt.{ident(col.name)} FROM {ident(e.name)} _tt"
+            f" WHERE _tt.{ident(e.key)} IN ({keys})"
+        )
+
+    return touched
 
 
 def _window_params(since: Checkpoint, snapshot: Checkpoint) -> list[object]:
@@ -324,7 +442,12 @@ def _window_params(since: Checkpoint, snapshot: Checkpoint) -> list[object]:
 
 
 async def _window_upserts(
-    fetch: Fetch, sub: Subscription, since: Checkpoint, snapshot: Checkpoint, batch_size: int
+    fetch: Fetch,
+    sub: Subscription,
+    since: Checkpoint,
+    snapshot: Checkpoint,
+    batch_size: int,
+    now: datetime,
 ) -> AsyncIterator[ChangeBatch]:
     """Current rows written in the window, walking the (``_txid``, key) index."""
     e = sub.entity
@@ -332,7 +455,7 @@ async def _window_upserts(
     params = [*_window_params(since, snapshot), batch_size]  # $1-$4 window, $5 limit
     where = _window("t._txid", 1)
     if sub.filter is not None:
-        where += f" AND ({_filter_sql(sub, _row_column('t'), params, snapshot)})"
+        where += f" AND ({_filter_at(sub, _row_column('t'), params, snapshot, now)})"
     n = len(params)
     cursor = f"(t._txid, {k}) > (${n + 1}::xid8, {from_wire(e.key_column, f'${n + 2}')})"
     select = f"SELECT {wire_select_list(e, 't')}, t._txid FROM {ident(e.name)} t WHERE {where}"
@@ -383,7 +506,13 @@ async def _window_deletes(
 
 
 async def _window_leavers(
-    fetch: Fetch, sub: Subscription, since: Checkpoint, snapshot: Checkpoint, batch_size: int
+    fetch: Fetch,
+    sub: Subscription,
+    since: Checkpoint,
+    snapshot: Checkpoint,
+    batch_size: int,
+    then: datetime,
+    now: datetime,
 ) -> AsyncIterator[ChangeBatch]:
     """Tombstones of keys that matched as of C and have no matching row in S.
 
@@ -394,8 +523,8 @@ async def _window_leavers(
     e = sub.entity
     k = ident(e.key)
     params: list[object] = [e.name, *_window_params(since, snapshot), batch_size]
-    then = _filter_sql(sub, _old_image_column("c", params), params, since)
-    now = _filter_sql(sub, _row_column("r"), params, snapshot)
+    was_in = _filter_at(sub, _old_image_column("c", params), params, since, then)
+    now_in = _filter_at(sub, _row_column("r"), params, snapshot, now)
     key_wire = {"integer": "c.key::bigint"}.get(e.key_column.type, "c.key")
     cursor = f"(c.txid, c.seq) > (${len(params) + 1}::xid8, ${len(params) + 2}::bigint)"
     # OFFSET 0 fences keep both probes per-row index lookups (see _window_deletes).
@@ -408,11 +537,11 @@ async def _window_leavers(
               WHERE f.entity = c.entity AND f.key = c.key AND f.seq < c.seq
                 AND {_window("f.txid", 2)}
               OFFSET 0)
-          AND ({then}) IS TRUE
+          AND ({was_in}) IS TRUE
           AND NOT EXISTS (
               SELECT 1 FROM {ident(e.name)} r
               WHERE r.{k} = {from_wire(e.key_column, "c.key")}
-                AND pg_visible_in_snapshot(r._txid, $5::pg_snapshot) AND ({now})
+                AND pg_visible_in_snapshot(r._txid, $5::pg_snapshot) AND ({now_in})
               OFFSET 0)"""
     order = "ORDER BY c.txid, c.seq LIMIT $6"
     rows = await fetch(f"{select} {order}", *params)
@@ -434,23 +563,37 @@ async def _changed_in_window(
     return bool(rows[0][0])
 
 
-async def _dependency_moves(
-    fetch: Fetch, sub: Subscription, since: Checkpoint, snapshot: Checkpoint, batch_size: int
+async def _moves(
+    fetch: Fetch,
+    sub: Subscription,
+    since: Checkpoint,
+    snapshot: Checkpoint,
+    batch_size: int,
+    then: datetime,
+    now: datetime,
 ) -> AsyncIterator[ChangeBatch]:
-    """Rows the window did not touch whose match changed because a dependency did.
+    """Rows the window did not touch whose match changed because a dependency or time did.
 
     Such a row is the same as of C and as of S; the filter is evaluated on it twice, with
-    the dependency tables as of C and as of S. Rows entering are sent whole (as of S, which
-    may be a before-image if the row was rewritten after S), rows leaving as tombstones.
-    Keyset-paged by key over the entity as of S.
+    the dependency tables as of C at C's time and as of S at S's. Rows entering are sent
+    whole (as of S, which may be a before-image if the row was rewritten after S), rows
+    leaving as tombstones. Only rows that may have moved are read (``sql_moved``: they join
+    a changed dependency row, or their date lies between the two cutoffs); a filter that
+    cannot say so is compared on every row. Keyset-paged by key over the entity as of S.
     """
     e = sub.entity
     k = f"t.{ident(e.key)}"
     params: list[object] = [e.name, *_window_params(since, snapshot), batch_size]
     source = _as_of(snapshot)(e, params)
     column = _row_column("t")
-    was = _filter_sql(sub, column, params, since)
-    now = _filter_sql(sub, column, params, snapshot)
+    was = _filter_at(sub, column, params, since, then)
+    is_in = _filter_at(sub, column, params, snapshot, now)
+    moved: str | None = "true"
+    f = sub.filter
+    if isinstance(f, MovingPredicate):
+        moved = f.sql_moved(e, column, params, _touched(since), _as_of(snapshot), then, now)
+    if moved is None:
+        return
     width = len(e.columns) + 1  # wire columns and _version; then _k, now_in, was_in
 
     def page(after: bool) -> str:
@@ -458,9 +601,10 @@ async def _dependency_moves(
         return f"""
             SELECT * FROM (
                 SELECT {wire_select_list(e, "t")}, {k} AS _k,
-                       ({now}) IS TRUE AS now_in, ({was}) IS TRUE AS was_in
+                       ({is_in}) IS TRUE AS now_in, ({was}) IS TRUE AS was_in
                 FROM {source} t
-                WHERE NOT EXISTS (
+                WHERE ({moved})
+                  AND NOT EXISTS (
                     SELECT 1 FROM _syncd_changes l
                     WHERE l.entity = $1 AND l.key = {k}::text AND {_window("l.txid", 2)})
                   {bound}) m
