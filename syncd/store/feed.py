@@ -55,7 +55,9 @@ how to spell a column. ``RowFilter`` is the minimal conjunction of ``=`` / ``IN`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -306,7 +308,14 @@ async def initial_pages(
     *,
     after: Any = None,
 ) -> AsyncIterator[ChangeBatch]:
-    """Rows visible in ``snapshot`` in key order, strictly after the wire key ``after``."""
+    """Rows visible in ``snapshot`` in key order, strictly after the wire key ``after``.
+
+    The statement of the next page is already running while a page is yielded, so PostgreSQL
+    reads it while the caller encodes and sends this one; at most two pages are held at once.
+    A filtered scan asks for its plan (``_page_bounds``) alongside the first page: a result of
+    one page pays no extra round trip, a longer one has its key ranges by the time the first
+    page is out, and then reads one range ahead.
+    """
     e = sub.entity
     k = f"t.{ident(e.key)}"
     key = e.key_column
@@ -316,35 +325,81 @@ async def initial_pages(
         where += f" AND ({_filter_sql(sub, _row_column('t'), params, snapshot)})"
     select = f"SELECT {wire_select_list(e, 't')} FROM {ident(e.name)} t WHERE {where}"
 
-    def page_sql(lower: bool, upper: bool) -> str:
-        n, bounds = len(params), ""
-        if lower:
-            n += 1
-            bounds += f" AND {k} > {from_wire(key, f'${n}')}"
-        if upper:
-            n += 1
-            bounds += f" AND {k} <= {from_wire(key, f'${n}')}"
-        return f"{select}{bounds} ORDER BY {k} LIMIT $2"
+    def page(lower: Any, upper: Any, floor: Any) -> _Page:
+        """Start reading the rows after ``lower`` and ``floor``, up to ``upper`` (inclusive)."""
+        bounds, args = "", []
+        for value, op in ((lower, ">"), (floor, ">"), (upper, "<=")):
+            if value is not None:
+                args.append(value)
+                bounds += f" AND {k} {op} {from_wire(key, f'${len(params) + len(args)}')}"
+        sql = f"{select}{bounds} ORDER BY {k} LIMIT $2"
+        return _Page(_started(fetch(sql, *params, *args)), upper)
 
     key_index = e.key_index
-    # Unfiltered, the primary key walk already reads each page as one range: no plan needed.
-    planned = sub.filter is None
-    ranges: list[Any] = []  # upper bounds of the planned key ranges still to read
-    while True:
-        upper = ranges[0] if ranges else None
-        args = [x for x in (after, upper) if x is not None]
-        rows = await fetch(page_sql(after is not None, upper is not None), *params, *args)
-        if rows:
-            after = rows[-1][key_index]
-            yield ChangeBatch(e.name, rows, [], after)
-        if len(rows) == batch_size and after != upper:
-            if not planned:
-                planned = True
-                ranges = await _page_bounds(fetch, sub, snapshot, batch_size, after)
-            continue
-        if upper is None:
-            return
-        after = ranges.pop(0)
+    ahead: deque[_Page] = deque([page(after, None, None)])
+    plan: asyncio.Future[list[Any]] | None = None
+    if sub.filter is not None:
+        plan = _started(_page_bounds(fetch, sub, snapshot, batch_size, after))
+    ranges: deque[tuple[Any, Any]] = deque()  # planned (lower, upper) not yet started
+    floor: Any = None  # every planned range starts after the first page's last key
+    try:
+        while ahead or ranges:
+            if not ahead:
+                ahead.append(page(*ranges.popleft(), floor))
+            current = ahead.popleft()
+            rows = await current.rows
+            if not rows:
+                continue
+            last = rows[-1][key_index]
+            if plan is not None and len(rows) == batch_size:
+                bounds = await plan
+                plan, floor = None, last
+                if last in bounds:  # the usual case: the first page ended on the first bound
+                    bounds = bounds[bounds.index(last) + 1 :]
+                ranges.extend(zip([last, *bounds], [*bounds, None], strict=True))
+            elif len(rows) == batch_size and last != current.upper:
+                ahead.appendleft(page(last, current.upper, floor))  # the range continues
+            if ranges and not ahead:
+                ahead.append(page(*ranges.popleft(), floor))
+            yield ChangeBatch(e.name, rows, [], last)
+            if ranges and len(ahead) < 2:
+                ahead.append(page(*ranges.popleft(), floor))
+        if plan is not None:
+            # One page held everything: the plan (as cheap as the result is small) is not
+            # needed, but waiting for it costs less than cancelling a statement.
+            await plan
+    finally:
+        await _abandon([p.rows for p in ahead] + ([plan] if plan is not None else []))
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A page statement in flight and the upper bound of the key range it reads."""
+
+    rows: asyncio.Future[list[Any]]
+    upper: Any
+
+
+def _started(fetch: Awaitable[list[Any]]) -> asyncio.Future[list[Any]]:
+    """Run ``fetch`` now; a page nobody waits for any more never logs an unread exception."""
+    future = asyncio.ensure_future(fetch)
+    future.add_done_callback(_read_outcome)
+    return future
+
+
+def _read_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _abandon(futures: list[asyncio.Future[Any]]) -> None:
+    """Stop statements the consumer no longer wants, and wait until each has let go of its
+    connection, so a stopped scan leaves the pool as it found it."""
+    pending = [f for f in futures if not f.done()]
+    for future in pending:
+        future.cancel()
+    if pending:
+        await asyncio.wait(pending)
 
 
 async def _page_bounds(
@@ -359,12 +414,13 @@ async def _page_bounds(
     e, key = sub.entity, sub.entity.key_column
     k = f"t.{ident(e.key)}"
     params: list[object] = [batch_size]
-    matches = _filter_sql(sub, _row_column("t"), params, snapshot)
-    params.append(after)
+    where = _filter_sql(sub, _row_column("t"), params, snapshot)
+    if after is not None:
+        params.append(after)
+        where = f"({where}) AND {k} > {from_wire(key, f'${len(params)}')}"
     sql = (
         f"SELECT k FROM (SELECT {to_wire(key, k)} AS k, row_number() OVER (ORDER BY {k}) AS n"
-        f" FROM {ident(e.name)} t WHERE ({matches}) AND {k} > {from_wire(key, f'${len(params)}')}"
-        ") b WHERE n % $1 = 0 ORDER BY n"
+        f" FROM {ident(e.name)} t WHERE {where}) b WHERE n % $1 = 0 ORDER BY n"
     )
     return [r[0] for r in await fetch(sql, *params)]
 
