@@ -7,7 +7,7 @@ the issue's sizes (1M rows, 100 devices x 100k rows), which takes tens of minute
 run one at a time so none steals the others' cores, and a failing bench does not stop the
 rest: the runner reports it and exits non-zero at the end.
 
-    python -m bench [--full] [--only codec,localdb,feed,upload,sync]
+    python -m bench [--full] [--only codec,localdb,feed,upload,sync,fanout]
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Final
 
-BENCHES: Final = ("codec", "localdb", "feed", "upload", "sync")
+BENCHES: Final = ("codec", "localdb", "feed", "upload", "sync", "fanout")
 QUICK: Final[dict[str, list[str]]] = {
     "codec": ["--batches", "20", "--repeat", "3"],
     "localdb": ["--rows", "50000", "--rounds", "3"],
     "feed": ["--rows", "200000"],
     "upload": ["--devices", "1,10", "--batches", "5"],
     "sync": [],
+    "fanout": ["--devices", "200", "--changes", "50"],
 }
 FULL: Final[dict[str, list[str]]] = {
     "codec": [],
@@ -34,6 +35,7 @@ FULL: Final[dict[str, list[str]]] = {
     "feed": ["--rows", "1000000"],
     "upload": [],
     "sync": ["--full"],
+    "fanout": [],
 }
 
 

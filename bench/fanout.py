@@ -1,0 +1,305 @@
+"""Shared work in live fan-out (issue 5): does the cost of a change grow with devices?
+
+Strategy. One embedded PostgreSQL, the daemon in this event loop (so its staging store's
+``fetch`` can be counted: every database statement the org's sessions and hub run goes
+through it), and protocol-level devices (``bench.sync.WireDevice``: decode only, ack every
+checkpoint; 1,000 SQLite clients would not fit on two cores). Each scenario connects its
+devices, waits until all are live, then a writer commits single-row INSERTs at a steady rate
+and every (device, change) arrival is timed against the moment the COMMIT returned.
+
+Scenarios, all 1,000 devices of one profile:
+
+* ``org-wide``: no filter, every device sees every row: one live group;
+* ``50 teams``: ``owner_id in user.teams`` with one team (of 50) per user: 50 groups;
+* ``50 teams, pairs``: the same filter with two random teams of the 50 per user: each
+  distinct pair is its own group (bound filter identity), up to 1,000 of them.
+
+Per change it prints the statements the daemon ran and the CHANGES frames it encoded
+(``syncd_frames_encoded``), and commit-to-device p50/p99. The goal of the issue is that the
+cost per change follows the partitions a change touches, not the devices; groups keyed by
+the whole bound filter meet it for the first two scenarios and miss it for the third.
+
+    python -m bench.fanout [--devices N] [--teams N] [--changes N] [--rate R] [--rows N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import asyncpg
+import uvloop
+
+from bench.common import (
+    CRM_MODEL,
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    Endpoint,
+    PgServer,
+    _daemon_settings,
+    embedded_server,
+    load_org,
+    print_table,
+    with_database,
+)
+from bench.sync import NAME_INDEX, READ_CHUNK, Countdown, WireDevice, WireError
+from protocol import Changes, Hello, Welcome
+from syncd.auth import mint_token
+from syncd.config import load_config
+from syncd.devcerts import ensure_dev_pki
+from syncd.server.app import Daemon
+from syncd.store.sql import database_name
+
+LIVE_PREFIX: Final = "fan "
+WARM_UP: Final = -1
+# How long the last change may take to reach every device before it counts as lost.
+GRACE_S: Final = 30.0
+# Connecting is paced (TLS handshakes cost ~1 ms of CPU each, CEILINGS.md) so a thousand
+# devices do not arrive as one storm; the figure measured is live delivery, not connecting.
+CONNECT_CONCURRENCY: Final = 50
+
+
+def _model(filtered: bool) -> dict[str, Any]:
+    model: dict[str, Any] = {**CRM_MODEL}
+    account: dict[str, Any] = {}
+    if filtered:  # "teams" are owner ids 0..teams-1 here; the claim carries the user's set
+        account = {"filter": {"column": "owner_id", "op": "in", "param": "user.teams"}}
+    model["profiles"] = {"sales": {"offline": True, "entities": {"account": account}}}
+    return model
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    org: str
+    teams_per_user: int  # 0: org-wide, no filter
+
+    def teams_of(self, user: int, teams: int, rnd: random.Random) -> list[str]:
+        if self.teams_per_user == 0:
+            return []
+        if self.teams_per_user == 1:
+            return [str(user % teams)]
+        return [str(t) for t in sorted(rnd.sample(range(teams), self.teams_per_user))]
+
+
+@dataclass
+class TeamDevice(WireDevice):
+    teams: list[str] = field(default_factory=list)
+
+    async def connect(self) -> Welcome:
+        self._reader, self._writer = await asyncio.open_connection(
+            self.endpoint.host, self.endpoint.port, ssl=self.endpoint.ssl_context(),
+            server_hostname="localhost", limit=READ_CHUNK,
+        )  # fmt: skip
+        token = mint_token(
+            self.endpoint.token_key.read_bytes(), issuer=DEV_ISSUER, audience=DEV_AUDIENCE,
+            org=self.org, user=self.user, teams=self.teams,
+        )  # fmt: skip
+        self._send(Hello((1,), token, self.org, uuid.uuid4().hex, "bench/fanout"))
+        welcome = await self.next()
+        if not isinstance(welcome, Welcome):
+            raise WireError(f"expected Welcome, got {welcome!r}")
+        return welcome
+
+
+@dataclass
+class Result:
+    scenario: str
+    devices: int
+    groups: int
+    changes: int
+    queries: int
+    encodings: int
+    latencies_ms: list[float]
+    expected_pairs: int
+
+    def row(self) -> list[object]:
+        lat = sorted(self.latencies_ms)
+        p50 = statistics.median(lat) if lat else float("nan")
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+        return [
+            self.scenario, self.devices, self.groups, self.changes,
+            f"{self.queries / self.changes:.1f}", f"{self.encodings / self.changes:.1f}",
+            f"{p50:.1f}", f"{p99:.1f}", f"{len(lat)}/{self.expected_pairs}",
+        ]  # fmt: skip
+
+
+class Counted:
+    """Counts the statements one org's staging store runs (the daemon's own fetch path)."""
+
+    def __init__(self, daemon: Daemon, org: str) -> None:
+        registry = daemon.registry
+        assert registry is not None
+        runtime = registry.get(org)
+        assert runtime is not None
+        self.runtime = runtime
+        self.count = 0
+        store = runtime.staging
+        inner: Callable[..., Awaitable[Any]] = store.fetch
+
+        async def fetch(sql: str, *args: object) -> Any:
+            self.count += 1
+            return await inner(sql, *args)
+
+        store.fetch = fetch  # type: ignore[method-assign]
+
+    @property
+    def groups(self) -> int:
+        return len(self.runtime.hub._groups)
+
+
+async def run_scenario(
+    endpoint: Endpoint, daemon: Daemon, pg: PgServer, scenario: Scenario, args: argparse.Namespace
+) -> Result:
+    rnd = random.Random(5)
+    devices = [
+        TeamDevice(endpoint, scenario.org, user=str(i), teams=scenario.teams_of(i, args.teams, rnd))
+        for i in range(args.devices)
+    ]
+    counted = Counted(daemon, scenario.org)
+    encoded = daemon.metrics.frames_encoded.labels(org=scenario.org)
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    committed: dict[int, float] = {}
+    arrivals: list[tuple[int, float]] = []
+    warm = Countdown(len(devices))
+    # Which changes each device must see: team t reaches devices holding t.
+    change_team = {n: rnd.randrange(args.teams) for n in range(args.changes)}
+    holders: dict[int, int] = {}
+    for d in devices:
+        for t in d.teams:
+            holders[int(t)] = holders.get(int(t), 0) + 1
+    expected = sum(
+        len(devices) if scenario.teams_per_user == 0 else holders.get(t, 0)
+        for t in change_team.values()
+    )
+    measured = Countdown(expected)
+
+    async def catch_up(device: TeamDevice) -> None:
+        async with gate:
+            await device.connect()
+            await device.download()
+
+    async def listen(device: TeamDevice) -> None:
+        warmed = False
+        while True:
+            message = await device.next()
+            if isinstance(message, Changes):
+                now = time.perf_counter()
+                for row in message.upserts:
+                    name = row[NAME_INDEX]
+                    if isinstance(name, str) and name.startswith(LIVE_PREFIX):
+                        n = int(name[len(LIVE_PREFIX) :])
+                        if n == WARM_UP:
+                            if not warmed:
+                                warmed = True
+                                warm.tick()
+                        else:
+                            arrivals.append((n, now))
+                            measured.tick()
+
+    conn = await asyncpg.connect(with_database(pg.dsn, database_name(scenario.org)))
+    insert = await conn.prepare(
+        "INSERT INTO account (id, owner_id, name, city, amount, modified_at, status)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    )
+
+    async def commit(n: int, team: int) -> float:
+        now = datetime.now(UTC)
+        await insert.fetch(uuid.uuid4(), team, f"{LIVE_PREFIX}{n}", "Oslo", Decimal(1), now, 0)
+        return time.perf_counter()
+
+    listeners: list[asyncio.Task[None]] = []
+    try:
+        await asyncio.gather(*(catch_up(d) for d in devices))
+        listeners = [asyncio.create_task(listen(d)) for d in devices]
+        # One change every device receives (a row of every team would do; the warm-up row
+        # is sent per team) proves all sessions joined the hub.
+        for t in range(args.teams if scenario.teams_per_user else 1):
+            await commit(WARM_UP, t)
+        async with asyncio.timeout(GRACE_S):
+            await warm.done.wait()
+        queries0, encoded0 = counted.count, encoded._value.get()
+        start = time.perf_counter()
+        for n in range(args.changes):
+            delay = start + n / args.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the load, not synchronizing
+            committed[n] = await commit(n, change_team[n])
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(GRACE_S):
+                await measured.done.wait()
+        queries, encodings = counted.count - queries0, int(encoded._value.get() - encoded0)
+        groups = counted.groups
+    finally:
+        await conn.close()
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+        await asyncio.gather(*(d.close() for d in devices))
+    pairs = [(at - committed[n]) * 1000 for n, at in arrivals if n in committed]
+    return Result(
+        scenario.name, len(devices), groups, args.changes, queries, encodings, pairs, expected
+    )
+
+
+async def run(pg: PgServer, args: argparse.Namespace, scenarios: Sequence[Scenario]) -> None:
+    for s in scenarios:
+        await load_org(pg, s.org, args.rows, model=_model(s.teams_per_user > 0))
+    base = pg.base / "daemon"
+    base.mkdir(exist_ok=True)
+    settings = _daemon_settings(base, pg.control_dsn, 1000)
+    settings.pop("logging")
+    settings["sync"]["send_queue_frames"] = 4096
+    pki = ensure_dev_pki(base / "certs")
+    daemon = Daemon(load_config(None, env={}, overrides=settings))
+    await daemon.startup()
+    try:
+        assert daemon.device_port is not None
+        endpoint = Endpoint("127.0.0.1", daemon.device_port, pki.ca_cert, pki.token_key)
+        results = [await run_scenario(endpoint, daemon, pg, s, args) for s in scenarios]
+    finally:
+        await daemon.shutdown()
+    print(
+        f"\nlive fan-out: {args.devices} devices per scenario, {args.changes} single-row"
+        f" commits at {args.rate:g}/s, {args.teams} teams, {args.rows} rows per org"
+    )
+    print_table(
+        ["scenario", "devices", "groups", "changes", "queries/change", "encodings/change",
+         "p50 ms", "p99 ms", "delivered"],
+        [r.row() for r in results],
+    )  # fmt: skip
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--teams", type=int, default=50)
+    parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=20.0, help="commits per second")
+    parser.add_argument("--rows", type=int, default=2000, help="rows loaded per org")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    scenarios = [
+        Scenario("org-wide", "fan_org", 0),
+        Scenario(f"{args.teams} teams", "fan_team", 1),
+        Scenario(f"{args.teams} teams, pairs", "fan_pairs", 2),
+    ]
+    with embedded_server("syncd-fan-") as pg:
+        uvloop.run(run(pg, args, scenarios))
+
+
+if __name__ == "__main__":
+    main()
