@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -307,7 +307,7 @@ async def initial_pages(
     batch_size: int,
     *,
     after: Any = None,
-) -> AsyncIterator[ChangeBatch]:
+) -> AsyncGenerator[ChangeBatch, None]:
     """Rows visible in ``snapshot`` in key order, strictly after the wire key ``after``.
 
     The statement of the next page is already running while a page is yielded, so PostgreSQL
@@ -361,6 +361,9 @@ async def initial_pages(
                 ahead.appendleft(page(last, current.upper, floor))  # the range continues
             if ranges and not ahead:
                 ahead.append(page(*ranges.popleft(), floor))
+            # One turn of the loop puts the next statement on the wire before the caller's
+            # encoding, which does not await, would hold it back.
+            await asyncio.sleep(0)
             yield ChangeBatch(e.name, rows, [], last)
             if ranges and len(ahead) < 2:
                 ahead.append(page(*ranges.popleft(), floor))

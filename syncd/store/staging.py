@@ -11,6 +11,7 @@ terminated) is retried once on a fresh connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -219,11 +220,19 @@ class ChangeStream:
         for sub in self._subscriptions:
             if self.since is None:
                 after = self._initial_after.get(sub.entity.name)
-                pages = initial_pages(fetch, sub, self.checkpoint, self._batch_size, after=after)
+                # aclosing: a consumer that stops early (the device left) stops the statements
+                # the scan reads ahead right away, not whenever the generator is collected.
+                async with contextlib.aclosing(
+                    initial_pages(fetch, sub, self.checkpoint, self._batch_size, after=after)
+                ) as pages:
+                    async for batch in pages:
+                        yield batch
             else:
-                pages = incremental_pages(fetch, sub, self.since, self.checkpoint, self._batch_size)
-            async for batch in pages:
-                yield batch
+                window = incremental_pages(
+                    fetch, sub, self.since, self.checkpoint, self._batch_size
+                )
+                async for batch in window:
+                    yield batch
         if self.since is not None:
             # Compaction may have run while we paged; the horizon only grows, so checking it
             # after the last page proves no row of this window was deleted under us.
