@@ -2,20 +2,25 @@
 
 Loads a CRM-like entity with COPY, then times "changes since checkpoint" (initial sync with no
 filter and with owner filters of 1, 10 and 100 owners, then an incremental window after
-updating 10% of the rows) and, right after each, one plain fetch of the same rows with the
-same columns, casts and WHERE. Ratios within one run are what to compare (CEILINGS.md).
+updating 10% of the rows) against one plain fetch of the same rows with the same columns, casts
+and WHERE. Each case runs ``--rounds`` times, feed and ceiling alternating which goes first,
+and reports medians: a 1,000-row case takes milliseconds, so one timing of it is mostly noise
+on a shared 2-core machine. Ratios within one run are what to compare (CEILINGS.md).
 
-    python -m bench.feed [--rows 1000000] [--dsn postgresql://...]
+    python -m bench.feed [--rows 1000000] [--rounds 3] [--dsn postgresql://...]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import shutil
+import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -82,18 +87,19 @@ def records(n: int) -> list[tuple[Any, ...]]:
     ]
 
 
-async def feed_rate(
-    store: StagingStore, since: Checkpoint | None, sub: Subscription
-) -> tuple[int, float, Checkpoint]:
+Timing = tuple[int, float]  # (rows, seconds)
+
+
+async def feed_rate(store: StagingStore, since: Checkpoint | None, sub: Subscription) -> Timing:
     t = time.perf_counter()
     stream = await store.changes(since, [sub], batch_size=BATCH)
     n = 0
     async for batch in stream:
         n += len(batch.upserts) + len(batch.deletes)
-    return n, time.perf_counter() - t, stream.checkpoint
+    return n, time.perf_counter() - t
 
 
-async def ceiling_rate(store: StagingStore, where: str, *args: object) -> tuple[int, float]:
+async def ceiling_rate(store: StagingStore, where: str, *args: object) -> Timing:
     sql = f"SELECT {wire_select_list(MODEL.entity('account'), 't')} FROM account t WHERE {where}"
     pool = await store.pool()
     t = time.perf_counter()
@@ -101,15 +107,39 @@ async def ceiling_rate(store: StagingStore, where: str, *args: object) -> tuple[
     return len(rows), time.perf_counter() - t
 
 
-def report(label: str, feed: tuple[int, float], ceiling: tuple[int, float]) -> None:
-    f, c = feed[0] / feed[1], ceiling[0] / ceiling[1]
+async def paired(
+    rounds: int, feed: Callable[[], Awaitable[Timing]], ceiling: Callable[[], Awaitable[Timing]]
+) -> tuple[list[Timing], list[Timing]]:
+    """Time the feed and its ceiling ``rounds`` times each, alternating which goes first so
+    neither always finds the other's pages in the cache (or pays for hint bits alone)."""
+    feeds: list[Timing] = []
+    ceilings: list[Timing] = []
+    for i in range(rounds):
+        if i % 2:
+            ceilings.append(await ceiling())
+            feeds.append(await feed())
+        else:
+            feeds.append(await feed())
+            ceilings.append(await ceiling())
+    return feeds, ceilings
+
+
+def report(label: str, feeds: list[Timing], ceilings: list[Timing]) -> None:
+    """Median rates, the ratio of the medians, and each round's own ratio (the spread)."""
+    f = statistics.median(n / s for n, s in feeds)
+    c = statistics.median(n / s for n, s in ceilings)
+    each = " ".join(
+        f"{(a[0] / a[1]) / (b[0] / b[1]):.0%}" for a, b in zip(feeds, ceilings, strict=True)
+    )
     print(
-        f"{label:<28} {feed[0]:>9,} rows  feed {f:>11,.0f} rows/s  "
-        f"ceiling {c:>11,.0f} rows/s ({ceiling[0]:,} rows)  ratio {f / c:5.0%}"
+        f"{label:<28} {feeds[0][0]:>9,} rows  feed {f:>11,.0f} rows/s  "
+        f"ceiling {c:>11,.0f} rows/s ({ceilings[0][0]:,} rows)  ratio {f / c:5.0%}"
+        f"  (rounds: {each})",
+        flush=True,
     )
 
 
-async def run(rows: int, dsn: str) -> None:
+async def run(rows: int, dsn: str, rounds: int) -> None:
     stores = OrgStores(dsn)
     org = f"bench_{uuid.uuid4().hex[:8]}"
     store = await stores.provision(org, MODEL)
@@ -120,21 +150,36 @@ async def run(rows: int, dsn: str) -> None:
         t = time.perf_counter()
         async with pool.acquire() as conn:
             await bulk_load(conn, entity, data)
-            await conn.execute("ANALYZE account; ANALYZE _syncd_changes")
+            # What autovacuum does within a minute of a bulk load anyway: hint bits and the
+            # visibility map set, so no timed pass pays for them alone.
+            await conn.execute("VACUUM ANALYZE account; ANALYZE _syncd_changes")
         load = time.perf_counter() - t
         print(f"COPY load {rows:,} rows: {rows / load:,.0f} rows/s (triggers + change log)")
 
         visible = "pg_visible_in_snapshot(t._txid, $1::pg_snapshot)"
-        n, s, cp = await feed_rate(store, None, Subscription(entity))
-        report("initial, all owners", (n, s), await ceiling_rate(store, visible, cp.as_pg()))
+        cp = await store.current_checkpoint()
+        everyone = Subscription(entity)
+        report(
+            "initial, all owners",
+            *await paired(
+                rounds,
+                lambda: feed_rate(store, None, everyone),
+                lambda: ceiling_rate(store, visible, cp.as_pg()),
+            ),
+        )
         for owners in (1, 10, 100):
             ids = list(range(owners))
             flt = RowFilter.from_spec({"column": "owner_id", "op": "IN", "param": "o"}, {"o": ids})
-            n, s, _ = await feed_rate(store, None, Subscription(entity, flt))
-            c = await ceiling_rate(
-                store, f"{visible} AND t.owner_id = ANY($2::bigint[])", cp.as_pg(), ids
+            sub = Subscription(entity, flt)
+            where = f"{visible} AND t.owner_id = ANY($2::bigint[])"
+            report(
+                f"initial, {owners} owner(s)",
+                *await paired(
+                    rounds,
+                    functools.partial(feed_rate, store, None, sub),
+                    functools.partial(ceiling_rate, store, where, cp.as_pg(), ids),
+                ),
             )
-            report(f"initial, {owners} owner(s)", (n, s), c)
 
         changed = rows // 10
         async with pool.acquire() as conn:
@@ -144,32 +189,39 @@ async def run(rows: int, dsn: str) -> None:
                 changed,
             )
             await conn.execute("ANALYZE account; ANALYZE _syncd_changes")
-        n, s, cp2 = await feed_rate(store, cp, Subscription(entity))
-        c = await ceiling_rate(
-            store,
+        cp2 = await store.current_checkpoint()
+        window = (
             "NOT pg_visible_in_snapshot(t._txid, $1::pg_snapshot)"
-            " AND pg_visible_in_snapshot(t._txid, $2::pg_snapshot)",
-            cp.as_pg(),
-            cp2.as_pg(),
+            " AND pg_visible_in_snapshot(t._txid, $2::pg_snapshot)"
         )
-        report(f"incremental, {changed:,} updated", (n, s), c)
+        report(
+            f"incremental, {changed:,} updated",
+            *await paired(
+                rounds,
+                lambda: feed_rate(store, cp, everyone),
+                lambda: ceiling_rate(store, window, cp.as_pg(), cp2.as_pg()),
+            ),
+        )
     finally:
         await stores.deprovision(org)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed rounds per case; medians are reported"
+    )
     parser.add_argument("--dsn", help="PostgreSQL server (default: a temporary embedded one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.dsn:
-        uvloop.run(run(args.rows, args.dsn))
+        uvloop.run(run(args.rows, args.dsn, args.rounds))
         return
     base = Path(tempfile.mkdtemp(prefix="syncd-bench-"))
     server = EmbeddedPostgres(base / "data")
     server.start()
     try:
-        uvloop.run(run(args.rows, server.dsn()))
+        uvloop.run(run(args.rows, server.dsn(), args.rounds))
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
