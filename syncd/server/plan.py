@@ -12,8 +12,12 @@ tree and its values, parents' filters included). So membership that comes from t
 other teams re-downloads exactly the entities whose filters use them. Membership kept in
 staging tables is data, not plan: it moves rows through the feed instead.
 
-Two devices with equal `group_key` follow exactly the same rows, so the live hub serves them
-with one query and one encoding per change (DESIGN.md, decision 4).
+What the live hub shares is finer than a whole plan: each entity's bound filter becomes one or
+more `Partition`s (``syncd.filters.partition``: ``team in user.teams`` is one partition per
+team, anything else one partition), keyed by the entity's schema and the partition's bound
+filter only, so devices of different users, team sets or profiles that follow the same rows of
+an entity share one read and one encoding of them per window (DESIGN.md, decision 4). Hashes,
+tokens and catch-up stay per entity: partitions are the live hub's business alone.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import orjson
 
 from protocol import ColumnSchema, EntitySchema, ErrorCode, ModelSummary
 from syncd.auth import Claims
-from syncd.filters.compiled import BindError, bind_filter
-from syncd.model import ClientModel, Entity
+from syncd.filters.compiled import BindError, BoundFilter, bind_filter
+from syncd.filters.partition import split_claim_list
+from syncd.model import AccessSpec, ClientModel, Column, Entity
 from syncd.store import Subscription
+from syncd.store.feed import time_relative
 
-__all__ = ["DevicePlan", "PlanError", "filter_params", "plan_for"]
+__all__ = ["DevicePlan", "Partition", "PlanError", "filter_params", "plan_for"]
 
 
 class PlanError(Exception):
@@ -44,12 +50,30 @@ class PlanError(Exception):
 
 
 @dataclass(frozen=True)
+class Partition:
+    """Rows of one entity that devices of many plans may follow: what the live hub reads and
+    encodes once per window. Equal ``key`` means equal rows in the same wire layout."""
+
+    key: str
+    subscription: Subscription
+    column: Column | None = None
+    """For a piece of a split filter: the rows are those whose ``column`` equals ``value``."""
+    value: object = None
+
+    @property
+    def time_relative(self) -> bool:
+        return time_relative(self.subscription)
+
+
+@dataclass(frozen=True)
 class DevicePlan:
     model_version: int
     profile: str
     summary: ModelSummary
     subscriptions: tuple[Subscription, ...]
     hashes: Mapping[str, str]
+    partitions: tuple[Partition, ...] = ()
+    """Every entity's rows as live partitions; their union per entity is its subscription."""
 
     @property
     def group_key(self) -> tuple[tuple[str, str], ...]:
@@ -109,6 +133,7 @@ def plan_for(
     subscriptions: list[Subscription] = []
     schemas: list[EntitySchema] = []
     hashes: dict[str, str] = {}
+    partitions: list[Partition] = []
     for name, access in profile.entities:
         entity = model.entity(name)
         try:
@@ -121,9 +146,34 @@ def plan_for(
         subscriptions.append(Subscription(entity, row_filter))
         schemas.append(_entity_schema(entity))
         hashes[name] = _digest([entity.schema_json(), access.filter, bound])
+        partitions.extend(_partitions(entity, access, row_filter))
     fingerprint = _digest([[s.name, s.key, [[c.name, c.type] for c in s.columns]] for s in schemas])
     summary = ModelSummary(fingerprint=fingerprint, entities=tuple(schemas))
-    return DevicePlan(model_version, profile_name, summary, tuple(subscriptions), hashes)
+    return DevicePlan(
+        model_version, profile_name, summary, tuple(subscriptions), hashes, tuple(partitions)
+    )
+
+
+def _partitions(
+    entity: Entity, access: AccessSpec, row_filter: BoundFilter | None
+) -> tuple[Partition, ...]:
+    """The entity's partitions. Keys cover the schema (the wire layout) and the partition's
+    own bound filter, not the profile's filter text: different profiles or users whose
+    filters select the same rows share them."""
+    schema = entity.schema_json()
+    if row_filter is None:
+        return (Partition(_digest([schema, None]), Subscription(entity)),)
+    pieces = split_claim_list(access.node, row_filter.tree)
+    if pieces is None:
+        return (
+            Partition(_digest([schema, row_filter.identity]), Subscription(entity, row_filter)),
+        )
+    out = []
+    for piece in pieces:
+        f = BoundFilter(piece.tree)
+        key = _digest([schema, f.identity])
+        out.append(Partition(key, Subscription(entity, f), piece.column, piece.value))
+    return tuple(out)
 
 
 def _entity_schema(entity: Entity) -> EntitySchema:

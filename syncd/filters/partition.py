@@ -1,0 +1,123 @@
+"""Splitting a bound filter into partitions that many devices share (DESIGN.md, decision 4).
+
+Strategy: a filter ``column in <list from the token's claims>`` (the ``team`` shorthand over
+``user.teams`` is one) is the union of the filters ``column = v`` for each value of the list,
+and those pieces are disjoint, since a row's column holds one value. Two users with teams
+{1, 2} and {2, 3} then share the piece ``team = 2``: the live hub reads and encodes each piece
+once per window, whatever the team sets. The same holds when that list is one conjunct of a
+top-level ``and``: each piece keeps the other conjuncts.
+
+Splitting is exact only where every piece selects, for every row and at every moment, exactly
+the rows of the whole filter whose column holds that value, and it pays only where values are
+shared across users. So only claim-bound lists split (a literal list binds the same for every
+device: splitting it only multiplies reads), never a negated list, and never a filter that
+reads other tables (``related``, staging memberships) or the clock (``within``): rows of such
+filters move without a write of their own, which a piece keyed by one column value would not
+see. Everything else stays one piece: the whole bound filter, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from syncd.filters.bound import (
+    BAnd,
+    BCompare,
+    BIn,
+    BMember,
+    BNot,
+    BOr,
+    BoundNode,
+    BoundTree,
+    BRelated,
+    BWithin,
+)
+from syncd.filters.nodes import And, FilterNode, InList, Param
+from syncd.filters.sql import TouchedSql
+from syncd.model import Column, Entity
+from syncd.store.sql import SQL_TYPES
+
+__all__ = ["Piece", "split_claim_list", "touched_sql"]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """The rows of a split filter whose ``column`` equals ``value``; ``tree`` selects them."""
+
+    column: Column
+    value: object
+    tree: BoundTree
+
+
+def split_claim_list(node: FilterNode | None, tree: BoundTree) -> tuple[Piece, ...] | None:
+    """One piece per value of the claim-bound list at the top of ``tree``; None when the
+    filter does not split exactly (it then stays one piece). ``node`` is the parsed filter
+    ``tree`` was bound from: only it says whether a list came from claims."""
+    root = tree.root
+    if node is None or root is None or tree.depth != 0:
+        return None
+    if isinstance(node, InList) and isinstance(root, BIn):
+        if not _claim_list(node):
+            return None
+        return tuple(Piece(root.column, v, _with(tree, _equal(root, v))) for v in root.values)
+    if isinstance(node, And) and isinstance(root, BAnd) and len(node.items) == len(root.items):
+        lists = [i for i, n in enumerate(node.items) if isinstance(n, InList) and _claim_list(n)]
+        if len(lists) != 1 or not all(_plain(item) for item in root.items):
+            return None
+        at = lists[0]
+        split = root.items[at]
+        assert isinstance(split, BIn)
+        return tuple(
+            Piece(split.column, v, _with(tree, _replaced(root, at, _equal(split, v))))
+            for v in split.values
+        )
+    return None
+
+
+def _claim_list(node: InList) -> bool:
+    return isinstance(node.source, Param) and not node.negated
+
+
+def _equal(n: BIn, value: object) -> BCompare:
+    return BCompare(n.column, "=", value)
+
+
+def _replaced(root: BAnd, at: int, item: BoundNode) -> BAnd:
+    return BAnd((*root.items[:at], item, *root.items[at + 1 :]))
+
+
+def _with(tree: BoundTree, root: BoundNode) -> BoundTree:
+    return BoundTree(tree.entity, root, tree.depth)
+
+
+def _plain(n: BoundNode) -> bool:
+    """True when ``n`` depends only on the row's own columns (no other table, no clock)."""
+    if isinstance(n, BMember | BRelated | BWithin):
+        return False
+    if isinstance(n, BAnd | BOr):
+        return all(_plain(i) for i in n.items)
+    if isinstance(n, BNot):
+        return _plain(n.item)
+    return True
+
+
+def touched_sql(
+    entity: Entity,
+    column: Column,
+    values: Sequence[object],
+    touched: TouchedSql,
+    params: list[object],
+) -> str:
+    """A statement giving the 1-based positions in ``values`` of the values that rows written
+    in a window held in ``column``, before or after the write (``touched`` spells those).
+
+    A piece of a split filter can have rows in a window, as upserts or as tombstones, only if
+    a row written in it held the piece's value in one of its states: without dependencies or
+    time no row moves otherwise. So the other pieces need not be read at all; ``touched`` may
+    spell a superset (writes after the window too), which only reads a piece for nothing.
+    """
+    inner = touched(entity, column, params)
+    params.append(list(values))
+    array = f"${len(params)}::{SQL_TYPES[column.type]}[]"
+    return f"SELECT _p.i FROM unnest({array}) WITH ORDINALITY AS _p(v, i) WHERE _p.v IN ({inner})"
