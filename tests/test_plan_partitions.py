@@ -1,0 +1,138 @@
+"""Which filters a plan splits into shared partitions, and that the split is exact.
+
+A user checks two things: devices whose rows overlap get the same partition key for the
+overlap (so the live hub reads it once), and a split filter's pieces select exactly the rows
+of the whole filter, each row in one piece at most (so no device misses a row or gets it
+twice).
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.auth import Claims
+from syncd.model import ClientModel
+from syncd.server.plan import DevicePlan, Partition, plan_for
+from tests.filters.model import field_model
+
+CLAIM_TEAMS = {"column": "team_id", "op": "in", "param": "user.teams"}
+
+
+def model(account: Any, *, memberships: bool = False, **profiles: Any) -> ClientModel:
+    d = field_model()
+    if not memberships:
+        del d["memberships"]
+    d["profiles"] = {
+        "sales": {"offline": True, "entities": {"account": account, "task": {}}},
+        **{
+            name: {"offline": True, "entities": {"account": {"filter": flt}}}
+            for name, flt in profiles.items()
+        },
+    }
+    return ClientModel.parse(d)
+
+
+def plan(m: ClientModel, user: str, teams: tuple[str, ...], profile: str = "sales") -> DevicePlan:
+    return plan_for(m, 1, profile, Claims(user, "o", 2**40, (), teams, {"team": 2}))
+
+
+def of(p: DevicePlan, entity: str) -> list[Partition]:
+    return [x for x in p.partitions if x.subscription.entity.name == entity]
+
+
+def keys(p: DevicePlan, entity: str = "account") -> set[str]:
+    return {x.key for x in of(p, entity)}
+
+
+def test_claim_lists_split_per_value_and_overlapping_users_share_a_piece() -> None:
+    m = model({"filter": CLAIM_TEAMS})
+    a, b = plan(m, "7", ("1", "2")), plan(m, "8", ("2", "3"))
+    assert [(x.column and x.column.name, x.value) for x in of(a, "account")] == [
+        ("team_id", 1),
+        ("team_id", 2),
+    ]
+    shared = keys(a) & keys(b)
+    assert len(shared) == 1
+    (piece,) = [x for x in of(a, "account") if x.key in shared]
+    assert piece.value == 2
+    # Tokens and catch-up still follow whole entities: the team sets differ, so do hashes.
+    assert a.hashes["account"] != b.hashes["account"]
+    assert a.group_key != b.group_key
+
+
+def test_the_team_shorthand_over_a_claim_splits_and_over_a_membership_does_not() -> None:
+    claims = model({"filter": {"team": "team_id"}})
+    assert len(of(plan(claims, "7", ("1", "2", "3")), "account")) == 3
+    staged = model({"filter": {"team": "team_id"}}, memberships=True)
+    a, b = plan(staged, "7", ()), plan(staged, "8", ())
+    # Staging memberships move rows without a write of the row: one whole partition per user.
+    assert [x.column for x in of(a, "account")] == [None]
+    assert keys(a) != keys(b)
+
+
+def test_unfiltered_entities_are_one_partition_for_every_user_and_profile() -> None:
+    m = model({"filter": CLAIM_TEAMS}, owners={"owner": "owner_id"})
+    m2 = copy.deepcopy(m)
+    task = [keys(plan(x, u, t), "task") for x in (m, m2) for u, t in (("7", ("1",)), ("8", ()))]
+    assert len(task[0]) == 1
+    assert all(k == task[0] for k in task)
+
+
+def test_an_equal_piece_is_shared_across_profiles() -> None:
+    # A profile comparing team_id with one claim selects the same rows as the team-2 piece.
+    m = model({"filter": CLAIM_TEAMS}, one={"column": "team_id", "op": "=", "param": "claims.team"})
+    assert keys(plan(m, "9", (), "one")) < keys(plan(m, "7", ("2", "5")))
+
+
+def test_only_exact_and_useful_splits_happen() -> None:
+    whole = [
+        {"column": "team_id", "op": "in", "value": [1, 2]},  # literal: the same for everyone
+        {"column": "team_id", "op": "not_in", "param": "user.teams"},
+        {"or": [CLAIM_TEAMS, {"column": "owner_id", "op": "=", "value": 1}]},
+        {"and": [CLAIM_TEAMS, {"column": "modified_at", "op": "within", "last": "30d"}]},
+        {"and": [CLAIM_TEAMS, {"column": "owner_id", "op": "in", "param": "user.roles"}]},
+    ]
+    for flt in whole:
+        parts = of(plan(model({"filter": flt}), "7", ("1", "2")), "account")
+        assert [x.column for x in parts] == [None], flt
+    split = {"and": [CLAIM_TEAMS, {"column": "active", "op": "=", "value": True}]}
+    parts = of(plan(model({"filter": split}), "7", ("1", "2")), "account")
+    assert [x.value for x in parts] == [1, 2]
+    row = {"team_id": 1, "active": False}
+    assert not any(x.subscription.filter.matches(row, None) for x in parts)  # type: ignore[union-attr, arg-type]
+
+
+def test_a_user_without_teams_follows_no_piece() -> None:
+    p = plan(model({"filter": CLAIM_TEAMS}), "7", ())
+    assert of(p, "account") == []
+    assert len(of(p, "task")) == 1
+
+
+SPLIT = {"and": [CLAIM_TEAMS, {"column": "amount", "op": ">", "value": "10"}]}
+
+
+@given(
+    teams=st.sets(st.integers(0, 6), max_size=4),
+    rows=st.lists(
+        st.tuples(st.one_of(st.none(), st.integers(0, 8)), st.sampled_from(["5", "10", "11"])),
+        max_size=30,
+    ),
+)
+def test_pieces_select_exactly_the_whole_filter_each_row_once(
+    teams: set[int], rows: list[tuple[int | None, str]]
+) -> None:
+    m = model({"filter": SPLIT})
+    p = plan(m, "7", tuple(str(t) for t in teams))
+    (whole,) = [s.filter for s in p.subscriptions if s.entity.name == "account"]
+    assert whole is not None
+    parts = [x.subscription.filter for x in of(p, "account")]
+    for n, (team, amount) in enumerate(rows):
+        row = {"id": uuid.UUID(int=n), "team_id": team, "amount": Decimal(amount)}
+        hits = sum(1 for f in parts if f is not None and f.matches(row, None))  # type: ignore[arg-type]
+        assert hits == (1 if whole.matches(row, None) else 0)  # type: ignore[attr-defined, arg-type]
