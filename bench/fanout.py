@@ -9,15 +9,16 @@ and every (device, change) arrival is timed against the moment the COMMIT return
 
 Scenarios, all 1,000 devices of one profile:
 
-* ``org-wide``: no filter, every device sees every row: one live group;
-* ``50 teams``: ``owner_id in user.teams`` with one team (of 50) per user: 50 groups;
-* ``50 teams, pairs``: the same filter with two random teams of the 50 per user: each
-  distinct pair is its own group (bound filter identity), up to 1,000 of them.
+* ``org-wide``: no filter, every device sees every row: one live partition;
+* ``50 teams``: ``owner_id in user.teams`` with one team (of 50) per user: 50 partitions;
+* ``50 teams, pairs``: the same filter with two random teams of the 50 per user: still one
+  partition per team (the plan splits a claim list into one piece per value), 50 of them,
+  though the users hold hundreds of distinct team pairs.
 
 Per change it prints the statements the daemon ran and the CHANGES frames it encoded
-(``syncd_frames_encoded``), and commit-to-device p50/p99. The goal of the issue is that the
-cost per change follows the partitions a change touches, not the devices; groups keyed by
-the whole bound filter meet it for the first two scenarios and miss it for the third.
+(``syncd_frames_encoded``), the live partitions (``LiveHub.partition_count``) and
+commit-to-device p50/p99. The goal of the issue is that the cost per change follows the
+partitions a change touches, not the devices nor their distinct filters.
 
     python -m bench.fanout [--devices N] [--teams N] [--changes N] [--rate R] [--rows N]
 """
@@ -116,7 +117,7 @@ class TeamDevice(WireDevice):
 class Result:
     scenario: str
     devices: int
-    groups: int
+    partitions: int
     changes: int
     queries: int
     encodings: int
@@ -128,7 +129,7 @@ class Result:
         p50 = statistics.median(lat) if lat else float("nan")
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
         return [
-            self.scenario, self.devices, self.groups, self.changes,
+            self.scenario, self.devices, self.partitions, self.changes,
             f"{self.queries / self.changes:.1f}", f"{self.encodings / self.changes:.1f}",
             f"{p50:.1f}", f"{p99:.1f}", f"{len(lat)}/{self.expected_pairs}",
         ]  # fmt: skip
@@ -154,8 +155,8 @@ class Counted:
         store.fetch = fetch  # type: ignore[method-assign]
 
     @property
-    def groups(self) -> int:
-        return len(self.runtime.hub._groups)
+    def partitions(self) -> int:
+        return self.runtime.hub.partition_count
 
 
 async def run_scenario(
@@ -239,7 +240,7 @@ async def run_scenario(
             async with asyncio.timeout(GRACE_S):
                 await measured.done.wait()
         queries, encodings = counted.count - queries0, int(encoded._value.get() - encoded0)
-        groups = counted.groups
+        partitions = counted.partitions
     finally:
         await conn.close()
         for task in listeners:
@@ -248,7 +249,7 @@ async def run_scenario(
         await asyncio.gather(*(d.close() for d in devices))
     pairs = [(at - committed[n]) * 1000 for n, at in arrivals if n in committed]
     return Result(
-        scenario.name, len(devices), groups, args.changes, queries, encodings, pairs, expected
+        scenario.name, len(devices), partitions, args.changes, queries, encodings, pairs, expected
     )
 
 
@@ -274,7 +275,7 @@ async def run(pg: PgServer, args: argparse.Namespace, scenarios: Sequence[Scenar
         f" commits at {args.rate:g}/s, {args.teams} teams, {args.rows} rows per org"
     )
     print_table(
-        ["scenario", "devices", "groups", "changes", "queries/change", "encodings/change",
+        ["scenario", "devices", "partitions", "changes", "queries/change", "encodings/change",
          "p50 ms", "p99 ms", "delivered"],
         [r.row() for r in results],
     )  # fmt: skip
