@@ -2,8 +2,8 @@
 
 The next page's statement runs while the caller holds a page; never more than two statements
 of one scan run at once; a caller that stops early (a device that left) leaves no statement
-running, no connection borrowed and no unread task exception; and planning a filtered scan
-alongside its first page changes nothing about which rows arrive.
+running, no connection borrowed and no unread task exception; and reading planned ranges
+ahead changes nothing about which rows arrive.
 """
 
 from __future__ import annotations
@@ -24,19 +24,24 @@ from tests.store.feed_helpers import BOUND_S
 
 
 class CountingFetch:
-    """The store's own fetch, counting the statements running at once."""
+    """The store's own fetch, counting the statements running at once; statements after the
+    first ``answered`` wait for ``slow`` first (a PostgreSQL that is busy elsewhere)."""
 
-    def __init__(self, store: StagingStore) -> None:
+    def __init__(self, store: StagingStore, answered: int | None = None) -> None:
         self.store = store
         self.running = 0
         self.most = 0
         self.started = 0
+        self.answered = answered
+        self.slow = asyncio.Event()
 
     async def __call__(self, sql: str, *args: object) -> list[asyncpg.Record]:
         self.running += 1
         self.started += 1
         self.most = max(self.most, self.running)
         try:
+            if self.answered is not None and self.started > self.answered:
+                await self.slow.wait()
             return await self.store.fetch(sql, *args)
         finally:
             self.running -= 1
@@ -129,36 +134,38 @@ async def collect(
 async def test_cancelled_session_stops_the_statements_read_ahead(
     staging: StagingStore, crm_model: ClientModel, loop_errors: list[dict[str, Any]]
 ) -> None:
-    """A session cancelled mid-scan while it waits on its device: closing its stream ends
-    the statements read ahead, and every connection is back in the pool."""
+    """A session cancelled mid-scan while it waits on its device, its next page still being
+    read: closing the scan ends that statement, and every connection is back in the pool."""
     await load(staging, crm_model, 400)
     sub = Subscription(crm_model.entity("account"), owners(0, 3))
-    stream = await staging.changes(None, [sub], batch_size=10)
+    fetch = CountingFetch(staging, answered=2)  # the plan and the first page
+    snapshot = await staging.current_checkpoint()
     holding = asyncio.Event()
 
     async def session() -> None:
-        batches = aiter(stream)
-        async with contextlib.aclosing(batches):
-            async for _batch in batches:
+        async with contextlib.aclosing(initial_pages(fetch, sub, snapshot, 10)) as pages:
+            async for _batch in pages:
                 holding.set()
                 await asyncio.Event().wait()  # the device never drains
 
     async with asyncio.timeout(BOUND_S):
         task = asyncio.ensure_future(session())
         await holding.wait()
-        assert staging.pool_usage()[0] >= 1  # the next page is being read
+        assert fetch.running >= 1  # the next page is being read
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+    assert fetch.running == 0
     assert staging.pool_usage()[0] == 0
     assert loop_errors == []
 
 
-async def test_filtered_scan_planned_beside_first_page_skips_and_repeats_nothing(
+async def test_filtered_scan_planned_after_its_snapshot_skips_and_repeats_nothing(
     staging: StagingStore, crm_model: ClientModel
 ) -> None:
-    """Rows written after the snapshot but before the plan shift its bounds below the first
-    page's end: the ranges still hold every visible matching row exactly once, in key order."""
+    """The plan is read after the snapshot and counts rows written since (it does not check
+    visibility): its ranges then hold fewer visible rows, but together still every visible
+    matching row exactly once, in key order, none past the batch size."""
     await load(staging, crm_model, 400)
     sub = Subscription(crm_model.entity("account"), owners(0, 3))
     want = await truth(staging, 0, 3)
@@ -173,3 +180,21 @@ async def test_filtered_scan_planned_beside_first_page_skips_and_repeats_nothing
     assert got == want
     assert [b.last_key for b in batches] == [b.upserts[-1][0] for b in batches]
     assert max(len(b.upserts) for b in batches) <= 10
+
+
+async def test_change_stream_closed_early_returns_its_connections(
+    staging: StagingStore, crm_model: ClientModel, loop_errors: list[dict[str, Any]]
+) -> None:
+    """What a session does when its device leaves mid-download: it stops iterating and
+    closes the stream; the page read ahead for it must not keep a connection."""
+    await load(staging, crm_model, 300)
+    subs = [Subscription(crm_model.entity("account")), Subscription(crm_model.entity("note"))]
+    stream = await staging.changes(None, subs, batch_size=10)
+    async with asyncio.timeout(BOUND_S):
+        batches = aiter(stream)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                assert batch.entity == "account"
+                break
+    assert staging.pool_usage()[0] == 0
+    assert loop_errors == []
