@@ -14,6 +14,11 @@ device: splitting it only multiplies reads), never a negated list, and never a f
 reads other tables (``related``, staging memberships) or the clock (``within``): rows of such
 filters move without a write of their own, which a piece keyed by one column value would not
 see. Everything else stays one piece: the whole bound filter, as before.
+
+Because a piece's rows move only by their own writes, a window has something for a piece only
+if a row written in it held the piece's value: ``touched_sql`` asks that of the change log for
+all live pieces of a column in one statement, so the pieces a change does not touch cost
+nothing.
 """
 
 from __future__ import annotations

@@ -280,11 +280,10 @@ class LiveHub:
         for p in partitions:
             if p.column is None:
                 due.append(p)
-            else:
-                e = p.subscription.entity
-                split.setdefault((e.name, p.column.name, p.column.type), (e, p.column, []))[
-                    2
-                ].append(p)
+                continue
+            e = p.subscription.entity
+            key = (e.name, p.column.name, p.column.type)
+            split.setdefault(key, (e, p.column, []))[2].append(p)
         for entity, column, pieces in split.values():
             values = list(dict.fromkeys(p.value for p in pieces))
             params: list[object] = []
