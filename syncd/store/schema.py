@@ -120,6 +120,17 @@ def _fn(kind: str, entity: Entity) -> str:
 
 
 def _log_functions(e: Entity) -> str:
+    """The versioning and change-log triggers of one entity table.
+
+    The UPDATE log joins the statement's old and new transition tables by key. A static
+    statement in PL/pgSQL keeps the plan of its first call on the connection, and the
+    planner's size of a transition table is fixed when the statement is parsed: a first
+    call that updated one row left a nested-loop plan that every later call reused, so a
+    bulk UPDATE of N rows cost N^2 (10,000 rows: 21 s instead of 0.19 s). ``EXECUTE`` parses
+    the (constant) statement on every call, so the join is planned for the rows at hand:
+    hash or merge joins, linear in N. INSERT and DELETE read one transition table without a
+    join and keep their cached plans.
+    """
     t, k = ident(e.name), ident(e.key)
     notify = f"""
     GET DIAGNOSTICS n_rows = ROW_COUNT;
@@ -133,14 +144,14 @@ CREATE OR REPLACE FUNCTION {_fn("ins", e)}() {head}
     FROM _new n;{notify}
 END $$;
 CREATE OR REPLACE FUNCTION {_fn("upd", e)}() {head}
+    EXECUTE $q$
     INSERT INTO _syncd_changes (txid, seq, entity, key, op, old)
-    SELECT pg_current_xact_id(), nextval('_syncd_seq'), TG_TABLE_NAME, n.{k}::text, 'u',
-           to_jsonb(o)
+    SELECT pg_current_xact_id(), nextval('_syncd_seq'), $1, n.{k}::text, 'u', to_jsonb(o)
     FROM _new n LEFT JOIN _old o ON o.{k} = n.{k}
     UNION ALL
-    SELECT pg_current_xact_id(), nextval('_syncd_seq'), TG_TABLE_NAME, o.{k}::text, 'd',
-           to_jsonb(o)
-    FROM _old o WHERE NOT EXISTS (SELECT 1 FROM _new n WHERE n.{k} = o.{k});{notify}
+    SELECT pg_current_xact_id(), nextval('_syncd_seq'), $1, o.{k}::text, 'd', to_jsonb(o)
+    FROM _old o WHERE NOT EXISTS (SELECT 1 FROM _new n WHERE n.{k} = o.{k})
+    $q$ USING TG_TABLE_NAME;{notify}
 END $$;
 CREATE OR REPLACE FUNCTION {_fn("del", e)}() {head}
     INSERT INTO _syncd_changes (txid, seq, entity, key, op, old)
