@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import tempfile
+import os
 import time
 import uuid
-from pathlib import Path
 
 import uvloop
 
@@ -29,7 +27,9 @@ from syncd.auth import Claims
 from syncd.model import ClientModel
 from syncd.server.plan import plan_for
 from syncd.server.uploads import apply_upload_batch
-from syncd.store import EmbeddedPostgres, OrgStores, StagingStore
+from syncd.store import OrgStores, StagingStore
+
+from .common import PgServer, cpu_seconds, embedded_server, postgres_cpu_seconds
 
 MODEL = ClientModel.parse(
     {
@@ -109,13 +109,19 @@ async def _device(
     return applied
 
 
-async def _scenario(store: StagingStore, devices: int, batches: int, ops: int) -> None:
+async def _scenario(
+    store: StagingStore, pg: PgServer | None, devices: int, batches: int, ops: int
+) -> None:
     latencies: list[float] = []
+    own0 = cpu_seconds(os.getpid()) or 0.0
+    pg0 = postgres_cpu_seconds(pg) if pg is not None else 0.0
     started = time.perf_counter()
     counts = await asyncio.gather(
         *(_device(store, f"user{d}", batches, ops, latencies) for d in range(devices))
     )
     elapsed = time.perf_counter() - started
+    own = (cpu_seconds(os.getpid()) or 0.0) - own0
+    pg_cpu = postgres_cpu_seconds(pg) - pg0 if pg is not None else float("nan")
     latencies.sort()
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
@@ -124,17 +130,20 @@ async def _scenario(store: StagingStore, devices: int, batches: int, ops: int) -
         f"devices={devices:4d} ops/batch={ops} batches={len(latencies)} ops={total}"
         f" elapsed={elapsed:.2f}s ops/s={total / elapsed:,.0f}"
         f" batch p50={p50 * 1000:.1f}ms p99={p99 * 1000:.1f}ms"
+        f" cpu: bench {own / elapsed:.0%} postgres {pg_cpu / elapsed:.0%}"
     )
 
 
-async def run(dsn: str, devices: list[int], batches: int, ops: int, pool: int) -> None:
+async def run(
+    dsn: str, pg: PgServer | None, devices: list[int], batches: int, ops: int, pool: int
+) -> None:
     stores = OrgStores(dsn, pool_size=pool)
     org = f"bench_{uuid.uuid4().hex[:8]}"
     store = await stores.provision(org, MODEL)
     try:
-        await _scenario(store, 1, 2, ops)  # warm-up: pool, prepared statements
+        await _scenario(store, pg, 1, 2, ops)  # warm-up: pool, prepared statements
         for n in devices:
-            await _scenario(store, n, batches, ops)
+            await _scenario(store, pg, n, batches, ops)
     finally:
         await stores.deprovision(org)
         await stores.close_all()
@@ -150,16 +159,10 @@ def main() -> None:
     args = parser.parse_args()
     devices = [int(n) for n in args.devices.split(",")]
     if args.dsn:
-        uvloop.run(run(args.dsn, devices, args.batches, args.ops, args.pool))
+        uvloop.run(run(args.dsn, None, devices, args.batches, args.ops, args.pool))
         return
-    base = Path(tempfile.mkdtemp(prefix="syncd-bench-upload-"))
-    server = EmbeddedPostgres(base / "data")
-    server.start()
-    try:
-        uvloop.run(run(server.dsn(), devices, args.batches, args.ops, args.pool))
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with embedded_server("syncd-bench-upload-") as pg:
+        uvloop.run(run(pg.dsn, pg, devices, args.batches, args.ops, args.pool))
 
 
 if __name__ == "__main__":
