@@ -450,12 +450,14 @@ def _rows_source(entity: Entity, rows: Sequence[Sequence[Any]]) -> tuple[str, li
     non-finite floats).
     """
     special = [i for i, c in enumerate(entity.columns) if c.type in ("bytes", "float")]
+    doc: Sequence[Sequence[Any]] = rows
     if special:
-        rows = [list(r) for r in rows]
-        for r in rows:
+        copies = [list(r) for r in rows]
+        for r in copies:
             for i in special:
                 r[i] = _json_value(entity.columns[i], r[i])
-    return "json_array_elements($1::json) WITH ORDINALITY AS u(j, n)", [orjson.dumps(rows).decode()]
+        doc = copies
+    return "json_array_elements($1::json) WITH ORDINALITY AS u(j, n)", [orjson.dumps(doc).decode()]
 
 
 def _json_field(column: Column, index: int) -> str:
