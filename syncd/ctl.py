@@ -257,6 +257,35 @@ def _ingest(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
     return "ingest.apply", {"org": ns.org, "changes": changes}, fmt
 
 
+def _writeback_claim(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        entries = r["entries"]
+        if not entries:
+            return f"org {r['org']}: nothing to write back"
+        rows = [
+            (e["id"], e["entity"], e["key"], e["op"], e["version"], e["attempts"], e["last_error"])
+            for e in entries
+        ]
+        return _table(("ID", "ENTITY", "KEY", "OP", "VERSION", "ATTEMPTS", "LAST ERROR"), rows)
+
+    args = {"org": ns.org, "limit": ns.limit, "lease_seconds": ns.lease}
+    return "writeback.claim", args, fmt
+
+
+def _writeback_done(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        return f"org {r['org']}: {r['done']} entries done"
+
+    return "writeback.done", {"org": ns.org, "ids": ns.ids}, fmt
+
+
+def _writeback_fail(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        return f"org {r['org']}: {r['failed']} entries failed, retried after a backoff"
+
+    return "writeback.fail", {"org": ns.org, "ids": ns.ids, "error": ns.error}, fmt
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -330,6 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--org", required=True)
     p.add_argument("file", help="the changes JSON file ('-' for stdin)")
     p.set_defaults(build=_ingest)
+
+    wb = topics.add_parser("writeback", help="drain applied uploads toward the system of record")
+    wb_cmds = wb.add_subparsers(dest="action", required=True)
+    p = wb_cmds.add_parser("claim", help="lease due entries (pending, failed and due, expired)")
+    p.add_argument("--org", required=True)
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--lease", type=float, default=60, metavar="SECONDS")
+    p.set_defaults(build=_writeback_claim)
+    p = wb_cmds.add_parser("done", help="mark claimed entries written back")
+    p.add_argument("--org", required=True)
+    p.add_argument("ids", type=int, nargs="+")
+    p.set_defaults(build=_writeback_done)
+    p = wb_cmds.add_parser("fail", help="record an error; the entries are retried after a backoff")
+    p.add_argument("--org", required=True)
+    p.add_argument("--error", required=True)
+    p.add_argument("ids", type=int, nargs="+")
+    p.set_defaults(build=_writeback_fail)
     return parser
 
 

@@ -34,7 +34,7 @@ from syncd.metrics import Metrics
 from syncd.model import ClientModel, Column, Entity, ModelError
 from syncd.server.admin_wire import AdminError, ErrorCode, Request, error_response, ok_response
 from syncd.server.orgs import OrgRegistry, OrgRuntime
-from syncd.store import Changeset, OrgRecord, ProvisionError, apply_changeset
+from syncd.store import Changeset, OrgRecord, ProvisionError, apply_changeset, writeback
 from syncd.store.sql import ORG_RE
 
 __all__ = ["AdminService", "SessionInfo", "json_to_db"]
@@ -45,6 +45,12 @@ _log = logging.getLogger(__name__)
 MAX_TOKEN_TTL: Final = 7 * 24 * 3600
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY: Final = date(1970, 1, 1)
+# Write-back claims: a claim is one statement and one response frame, so its size is bounded
+# like an upload batch; a lease longer than a day is a worker someone forgot about.
+DEFAULT_CLAIM_LIMIT: Final = 100
+MAX_CLAIM_LIMIT: Final = 10_000
+DEFAULT_LEASE_SECONDS: Final = 60
+MAX_LEASE_SECONDS: Final = 24 * 3600
 
 
 class SessionInfo(Protocol):
@@ -94,6 +100,9 @@ class AdminService:
             "status": self.status,
             "token.mint": self.token_mint,
             "ingest.apply": self.ingest_apply,
+            "writeback.claim": self.writeback_claim,
+            "writeback.done": self.writeback_done,
+            "writeback.fail": self.writeback_fail,
         }
 
     @property
@@ -381,8 +390,88 @@ class AdminService:
             raise AdminError(ErrorCode.BAD_REQUEST, f"rejected by staging: {exc}") from None
         return {"org": record.name, **counts}
 
+    # -- write-back -----------------------------------------------------------------------
+    # The ingest role drains applied uploads through these three commands when it reaches
+    # syncd only through the admin socket (syncd/store/writeback.py holds the semantics:
+    # leases, retries with backoff). Ids and limits are validated here; the SQL binds them.
+
+    async def _staging_pool(self, args: Mapping[str, Any]) -> tuple[str, asyncpg.Pool]:
+        record = await self._org(args)
+        runtime = self._registry.get(record.name)
+        if runtime is None:
+            raise AdminError(ErrorCode.UNKNOWN_ORG, f"org {record.name!r} is not loaded", "org")
+        return record.name, await runtime.staging.pool()
+
+    async def writeback_claim(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org", "limit", "lease_seconds"})
+        limit = _opt_int(args, "limit")
+        limit = DEFAULT_CLAIM_LIMIT if limit is None else limit
+        if not 1 <= limit <= MAX_CLAIM_LIMIT:
+            raise AdminError(ErrorCode.BAD_REQUEST, f"must be 1 to {MAX_CLAIM_LIMIT}", "limit")
+        lease = args.get("lease_seconds", DEFAULT_LEASE_SECONDS)
+        if (
+            not isinstance(lease, int | float)
+            or isinstance(lease, bool)
+            or not 0 < lease <= MAX_LEASE_SECONDS
+        ):
+            raise AdminError(
+                ErrorCode.BAD_REQUEST,
+                f"must be a number of seconds above 0 and at most {MAX_LEASE_SECONDS}",
+                "lease_seconds",
+            )
+        org, pool = await self._staging_pool(args)
+        entries = await writeback.claim(pool, limit, float(lease))
+        return {
+            "org": org,
+            "entries": [
+                {
+                    "id": e.id,
+                    "entity": e.entity,
+                    "key": e.key,
+                    "op": e.op,
+                    "values": e.values,
+                    "version": e.version,
+                    "user_id": e.user_id,
+                    "device_id": e.device_id,
+                    "batch_id": e.batch_id,
+                    "attempts": e.attempts,
+                    "last_error": e.last_error,
+                }
+                for e in entries
+            ],
+        }
+
+    async def writeback_done(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org", "ids"})
+        ids = _id_list(args)
+        org, pool = await self._staging_pool(args)
+        return {"org": org, "done": await writeback.mark_done(pool, ids)}
+
+    async def writeback_fail(self, args: dict[str, Any]) -> dict[str, Any]:
+        _only(args, {"org", "ids", "error"})
+        ids = _id_list(args)
+        error = _str(args, "error")
+        org, pool = await self._staging_pool(args)
+        return {"org": org, "failed": await writeback.mark_failed(pool, ids, error)}
+
 
 # -- argument helpers -----------------------------------------------------------------------
+
+
+def _id_list(args: Mapping[str, Any]) -> list[int]:
+    value = args.get("ids")
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > MAX_CLAIM_LIMIT
+        or not all(type(v) is int and 0 < v < 2**63 for v in value)
+    ):
+        raise AdminError(
+            ErrorCode.BAD_REQUEST,
+            f"must be a list of 1 to {MAX_CLAIM_LIMIT} write-back entry ids",
+            "ids",
+        )
+    return value
 
 
 def _where(path: str, key: str) -> str:
