@@ -506,7 +506,13 @@ class DeviceSession:
         assert self._claims is not None
         try:
             return await apply_upload_batch(
-                self.org.staging, self._plan, self._claims.subject, self.device_id, upload
+                self.org.staging,
+                self._plan,
+                self._claims.subject,
+                self.device_id,
+                upload,
+                metrics=self._metrics,
+                org=self.org.name,
             )
         except Exception:
             _log.exception("upload batch failed", extra={"batch_id": upload.batch_id})

@@ -27,6 +27,7 @@ import asyncpg
 import orjson
 
 from protocol import ErrorCode, OpResult, Upload, UploadOp, UploadResult
+from syncd.metrics import Metrics
 from syncd.model import Entity
 from syncd.server.plan import DevicePlan
 from syncd.store import RowPredicate, StagingStore
@@ -151,15 +152,42 @@ def _to_message(batch_id: str, results: list[StoredResult]) -> UploadResult:
     )
 
 
+def _count(metrics: Metrics | None, org: str, results: list[StoredResult], replayed: bool) -> None:
+    """Ops by outcome; a replay's ops count as ``replayed`` only, so ``applied`` counts each
+    change once however often a device re-sent its batch."""
+    if metrics is None:
+        return
+    if replayed:
+        metrics.upload_ops.labels(org=org, outcome="replayed").inc(len(results))
+        return
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r[0]] = counts.get(r[0], 0) + 1
+    for outcome, n in counts.items():
+        metrics.upload_ops.labels(org=org, outcome=outcome).inc(n)
+
+
 async def apply_upload_batch(
-    staging: StagingStore, plan: DevicePlan, user_id: str, device_id: str, upload: Upload
+    staging: StagingStore,
+    plan: DevicePlan,
+    user_id: str,
+    device_id: str,
+    upload: Upload,
+    *,
+    metrics: Metrics | None = None,
+    org: str = "",
 ) -> UploadResult:
-    """Validate and apply `upload` for this user and device; one OpResult per op, in order."""
+    """Validate and apply `upload` for this user and device; one OpResult per op, in order.
+
+    With ``metrics``, ops are counted in ``syncd_upload_ops_total`` under ``org`` by outcome:
+    applied, conflict, rejected, or replayed (every op of a batch answered from its record).
+    """
     if len(upload.ops) > MAX_UPLOAD_OPS:
         # Not recorded: the device may split the batch and send it again under a new id.
         refusal = _rejected(
             ErrorCode.BATCH_TOO_LARGE, f"at most {MAX_UPLOAD_OPS} ops per upload batch"
         )
+        _count(metrics, org, [refusal] * len(upload.ops), False)
         return _to_message(upload.batch_id, [refusal] * len(upload.ops))
     entities = {s.entity.name: s.entity for s in plan.subscriptions}
     filters: dict[str, RowPredicate | None] = {s.entity.name: s.filter for s in plan.subscriptions}
@@ -176,9 +204,10 @@ async def apply_upload_batch(
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             async with pool.acquire() as conn:
-                results, _replayed = await apply_upload(
+                results, replayed = await apply_upload(
                     conn, who, len(upload.ops), planned, early, filters, isolate=isolate
                 )
+            _count(metrics, org, results, replayed)
             return _to_message(upload.batch_id, results)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == MAX_ATTEMPTS:
