@@ -315,9 +315,10 @@ async def initial_pages(
     Read-ahead: while the caller holds a page (encodes and sends it), the statement of the next
     page is already running, so PostgreSQL and the daemon work at the same time instead of in
     turns; at most two pages are held at once (three while a planned range that grew past its
-    bound is finished). Unfiltered, the next page starts where this one ended; filtered, every
-    range is known from the plan, which is read first (one statement, cheap for the 1-page
-    results of small filters; a first page walking the primary key cost more than the plan).
+    bound is finished). Unfiltered, the next page starts where this one ended. Filtered, a
+    result of one page is read whole in one statement; a bigger one is planned first
+    (``_page_bounds``), then every range is known and read one ahead (a first page by LIMIT
+    walked the primary key or read every matching row, and cost more than the plan).
     """
     e = sub.entity
     k = f"t.{ident(e.key)}"
@@ -341,6 +342,13 @@ async def initial_pages(
     key_index = e.key_index
     ranges: deque[tuple[Any, Any]] = deque([(after, None)])  # (lower, upper) not started yet
     if sub.filter is not None:
+        # The whole result if it fits one page, else the plan: small filters (one owner's
+        # rows) cost one round trip; running the plan beside it cost as much as waiting for it
+        # on two cores, and a big result pays only a probe of one page of index keys.
+        rows = await _whole_if_one_page(fetch, sub, snapshot, select, params, after)
+        if rows:
+            yield ChangeBatch(e.name, rows, [], rows[-1][key_index])
+            return
         bounds = await _page_bounds(fetch, sub, snapshot, batch_size, after)
         ranges = deque(zip([after, *bounds], [*bounds, None], strict=True))
     ahead: deque[_Page] = deque()
@@ -391,6 +399,38 @@ async def _abandon(futures: list[asyncio.Future[Any]]) -> None:
         future.cancel()
     if pending:
         await asyncio.wait(pending)
+
+
+async def _whole_if_one_page(
+    fetch: Fetch,
+    sub: Subscription,
+    snapshot: Checkpoint,
+    select: str,
+    params: list[object],
+    after: Any,
+) -> list[Any]:
+    """The page of every row ``select`` matches after ``after`` when at most a page of keys
+    match the filter; no rows otherwise.
+
+    The gate is a count that stops at ``batch_size`` (``$2``) + 1 entries of the (filter
+    column, key) index and does not depend on the row: PostgreSQL evaluates it once, first,
+    and skips the whole scan when it fails, so a big result costs a probe of one page of keys.
+    """
+    e, key = sub.entity, sub.entity.key_column
+    params = list(params)  # the gate's own filter values follow the page's
+    k, g = f"t.{ident(e.key)}", f"g.{ident(e.key)}"
+    matches = _filter_sql(sub, _row_column("g"), params, snapshot)
+    bound = gate_bound = ""
+    if after is not None:
+        params.append(after)
+        bound = f" AND {k} > {from_wire(key, f'${len(params)}')}"
+        gate_bound = f" AND {g} > {from_wire(key, f'${len(params)}')}"
+    sql = (
+        f"{select}{bound} AND (SELECT count(*) FROM (SELECT FROM {ident(e.name)} g"
+        f" WHERE ({matches}){gate_bound} LIMIT $2 + 1) c) <= $2 ORDER BY {k} LIMIT $2"
+    )
+    rows: list[Any] = await fetch(sql, *params)
+    return rows
 
 
 async def _page_bounds(

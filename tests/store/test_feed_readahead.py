@@ -87,12 +87,15 @@ async def test_next_page_is_read_while_the_caller_holds_one(
     sub = Subscription(crm_model.entity("account"), owners(0, 1, 2, 3) if filtered else None)
     fetch = CountingFetch(staging)
     snapshot = await staging.current_checkpoint()
+    planning = 2 if filtered else 0  # the one-page probe, then the plan
     got: list[str] = []
+    pages = 0
     async with asyncio.timeout(BOUND_S):
         async for batch in initial_pages(fetch, sub, snapshot, 20):
+            pages += 1
             if len(batch.upserts) == 20:
                 # The caller has not asked for the next page, yet its statement has started.
-                assert fetch.started > len(got) // 20 + 1
+                assert fetch.started >= planning + pages + 1
             got.extend(r[0] for r in batch.upserts)
     assert got == await truth(staging, 0, 1, 2, 3)
     assert fetch.most <= 2
@@ -107,7 +110,8 @@ async def test_caller_that_stops_early_leaves_nothing_running(
 ) -> None:
     await load(staging, crm_model, 300)
     sub = Subscription(crm_model.entity("account"), owners(1, 2) if filtered else None)
-    fetch = CountingFetch(staging)
+    # Filtered: the one-page probe, the plan and the first range answer; the rest wait.
+    fetch = CountingFetch(staging, answered=3 if filtered else 1)
     snapshot = await staging.current_checkpoint()
     async with asyncio.timeout(BOUND_S):
         pages = initial_pages(fetch, sub, snapshot, 10)
@@ -138,7 +142,7 @@ async def test_cancelled_session_stops_the_statements_read_ahead(
     read: closing the scan ends that statement, and every connection is back in the pool."""
     await load(staging, crm_model, 400)
     sub = Subscription(crm_model.entity("account"), owners(0, 3))
-    fetch = CountingFetch(staging, answered=2)  # the plan and the first page
+    fetch = CountingFetch(staging, answered=3)  # the one-page probe, the plan, a first page
     snapshot = await staging.current_checkpoint()
     holding = asyncio.Event()
 
@@ -198,3 +202,24 @@ async def test_change_stream_closed_early_returns_its_connections(
                 break
     assert staging.pool_usage()[0] == 0
     assert loop_errors == []
+
+
+@pytest.mark.parametrize("batch_size", [9, 10, 11])
+async def test_small_filtered_result_arrives_whole_in_one_round_trip(
+    staging: StagingStore, crm_model: ClientModel, batch_size: int
+) -> None:
+    """Owner 0 has exactly 10 rows: with pages of 10 or more they come in one batch from one
+    statement; with 9 the plan's ranges take over; either way every row arrives once, in key
+    order."""
+    await load(staging, crm_model, 40)
+    sub = Subscription(crm_model.entity("account"), owners(0))
+    fetch = CountingFetch(staging)
+    snapshot = await staging.current_checkpoint()
+    async with asyncio.timeout(BOUND_S):
+        batches = [b async for b in initial_pages(fetch, sub, snapshot, batch_size)]
+    assert [r[0] for b in batches for r in b.upserts] == await truth(staging, 0)
+    if batch_size >= 10:
+        assert len(batches) == 1
+        assert fetch.started == 1
+    else:
+        assert [len(b.upserts) for b in batches] == [9, 1]
