@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from tests.uploads.conftest import Org, dele, ins, new_id, statuses, upd
 
 ALL_TYPES = {
@@ -116,3 +118,20 @@ async def test_applied_changes_enter_the_change_log_for_other_devices(org: Org) 
     )
     assert result.status == "applied"
     assert logged == 1
+
+
+async def test_floats_json_cannot_spell_land_exactly(org: Org) -> None:
+    """Rows travel to PostgreSQL as one JSON document, which has no NaN or infinities."""
+    dev = org.device()
+    for score in (float("inf"), float("-inf"), 0.1 + 0.2, 5e-324, 2**70):
+        key = new_id()
+        (result,) = await dev.upload(ins("account", key, owner="u1", score=score))
+        assert result.status == "applied"
+        row = await org.row("account", key)
+        assert row is not None
+        assert row[7] == float(score)
+    key = new_id()
+    await dev.upload(ins("account", key, owner="u1", score=float("nan")))
+    row = await org.row("account", key)
+    assert row is not None
+    assert math.isnan(row[7])
