@@ -440,12 +440,14 @@ def _json_value(column: Column, value: Any) -> Any:
 
 
 def _rows_source(entity: Entity, rows: Sequence[Sequence[Any]]) -> tuple[str, list[str]]:
-    """``json_array_elements(...) WITH ORDINALITY AS u(j, n)`` over wire rows, and its one
+    """``jsonb_array_elements(...) WITH ORDINALITY AS u(j, n)`` over wire rows, and its one
     parameter.
 
     One JSON text instead of an array per column: asyncpg checks and encodes every array
     element in Python (it was the largest Python cost of an upload, ~30 us per op), while
     orjson writes the whole batch in about a microsecond per row and PostgreSQL parses it in C.
+    jsonb, not json: it is parsed once, where ``->>`` on json re-parses the element for every
+    field (the write-back insert took 6.2 ms per 500 rows with json, 4.4 ms with jsonb).
     Only columns whose wire value JSON cannot hold as is are touched in Python (bytes,
     non-finite floats).
     """
@@ -457,7 +459,9 @@ def _rows_source(entity: Entity, rows: Sequence[Sequence[Any]]) -> tuple[str, li
             for i in special:
                 r[i] = _json_value(entity.columns[i], r[i])
         doc = copies
-    return "json_array_elements($1::json) WITH ORDINALITY AS u(j, n)", [orjson.dumps(doc).decode()]
+    return "jsonb_array_elements($1::jsonb) WITH ORDINALITY AS u(j, n)", [
+        orjson.dumps(doc).decode()
+    ]
 
 
 def _json_field(column: Column, index: int) -> str:
@@ -540,9 +544,9 @@ async def _record_writeback(
     await conn.execute(
         'INSERT INTO _syncd_writeback (entity, key, op, "values", version, base_version,'
         " user_id, device_id, batch_id)"
-        " SELECT u.j->>0, u.j->>1, u.j->>2, nullif((u.j->3)::jsonb, 'null'::jsonb),"
+        " SELECT u.j->>0, u.j->>1, u.j->>2, nullif(u.j->3, 'null'::jsonb),"
         " (u.j->>4)::int8, (u.j->>5)::int8, $2, $3, $4"
-        " FROM json_array_elements($1::json) AS u(j)",
+        " FROM jsonb_array_elements($1::jsonb) AS u(j)",
         doc,
         who.user_id,
         who.device_id,
