@@ -1,15 +1,21 @@
 """Upload throughput: ops applied per second, with validation, filters and conflict checks.
 
 Usage:
-    python -m bench.upload [--devices 1,100] [--batches 20] [--ops 500] [--dsn postgresql://...]
+    python -m bench.upload [--devices 1,100] [--batches 20] [--ops 500] [--pool 8]
+                           [--daemon] [--dsn postgresql://...]
 
-Strategy: simulated devices call the server's upload path (`apply_upload_batch`: per-op
+Strategy: simulated devices upload into a real staging database with the CRM-like account
+table and a per-owner filter. Each device owns its rows, inserts a batch, then updates those
+rows on their current version, so half the ops are inserts and half conflict-checked updates.
+By default they call the server's upload path in this process (`apply_upload_batch`: per-op
 validation, key locks, filter checks before and after, conflict checks, write-back outbox,
-idempotency record) against a real staging database with the CRM-like account table and a
-per-owner filter. Each device owns its rows, inserts a batch, then updates those rows on their
-current version, so half the ops are inserts and half conflict-checked updates. Messages are
-built as the protocol decoder builds them (validated dataclasses); TLS and framing are left
-out (CEILINGS.md has their cost). Reports ops/s in aggregate and the p50/p99 batch latency.
+idempotency record) with messages built as the protocol decoder builds them: that isolates
+the upload path. With ``--daemon`` they speak the protocol over TLS to a syncd subprocess,
+which also streams every device's own rows back to it as live CHANGES (each device is its own
+filter group), so that figure is uploads plus live fan-out on the same 2 cores.
+
+Reports ops/s in aggregate, the p50/p99 batch latency, and the CPU used per second of wall
+time by this process, the daemon and PostgreSQL, so a figure says which side bounds it.
 """
 
 from __future__ import annotations
@@ -19,87 +25,98 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvloop
 
-from protocol import Upload, UploadOp
+from protocol import CaughtUp, Upload, UploadOp, UploadResult
 from syncd.auth import Claims
 from syncd.model import ClientModel
 from syncd.server.plan import plan_for
 from syncd.server.uploads import apply_upload_batch
 from syncd.store import OrgStores, StagingStore
 
-from .common import PgServer, cpu_seconds, embedded_server, postgres_cpu_seconds
-
-MODEL = ClientModel.parse(
-    {
-        "entities": {
-            "account": {
-                "key": "id",
-                "columns": {
-                    "id": "uuid",
-                    "name": "text",
-                    "owner": "text",
-                    "amount": "numeric",
-                    "modified_at": "timestamp",
-                    "status": "integer",
-                },
-                "writable": ["name", "owner", "amount", "modified_at", "status"],
-            }
-        },
-        "profiles": {
-            "field": {
-                "offline": True,
-                "entities": {
-                    "account": {"filter": {"column": "owner", "op": "=", "param": "user.id"}}
-                },
-            }
-        },
-        "default_profile": "field",
-    }
+from .common import (
+    DaemonProcess,
+    Endpoint,
+    PgServer,
+    cpu_seconds,
+    embedded_server,
+    load_org,
+    postgres_cpu_seconds,
 )
+from .sync import WireDevice
+
+MODEL_SPEC: dict[str, Any] = {
+    "entities": {
+        "account": {
+            "key": "id",
+            "columns": {
+                "id": "uuid",
+                "name": "text",
+                "owner": "text",
+                "amount": "numeric",
+                "modified_at": "timestamp",
+                "status": "integer",
+            },
+            "writable": ["name", "owner", "amount", "modified_at", "status"],
+        }
+    },
+    "profiles": {
+        "field": {
+            "offline": True,
+            "entities": {"account": {"filter": {"column": "owner", "op": "=", "param": "user.id"}}},
+        }
+    },
+    "default_profile": "field",
+}
+MODEL = ClientModel.parse(MODEL_SPEC)
 
 
-async def _device(
-    store: StagingStore, user: str, batches: int, ops: int, latencies: list[float]
-) -> int:
-    plan = plan_for(MODEL, 1, None, Claims(user, "bench", 2**40, (), (), {}))
-    device = uuid.uuid4().hex
+def _batch(user: str, b: int, keys: list[str], versions: dict[str, int]) -> list[UploadOp]:
+    """Even batches insert the device's rows, odd ones update them on their current version."""
+    if b % 2 == 0:
+        return [
+            UploadOp(
+                op="insert",
+                entity="account",
+                key=k,
+                values={
+                    "name": f"n{i}",
+                    "owner": user,
+                    "amount": "12.50",
+                    "modified_at": 1_700_000_000_000_000 + i,
+                    "status": i,
+                },
+            )
+            for i, k in enumerate(keys)
+        ]
+    return [
+        UploadOp(
+            op="update",
+            entity="account",
+            key=k,
+            base_version=versions[k],
+            values={"status": b, "name": f"u{b}"},
+        )
+        for k in keys
+    ]
+
+
+Send = Callable[[Upload], Awaitable[UploadResult]]
+
+
+async def _device(send: Send, user: str, batches: int, ops: int, latencies: list[float]) -> int:
     applied = 0
-    keys = [str(uuid.uuid4()) for _ in range(ops)]
+    keys: list[str] = []
     versions: dict[str, int] = {}
     for b in range(batches):
         if b % 2 == 0:
             keys = [str(uuid.uuid4()) for _ in range(ops)]
-            batch = [
-                UploadOp(
-                    op="insert",
-                    entity="account",
-                    key=k,
-                    values={
-                        "name": f"n{i}",
-                        "owner": user,
-                        "amount": "12.50",
-                        "modified_at": 1_700_000_000_000_000 + i,
-                        "status": i,
-                    },
-                )
-                for i, k in enumerate(keys)
-            ]
-        else:
-            batch = [
-                UploadOp(
-                    op="update",
-                    entity="account",
-                    key=k,
-                    base_version=versions[k],
-                    values={"status": b, "name": f"u{b}"},
-                )
-                for k in keys
-            ]
-        upload = Upload(batch_id=str(uuid.uuid4()), ops=tuple(batch))
+        upload = Upload(batch_id=str(uuid.uuid4()), ops=tuple(_batch(user, b, keys, versions)))
         started = time.perf_counter()
-        result = await apply_upload_batch(store, plan, user, device, upload)
+        result = await send(upload)
         latencies.append(time.perf_counter() - started)
         for k, r in zip(keys, result.results, strict=True):
             if r.status != "applied" or r.version is None:
@@ -109,15 +126,37 @@ async def _device(
     return applied
 
 
+def _direct(store: StagingStore, user: str) -> Send:
+    """The server's upload path called in this process (no TLS, no framing)."""
+    plan = plan_for(MODEL, 1, None, Claims(user, "bench", 2**40, (), (), {}))
+    device = uuid.uuid4().hex
+
+    async def send(upload: Upload) -> UploadResult:
+        return await apply_upload_batch(store, plan, user, device, upload)
+
+    return send
+
+
+class _UploadingDevice(WireDevice):
+    """A wire device that uploads: its own rows come back as CHANGES, which it reads past."""
+
+    async def upload(self, upload: Upload) -> UploadResult:
+        self._send(upload)
+        while not isinstance(message := await self.next(), UploadResult):
+            pass
+        return message
+
+
 async def _scenario(
-    store: StagingStore, pg: PgServer | None, devices: int, batches: int, ops: int
+    senders: list[Send], pg: PgServer | None, batches: int, ops: int, daemon: int | None = None
 ) -> None:
     latencies: list[float] = []
     own0 = cpu_seconds(os.getpid()) or 0.0
+    daemon0 = cpu_seconds(daemon) or 0.0
     pg0 = postgres_cpu_seconds(pg) if pg is not None else 0.0
     started = time.perf_counter()
     counts = await asyncio.gather(
-        *(_device(store, f"user{d}", batches, ops, latencies) for d in range(devices))
+        *(_device(send, f"user{d}", batches, ops, latencies) for d, send in enumerate(senders))
     )
     elapsed = time.perf_counter() - started
     own = (cpu_seconds(os.getpid()) or 0.0) - own0
@@ -126,11 +165,14 @@ async def _scenario(
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     total = sum(counts)
+    cpu = f"cpu: bench {own / elapsed:.0%}"
+    if daemon is not None:
+        cpu += f" daemon {((cpu_seconds(daemon) or 0.0) - daemon0) / elapsed:.0%}"
     print(
-        f"devices={devices:4d} ops/batch={ops} batches={len(latencies)} ops={total}"
+        f"devices={len(senders):4d} ops/batch={ops} batches={len(latencies)} ops={total}"
         f" elapsed={elapsed:.2f}s ops/s={total / elapsed:,.0f}"
         f" batch p50={p50 * 1000:.1f}ms p99={p99 * 1000:.1f}ms"
-        f" cpu: bench {own / elapsed:.0%} postgres {pg_cpu / elapsed:.0%}"
+        f" {cpu} postgres {pg_cpu / elapsed:.0%}"
     )
 
 
@@ -141,12 +183,29 @@ async def run(
     org = f"bench_{uuid.uuid4().hex[:8]}"
     store = await stores.provision(org, MODEL)
     try:
-        await _scenario(store, pg, 1, 2, ops)  # warm-up: pool, prepared statements
+        await _scenario([_direct(store, "user0")], pg, 2, ops)  # warm-up: pool, statements
         for n in devices:
-            await _scenario(store, pg, n, batches, ops)
+            await _scenario([_direct(store, f"user{d}") for d in range(n)], pg, batches, ops)
     finally:
         await stores.deprovision(org)
         await stores.close_all()
+
+
+async def run_daemon(
+    pg: PgServer, endpoint: Endpoint, pid: int | None, devices: list[int], batches: int, ops: int
+) -> None:
+    """The same devices over TLS to a daemon in its own process: framing, msgpack, sessions,
+    and each device's own rows coming back to it as live CHANGES."""
+    for i, n in enumerate([1, *devices]):  # the first, 1-device pass warms the daemon up
+        wires = [_UploadingDevice(endpoint, "uploads", user=f"user{d}") for d in range(n)]
+        try:
+            for w in wires:
+                await w.connect()
+                while not isinstance(await w.next(), CaughtUp):
+                    pass
+            await _scenario([w.upload for w in wires], pg, 2 if i == 0 else batches, ops, pid)
+        finally:
+            await asyncio.gather(*(w.close() for w in wires))
 
 
 def main() -> None:
@@ -156,13 +215,24 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=500, help="ops per batch")
     parser.add_argument("--pool", type=int, default=8, help="staging connections")
     parser.add_argument("--dsn", default=None, help="PostgreSQL server (default: embedded)")
+    parser.add_argument("--daemon", action="store_true", help="through a syncd subprocess over TLS")
     args = parser.parse_args()
     devices = [int(n) for n in args.devices.split(",")]
     if args.dsn:
         uvloop.run(run(args.dsn, None, devices, args.batches, args.ops, args.pool))
         return
     with embedded_server("syncd-bench-upload-") as pg:
-        uvloop.run(run(pg.dsn, pg, devices, args.batches, args.ops, args.pool))
+        if not args.daemon:
+            uvloop.run(run(pg.dsn, pg, devices, args.batches, args.ops, args.pool))
+            return
+        uvloop.run(load_org(pg, "uploads", 0, model=MODEL_SPEC))
+        daemon = DaemonProcess(pg)
+        with daemon as endpoint:
+            try:
+                uvloop.run(run_daemon(pg, endpoint, daemon.pid, devices, args.batches, args.ops))
+            except BaseException:
+                print(f"--- daemon log tail ---\n{daemon.log_tail()}")
+                raise
 
 
 if __name__ == "__main__":
