@@ -198,18 +198,26 @@ def _decode_results(stored: bytes | None) -> list[StoredResult]:
 
 async def _lock_keys(conn: asyncpg.Connection, ops: Sequence[PlannedOp]) -> None:
     # Ordered by lock id: any two batches take their common locks in the same order.
+    # Keys travel as one JSON document: a text[] costs asyncpg ~0.4 us of Python per element.
     await conn.fetchval(
         "SELECT count(pg_advisory_xact_lock(s.h)) FROM ("
-        " SELECT DISTINCT hashtextextended(u.e || '/' || u.k, 7469) AS h"
-        " FROM unnest($1::text[], $2::text[]) AS u(e, k) ORDER BY h) s",
-        [o.entity.name for o in ops],
-        [key_text(o.key) for o in ops],
+        " SELECT DISTINCT hashtextextended((u.j->>0) || '/' || (u.j->>1), 7469) AS h"
+        " FROM jsonb_array_elements($1::jsonb) AS u(j) ORDER BY h) s",
+        orjson.dumps([(o.entity.name, key_text(o.key)) for o in ops]).decode(),
     )
 
 
 def _key_match(entity: Entity, alias: str, param: str) -> str:
+    """``alias``'s key is one of the keys in ``param``, a JSON array of key texts.
+
+    ``ARRAY(...)`` is computed once (an init plan), so the match stays an index scan over
+    the primary key with an array of values.
+    """
     key = entity.key_column
-    return f"{alias}.{ident(key.name)} = ANY({param}::text[]::{SQL_TYPES[key.type]}[])"
+    return (
+        f"{alias}.{ident(key.name)} = ANY(ARRAY(SELECT jsonb_array_elements_text({param}::jsonb))"
+        f"::{SQL_TYPES[key.type]}[])"
+    )
 
 
 async def _pre_read(
@@ -224,7 +232,12 @@ async def _pre_read(
         by_entity.setdefault(o.entity.name, (o.entity, set()))[1].add(key_text(o.key))
     for name in sorted(by_entity):
         entity, keys = by_entity[name]
-        params: list[object] = [sorted(keys), name, who.user_id, who.device_id]
+        params: list[object] = [
+            orjson.dumps(sorted(keys)).decode(),
+            name,
+            who.user_id,
+            who.device_id,
+        ]
         predicate = filters.get(name)
         visible = "true"
         if predicate is not None:
@@ -415,7 +428,7 @@ async def _write_round(
         rows = await conn.fetch(
             f"DELETE FROM {ident(name)} t WHERE {_key_match(entity, 't', '$1')}"
             f" RETURNING t.{k}::text, t._version",
-            [key_text(o.key) for o in dels],
+            orjson.dumps([key_text(o.key) for o in dels]).decode(),
         )
         gone = {r[0]: r[1] for r in rows}
         for o in dels:
