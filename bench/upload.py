@@ -2,7 +2,7 @@
 
 Usage:
     python -m bench.upload [--devices 1,100] [--batches 20] [--ops 500] [--pool 8]
-                           [--daemon] [--dsn postgresql://...]
+                           [--daemon] [--ingest-rows N] [--dsn postgresql://...]
 
 Strategy: simulated devices upload into a real staging database with the CRM-like account
 table and a per-owner filter. Each device owns its rows, inserts a batch, then updates those
@@ -176,13 +176,44 @@ async def _scenario(
     )
 
 
+async def _ingest_update(store: StagingStore, rows: int) -> None:
+    """The ingest role's bulk UPDATE on a connection that already updated one row (the case
+    that once reused a one-row trigger plan and went quadratic)."""
+    pool = await store.pool()
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO account (id, name, owner, amount, modified_at, status)"
+            " SELECT gen_random_uuid(), 'n' || i, 'ingest', 1.5, now(), i"
+            " FROM generate_series(1, $1) i",
+            rows,
+        )
+        for _ in range(6):
+            await conn.execute(
+                "UPDATE account SET status = status + 1"
+                " WHERE id = (SELECT id FROM account WHERE owner = 'ingest' LIMIT 1)"
+            )
+        started = time.perf_counter()
+        await conn.execute("UPDATE account SET status = status + 1 WHERE owner = 'ingest'")
+        elapsed = time.perf_counter() - started
+        await conn.execute("DELETE FROM account WHERE owner = 'ingest'")
+    print(f"ingest bulk UPDATE of {rows:,} rows: {elapsed:.2f}s {rows / elapsed:,.0f} rows/s")
+
+
 async def run(
-    dsn: str, pg: PgServer | None, devices: list[int], batches: int, ops: int, pool: int
+    dsn: str,
+    pg: PgServer | None,
+    devices: list[int],
+    batches: int,
+    ops: int,
+    pool: int,
+    ingest_rows: int = 0,
 ) -> None:
     stores = OrgStores(dsn, pool_size=pool)
     org = f"bench_{uuid.uuid4().hex[:8]}"
     store = await stores.provision(org, MODEL)
     try:
+        if ingest_rows:
+            await _ingest_update(store, ingest_rows)
         await _scenario([_direct(store, "user0")], pg, 2, ops)  # warm-up: pool, statements
         for n in devices:
             await _scenario([_direct(store, f"user{d}") for d in range(n)], pg, batches, ops)
@@ -216,14 +247,21 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=8, help="staging connections")
     parser.add_argument("--dsn", default=None, help="PostgreSQL server (default: embedded)")
     parser.add_argument("--daemon", action="store_true", help="through a syncd subprocess over TLS")
+    parser.add_argument(
+        "--ingest-rows", type=int, default=0, help="first time a bulk UPDATE of this many rows"
+    )
     args = parser.parse_args()
     devices = [int(n) for n in args.devices.split(",")]
     if args.dsn:
-        uvloop.run(run(args.dsn, None, devices, args.batches, args.ops, args.pool))
+        uvloop.run(
+            run(args.dsn, None, devices, args.batches, args.ops, args.pool, args.ingest_rows)
+        )
         return
     with embedded_server("syncd-bench-upload-") as pg:
         if not args.daemon:
-            uvloop.run(run(pg.dsn, pg, devices, args.batches, args.ops, args.pool))
+            uvloop.run(
+                run(pg.dsn, pg, devices, args.batches, args.ops, args.pool, args.ingest_rows)
+            )
             return
         uvloop.run(load_org(pg, "uploads", 0, model=MODEL_SPEC))
         daemon = DaemonProcess(pg)
