@@ -101,7 +101,7 @@ class Metrics:
         )
         self.upload_ops = Counter(
             "syncd_upload_ops",
-            "Uploaded row operations, by outcome (applied, conflict, rejected).",
+            "Uploaded row operations, by outcome (applied, conflict, rejected, replayed).",
             ["org", "outcome"],
             registry=r,
         )
