@@ -43,7 +43,7 @@ def _run(name: str, argv: list[str]) -> None:
     """Import late, so a bench that does not import (work in progress) fails alone."""
     module = importlib.import_module(f"bench.{name}")
     main: Callable[[], None] = module.main
-    # Every bench main parses sys.argv when called without arguments (bench.feed only so):
+    # Every bench main parses sys.argv when called without arguments (bench.upload only so):
     # hand each one its own command line.
     saved = sys.argv
     sys.argv = [f"python -m bench.{name}", *argv]
