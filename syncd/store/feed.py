@@ -48,8 +48,9 @@ statement runs while the caller encodes and sends the current page (issue 4: the
 take turns, each idle half the time).
 
 Every page is its own short statement on a pooled connection released before the caller sees
-the batch; rows come out already in the wire layout (model column order, then ``_version``) with
-values cast to primitives in SQL, so Python never touches a value.
+the batch (a page read ahead holds a connection only while its own statement runs, never while
+the caller waits on a device); rows come out already in the wire layout (model column order,
+then ``_version``) with values cast to primitives in SQL, so Python never touches a value.
 
 Filters plug in as ``RowPredicate``: anything that writes a parameterized SQL condition given
 how to spell a column. ``RowFilter`` is the minimal conjunction of ``=`` / ``IN`` terms.
