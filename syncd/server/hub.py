@@ -46,11 +46,10 @@ from syncd.model import Column, Entity
 from syncd.server.plan import DevicePlan, Partition
 from syncd.server.sync_token import SyncToken
 from syncd.store import Checkpoint, ResyncRequired, StagingStore
-from syncd.store.feed import Subscription, WindowTimes, incremental_pages
 
 # The feed's spelling of "values a column held in rows written since a checkpoint"; private
 # to the feed today, and the one piece of change-log SQL the hub needs (see _touched_pieces).
-from syncd.store.feed import _touched as touched_since
+from syncd.store.feed import Subscription, WindowTimes, incremental_pages, touched_since
 
 __all__ = ["TIME_TICK_SECONDS", "LiveHub", "LiveMember", "wall_clock"]
 

@@ -38,14 +38,7 @@ key that existed at X (``_as_of``). Every filtered evaluation reads its dependen
 of the window's own snapshot S (or C), never the live tables, so a membership change that
 commits while a window is read belongs to exactly one window and is seen once.
 
-The initial sync (C = None) scans the table keyset-paged by primary key, keeping rows whose
-``_txid`` is visible in S, so ``ChangeBatch.last_key`` can resume it (``after``). A filtered
-scan first asks the (filter column, key) index for page boundaries, every ``batch_size``-th
-matching key, in one index-only pass; each page is then a key range the index reads directly,
-where plain LIMIT paging would re-read every remaining matching row (bitmap + sort) or walk the
-whole primary key (filter on the heap) per page. Initial scans read one page ahead: the next
-statement runs while the caller encodes and sends the current page (issue 4: the two used to
-take turns, each idle half the time).
+The initial sync (C = None) is `syncd.store.initial`.
 
 Every page is its own short statement on a pooled connection released before the caller sees
 the batch (a page read ahead holds a connection only while its own statement runs, never while
@@ -58,9 +51,7 @@ how to spell a column. ``RowFilter`` is the minimal conjunction of ``=`` / ``IN`
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -79,9 +70,11 @@ __all__ = [
     "Subscription",
     "TimedPredicate",
     "WindowTimes",
+    "filter_sql",
     "incremental_pages",
-    "initial_pages",
+    "row_column",
     "time_relative",
+    "touched_since",
     "wire_select_list",
 ]
 
@@ -243,7 +236,7 @@ def wire_select_list(entity: Entity, alias: str) -> str:
     return ", ".join([*cols, f"{alias}._version"])
 
 
-def _row_column(alias: str) -> ColumnSql:
+def row_column(alias: str) -> ColumnSql:
     return lambda c: f"{alias}.{ident(c.name)}"
 
 
@@ -289,7 +282,7 @@ def _as_of(snapshot: Checkpoint) -> TableSql:
     return table
 
 
-def _filter_sql(sub: Subscription, column: ColumnSql, params: list[object], at: Checkpoint) -> str:
+def filter_sql(sub: Subscription, column: ColumnSql, params: list[object], at: Checkpoint) -> str:
     """The subscription's filter with its dependency tables read as of ``at``."""
     f = sub.filter
     assert f is not None
@@ -301,163 +294,6 @@ def _filter_sql(sub: Subscription, column: ColumnSql, params: list[object], at: 
 # Fetch is a coroutine taking SQL and parameters, run on a connection acquired for this page
 # only (decision 5): the caller owns the pool and the retry policy.
 Fetch = Callable[..., Any]
-
-
-async def initial_pages(
-    fetch: Fetch,
-    sub: Subscription,
-    snapshot: Checkpoint,
-    batch_size: int,
-    *,
-    after: Any = None,
-) -> AsyncGenerator[ChangeBatch, None]:
-    """Rows visible in ``snapshot`` in key order, strictly after the wire key ``after``.
-
-    Read-ahead: while the caller holds a page (encodes and sends it), the statement of the next
-    page is already running, so PostgreSQL and the daemon work at the same time instead of in
-    turns; at most two pages are held at once (three while a planned range that grew past its
-    bound is finished). Unfiltered, the next page starts where this one ended. Filtered, a
-    result of one page is read whole in one statement; a bigger one is planned first
-    (``_page_bounds``), then every range is known and read one ahead (a first page by LIMIT
-    walked the primary key or read every matching row, and cost more than the plan).
-    """
-    e = sub.entity
-    k = f"t.{ident(e.key)}"
-    key = e.key_column
-    params: list[object] = [snapshot.as_pg(), batch_size]
-    where = "pg_visible_in_snapshot(t._txid, $1::pg_snapshot)"
-    if sub.filter is not None:
-        where += f" AND ({_filter_sql(sub, _row_column('t'), params, snapshot)})"
-    select = f"SELECT {wire_select_list(e, 't')} FROM {ident(e.name)} t WHERE {where}"
-
-    def page(lower: Any, upper: Any) -> _Page:
-        """Start reading the rows after ``lower`` up to ``upper`` (inclusive)."""
-        bounds, args = "", []
-        for value, op in ((lower, ">"), (upper, "<=")):
-            if value is not None:
-                args.append(value)
-                bounds += f" AND {k} {op} {from_wire(key, f'${len(params) + len(args)}')}"
-        sql = f"{select}{bounds} ORDER BY {k} LIMIT $2"
-        return _Page(_started(fetch(sql, *params, *args)), upper)
-
-    key_index = e.key_index
-    ranges: deque[tuple[Any, Any]] = deque([(after, None)])  # (lower, upper) not started yet
-    if sub.filter is not None:
-        # The whole result if it fits one page, else the plan: small filters (one owner's
-        # rows) cost one round trip; running the plan beside it cost as much as waiting for it
-        # on two cores, and a big result pays only a probe of one page of index keys.
-        rows = await _whole_if_one_page(fetch, sub, snapshot, select, params, after)
-        if rows:
-            yield ChangeBatch(e.name, rows, [], rows[-1][key_index])
-            return
-        bounds = await _page_bounds(fetch, sub, snapshot, batch_size, after)
-        ranges = deque(zip([after, *bounds], [*bounds, None], strict=True))
-    ahead: deque[_Page] = deque()
-    try:
-        while ahead or ranges:
-            while ranges and len(ahead) < 2:
-                ahead.append(page(*ranges.popleft()))
-            current = ahead.popleft()
-            rows = await current.rows
-            if not rows:
-                continue
-            last = rows[-1][key_index]
-            if len(rows) == batch_size and last != current.upper:
-                ahead.appendleft(page(last, current.upper))  # the range goes on
-            # One turn of the loop puts the next statement on the wire before the caller's
-            # encoding, which does not await, would hold it back.
-            await asyncio.sleep(0)
-            yield ChangeBatch(e.name, rows, [], last)
-    finally:
-        await _abandon([p.rows for p in ahead])
-
-
-@dataclass(frozen=True, slots=True)
-class _Page:
-    """A page statement in flight and the upper bound of the key range it reads."""
-
-    rows: asyncio.Future[list[Any]]
-    upper: Any
-
-
-def _started(fetch: Awaitable[list[Any]]) -> asyncio.Future[list[Any]]:
-    """Run ``fetch`` now; a page nobody waits for any more never logs an unread exception."""
-    future = asyncio.ensure_future(fetch)
-    future.add_done_callback(_read_outcome)
-    return future
-
-
-def _read_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-async def _abandon(futures: list[asyncio.Future[Any]]) -> None:
-    """Stop statements the consumer no longer wants, and wait until each has let go of its
-    connection, so a stopped scan leaves the pool as it found it."""
-    pending = [f for f in futures if not f.done()]
-    for future in pending:
-        future.cancel()
-    if pending:
-        await asyncio.wait(pending)
-
-
-async def _whole_if_one_page(
-    fetch: Fetch,
-    sub: Subscription,
-    snapshot: Checkpoint,
-    select: str,
-    params: list[object],
-    after: Any,
-) -> list[Any]:
-    """The page of every row ``select`` matches after ``after`` when at most a page of keys
-    match the filter; no rows otherwise.
-
-    The gate is a count that stops at ``batch_size`` (``$2``) + 1 entries of the (filter
-    column, key) index and does not depend on the row: PostgreSQL evaluates it once, first,
-    and skips the whole scan when it fails, so a big result costs a probe of one page of keys.
-    """
-    e, key = sub.entity, sub.entity.key_column
-    params = list(params)  # the gate's own filter values follow the page's
-    k, g = f"t.{ident(e.key)}", f"g.{ident(e.key)}"
-    matches = _filter_sql(sub, _row_column("g"), params, snapshot)
-    bound = gate_bound = ""
-    if after is not None:
-        params.append(after)
-        bound = f" AND {k} > {from_wire(key, f'${len(params)}')}"
-        gate_bound = f" AND {g} > {from_wire(key, f'${len(params)}')}"
-    sql = (
-        f"{select}{bound} AND (SELECT count(*) FROM (SELECT FROM {ident(e.name)} g"
-        f" WHERE ({matches}){gate_bound} LIMIT $2 + 1) c) <= $2 ORDER BY {k} LIMIT $2"
-    )
-    rows: list[Any] = await fetch(sql, *params)
-    return rows
-
-
-async def _page_bounds(
-    fetch: Fetch, sub: Subscription, snapshot: Checkpoint, batch_size: int, after: Any
-) -> list[Any]:
-    """Every ``batch_size``-th key matching the filter after ``after``, in key order.
-
-    Visibility is left to the page queries so this stays one index-only scan of the (filter
-    column, key) index; rows written since only make a range hold fewer visible rows.
-    """
-    assert sub.filter is not None
-    e, key = sub.entity, sub.entity.key_column
-    k = f"t.{ident(e.key)}"
-    params: list[object] = [batch_size]
-    where = _filter_sql(sub, _row_column("t"), params, snapshot)
-    if after is not None:
-        params.append(after)
-        where = f"({where}) AND {k} > {from_wire(key, f'${len(params)}')}"
-    # One sorted array of the matching keys (16 bytes a uuid), then every batch_size-th of
-    # it: the same sort as numbering rows with a window function, at 60% of its cost.
-    sql = (
-        f"SELECT {to_wire(key, 'b.a[i]')} FROM (SELECT array_agg({k} ORDER BY {k}) AS a"
-        f" FROM {ident(e.name)} t WHERE {where}) b,"
-        " generate_series($1::int, cardinality(b.a), $1::int) i ORDER BY i"
-    )
-    return [r[0] for r in await fetch(sql, *params)]
 
 
 def _window(x: str, p: int) -> str:
@@ -497,10 +333,10 @@ def _filter_at(
     f = sub.filter
     if isinstance(f, TimedPredicate) and f.time_relative:
         f = f.at(now)
-    return _filter_sql(Subscription(sub.entity, f), column, params, at)
+    return filter_sql(Subscription(sub.entity, f), column, params, at)
 
 
-def _touched(since: Checkpoint) -> TouchedSql:
+def touched_since(since: Checkpoint) -> TouchedSql:
     """Spell the values ``column`` of ``entity`` held in rows written after C: each change's
     before-image and the current row of each such key. That covers the row's state at C and
     at S (and any later one: a superset the moves pass then compares exactly)."""
@@ -546,7 +382,7 @@ async def _window_upserts(
     params = [*_window_params(since, snapshot), batch_size]  # $1-$4 window, $5 limit
     where = _window("t._txid", 1)
     if sub.filter is not None:
-        where += f" AND ({_filter_at(sub, _row_column('t'), params, snapshot, now)})"
+        where += f" AND ({_filter_at(sub, row_column('t'), params, snapshot, now)})"
     n = len(params)
     cursor = f"(t._txid, {k}) > (${n + 1}::xid8, {from_wire(e.key_column, f'${n + 2}')})"
     select = f"SELECT {wire_select_list(e, 't')}, t._txid FROM {ident(e.name)} t WHERE {where}"
@@ -615,7 +451,7 @@ async def _window_leavers(
     k = ident(e.key)
     params: list[object] = [e.name, *_window_params(since, snapshot), batch_size]
     was_in = _filter_at(sub, _old_image_column("c", params), params, since, then)
-    now_in = _filter_at(sub, _row_column("r"), params, snapshot, now)
+    now_in = _filter_at(sub, row_column("r"), params, snapshot, now)
     key_wire = {"integer": "c.key::bigint"}.get(e.key_column.type, "c.key")
     cursor = f"(c.txid, c.seq) > (${len(params) + 1}::xid8, ${len(params) + 2}::bigint)"
     # OFFSET 0 fences keep both probes per-row index lookups (see _window_deletes).
@@ -676,13 +512,13 @@ async def _moves(
     k = f"t.{ident(e.key)}"
     params: list[object] = [e.name, *_window_params(since, snapshot), batch_size]
     source = _as_of(snapshot)(e, params)
-    column = _row_column("t")
+    column = row_column("t")
     was = _filter_at(sub, column, params, since, then)
     is_in = _filter_at(sub, column, params, snapshot, now)
     moved: str | None = "true"
     f = sub.filter
     if isinstance(f, MovingPredicate):
-        moved = f.sql_moved(e, column, params, _touched(since), _as_of(snapshot), then, now)
+        moved = f.sql_moved(e, column, params, touched_since(since), _as_of(snapshot), then, now)
     if moved is None:
         return
     width = len(e.columns) + 1  # wire columns and _version; then _k, now_in, was_in

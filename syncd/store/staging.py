@@ -20,7 +20,8 @@ import asyncpg
 
 from syncd.model import ClientModel
 from syncd.store.checkpoint import Checkpoint, ResyncRequired
-from syncd.store.feed import ChangeBatch, Subscription, incremental_pages, initial_pages
+from syncd.store.feed import ChangeBatch, Subscription, incremental_pages
+from syncd.store.initial import initial_pages
 from syncd.store.listen import Listener
 from syncd.store.schema import NOTIFY_CHANNEL, ensure_schema
 from syncd.store.sql import ident

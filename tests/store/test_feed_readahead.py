@@ -19,7 +19,7 @@ import pytest
 
 from syncd.model import ClientModel
 from syncd.store import ChangeBatch, Checkpoint, RowFilter, StagingStore, Subscription, bulk_load
-from syncd.store.feed import initial_pages
+from syncd.store.initial import initial_pages
 from tests.store.feed_helpers import BOUND_S
 
 
