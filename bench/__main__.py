@@ -42,15 +42,8 @@ FULL: Final[dict[str, list[str]]] = {
 def _run(name: str, argv: list[str]) -> None:
     """Import late, so a bench that does not import (work in progress) fails alone."""
     module = importlib.import_module(f"bench.{name}")
-    main: Callable[[], None] = module.main
-    # Every bench main parses sys.argv when called without arguments (bench.upload only so):
-    # hand each one its own command line.
-    saved = sys.argv
-    sys.argv = [f"python -m bench.{name}", *argv]
-    try:
-        main()
-    finally:
-        sys.argv = saved
+    main: Callable[[list[str]], object] = module.main
+    main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

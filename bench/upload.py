@@ -25,7 +25,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import uvloop
@@ -239,7 +239,7 @@ async def run_daemon(
             await asyncio.gather(*(w.close() for w in wires))
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", default="1,100", help="comma-separated device counts")
     parser.add_argument("--batches", type=int, default=20, help="batches per device")
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument(
         "--ingest-rows", type=int, default=0, help="first time a bulk UPDATE of this many rows"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     devices = [int(n) for n in args.devices.split(",")]
     if args.dsn:
         uvloop.run(

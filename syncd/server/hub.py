@@ -47,8 +47,8 @@ from syncd.server.plan import DevicePlan, Partition
 from syncd.server.sync_token import SyncToken
 from syncd.store import Checkpoint, ResyncRequired, StagingStore
 
-# The feed's spelling of "values a column held in rows written since a checkpoint"; private
-# to the feed today, and the one piece of change-log SQL the hub needs (see _touched_pieces).
+# touched_since: the store's spelling of "values a column held in rows written since a
+# checkpoint", which tells the hub which partitions a window touched (see _touched_pieces).
 from syncd.store.feed import Subscription, WindowTimes, incremental_pages, touched_since
 
 __all__ = ["TIME_TICK_SECONDS", "LiveHub", "LiveMember", "wall_clock"]
