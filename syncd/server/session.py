@@ -421,17 +421,21 @@ class DeviceSession:
         assert self.org is not None
         rows = self._metrics.rows_sent
         org = self.org.name
-        async for batch in stream:
-            if not batch.upserts and not batch.deletes:
-                continue
-            frame = encode_changes(batch.entity, batch.upserts, batch.deletes)
-            self._metrics.frames_encoded.labels(org=org).inc()
-            if wait:
-                await self._outbox.put(frame)
-            else:
-                self._outbox.push(frame)
-            rows.labels(org=org, entity=batch.entity).inc(len(batch.upserts) + len(batch.deletes))
-            yield batch
+        # aclosing: a session cancelled mid-stream stops the pages read ahead at once,
+        # instead of whenever the generator is collected.
+        async with contextlib.aclosing(stream.__aiter__()) as batches:
+            async for batch in batches:
+                if not batch.upserts and not batch.deletes:
+                    continue
+                frame = encode_changes(batch.entity, batch.upserts, batch.deletes)
+                self._metrics.frames_encoded.labels(org=org).inc()
+                if wait:
+                    await self._outbox.put(frame)
+                else:
+                    self._outbox.push(frame)
+                count = len(batch.upserts) + len(batch.deletes)
+                rows.labels(org=org, entity=batch.entity).inc(count)
+                yield batch
 
     def _on_dropped(self, checkpoint: Checkpoint) -> None:
         self._dropped = checkpoint

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -216,7 +216,7 @@ class ChangeStream:
         self._batch_size = batch_size
         self._initial_after = dict(initial_after or {})
 
-    async def __aiter__(self) -> AsyncIterator[ChangeBatch]:
+    async def __aiter__(self) -> AsyncGenerator[ChangeBatch, None]:
         fetch = self._store.fetch
         for sub in self._subscriptions:
             if self.since is None:
