@@ -7,6 +7,7 @@ Small batch sizes force every path that a million-row org takes with batches of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from typing import Any
@@ -73,8 +74,16 @@ async def test_interrupted_initial_download_resumes_after_last_key(
     full_stream = await staging.changes(None, subs, batch_size=7)
     full = keys(await collect(full_stream), crm_model)
     at = full_stream.checkpoint
-    cut = await collect(ChangeStream(staging, None, at, subs, 7), stop_after=4)
+    # Cut after a few batches, at one that left a cursor: a scan resumes only there, which is
+    # where the daemon writes its checkpoints.
+    cut: list[ChangeBatch] = []
+    async with contextlib.aclosing(ChangeStream(staging, None, at, subs, 7).__aiter__()) as batches:
+        async for batch in batches:
+            cut.append(batch)
+            if len(cut) >= 2 and batch.last_key is not None:
+                break
     assert all(b.entity == "account" for b in cut)
+    assert len(keys(cut, crm_model)) < len([k for k in full if k[0] == "account"])
     after = {"account": cut[-1].last_key}
     resumed = await collect(ChangeStream(staging, None, at, subs, 7, initial_after=after))
     union = keys(cut, crm_model) + keys(resumed, crm_model)
@@ -111,12 +120,55 @@ async def test_last_key_is_the_last_row_of_each_initial_batch(
     note = crm_model.entity("note")
     batches = await collect(await staging.changes(None, [Subscription(note)], batch_size=8))
     assert [b.last_key for b in batches] == [8, 16, 24, 30]
-    stream = await staging.changes(None, [Subscription(note)], batch_size=8)
+
+
+async def test_last_key_is_the_last_row_of_each_filtered_initial_batch(
+    staging: StagingStore, crm_model: ClientModel
+) -> None:
+    await load(staging, crm_model, 60)
+    sub = Subscription(crm_model.entity("account"), owners_filter(0, 1, 2, 3))
+    batches = await collect(await staging.changes(None, [sub], batch_size=8))
+    key = crm_model.entity("account").key_index
+    assert [b.last_key for b in batches] == [b.upserts[-1][key] for b in batches]
+    note = Subscription(crm_model.entity("note"))
+    stream = await staging.changes(None, [note], batch_size=8)
     await collect(stream)
     pool = await staging.pool()
     await pool.execute("UPDATE note SET body = 'x' WHERE id <= 3")
-    window = await collect(await staging.changes(stream.checkpoint, [Subscription(note)]))
+    window = await collect(await staging.changes(stream.checkpoint, [note]))
     assert [b.last_key for b in window] == [None]
+
+
+async def test_unfiltered_scan_resumes_from_every_cursor_with_exactly_the_rest(
+    staging: StagingStore, crm_model: ClientModel
+) -> None:
+    """Resuming from any batch's cursor at the same snapshot yields exactly the rows not yet
+    received."""
+    await load(staging, crm_model, 120)
+    note = crm_model.entity("note")
+    stream = await staging.changes(None, [Subscription(note)], batch_size=8)
+    batches = await collect(stream)
+    assert all(len(b.upserts) <= 8 for b in batches)
+    assert batches[-1].last_key is not None
+    every = sorted(r[0] for r in await staging.fetch("SELECT id FROM note"))
+    assert len(every) == 120
+    got = [row[0] for b in batches for row in b.upserts]
+    assert sorted(got) == every
+    for i, batch in enumerate(batches):
+        if batch.last_key is None:
+            continue
+        rest = await collect(
+            ChangeStream(
+                staging,
+                None,
+                stream.checkpoint,
+                [Subscription(note)],
+                8,
+                initial_after={"note": batch.last_key},
+            )
+        )
+        before = [row[0] for b in batches[: i + 1] for row in b.upserts]
+        assert sorted(before + [row[0] for b in rest for row in b.upserts]) == every
 
 
 async def test_filtered_initial_pages_hold_exactly_the_visible_matching_rows(
