@@ -11,6 +11,8 @@ Scenarios, all 1,000 devices of one profile:
 
 * ``org-wide``: no filter, every device sees every row: one live partition;
 * ``50 teams``: ``owner_id in user.teams`` with one team (of 50) per user: 50 partitions;
+* ``owner per user``: ``{"owner": "owner_id"}``, each device sees its own user's rows: one
+  partition per user, read only when a change touches that owner;
 * ``50 teams, pairs``: the same filter with two random teams of the 50 per user: still one
   partition per team (the plan splits a claim list into one piece per value), 50 of them,
   though the users hold hundreds of distinct team pairs.
@@ -70,10 +72,12 @@ GRACE_S: Final = 30.0
 CONNECT_CONCURRENCY: Final = 50
 
 
-def _model(filtered: bool) -> dict[str, Any]:
+def _model(scenario: Scenario) -> dict[str, Any]:
     model: dict[str, Any] = {**CRM_MODEL}
     account: dict[str, Any] = {}
-    if filtered:  # "teams" are owner ids 0..teams-1 here; the claim carries the user's set
+    if scenario.owner:
+        account = {"filter": {"owner": "owner_id"}}
+    elif scenario.teams_per_user:  # "teams" are owner ids 0..teams-1; the claim carries them
         account = {"filter": {"column": "owner_id", "op": "in", "param": "user.teams"}}
     model["profiles"] = {"sales": {"offline": True, "entities": {"account": account}}}
     return model
@@ -84,6 +88,7 @@ class Scenario:
     name: str
     org: str
     teams_per_user: int  # 0: org-wide, no filter
+    owner: bool = False  # an owner filter instead: user i sees the rows with owner_id = i
 
     def teams_of(self, user: int, teams: int, rnd: random.Random) -> list[str]:
         if self.teams_per_user == 0:
@@ -177,10 +182,10 @@ async def run_scenario(
     change_team = {n: rnd.randrange(args.teams) for n in range(args.changes)}
     holders: dict[int, int] = {}
     for d in devices:
-        for t in d.teams:
+        for t in [d.user] if scenario.owner else d.teams:
             holders[int(t)] = holders.get(int(t), 0) + 1
     expected = sum(
-        len(devices) if scenario.teams_per_user == 0 else holders.get(t, 0)
+        len(devices) if scenario.teams_per_user == 0 and not scenario.owner else holders.get(t, 0)
         for t in change_team.values()
     )
     measured = Countdown(expected)
@@ -225,7 +230,8 @@ async def run_scenario(
         listeners = [asyncio.create_task(listen(d)) for d in devices]
         # One change every device receives (a row of every team would do; the warm-up row
         # is sent per team) proves all sessions joined the hub.
-        for t in range(args.teams if scenario.teams_per_user else 1):
+        warm_owners = args.devices if scenario.owner else args.teams
+        for t in range(warm_owners if scenario.teams_per_user or scenario.owner else 1):
             await commit(WARM_UP, t)
         async with asyncio.timeout(GRACE_S):
             await warm.done.wait()
@@ -255,7 +261,7 @@ async def run_scenario(
 
 async def run(pg: PgServer, args: argparse.Namespace, scenarios: Sequence[Scenario]) -> None:
     for s in scenarios:
-        await load_org(pg, s.org, args.rows, model=_model(s.teams_per_user > 0))
+        await load_org(pg, s.org, args.rows, model=_model(s))
     base = pg.base / "daemon"
     base.mkdir(exist_ok=True)
     settings = _daemon_settings(base, pg.control_dsn, 1000)
@@ -297,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         Scenario("org-wide", "fan_org", 0),
         Scenario(f"{args.teams} teams", "fan_team", 1),
         Scenario(f"{args.teams} teams, pairs", "fan_pairs", 2),
+        Scenario("owner per user", "fan_owner", 0, owner=True),
     ]
     with embedded_server("syncd-fan-") as pg:
         uvloop.run(run(pg, args, scenarios))

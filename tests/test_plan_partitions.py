@@ -136,3 +136,17 @@ def test_pieces_select_exactly_the_whole_filter_each_row_once(
         row = {"id": uuid.UUID(int=n), "team_id": team, "amount": Decimal(amount)}
         hits = sum(1 for f in parts if f is not None and f.matches(row, None))  # type: ignore[arg-type]
         assert hits == (1 if whole.matches(row, None) else 0)  # type: ignore[attr-defined, arg-type]
+
+
+def test_owner_filter_is_one_piece_keyed_by_the_user_so_untouched_owners_cost_nothing() -> None:
+    m = model({"filter": {"owner": "owner_id"}})
+    a, b, again = plan(m, "7", ()), plan(m, "8", ()), plan(m, "7", ("1",))
+    (piece,) = of(a, "account")
+    assert piece.column is not None
+    assert (piece.column.name, piece.value) == ("owner_id", 7)
+    assert keys(a) != keys(b)
+    assert keys(a) == keys(again)  # the same user's devices share it
+    both = {"and": [{"owner": "owner_id"}, {"column": "active", "op": "=", "value": True}]}
+    (anded,) = of(plan(model({"filter": both}), "7", ()), "account")
+    assert anded.column is not None
+    assert (anded.column.name, anded.value) == ("owner_id", 7)

@@ -7,6 +7,10 @@ and those pieces are disjoint, since a row's column holds one value. Two users w
 once per window, whatever the team sets. The same holds when that list is one conjunct of a
 top-level ``and``: each piece keeps the other conjuncts.
 
+A filter ``column = <claim>`` (the ``owner`` shorthand) is one piece keyed by its value: it
+is shared only by the devices of one user, but keyed that way the hub reads it only in the
+windows that wrote one of that user's rows, instead of in every window of the org.
+
 Splitting is exact only where every piece selects, for every row and at every moment, exactly
 the rows of the whole filter whose column holds that value, and it pays only where values are
 shared across users. So only claim-bound lists split (a literal list binds the same for every
@@ -38,7 +42,7 @@ from syncd.filters.bound import (
     BRelated,
     BWithin,
 )
-from syncd.filters.nodes import And, FilterNode, InList, Param
+from syncd.filters.nodes import And, Compare, FilterNode, InList, Param
 from syncd.filters.sql import TouchedSql
 from syncd.model import Column, Entity
 from syncd.store.sql import SQL_TYPES
@@ -66,18 +70,34 @@ def split_claim_list(node: FilterNode | None, tree: BoundTree) -> tuple[Piece, .
         if not _claim_list(node):
             return None
         return tuple(Piece(root.column, v, _with(tree, _equal(root, v))) for v in root.values)
+    if isinstance(node, Compare) and isinstance(root, BCompare):
+        # ``column = <claim>`` (the ``owner`` shorthand): one piece, keyed by its value, so the
+        # hub reads it only in windows that wrote a row holding that value.
+        if not _claim_equal(node):
+            return None
+        return (Piece(root.column, root.value, tree),)
     if isinstance(node, And) and isinstance(root, BAnd) and len(node.items) == len(root.items):
         lists = [i for i, n in enumerate(node.items) if isinstance(n, InList) and _claim_list(n)]
-        if len(lists) != 1 or not all(_plain(item) for item in root.items):
+        equals = [i for i, n in enumerate(node.items) if isinstance(n, Compare) and _claim_equal(n)]
+        if not all(_plain(item) for item in root.items):
             return None
-        at = lists[0]
-        split = root.items[at]
-        assert isinstance(split, BIn)
-        return tuple(
-            Piece(split.column, v, _with(tree, _replaced(root, at, _equal(split, v))))
-            for v in split.values
-        )
+        if len(lists) == 1:
+            at = lists[0]
+            split = root.items[at]
+            assert isinstance(split, BIn)
+            return tuple(
+                Piece(split.column, v, _with(tree, _replaced(root, at, _equal(split, v))))
+                for v in split.values
+            )
+        if not lists and equals:
+            key = root.items[equals[0]]
+            assert isinstance(key, BCompare)
+            return (Piece(key.column, key.value, tree),)
     return None
+
+
+def _claim_equal(node: Compare) -> bool:
+    return node.op == "=" and isinstance(node.operand, Param)
 
 
 def _claim_list(node: InList) -> bool:
