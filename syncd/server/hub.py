@@ -49,7 +49,14 @@ from syncd.store import Checkpoint, ResyncRequired, StagingStore
 
 # touched_since: the store's spelling of "values a column held in rows written since a
 # checkpoint", which tells the hub which partitions a window touched (see _touched_pieces).
-from syncd.store.feed import Subscription, WindowTimes, incremental_pages, touched_since
+from syncd.store.feed import (
+    Subscription,
+    WindowTimes,
+    dependencies,
+    incremental_pages,
+    touched_since,
+    written_since,
+)
 
 __all__ = ["TIME_TICK_SECONDS", "LiveHub", "LiveMember", "wall_clock"]
 
@@ -275,14 +282,16 @@ class LiveHub:
         and the pieces of split ones whose value a written row held (one statement per split
         column, however many pieces and devices)."""
         due: list[Partition] = []
+        whole: list[Partition] = []
         split: dict[tuple[str, str, str], tuple[Entity, Column, list[Partition]]] = {}
         for p in partitions:
             if p.column is None:
-                due.append(p)
+                whole.append(p)
                 continue
             e = p.subscription.entity
             key = (e.name, p.column.name, p.column.type)
             split.setdefault(key, (e, p.column, []))[2].append(p)
+        due.extend(await self._whole_touched(since, whole))
         for entity, column, pieces in split.values():
             values = list(dict.fromkeys(p.value for p in pieces))
             params: list[object] = []
@@ -290,6 +299,18 @@ class LiveHub:
             hit = {values[int(r[0]) - 1] for r in await self._staging.fetch(sql, *params)}
             due.extend(p for p in pieces if p.value in hit)
         return due
+
+    async def _whole_touched(self, since: Checkpoint, whole: list[Partition]) -> list[Partition]:
+        """Whole partitions whose rows can have changed: a row moves only by a write to its
+        own table or to one its filter reads (or by time, for a time-relative filter), so a
+        partition none of whose tables was written has nothing in the window (one statement,
+        however many partitions)."""
+        if not whole:
+            return []
+        tables = {p: {p.subscription.entity.name, *dependencies(p.subscription)} for p in whole}
+        names = sorted(set().union(*tables.values()))
+        written = await written_since(self._staging.fetch, since, names)
+        return [p for p in whole if p.time_relative or tables[p] & written]
 
     def _deliver(self, reads: dict[str, _Read], until: Checkpoint, until_at: datetime) -> None:
         """Offer every member with something in ``reads`` its frames and a checkpoint."""

@@ -70,12 +70,14 @@ __all__ = [
     "Subscription",
     "TimedPredicate",
     "WindowTimes",
+    "dependencies",
     "filter_sql",
     "incremental_pages",
     "row_column",
     "time_relative",
     "touched_since",
     "wire_select_list",
+    "written_since",
 ]
 
 # Spells a column as an SQL expression of the row source being filtered.
@@ -249,9 +251,25 @@ def _old_image_column(alias: str, params: list[object]) -> ColumnSql:
     return column
 
 
-def _dependencies(sub: Subscription) -> frozenset[str]:
+def dependencies(sub: Subscription) -> frozenset[str]:
+    """The other entities whose rows the subscription's filter reads (parents, memberships)."""
     f = sub.filter
     return f.dependencies if isinstance(f, SourcedPredicate) else frozenset()
+
+
+async def written_since(fetch: Fetch, since: Checkpoint, entities: Sequence[str]) -> set[str]:
+    """Which of ``entities`` have a change logged after ``since`` (writes after the window's
+    end count too: a superset, so a caller that skips the others misses nothing). One index
+    probe per entity on (entity, txid)."""
+    rows = await fetch(
+        "SELECT e FROM unnest($3::text[]) e WHERE EXISTS (SELECT 1 FROM _syncd_changes c"
+        " WHERE c.entity = e AND c.txid >= $1::xid8"
+        " AND NOT pg_visible_in_snapshot(c.txid, $2::pg_snapshot))",
+        since.xmin,
+        since.as_pg(),
+        list(entities),
+    )
+    return {r[0] for r in rows}
 
 
 def _as_of(snapshot: Checkpoint) -> TableSql:
@@ -318,7 +336,7 @@ async def incremental_pages(
         return
     async for batch in _window_leavers(fetch, sub, since, snapshot, batch_size, then, now):
         yield batch
-    deps = _dependencies(sub)
+    deps = dependencies(sub)
     timed = then != now and time_relative(sub)
     if timed or (deps and await _changed_in_window(fetch, deps, since, snapshot)):
         moves = _moves(fetch, sub, since, snapshot, batch_size, then, now)
