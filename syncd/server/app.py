@@ -285,7 +285,6 @@ def _session_settings(cfg: Config) -> SessionSettings:
         idle_timeout=s.idle_timeout_seconds,
         token_expiry_warning=s.token_expiry_warning_seconds,
         send_queue_frames=s.send_queue_frames,
-        drain_retry_after=s.drain_retry_after_seconds,
     )
 
 

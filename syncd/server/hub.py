@@ -140,10 +140,6 @@ class LiveHub:
         self._drop_all()
 
     @property
-    def member_count(self) -> int:
-        return len(self._members)
-
-    @property
     def partition_count(self) -> int:
         """Distinct partitions the live members follow: the reads a window may cost."""
         return len(self._partitions)

@@ -93,7 +93,6 @@ class SessionSettings:
     idle_timeout: float
     token_expiry_warning: float
     send_queue_frames: int
-    drain_retry_after: float
 
 
 class _End(Exception):

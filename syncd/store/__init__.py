@@ -1,7 +1,7 @@
 """The staging store: the only package that speaks SQL (control DB, org staging DBs, feed)."""
 
 from syncd.store.checkpoint import Checkpoint, CheckpointError, ResyncRequired
-from syncd.store.control import CONFIG_CHANNEL, ControlStore, DeviceRecord, OrgRecord, StoredModel
+from syncd.store.control import CONFIG_CHANNEL, ControlStore, OrgRecord, StoredModel
 from syncd.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from syncd.store.feed import ChangeBatch, FilterTerm, RowFilter, RowPredicate, Subscription
 from syncd.store.ingest import Changeset, apply_changeset, bulk_load
@@ -19,7 +19,6 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "ControlStore",
-    "DeviceRecord",
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
     "FilterTerm",

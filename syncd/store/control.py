@@ -20,7 +20,7 @@ from syncd.model import ClientModel
 from syncd.store.checkpoint import Checkpoint
 from syncd.store.sql import ORG_RE
 
-__all__ = ["CONFIG_CHANNEL", "ControlStore", "DeviceRecord", "OrgRecord", "StoredModel"]
+__all__ = ["CONFIG_CHANNEL", "ControlStore", "OrgRecord", "StoredModel"]
 
 CONFIG_CHANNEL = "syncd_config"
 # Arbitrary constant shared by every syncd instance: serializes migrations.
@@ -82,15 +82,6 @@ class StoredModel:
     version: int
     model: ClientModel
     created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceRecord:
-    org: str
-    device_id: str
-    user_id: str
-    checkpoint: Checkpoint | None
-    last_seen: datetime
 
 
 class ControlStore:
@@ -156,11 +147,6 @@ class ControlStore:
             status = await conn.execute("DELETE FROM orgs WHERE name = $1", name)
             await _notify(conn, name)
         return bool(status == "DELETE 1")
-
-    async def set_org_status(self, name: str, status: str) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("UPDATE orgs SET status = $2 WHERE name = $1", name, status)
-            await _notify(conn, name)
 
     async def get_org(self, name: str) -> OrgRecord | None:
         row = await self._pool.fetchrow("SELECT * FROM orgs WHERE name = $1", name)
@@ -276,15 +262,6 @@ class ControlStore:
             "SELECT checkpoint FROM devices WHERE org = $1 AND device_id = $2", org, device_id
         )
         return None if data is None else Checkpoint.decode(data)
-
-    async def get_device(self, org: str, device_id: str) -> DeviceRecord | None:
-        row = await self._pool.fetchrow(
-            "SELECT * FROM devices WHERE org = $1 AND device_id = $2", org, device_id
-        )
-        if row is None:
-            return None
-        cp = None if row["checkpoint"] is None else Checkpoint.decode(row["checkpoint"])
-        return DeviceRecord(row["org"], row["device_id"], row["user_id"], cp, row["last_seen"])
 
     async def oldest_checkpoint(self, org: str) -> Checkpoint | None:
         """The checkpoint with the lowest xmin among the org's devices (a compaction bound)."""
