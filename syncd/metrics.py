@@ -55,7 +55,11 @@ class Metrics:
         self._refreshers: list[Callable[[], None]] = []
         r = self.registry
         self.sessions = Gauge(
-            "syncd_sessions", "Device sessions now open, by state.", ["org", "state"], registry=r
+            "syncd_sessions",
+            "Device sessions now open, by state: handshake (TLS done, no Welcome yet; org is"
+            " empty until Hello names it), syncing, live. Sampled at each scrape.",
+            ["org", "state"],
+            registry=r,
         )
         self.sessions_opened = Counter(
             "syncd_sessions_opened",

@@ -16,6 +16,7 @@ import logging
 import signal
 import ssl
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -67,6 +68,7 @@ class Daemon:
         self.started = asyncio.Event()
         self.draining = False
         self.device_port: int | None = None
+        self.ops_port: int | None = None
         self._run = _Running()
 
     @property
@@ -107,6 +109,7 @@ class Daemon:
         )
         await run.registry.start()
         self.metrics.on_scrape(self._sample_pools)
+        self.metrics.on_scrape(self._sample_sessions)
         run.maintenance = [
             asyncio.create_task(self._compact_forever(), name="compaction"),
         ]
@@ -187,6 +190,7 @@ class Daemon:
             run.ops = await start_ops_server(
                 cfg.ops.listen.host, cfg.ops.listen.port, self.metrics, self._ready
             )
+            self.ops_port = run.ops.sockets[0].getsockname()[1]
         self.started.set()
         _log.info(
             "syncd serving",
@@ -205,6 +209,27 @@ class Daemon:
             in_use, idle = org.staging.pool_usage()
             gauge.labels(org=org.name, state="in_use").set(in_use)
             gauge.labels(org=org.name, state="idle").set(idle)
+
+    def _sample_sessions(self) -> None:
+        """Set `syncd_sessions` from the sessions open right now.
+
+        Counted at scrape time rather than by inc/dec on each transition, so the gauge
+        cannot drift: a session in the handshake has no org yet (label org=""), and a
+        session of an org removed while it closes is counted until it is gone.
+        """
+        gauge = self.metrics.sessions
+        counts: Counter[tuple[str, str]] = Counter()
+        counts[("", "handshake")] = 0
+        registry = self._run.registry
+        for org in registry.all() if registry is not None else ():
+            counts[(org.name, "syncing")] = 0
+            counts[(org.name, "live")] = 0
+        for session in self._run.sessions:
+            org_name = session.org.name if session.org is not None else ""
+            counts[(org_name, session.state)] += 1
+        gauge.clear()
+        for (org_name, state), count in counts.items():
+            gauge.labels(org=org_name, state=state).set(count)
 
     async def _compact_forever(self) -> None:
         """Trim every org's change log past the retention horizon, once per interval.

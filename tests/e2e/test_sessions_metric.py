@@ -1,0 +1,99 @@
+"""`syncd_sessions` on the real /metrics endpoint counts the sessions open, by state.
+
+It used to go negative by one per session (the handshake state was decremented but never
+incremented); an operator reading it would see -N sessions in the handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from protocol import NEED_DATA, CaughtUp, Connection, Hello, Role
+from syncd.client import LocalDB
+from tests.e2e.conftest import RunningDaemon, org_name, run_daemon
+
+Sessions = dict[tuple[str, str], float]
+
+
+async def scrape_sessions(port: int) -> Sessions:
+    """GET /metrics and return syncd_sessions by (org, state)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    response = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    _head, _, body = response.partition(b"\r\n\r\n")
+    return {
+        (s.labels["org"], s.labels["state"]): s.value
+        for family in text_string_to_metric_families(body.decode())
+        if family.name == "syncd_sessions"
+        for s in family.samples
+    }
+
+
+async def scrape_until(port: int, seen: list[Sessions], want: Callable[[Sessions], bool]) -> None:
+    """Scrape until `want` holds (the daemon changes state on its own schedule), for at
+    most 10 s; every scrape is kept so the test can check no value was ever negative."""
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                seen.append(await scrape_sessions(port))
+                if want(seen[-1]):
+                    return
+                await asyncio.sleep(0.05)  # poll interval, not synchronisation: `want` decides
+    except TimeoutError:
+        raise AssertionError(f"syncd_sessions never got there; last scrape: {seen[-1]}") from None
+
+
+async def open_tls(running: RunningDaemon) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(
+        "127.0.0.1", running.port, ssl=running.client_ssl(), server_hostname="localhost"
+    )
+
+
+async def test_sessions_gauge_counts_open_sessions_by_state(
+    workdir: Path, control_dsn: str, tmp_path: Path
+) -> None:
+    async with run_daemon(workdir, control_dsn, ops="127.0.0.1:0") as running:
+        port = running.daemon.ops_port
+        assert port is not None
+        org = org_name()
+        await running.add_org(org)
+        seen: list[Sessions] = []
+        async with asyncio.timeout(60):
+            for n in range(3):  # three sessions open and close
+                db = LocalDB.open(tmp_path / f"d{n}.sqlite")
+                await running.client(db, running.token(org), org).sync_once()
+                db.close()
+
+            # A device that completed TLS but has not sent Hello is in the handshake.
+            _silent_reader, silent = await open_tls(running)
+            await scrape_until(port, seen, lambda s: s.get(("", "handshake")) == 1)
+
+            # A device that caught up is live in its org.
+            reader, writer = await open_tls(running)
+            device = Connection(Role.DEVICE)
+            writer.write(device.send(Hello((1,), running.token(org), org, "dev-m", "1", None)))
+            while True:
+                event = device.next_event()
+                if event is NEED_DATA:
+                    device.receive_data(await reader.read(65536))
+                elif isinstance(event, CaughtUp):
+                    break
+            await scrape_until(port, seen, lambda s: s.get((org, "live")) == 1)
+            assert seen[-1][("", "handshake")] == 1
+            assert seen[-1][(org, "syncing")] == 0
+
+            silent.close()
+            writer.close()
+            await scrape_until(
+                port,
+                seen,
+                lambda s: s.get(("", "handshake")) == 0 and s.get((org, "live")) == 0,
+            )
+        assert seen[-1] == {("", "handshake"): 0, (org, "syncing"): 0, (org, "live"): 0}
+        assert all(value >= 0 for sample in seen for value in sample.values()), seen
