@@ -406,7 +406,8 @@ async def _write_round(
             if ok:
                 accepted.append((o, proposed, conflicted))
             else:
-                reason = f"the {o.op}d row would lie outside your filters"
+                done = "inserted" if o.op == "insert" else "updated"
+                reason = f"the {done} row would lie outside your filters"
                 results[o.index] = ("rejected", None, None, int(ErrorCode.OUTSIDE_FILTER), reason)
         if not accepted:
             continue
