@@ -2,27 +2,34 @@
 
 Strategy: msgpack's C unpacker does the byte-level work with every knob set strictly
 (str must be UTF-8, map keys str, no extension types, container and string lengths bounded
-by the frame size so a header claiming 2**32 elements fails before allocating). What the
-unpacker cannot enforce - a nesting-depth bound, bin map keys, the timestamp extension that
+by the frame size so a header claiming 2**32 elements fails before allocating). Every map
+goes through `object_pairs_hook`, which refuses a key given twice (a dict would silently
+keep the last one, so two peers could read one frame differently). What the unpacker
+cannot enforce - a nesting-depth bound, bin map keys, the timestamp extension that
 bypasses ext_hook - is checked afterwards by `check_tree`, an explicit-stack walk (no
 Python recursion, so hostile nesting cannot exhaust the interpreter stack; msgpack's own
 C stack already stops at 1024 levels before we see the object).
+
+Error messages go to the peer, so they name the wire's concepts (msgpack types, the
+frame), never the decoder's own (its exception texts, option names or Python types).
 
 The Changes hot path does not walk rows here: messages.Changes validates its rows with a
 few C-level passes instead (see there).
 
 PROTOCOL.md, "Payload encoding":
-    Maps have str keys only. Extension types (including the timestamp extension -1) are
-    not used and are rejected. Nesting deeper than 32 containers is rejected.
+    Map keys are str only, and a key appears at most once in a map. Extension types are
+    not used, including the timestamp extension (-1). Containers nest at most 32 levels.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, NoReturn
 
 import msgpack
 
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from protocol.validate import wire_type_name
 
 __all__ = ["MAX_DEPTH", "PRIMITIVE_TYPES", "check_tree", "pack", "unpack"]
 
@@ -41,6 +48,56 @@ def _reject_ext(code: int, data: bytes) -> NoReturn:
     raise RemoteProtocolError(f"msgpack extension type {code} is not allowed")
 
 
+def _map_once(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Build one decoded map, refusing a key that appears twice (PROTOCOL.md, "Payload
+    encoding"). One C-level dict build per map; only a refused map pays for the search."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[Any] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise RemoteProtocolError(f"map key {key!r} appears more than once")
+            seen.add(key)
+    return result
+
+
+#: msgpack's TypeError/ValueError for a non-str key, e.g. "int is not allowed for map key
+#: when strict_map_key=True": only the Python type name is kept, as a msgpack type name.
+_KEY_TYPE = re.compile(r"^(\w+) is not allowed for map key")
+_PYTHON_TO_WIRE = {
+    "NoneType": "nil",
+    "bool": "bool",
+    "int": "int",
+    "float": "float",
+    "bytes": "bin",
+    "list": "array",
+    "tuple": "array",
+    "dict": "map",
+}
+
+
+def _peer_message(exc: Exception) -> str:
+    """What a msgpack decoding failure means on the wire, without the decoder's wording."""
+    if isinstance(exc, msgpack.ExtraData):
+        return "extra bytes after the msgpack object in the frame"
+    if isinstance(exc, msgpack.StackError):
+        return f"message nests containers deeper than {MAX_DEPTH} levels"
+    if isinstance(exc, msgpack.FormatError):
+        return "invalid msgpack data (a byte that starts no msgpack type)"
+    text = str(exc)
+    key_type = _KEY_TYPE.match(text)
+    if key_type is not None:
+        found = _PYTHON_TO_WIRE.get(key_type.group(1), "non-str")
+        return f"map key of msgpack type {found}: map keys must be str"
+    if "max_ext_len" in text:  # max_ext_len=0: any extension, the timestamp included
+        return "msgpack extension types are not allowed"
+    if "incomplete input" in text:
+        return "the frame ends inside a msgpack object"
+    if "exceeds max_" in text:
+        return "a msgpack container or string claims more elements than the frame holds"
+    return "malformed msgpack payload"
+
+
 def unpack(payload: bytes) -> Any:
     """Decode exactly one msgpack object from `payload` under strict settings.
 
@@ -53,6 +110,7 @@ def unpack(payload: bytes) -> Any:
             payload,
             raw=False,
             strict_map_key=True,
+            object_pairs_hook=_map_once,
             use_list=True,
             timestamp=0,
             ext_hook=_reject_ext,
@@ -70,9 +128,8 @@ def unpack(payload: bytes) -> Any:
         raise RemoteProtocolError(f"invalid UTF-8 in a msgpack str: {exc.reason}") from None
     except (ValueError, TypeError) as exc:
         # msgpack raises ValueError subclasses (ExtraData, FormatError, StackError, plain
-        # ValueError for truncation or limits) and TypeError for odd keys.
-        detail = str(exc) or type(exc).__name__
-        raise RemoteProtocolError(f"malformed msgpack payload: {detail}") from None
+        # ValueError for truncation or limits) and TypeError/ValueError for odd keys.
+        raise RemoteProtocolError(_peer_message(exc)) from None
 
 
 def check_tree(obj: object, *, depth: int = 0) -> None:
@@ -100,12 +157,15 @@ def check_tree(obj: object, *, depth: int = 0) -> None:
                 _too_deep()
             for key, item in node.items():  # type: ignore[attr-defined]
                 if type(key) is not str:
-                    raise RemoteProtocolError(f"map key {key!r} is not a str")
+                    raise RemoteProtocolError(
+                        f"map key of msgpack type {wire_type_name(key)}: map keys must be str"
+                    )
                 if type(item) in PRIMITIVE_TYPES:
                     continue
                 push((item, level))
         elif node_type not in PRIMITIVE_TYPES:
-            raise RemoteProtocolError(f"value of type {node_type.__name__} is not allowed")
+            # Only a timestamp could get here (ext_hook refuses other extension types).
+            raise RemoteProtocolError("msgpack extension types are not allowed")
 
 
 def _too_deep() -> NoReturn:

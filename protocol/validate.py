@@ -30,6 +30,7 @@ __all__ = [
     "check_value",
     "fail",
     "to_tuple",
+    "wire_type_name",
 ]
 
 #: A column value on the wire (PROTOCOL.md, "Values"): nil, bool, int64, float64, str, bin.
@@ -46,6 +47,25 @@ NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _VALUE_TYPES: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes})
 
 
+_WIRE_TYPE_NAMES: dict[type, str] = {
+    type(None): "nil",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    str: "str",
+    bytes: "bin",
+    list: "array",
+    tuple: "array",
+    dict: "map",
+}
+
+
+def wire_type_name(value: object) -> str:
+    """The msgpack type name of a decoded value, for messages a peer reads (it knows
+    msgpack's types, not Python's)."""
+    return _WIRE_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
 def fail(owner: str, field: str, problem: str) -> LocalProtocolError:
     """The error for `owner.field` being wrong, phrased for both sides of the wire."""
     return LocalProtocolError(f"{owner}.{field}: {problem}")
@@ -53,7 +73,7 @@ def fail(owner: str, field: str, problem: str) -> LocalProtocolError:
 
 def check_str(owner: str, field: str, value: object, *, max_len: int | None = None) -> str:
     if type(value) is not str:
-        raise fail(owner, field, f"expected str, got {type(value).__name__}")
+        raise fail(owner, field, f"expected str, got {wire_type_name(value)}")
     if max_len is not None and len(value) > max_len:
         raise fail(owner, field, f"longer than {max_len} characters")
     return value
@@ -63,7 +83,7 @@ def check_int(
     owner: str, field: str, value: object, *, low: int = INT64_MIN, high: int = INT64_MAX
 ) -> int:
     if type(value) is not int:
-        raise fail(owner, field, f"expected int, got {type(value).__name__}")
+        raise fail(owner, field, f"expected int, got {wire_type_name(value)}")
     if not low <= value <= high:
         raise fail(owner, field, f"{value} is outside [{low}, {high}]")
     return value
@@ -71,7 +91,7 @@ def check_int(
 
 def check_bytes(owner: str, field: str, value: object, *, max_len: int | None = None) -> bytes:
     if type(value) is not bytes:
-        raise fail(owner, field, f"expected bin (bytes), got {type(value).__name__}")
+        raise fail(owner, field, f"expected bin, got {wire_type_name(value)}")
     if max_len is not None and len(value) > max_len:
         raise fail(owner, field, f"longer than {max_len} bytes")
     return value
@@ -87,7 +107,9 @@ def check_name(owner: str, field: str, value: object) -> str:
 
 def check_value(owner: str, field: str, value: object) -> None:
     if type(value) not in _VALUE_TYPES:
-        raise fail(owner, field, f"values must be nil/bool/int/float/str/bin, got {value!r}")
+        raise fail(
+            owner, field, f"values must be nil/bool/int/float/str/bin, got {wire_type_name(value)}"
+        )
     if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         raise fail(owner, field, f"integer {value} does not fit in 64 bits")
 
@@ -100,4 +122,4 @@ def to_tuple(owner: str, field: str, value: object) -> tuple[Any, ...]:
         return tuple(value)
     if isinstance(value, Iterable) and not isinstance(value, str | bytes | dict):
         return tuple(value)
-    raise fail(owner, field, f"expected array, got {type(value).__name__}")
+    raise fail(owner, field, f"expected array, got {wire_type_name(value)}")

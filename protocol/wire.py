@@ -18,6 +18,7 @@ from protocol.codec import check_tree, pack, unpack
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.framing import frame_header
 from protocol.messages import MESSAGE_TYPES, Changes, Message
+from protocol.validate import wire_type_name
 
 __all__ = ["decode_payload", "encode_frame", "from_wire", "to_wire"]
 
@@ -46,7 +47,7 @@ def to_wire(message: Message) -> dict[str, object]:
 
 def _struct_from_map(cls: type[Any], wire: object, where: str) -> Any:
     if type(wire) is not dict:
-        raise RemoteProtocolError(f"{where}: expected map, got {type(wire).__name__}")
+        raise RemoteProtocolError(f"{where}: expected map, got {wire_type_name(wire)}")
     kwargs: dict[str, object] = {}
     for f in fields(cls):
         if f.name in wire:
@@ -70,14 +71,17 @@ def _struct_from_map(cls: type[Any], wire: object, where: str) -> Any:
     try:
         return cls(**kwargs)
     except LocalProtocolError as exc:
-        # The constructor rejected fields that came from the peer: the peer's fault.
-        raise RemoteProtocolError(f"{where}: {exc}") from None
+        # The constructor rejected fields that came from the peer: the peer's fault. Its
+        # message starts "<Class>.<field>:"; say where the struct sits in the message.
+        text, own = str(exc), f"{cls.__name__}."
+        detail = f"{where}.{text[len(own) :]}" if text.startswith(own) else f"{where}: {text}"
+        raise RemoteProtocolError(detail) from None
 
 
 def from_wire(wire: object) -> Message:
     """Build the message described by a decoded payload, or raise RemoteProtocolError."""
     if type(wire) is not dict:
-        raise RemoteProtocolError(f"payload must be a map, got {type(wire).__name__}")
+        raise RemoteProtocolError(f"payload must be a map, got {wire_type_name(wire)}")
     type_name = wire.get("type")
     if type(type_name) is not str:
         raise RemoteProtocolError('payload has no str "type" field')
@@ -87,7 +91,9 @@ def from_wire(wire: object) -> Message:
     if cls is Changes:
         for key, value in wire.items():
             if type(key) is not str:
-                raise RemoteProtocolError(f"map key {key!r} is not a str")
+                raise RemoteProtocolError(
+                    f"map key of msgpack type {wire_type_name(key)}: map keys must be str"
+                )
             if key not in _CHANGES_ROW_FIELDS:
                 check_tree(value, depth=1)
     else:

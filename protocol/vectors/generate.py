@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from protocol.connection import encode_changes
 from protocol.errors import ErrorCode
 from protocol.framing import frame_header
@@ -107,6 +109,20 @@ def _payload(hex_body: str) -> str:
     return (frame_header(len(body)) + body).hex()
 
 
+def _pairs(*pairs: tuple[str, Any]) -> bytes:
+    """A msgpack map written pair by pair, so a key may repeat (a dict cannot say that);
+    a value that is bytes already is taken as an encoded msgpack object."""
+    out = bytearray(msgpack.Packer().pack_map_header(len(pairs)))
+    for key, value in pairs:
+        out += msgpack.packb(key)
+        out += value if isinstance(value, bytes) else msgpack.packb(value)
+    return bytes(out)
+
+
+def _framed(body: bytes) -> str:
+    return (frame_header(len(body)) + body).hex()
+
+
 #: Frames a fresh connection of `role` must refuse with `code`.
 BAD_FRAMES: list[dict[str, str]] = [
     {"name": "length_prefix_4gib", "role": "server", "hex": "ffffffff", "code": "FRAME_TOO_LARGE"},
@@ -194,6 +210,53 @@ BAD_FRAMES: list[dict[str, str]] = [
         "role": "device",
         "hex": encode_changes("account", [], []).data.hex(),
         "code": "UNEXPECTED_MESSAGE",
+    },
+    # {"type": "ping", "nonce": 1, "nonce": 2}: a key given twice, even with one type
+    {
+        "name": "duplicate_map_key",
+        "role": "device",
+        "hex": _framed(_pairs(("type", "ping"), ("nonce", 1), ("nonce", 2))),
+        "code": "PROTOCOL_VIOLATION",
+    },
+    # a Hello naming two orgs: which one a decoder keeps must never be a question
+    {
+        "name": "duplicate_key_in_hello",
+        "role": "server",
+        "hex": _framed(
+            _pairs(
+                ("type", "hello"),
+                ("versions", [1]),
+                ("token", "t"),
+                ("org", "acme"),
+                ("org", "globex"),
+                ("device_id", "d"),
+                ("app_version", "1"),
+            )
+        ),
+        "code": "PROTOCOL_VIOLATION",
+    },
+    # an Upload whose op sets column "name" twice, in a map nested three levels down
+    {
+        "name": "duplicate_key_in_nested_map",
+        "role": "server",
+        "hex": _framed(
+            _pairs(
+                ("type", "upload"),
+                ("batch_id", "b"),
+                (
+                    "ops",
+                    b"\x91"
+                    + _pairs(
+                        ("op", "update"),
+                        ("entity", "account"),
+                        ("key", 1),
+                        ("base_version", 1),
+                        ("values", _pairs(("name", "a"), ("name", "b"))),
+                    ),
+                ),
+            )
+        ),
+        "code": "PROTOCOL_VIOLATION",
     },
     # Hello offering only version 9
     {
