@@ -27,7 +27,11 @@ some column was changed on both sides, answers ``conflict`` with the merged serv
 server's value wins on those columns). A missing base image counts as "every column changed".
 
 Results are plain tuples ``(status, version, row, code, reason)`` stored as msgpack, so a
-replay returns byte-identical verdicts, bytes values included.
+replay returns byte-identical verdicts, bytes values included. An applied insert or update
+carries the row as written (wire values, then version) and a conflict carries CONFLICT and a
+reason beside the server's row: the device settles its copy from the result alone, which it
+must, because a key inserted and deleted in one batch never comes back through a filtered
+feed (no window ever held a row of it) (issue 9).
 """
 
 from __future__ import annotations
@@ -123,7 +127,8 @@ class _KeyState:
 
 @dataclass(slots=True)
 class _Round:
-    upserts: dict[str, list[tuple[PlannedOp, list[Any], bool]]] = field(default_factory=dict)
+    # (op, proposed row, None or the reason of a merge conflict)
+    upserts: dict[str, list[tuple[PlannedOp, list[Any], str | None]]] = field(default_factory=dict)
     deletes: dict[str, list[PlannedOp]] = field(default_factory=dict)
 
 
@@ -298,10 +303,10 @@ async def _run_round(
         elif decision[0] == "delete":
             plan.deletes.setdefault(o.entity.name, []).append(o)
         elif decision[0] == "conflict":
-            results[o.index] = ("conflict", None, decision[1], None, None)
+            results[o.index] = _conflict(decision[1], decision[2])
         else:
-            conflicted = decision[0] == "merge_conflict"
-            plan.upserts.setdefault(o.entity.name, []).append((o, decision[1], conflicted))
+            reason = decision[2] if decision[0] == "merge_conflict" else None
+            plan.upserts.setdefault(o.entity.name, []).append((o, decision[1], reason))
     if isolate:
         try:
             async with conn.transaction():
@@ -315,8 +320,20 @@ async def _run_round(
         await _write_round(conn, plan, state, filters, results, writeback)
 
 
+def _conflict(row: list[Any] | None, reason: str) -> StoredResult:
+    return ("conflict", None, row, int(ErrorCode.CONFLICT), reason)
+
+
+def _stale(o: PlannedOp, row: list[Any]) -> str:
+    return (
+        f"the row changed on the server since version {o.base_version} (it is at version"
+        f" {row[-1]}); the server's row is kept"
+    )
+
+
 async def _decide(conn: asyncpg.Connection, o: PlannedOp, s: _KeyState) -> Any:
-    """('upsert'|'merge_conflict', proposed row) | ('delete',) | ('conflict', row) | None."""
+    """('upsert', proposed row) | ('merge_conflict', proposed row, reason) | ('delete',)
+    | ('conflict', row, reason) | None."""
     e = o.entity
     if s.row is not None and not s.visible:
         raise _Rejected(ErrorCode.OUTSIDE_FILTER, f"{e.name} {o.key!r} is outside your filters")
@@ -325,18 +342,22 @@ async def _decide(conn: asyncpg.Connection, o: PlannedOp, s: _KeyState) -> Any:
             return ("upsert", _proposed(e, None, o))
         if e.conflict == "client_wins":
             return ("upsert", _proposed(e, s.row, o))
-        return ("conflict", s.row)
+        return ("conflict", s.row, "a row with this key already exists on the server")
     if s.row is None:
-        return None if o.op == "delete" else ("conflict", None)
+        if o.op == "delete":
+            return None
+        return ("conflict", None, "the row was deleted on the server; the edit was not applied")
     current = s.row[-1] == o.base_version or (
         s.mine_base is not None and s.mine_base == o.base_version
     )
     if o.op == "delete":
-        return ("delete",) if current or e.conflict == "client_wins" else ("conflict", s.row)
+        if current or e.conflict == "client_wins":
+            return ("delete",)
+        return ("conflict", s.row, _stale(o, s.row))
     if current or e.conflict == "client_wins":
         return ("upsert", _proposed(e, s.row, o))
     if e.conflict == "server_wins":
-        return ("conflict", s.row)
+        return ("conflict", s.row, _stale(o, s.row))
     return await _merge(conn, o, s.row)
 
 
@@ -369,10 +390,14 @@ async def _merge(conn: asyncpg.Connection, o: PlannedOp, row: list[Any]) -> Any:
     keep = {n: v for n, v in o.values.items() if n not in server_changed}
     if not server_changed:
         return ("upsert", _proposed(e, row, o))
+    reason = (
+        f"{', '.join(sorted(server_changed))} changed on the server too since version"
+        f" {o.base_version}; the server's values are kept there"
+    )
     if not keep:
-        return ("conflict", row)
+        return ("conflict", row, reason)
     merged = PlannedOp(o.index, o.op, e, o.key, o.base_version, keep)
-    return ("merge_conflict", _proposed(e, row, merged))
+    return ("merge_conflict", _proposed(e, row, merged), reason + ", yours elsewhere")
 
 
 def _proposed(e: Entity, row: list[Any] | None, o: PlannedOp) -> list[Any]:
@@ -402,25 +427,26 @@ async def _write_round(
         entity = items[0][0].entity
         inside = await _inside_filter(conn, entity, [p for _, p, _ in items], filters.get(name))
         accepted = []
-        for (o, proposed, conflicted), ok in zip(items, inside, strict=True):
+        for (o, proposed, conflict), ok in zip(items, inside, strict=True):
             if ok:
-                accepted.append((o, proposed, conflicted))
+                accepted.append((o, proposed, conflict))
             else:
                 done = "inserted" if o.op == "insert" else "updated"
                 reason = f"the {done} row would lie outside your filters"
                 results[o.index] = ("rejected", None, None, int(ErrorCode.OUTSIDE_FILTER), reason)
         if not accepted:
             continue
-        versions = await _upsert(conn, entity, [p for _, p, _ in accepted])
-        for o, proposed, conflicted in accepted:
+        written = await _upsert(conn, entity, [p for _, p, _ in accepted])
+        for o, _proposed_row, conflict in accepted:
             k = key_text(o.key)
-            version = versions[k]
-            row = [*proposed, version]
+            row = written[k]
+            version = row[-1]
             state[(name, k)] = _KeyState(row, True, o.base_version or 0)
-            if conflicted:
-                results[o.index] = ("conflict", None, row, None, None)
+            if conflict is not None:
+                results[o.index] = _conflict(row, conflict)
             else:
-                results[o.index] = ("applied", version, None, None, None)
+                # The row as written: the device takes it as is (module docstring).
+                results[o.index] = ("applied", version, row, None, None)
             writeback.append((o, version))
     for name in sorted(plan.deletes):
         dels = plan.deletes[name]
@@ -508,7 +534,13 @@ async def _inside_filter(
 
 async def _upsert(
     conn: asyncpg.Connection, entity: Entity, rows: Sequence[Sequence[Any]]
-) -> dict[str, int]:
+) -> dict[str, list[Any]]:
+    """Write the rows; returns each key's row as stored, in wire form (values, then version).
+
+    Read back from the table rather than echoed from the input: PostgreSQL normalizes some
+    values (numeric ``007`` is ``7``, jsonb reorders keys), and the device must hold what
+    every other device receives.
+    """
     source, params = _rows_source(entity, rows)
     names = ", ".join(ident(c.name) for c in entity.columns)
     values = ", ".join(_from_wire(c, _json_field(c, i)) for i, c in enumerate(entity.columns))
@@ -523,10 +555,10 @@ async def _upsert(
     # bulk upsert is linear without any planner setting here.
     found = await conn.fetch(
         f"INSERT INTO {ident(entity.name)} AS t ({names}) SELECT {values} FROM {source}"
-        f" ON CONFLICT ({k}) {conflict} RETURNING t.{k}::text, t._version",
+        f" ON CONFLICT ({k}) {conflict} RETURNING t.{k}::text, {wire_select_list(entity, 't')}",
         *params,
     )
-    return {r[0]: r[1] for r in found}
+    return {r[0]: list(r[1:]) for r in found}
 
 
 def _json_default(value: object) -> str:
