@@ -257,9 +257,20 @@ class Welcome(Message):
     heartbeat_interval_ms: int
     token_expires_at: int
     model: ModelSummary = field(metadata={"nested": ModelSummary})
+    idle_timeout_ms: int | None = field(default=None, metadata=_OPTIONAL)
+    """The server ends a session that sent nothing for this long (IDLE_TIMEOUT)."""
+    checkpoint_rows: int | None = field(default=None, metadata=_OPTIONAL)
+    """During a download, a checkpoint follows at the latest the frame that brings the rows
+    sent since the previous one to this many, or"""
+    checkpoint_bytes: int | None = field(default=None, metadata=_OPTIONAL)
+    """the frame that brings the Changes bytes sent since the previous one to this many."""
 
     def __post_init__(self) -> None:
         check_int("Welcome", "version", self.version, low=1, high=MAX_VERSION)
+        for name in ("idle_timeout_ms", "checkpoint_rows", "checkpoint_bytes"):
+            value = getattr(self, name)
+            if value is not None:
+                check_int("Welcome", name, value, low=1, high=INT64_MAX)
         check_str("Welcome", "session_id", self.session_id, max_len=MAX_ID_LENGTH)
         check_int(
             "Welcome",

@@ -138,6 +138,8 @@ class SyncConfig:
     drain_retry_after_seconds: float
     send_queue_frames: int
     change_retention_hours: int
+    checkpoint_rows: int
+    checkpoint_bytes: int
 
 
 @dataclass(frozen=True)
@@ -509,6 +511,10 @@ def _sync(s: _Section) -> SyncConfig:
         drain_retry_after_seconds=s.number("drain_retry_after_seconds", 5.0, 0.0, 3600.0),
         send_queue_frames=s.integer("send_queue_frames", 256, 1, 1_000_000),
         change_retention_hours=s.integer("change_retention_hours", 168, 1, 24 * 3650),
+        checkpoint_rows=s.integer("checkpoint_rows", 20_000, 1, 10_000_000),
+        checkpoint_bytes=s.integer(
+            "checkpoint_bytes", 4 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024
+        ),
     )
 
 

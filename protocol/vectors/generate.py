@@ -65,7 +65,7 @@ ROW_ID = "0b7e3c1a-9f2d-4c5e-8a61-3d2f1e0c9b8a"
 SAMPLES: dict[str, Message] = {
     "hello": Hello((1,), "eyJ0eXAiOiJKV1QifQ.e30.sig", "acme", "dev-1", "2.3.0", None, None),
     "hello_reconnect": Hello((2, 1), "tok", "acme", "dev-1", "2.3.0", b"\x01\x02", "m1"),
-    "welcome": Welcome(1, "s-42", 4194304, 1000, 30000, 1767225600, MODEL),
+    "welcome": Welcome(1, "s-42", 4194304, 1000, 30000, 1767225600, MODEL, 90000, 20000, 4194304),
     "changes": Changes(
         "account",
         upserts=[[ROW_ID, "Acme", "12.50", 1767225600000000, 7]],

@@ -248,6 +248,14 @@ class Daemon:
                     _log.exception("compaction failed", extra={"org": org.name})
                 else:
                     _log.info("change log compacted", extra={"org": org.name, "rows": removed})
+            if registry is not None:
+                # A plan no token named for longer than the retention can only be named by
+                # a token past the horizon, which resyncs anyway; the margin covers how
+                # rarely a plan in use refreshes its mark (syncd.server.tokens).
+                try:
+                    await registry.tokens.prune(retention + timedelta(days=1))
+                except Exception:
+                    _log.exception("pruning sync plans failed")
 
     def _ready(self) -> tuple[bool, str]:
         if self.draining:
@@ -310,6 +318,8 @@ def _session_settings(cfg: Config) -> SessionSettings:
         idle_timeout=s.idle_timeout_seconds,
         token_expiry_warning=s.token_expiry_warning_seconds,
         send_queue_frames=s.send_queue_frames,
+        checkpoint_rows=s.checkpoint_rows,
+        checkpoint_bytes=s.checkpoint_bytes,
     )
 
 

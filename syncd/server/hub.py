@@ -38,13 +38,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from protocol import Checkpoint as CheckpointMsg
-from protocol import PreparedFrame, encode_changes, prepare
+from protocol import PreparedFrame, encode_changes
 from syncd.filters.partition import touched_sql
 from syncd.metrics import Metrics
 from syncd.model import Column, Entity
 from syncd.server.plan import DevicePlan, Partition
-from syncd.server.sync_token import SyncToken
 from syncd.store import Checkpoint, ResyncRequired, StagingStore
 
 # touched_since: the store's spelling of "values a column held in rows written since a
@@ -77,8 +75,6 @@ def timed(subscriptions: Sequence[Subscription], times: WindowTimes) -> tuple[Su
 
 _log = logging.getLogger(__name__)
 
-GroupKey = tuple[tuple[str, str], ...]
-
 
 @dataclass(eq=False)
 class LiveMember:
@@ -92,6 +88,8 @@ class LiveMember:
     """Queue frames without waiting; False means the session's queue is full."""
     on_dropped: Callable[[Checkpoint], None]
     """Called once if the hub drops the member, with the checkpoint it last received whole."""
+    checkpoint_frame: Callable[[Checkpoint, datetime], PreparedFrame]
+    """The member's Checkpoint frame for a snapshot: tokens are sealed for one device each."""
 
 
 @dataclass(eq=False)
@@ -317,17 +315,11 @@ class LiveHub:
                 continue  # every member of it left while the window was read
             for member in live.members:
                 mine.setdefault(member, []).append(read)
-        tokens: dict[GroupKey, PreparedFrame] = {}
         sent: dict[str, int] = {}
         for member, parts in mine.items():
-            group = member.plan.group_key
-            token = tokens.get(group)
-            if token is None:
-                encoded = SyncToken(until, member.plan.hashes, at=until_at).encode()
-                token = tokens[group] = prepare(CheckpointMsg(token=encoded))
             frames = [f for r in parts for f in r.deletes]
             frames.extend(f for r in parts for f in r.upserts)
-            frames.append(token)
+            frames.append(member.checkpoint_frame(until, until_at))
             if member.offer(frames):
                 member.checkpoint, member.checkpoint_at = until, until_at
                 for r in parts:

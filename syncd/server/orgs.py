@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from syncd.metrics import Metrics
 from syncd.server.hub import LiveHub
+from syncd.server.tokens import TokenService
 from syncd.store import (
     CONFIG_CHANNEL,
+    TOKEN_KEYS_CHANGED,
     ControlStore,
     Listener,
     OrgRecord,
@@ -68,8 +71,15 @@ class OrgRegistry:
         self._orgs: dict[str, OrgRuntime] = {}
         self._reload_locks: dict[str, asyncio.Lock] = {}
         self._config_listener: Listener | None = None
-        self._pending: set[asyncio.Task[OrgRuntime | None]] = set()
+        self._pending: set[asyncio.Task[object]] = set()
         self._reloaded = asyncio.Condition()
+        self._tokens: TokenService | None = None
+
+    @property
+    def tokens(self) -> TokenService:
+        """Seals and opens the orgs' sync tokens (loaded by ``start``)."""
+        assert self._tokens is not None, "OrgRegistry.start() was not awaited"
+        return self._tokens
 
     def get(self, name: str) -> OrgRuntime | None:
         return self._orgs.get(name)
@@ -79,6 +89,7 @@ class OrgRegistry:
 
     async def start(self) -> None:
         """Load every org, then follow configuration changes made by any instance."""
+        self._tokens = await TokenService.load(self.control)
         for record in await self.control.list_orgs():
             await self.reload(record.name)
         self._config_listener = Listener(
@@ -87,11 +98,24 @@ class OrgRegistry:
         await self._config_listener.start()
 
     def _on_config_notify(self, org: str) -> None:
-        names = [org] if org else [*self._orgs]  # '' = reconnected: anything may have changed
+        if org in (TOKEN_KEYS_CHANGED, ""):  # '' = reconnected: anything may have changed
+            self._spawn(self._reload_keys())
+            if org:
+                return
+        names = [org] if org else [*self._orgs]
         for name in names:
-            task = asyncio.create_task(self.reload(name))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._spawn(self.reload(name))
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _reload_keys(self) -> None:
+        try:
+            await self.tokens.reload_keys()
+        except Exception:
+            _log.exception("reloading sync token keys failed")
 
     async def reload(self, name: str) -> OrgRuntime | None:
         """Bring the in-memory state of `name` in line with the control database."""
@@ -115,9 +139,14 @@ class OrgRegistry:
     async def _reload(self, name: str) -> OrgRuntime | None:
         record = await self.control.get_org(name)
         runtime = self._orgs.get(name)
+        if runtime is not None and (
+            record is None or record.incarnation != runtime.record.incarnation
+        ):
+            # Removed, or removed and added again under the same name: nothing of the old
+            # incarnation (its hub, its sessions, its tokens) carries over.
+            await self._unload(runtime)
+            runtime = None
         if record is None:
-            if runtime is not None:
-                await self._unload(runtime)
             return None
         if runtime is None:
             staging = self.stores.get(name, record.staging_dsn)
@@ -150,6 +179,7 @@ class OrgRegistry:
         await runtime.hub.close()
         await self.stores.close(runtime.name)
         self._metrics.forget_org(runtime.name)
+        self.tokens.forget_org(runtime.name)
 
     async def close(self) -> None:
         for task in list(self._pending):

@@ -23,7 +23,7 @@ tokens and catch-up stay per entity: partitions are the live hub's business alon
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from syncd.auth import Claims
 from syncd.filters.compiled import BindError, BoundFilter, bind_filter
 from syncd.filters.partition import split_claim_list
 from syncd.model import AccessSpec, ClientModel, Column, Entity
+from syncd.server.sync_token import plan_digest
 from syncd.store import Subscription
 from syncd.store.feed import time_relative
 
@@ -74,11 +75,20 @@ class DevicePlan:
     hashes: Mapping[str, str]
     partitions: tuple[Partition, ...] = ()
     """Every entity's rows as live partitions; their union per entity is its subscription."""
+    digest: bytes = b""
+    """``plan_digest(hashes)``: what a sync token names instead of the whole map."""
+    order: tuple[str, ...] = ()
+    """The entity names sorted: a token's done bitmap and progress index into this."""
 
     @property
     def group_key(self) -> tuple[tuple[str, str], ...]:
-        """Equal keys mean equal rows: the live hub groups sessions by this."""
+        """Equal keys mean equal rows for every entity."""
         return tuple(sorted(self.hashes.items()))
+
+    def indexes(self, names: Iterable[str]) -> frozenset[int]:
+        """Positions of `names` in ``order``, for a token's done bitmap."""
+        position = {name: i for i, name in enumerate(self.order)}
+        return frozenset(position[n] for n in names)
 
     def changed_entities(self, previous: Mapping[str, str]) -> tuple[str, ...]:
         """Entities of this plan that a device following `previous` must download anew."""
@@ -150,7 +160,14 @@ def plan_for(
     fingerprint = _digest([[s.name, s.key, [[c.name, c.type] for c in s.columns]] for s in schemas])
     summary = ModelSummary(fingerprint=fingerprint, entities=tuple(schemas))
     return DevicePlan(
-        model_version, profile_name, summary, tuple(subscriptions), hashes, tuple(partitions)
+        model_version,
+        profile_name,
+        summary,
+        tuple(subscriptions),
+        hashes,
+        tuple(partitions),
+        plan_digest(hashes),
+        tuple(sorted(hashes)),
     )
 
 

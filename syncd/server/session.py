@@ -24,8 +24,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +58,7 @@ from protocol import (
     Welcome,
     encode_changes,
     error_frame_for,
+    prepare,
 )
 from protocol import Checkpoint as CheckpointMsg
 from syncd.auth import AuthError, Claims, TokenVerifier
@@ -67,9 +68,16 @@ from syncd.server.hub import LiveMember, timed
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.server.outbox import Outbox
 from syncd.server.plan import DevicePlan, PlanError, plan_for
-from syncd.server.sync_token import Progress, SyncToken, SyncTokenError
+from syncd.server.sync_token import (
+    Binding,
+    Progress,
+    SyncToken,
+    SyncTokenError,
+    TokenTooLarge,
+    progress_fits,
+)
 from syncd.server.uploads import apply_upload_batch
-from syncd.store import ChangeBatch, ChangeStream, Checkpoint, ResyncRequired, Subscription
+from syncd.store import ChangeBatch, ChangeStream, Checkpoint, CheckpointAhead, ResyncRequired
 from syncd.store.feed import WindowTimes
 
 __all__ = ["DeviceSession", "SessionSettings"]
@@ -78,10 +86,6 @@ _log = logging.getLogger(__name__)
 
 # Reads are sized to a TLS record's worth of frames; bigger reads only add latency.
 READ_CHUNK = 64 * 1024
-#: A long initial download carries a resumable checkpoint this often: a device cut off
-#: mid-download loses at most this many rows of progress, and each checkpoint costs the
-#: device one SQLite commit.
-CHECKPOINT_EVERY_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,63 @@ class SessionSettings:
     idle_timeout: float
     token_expiry_warning: float
     send_queue_frames: int
+    checkpoint_rows: int
+    """A download carries a resumable checkpoint at least this often in rows, and"""
+    checkpoint_bytes: int
+    """in bytes of Changes frames: a device cut off loses at most about this much."""
+
+
+@dataclass
+class _Resume:
+    """Where a device resumes: the snapshot it holds entities at (None: nothing), entities
+    to download from scratch, and entities whose download at `since` was cut off (entity ->
+    the last key it got, None when not started)."""
+
+    since: Checkpoint | None = None
+    at: datetime | None = None
+    fresh: tuple[str, ...] = ()
+    unfinished: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_token(
+        cls, token: SyncToken, previous: Mapping[str, str], current: Mapping[str, str]
+    ) -> _Resume:
+        """Compare what the token's plan followed (`previous`) with the plan now."""
+        names = sorted(previous)
+        indexes = range(len(names)) if token.done is None else token.done
+        if any(i >= len(names) for i in indexes):
+            raise SyncTokenError("malformed sync token entities")
+        done = {names[i] for i in indexes}
+        progress: tuple[str, Any] | None = None
+        if token.progress is not None:
+            if token.progress.entity >= len(names):
+                raise SyncTokenError("malformed sync token progress")
+            progress = (names[token.progress.entity], token.progress.after)
+        fresh = tuple(name for name, h in current.items() if previous.get(name) != h)
+        unfinished: dict[str, Any] = {}
+        for name in current:
+            if name in fresh or name in done:
+                continue
+            unfinished[name] = progress[1] if progress and progress[0] == name else None
+        return cls(token.checkpoint, token.at, fresh, unfinished)
+
+
+class _Interval:
+    """Rows and bytes sent since the last resumable checkpoint of a download."""
+
+    def __init__(self, rows: int, size: int) -> None:
+        self._limits = (rows, size)
+        self.rows = self.size = 0
+
+    def add(self, batch: ChangeBatch, size: int) -> None:
+        self.rows += len(batch.upserts) + len(batch.deletes)
+        self.size += size
+
+    def due(self) -> bool:
+        return self.rows >= self._limits[0] or self.size >= self._limits[1]
+
+    def reset(self) -> None:
+        self.rows = self.size = 0
 
 
 class _End(Exception):
@@ -237,6 +298,9 @@ class DeviceSession:
             heartbeat_interval_ms=int(self._settings.heartbeat_interval * 1000),
             token_expires_at=claims.expires_at,
             model=self._plan.summary,
+            idle_timeout_ms=int(self._settings.idle_timeout * 1000),
+            checkpoint_rows=self._settings.checkpoint_rows,
+            checkpoint_bytes=self._settings.checkpoint_bytes,
         )
         await self._write_now(self._conn.send(welcome))
         org.watchers.add(self._on_config_change)
@@ -262,40 +326,18 @@ class DeviceSession:
     async def _sync(self, hello: Hello) -> None:
         assert self.org is not None
         assert self._plan is not None
-        since: Checkpoint | None = None
-        since_at: datetime | None = None
-        fresh: tuple[str, ...] = ()
-        if hello.checkpoint is not None:
-            try:
-                token = SyncToken.decode(hello.checkpoint)
-            except SyncTokenError as exc:
-                raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
-            since, since_at = token.checkpoint, token.at
-            done = dict(token.entities)
-            progress = token.progress
-            if progress is not None and self._plan.hashes.get(progress.entity) == progress.hash:
-                # A download cut off mid-entity: finish it at the token's snapshot, after
-                # which that entity is exactly as current as the completed ones.
-                await self._finish_interrupted(progress, since, since_at, done)
-                done[progress.entity] = progress.hash
-            fresh = self._plan.changed_entities(done)
-            if fresh:
-                await self._outbox.put(
-                    Resync(
-                        entities=fresh,
-                        code=ErrorCode.MODEL_CHANGED,
-                        reason="the model or filters changed, or the download was not finished",
-                    )
-                )
+        resume = await self._resume_point(hello.checkpoint)
         while True:
-            until, until_at = await self._catch_up(since, since_at, fresh)
+            until, until_at = await self._catch_up(resume)
             plan = self._plan
-            token_bytes = SyncToken(until, plan.hashes, at=until_at).encode()
+            token_bytes = self._seal(until, until_at)
             if self._conn.state is State.SYNCING:
                 await self._outbox.put(CaughtUp(token=token_bytes))
             else:
                 await self._outbox.put(CheckpointMsg(token=token_bytes))
-            member = LiveMember(plan, until, until_at, self._outbox.offer, self._on_dropped)
+            member = LiveMember(
+                plan, until, until_at, self._outbox.offer, self._on_dropped, self._live_checkpoint
+            )
             self._dropped, self._replan = None, False
             await self.org.hub.join(member, self._send_gap)
             self._set_state("live")
@@ -304,26 +346,76 @@ class DeviceSession:
                 await self._wake.wait()
             self.org.hub.leave(member)
             self._set_state("syncing")
-            since, since_at, fresh = member.checkpoint, member.checkpoint_at, ()
-            if self._dropped is not None:
-                since = self._dropped
+            resume = _Resume(self._dropped or member.checkpoint, member.checkpoint_at)
             if self._replan:
                 old = plan
                 self._plan = self._make_plan()
-                fresh = self._plan.changed_entities(old.hashes)
-                if self._plan.summary != old.summary or fresh:
-                    await self._outbox.put(ModelChanged(model=self._plan.summary, resync=fresh))
+                resume.fresh = self._plan.changed_entities(old.hashes)
+                if self._plan.summary != old.summary or resume.fresh:
+                    await self._outbox.put(
+                        ModelChanged(model=self._plan.summary, resync=resume.fresh)
+                    )
 
-    async def _catch_up(
-        self, since: Checkpoint | None, since_at: datetime | None, fresh: Sequence[str]
-    ) -> tuple[Checkpoint, datetime]:
-        """Bring every entity to one new snapshot: those in `fresh` (all, for a new device)
-        from scratch, the others incrementally from `since` (at wall time `since_at`).
-        Returns the snapshot and the wall time time-relative filters were evaluated at."""
+    async def _resume_point(self, raw: bytes | None) -> _Resume:
+        """Where the device's token says it is; a device starting over is told so first.
+
+        PROTOCOL.md, "Checkpoints": a token this server did not seal for this org
+        incarnation, user and device, or whose snapshot this staging database never took,
+        is answered with ``resync`` of everything (CHECKPOINT_INVALID); one whose history or
+        plan was pruned, with ``resync`` of everything (CHECKPOINT_TOO_OLD); entities whose
+        subscription changed since, with ``resync`` of those (MODEL_CHANGED).
+        """
+        assert self.org is not None
+        assert self._plan is not None
+        if raw is None:
+            return _Resume()
+        tokens = self._registry.tokens
+        try:
+            token = await tokens.open(raw, self._binding())
+            previous = await tokens.plan(self.org.name, token.plan)
+            if previous is None:
+                return await self._start_over(
+                    ErrorCode.CHECKPOINT_TOO_OLD, "the server no longer keeps this checkpoint"
+                )
+            resume = _Resume.from_token(token, previous, self._plan.hashes)
+            await self.org.staging.check_resumable(token.checkpoint)
+        except SyncTokenError as exc:
+            return await self._start_over(ErrorCode.CHECKPOINT_INVALID, str(exc))
+        except CheckpointAhead as exc:
+            return await self._start_over(ErrorCode.CHECKPOINT_INVALID, str(exc))
+        except ResyncRequired as exc:
+            return await self._start_over(ErrorCode.CHECKPOINT_TOO_OLD, str(exc))
+        if resume.fresh:
+            await self._outbox.put(
+                Resync(
+                    entities=resume.fresh,
+                    code=ErrorCode.MODEL_CHANGED,
+                    reason="the model, the profile or the filters changed",
+                )
+            )
+        return resume
+
+    async def _start_over(self, code: ErrorCode, reason: str) -> _Resume:
+        _log.info("device starts over", extra={"code": code.name, "reason": reason})
+        await self._outbox.put(Resync(entities=None, code=code, reason=reason))
+        return _Resume()
+
+    async def _catch_up(self, resume: _Resume) -> tuple[Checkpoint, datetime]:
+        """Bring every entity to one new snapshot and return it with its wall time.
+
+        First entities whose download at ``resume.since`` was cut off are finished at that
+        snapshot; then every entity not in ``resume.fresh`` moves incrementally from it,
+        and the fresh ones (all, for a new device) are downloaded from scratch.
+        """
         assert self.org is not None
         assert self._plan is not None
         staging, batch_size = self.org.staging, self._settings.batch_size
         plan = self._plan
+        await self._registry.tokens.remember(self.org.name, plan.digest, plan.hashes)
+        since, fresh = resume.since, resume.fresh
+        meter = _Interval(self._settings.checkpoint_rows, self._settings.checkpoint_bytes)
+        if since is not None and resume.unfinished:
+            await self._finish_interrupted(resume, meter)
         incremental = [
             s for s in plan.subscriptions if since is not None and s.entity.name not in fresh
         ]
@@ -332,64 +424,103 @@ class DeviceSession:
             window = await staging.changes(
                 since if incremental else None, incremental, batch_size=batch_size
             )
-        except ResyncRequired as exc:
-            await self._outbox.put(
-                Resync(entities=None, code=ErrorCode.CHECKPOINT_TOO_OLD, reason=str(exc))
+        except (ResyncRequired, CheckpointAhead) as exc:
+            code = (
+                ErrorCode.CHECKPOINT_TOO_OLD
+                if isinstance(exc, ResyncRequired)
+                else ErrorCode.CHECKPOINT_INVALID
             )
+            await self._outbox.put(Resync(entities=None, code=code, reason=str(exc)))
             window = await staging.changes(None, (), batch_size=batch_size)
             incremental, initial = [], list(plan.subscriptions)
         until, until_at = window.checkpoint, self.org.hub.clock()
-        times = WindowTimes(since_at, until_at)
-        await self._send_stream(
-            ChangeStream(staging, window.since, until, timed(incremental, times), batch_size)
-        )
-        done = {s.entity.name: plan.hashes[s.entity.name] for s in incremental}
+        times = WindowTimes(resume.at, until_at)
+        stream = ChangeStream(staging, window.since, until, timed(incremental, times), batch_size)
+        async for batch, size in self._batches(stream):
+            meter.add(batch, size)
+        done = {s.entity.name for s in incremental}
         for sub in timed(initial, times):
             stream = ChangeStream(staging, None, until, (sub,), batch_size)
-            await self._send_initial(stream, sub, (until, until_at), done)
-            done[sub.entity.name] = plan.hashes[sub.entity.name]
+            await self._send_initial(stream, sub.entity.name, (until, until_at), done, meter)
+            done.add(sub.entity.name)
         return until, until_at
 
-    async def _finish_interrupted(
-        self,
-        progress: Progress,
-        snapshot: Checkpoint,
-        snapshot_at: datetime | None,
-        done: dict[str, str],
-    ) -> None:
+    async def _finish_interrupted(self, resume: _Resume, meter: _Interval) -> None:
+        """Finish, at the token's snapshot, the download the device was cut off from: the
+        entity in progress after its last key, then those not started. Each is then exactly
+        as current as the completed ones, and the incremental window from that snapshot
+        brings them all to now."""
         assert self.org is not None
         assert self._plan is not None
-        sub = next(s for s in self._plan.subscriptions if s.entity.name == progress.entity)
-        if snapshot_at is not None:
-            sub = sub.at(WindowTimes(None, snapshot_at))
-        stream = ChangeStream(
-            self.org.staging,
-            None,
-            snapshot,
-            (sub,),
-            self._settings.batch_size,
-            initial_after={progress.entity: progress.after},
-        )
-        await self._send_initial(stream, sub, (snapshot, snapshot_at), done)
+        assert resume.since is not None
+        snapshot, at = resume.since, resume.at
+        done = {
+            s.entity.name
+            for s in self._plan.subscriptions
+            if s.entity.name not in resume.unfinished and s.entity.name not in resume.fresh
+        }
+        for sub in self._plan.subscriptions:
+            name = sub.entity.name
+            if name not in resume.unfinished:
+                continue
+            if at is not None:
+                sub = sub.at(WindowTimes(None, at))
+            after = resume.unfinished[name]
+            stream = ChangeStream(
+                self.org.staging,
+                None,
+                snapshot,
+                (sub,),
+                self._settings.batch_size,
+                initial_after=None if after is None else {name: after},
+            )
+            await self._send_initial(stream, name, (snapshot, at), done, meter)
+            done.add(name)
 
     async def _send_initial(
         self,
         stream: ChangeStream,
-        sub: Subscription,
+        name: str,
         until: tuple[Checkpoint, datetime | None],
-        done: dict[str, str],
+        done: set[str],
+        meter: _Interval,
     ) -> None:
-        """Send an initial download, with a resumable checkpoint every so many rows."""
+        """Send an initial download of entity `name`, with a resumable checkpoint whenever
+        the rows or bytes sent since the previous one reach the interval announced in
+        Welcome (PROTOCOL.md, "Checkpoints"), counted across entities."""
         assert self._plan is not None
-        name = sub.entity.name
-        since_checkpoint = 0
-        async for batch in self._batches(stream):
-            since_checkpoint += len(batch.upserts)
-            if since_checkpoint >= CHECKPOINT_EVERY_ROWS and batch.last_key is not None:
-                since_checkpoint = 0
-                progress = Progress(name, self._plan.hashes[name], batch.last_key)
-                token = SyncToken(until[0], dict(done), progress, at=until[1])
-                await self._outbox.put(CheckpointMsg(token=token.encode()))
+        index = self._plan.order.index(name)
+        async for batch, size in self._batches(stream):
+            meter.add(batch, size)
+            if meter.due() and batch.last_key is not None and progress_fits(batch.last_key):
+                progress = Progress(index, batch.last_key)
+                try:
+                    token = self._seal(*until, done=self._plan.indexes(done), progress=progress)
+                except TokenTooLarge:
+                    continue  # a long key or a busy snapshot: the next batch tries again
+                meter.reset()
+                await self._outbox.put(CheckpointMsg(token=token))
+
+    def _seal(
+        self,
+        until: Checkpoint,
+        at: datetime | None,
+        *,
+        done: frozenset[int] | None = None,
+        progress: Progress | None = None,
+    ) -> bytes:
+        """A token for our current plan; `done` None means every entity is complete."""
+        assert self._plan is not None
+        token = SyncToken(until, self._plan.digest, done, progress, at)
+        return self._registry.tokens.seal(token, self._binding())
+
+    def _live_checkpoint(self, until: Checkpoint, at: datetime) -> PreparedFrame:
+        return prepare(CheckpointMsg(token=self._seal(until, at)))
+
+    def _binding(self) -> Binding:
+        assert self.org is not None
+        assert self._claims is not None
+        return Binding(self.org.record.incarnation.bytes, self._claims.subject, self.device_id)
 
     async def _send_gap(self, since: Checkpoint, until: Checkpoint, times: WindowTimes) -> None:
         """The hub's join callback: send (our checkpoint, until] for our plan, at `times`.
@@ -406,17 +537,13 @@ class DeviceSession:
         async for _batch in self._batches(stream, wait=False):
             pass
         if self._conn.state is not State.SYNCING:
-            token = SyncToken(until, self._plan.hashes, at=times.until).encode()
-            self._outbox.push(CheckpointMsg(token=token))
-
-    async def _send_stream(self, stream: ChangeStream) -> None:
-        async for _batch in self._batches(stream):
-            pass
+            self._outbox.push(CheckpointMsg(token=self._seal(until, times.until)))
 
     async def _batches(
         self, stream: ChangeStream, *, wait: bool = True
-    ) -> AsyncIterator[ChangeBatch]:
-        """Queue each non-empty batch of `stream` as a Changes frame, then yield it."""
+    ) -> AsyncIterator[tuple[ChangeBatch, int]]:
+        """Queue each non-empty batch of `stream` as a Changes frame, then yield it and the
+        frame's size."""
         assert self.org is not None
         rows = self._metrics.rows_sent
         org = self.org.name
@@ -434,7 +561,7 @@ class DeviceSession:
                     self._outbox.push(frame)
                 count = len(batch.upserts) + len(batch.deletes)
                 rows.labels(org=org, entity=batch.entity).inc(count)
-                yield batch
+                yield batch, len(frame)
 
     def _on_dropped(self, checkpoint: Checkpoint) -> None:
         self._dropped = checkpoint
@@ -477,7 +604,7 @@ class DeviceSession:
         elif isinstance(message, Pong):
             pass  # any traffic resets the idle timeout; the nonce needs no check
         elif isinstance(message, Ack):
-            self._on_ack(message)
+            await self._on_ack(message)
         elif isinstance(message, Upload):
             self._outbox.push(await self._upload(message))
         elif isinstance(message, RefreshToken):
@@ -488,9 +615,11 @@ class DeviceSession:
             _log.info("device reported an error", extra={"code": int(message.code)})
             self._finish_with(_End(None))
 
-    def _on_ack(self, ack: Ack) -> None:
+    async def _on_ack(self, ack: Ack) -> None:
+        """PROTOCOL.md: an Ack names a token this session sent; any other ends the session
+        with CHECKPOINT_INVALID. Nothing is sent back."""
         try:
-            token = SyncToken.decode(ack.checkpoint)
+            token = await self._registry.tokens.open(ack.checkpoint, self._binding())
         except SyncTokenError as exc:
             raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
         self._acked = token

@@ -1,103 +1,266 @@
-"""The token a device stores and sends back: where it is in the feed, and for what.
+"""The token a device stores and sends back: the server's word on where the device is.
 
-Strategy: the store's checkpoint (a PostgreSQL snapshot) says *where* the device is; the map
-of entity -> subscription hash says *what* it was following there (the entity's schema, its
-filter and the filter's bound parameters). On reconnect or after a model change the server
-compares that map with what the device should follow now: an entity whose hash is unchanged
-continues incrementally from the checkpoint, any other entity is downloaded from scratch.
-So a model change costs a re-download only of the entities it touched.
+Strategy (DESIGN.md, decision 8). A token says *where* the device is in the feed (the store's
+checkpoint, a PostgreSQL snapshot), *what* it follows there (the digest of the plan's
+entity -> subscription-hash map, whose full text the control database keeps, see
+``syncd.server.tokens``), how far an interrupted initial download got, and the wall time
+time-relative filters were evaluated at. It is sealed with an HMAC whose key lives in the
+control database, and the MAC also covers what the token is bound to (the org's incarnation,
+the user and the device id), none of which travels in the token. So a token is accepted only
+by the org incarnation, user and device it was given to, a forged or tampered one is told
+apart from a real one, and its size does not depend on the number of entities.
 
-A token written in the middle of an initial download also carries `progress`: the entity
-being downloaded, its subscription hash, and the key of the last row sent. Entities in the
-map are complete at the checkpoint; the progress entity is complete up to that key (keys are
-scanned in order); entities in neither are not started. A device cut off mid-download sends
-this token back and the server continues after that key instead of starting over.
+Layout (msgpack; PROTOCOL.md keeps it opaque to devices)::
 
-A token also carries `at`, the wall time the server assigned to the checkpoint's snapshot:
-time-relative filters (`within`) were evaluated with "now" = `at` for everything the device
-holds, so the next window compares them at `at` and at its own time and moves the rows whose
-dates crossed a bound meanwhile. It is optional on decode (tokens written before it existed
-stay valid; their next window moves nothing because of time).
+    [1, key_id, payload: bin, mac: bin(16)]
+    payload = [xmin, xmax - xmin, [gap from the previous running xid ...], at_micros,
+               plan: bin(16), done: bin | nil, progress: [entity_index, after_key] | nil]
 
-The token is opaque to devices (PROTOCOL.md, "Checkpoints"); a device that tampers with it
-can only confuse itself: what it may see is decided from its verified token claims, never
-from this value.
+``done`` is nil when every entity of the plan is complete at the checkpoint; during an
+initial download it is a bitmap over the plan's entity names in sorted order (bit i of byte
+i // 8, least significant first). ``progress`` names the entity being downloaded (an index
+into the same order) and the key of the last row sent: that entity is complete up to the key
+(keys are scanned in order); entities neither done nor in progress are not started.
+
+The MAC is HMAC-SHA256 truncated to 128 bits over a domain tag, the binding and the
+payload bytes. Keys are identified by a small integer so that a key can be rotated while
+tokens sealed with the previous one stay valid until it is retired.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgpack
+import orjson
 
 from syncd.store import Checkpoint, CheckpointError
+from syncd.store.checkpoint import MAX_RUNNING
 
-__all__ = ["Progress", "SyncToken", "SyncTokenError"]
+__all__ = [
+    "MAX_ENTITIES",
+    "MAX_PROGRESS_KEY_BYTES",
+    "Binding",
+    "Keyring",
+    "Progress",
+    "SyncToken",
+    "SyncTokenError",
+    "TokenTooLarge",
+]
 
 _FORMAT = 1
-# Entities per model are few; the bound stops a hostile device from making us decode a lot.
-MAX_ENTITIES = 1024
-MAX_TOKEN_BYTES = 1 << 20
+_DOMAIN = b"syncd sync token v1\x00"
+MAC_BYTES = 16
+PLAN_DIGEST_BYTES = 16
+#: The most entities one plan may follow: the done bitmap is then 125 bytes, which keeps the
+#: whole token well under PROTOCOL.md's 1,024-byte checkpoint limit. The model validator
+#: refuses profiles with more (``syncd.model``).
+MAX_ENTITIES = 1000
+#: A mid-download checkpoint records the last key sent; a key longer than this (encoded) is
+#: not worth a checkpoint of its own, and the session waits for the next row that fits.
+MAX_PROGRESS_KEY_BYTES = 256
+#: PostgreSQL lists each transaction in progress at the snapshot (a cluster's backends bound
+#: that list: 100 by default). 100 entries of at most 9 bytes keep a complete token under
+#: the limit; the store takes windows only at snapshots listing no more (MAX_RUNNING).
+MAX_XIP = MAX_RUNNING
+_MAX_TOKEN_BYTES = 1024
 
 
 class SyncTokenError(ValueError):
-    """Bytes that are not a sync token this server issued."""
+    """Bytes that are not a token this server issued for this device (the peer's doing)."""
 
 
-@dataclass(frozen=True)
+class TokenTooLarge(ValueError):
+    """This token would not fit PROTOCOL.md's checkpoint limit (our side; never sent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Whom a token is given to. It is covered by the MAC and never written into the token."""
+
+    incarnation: bytes
+    user: str
+    device: str
+
+    def mac_input(self) -> bytes:
+        user, device = self.user.encode(), self.device.encode()
+        return b"".join(
+            (
+                _DOMAIN,
+                len(self.incarnation).to_bytes(2, "big"),
+                self.incarnation,
+                len(user).to_bytes(4, "big"),
+                user,
+                len(device).to_bytes(4, "big"),
+                device,
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Progress:
-    """An initial download of `entity` (following `hash`) that reached key `after`."""
+    """An initial download of the plan's entity number `entity` that reached key `after`."""
 
-    entity: str
-    hash: str
-    after: Any
+    entity: int
+    after: str | int | bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SyncToken:
     checkpoint: Checkpoint
-    entities: Mapping[str, str] = field(default_factory=dict)
+    plan: bytes
+    """The digest of the entity -> hash map (``plan_digest``) the device follows."""
+    done: frozenset[int] | None = None
+    """Indexes (into the plan's sorted entity names) complete at the checkpoint; None: all."""
     progress: Progress | None = None
     at: datetime | None = None
 
-    def encode(self) -> bytes:
-        fields: list[Any] = [_FORMAT, self.checkpoint.encode(), dict(self.entities)]
-        p = self.progress
-        fields.append(None if p is None else [p.entity, p.hash, p.after])
-        if self.at is not None:
-            fields.append(_micros(self.at))
-        elif p is None:
-            fields.pop()  # the shortest form, as tokens were before `at` existed
+    def payload(self) -> bytes:
+        cp = self.checkpoint
+        if len(cp.xip) > MAX_XIP:
+            raise TokenTooLarge(f"snapshot lists {len(cp.xip)} running transactions")
+        done = None if self.done is None else _bitmap(self.done)
+        progress = None if self.progress is None else [self.progress.entity, self.progress.after]
+        at = None if self.at is None else _micros(self.at)
+        # Running transactions as gaps from the previous one: usually a byte or two each.
+        gaps = [b - a for a, b in itertools.pairwise((cp.xmin, *cp.xip))]
+        fields = [cp.xmin, cp.xmax - cp.xmin, gaps, at, self.plan]
+        fields += [done, progress]
         data: bytes = msgpack.packb(fields, use_bin_type=True)
         return data
 
     @classmethod
-    def decode(cls, data: bytes) -> SyncToken:
-        if len(data) > MAX_TOKEN_BYTES:
-            raise SyncTokenError("sync token too long")
+    def from_payload(cls, data: bytes) -> SyncToken:
         try:
             obj = msgpack.unpackb(
-                data, raw=False, max_map_len=MAX_ENTITIES, max_array_len=5, strict_map_key=True
+                data, raw=False, max_array_len=MAX_XIP, max_bin_len=256, max_map_len=0
             )
-        except Exception as exc:  # msgpack raises several unrelated types on garbage
-            raise SyncTokenError(f"undecodable sync token: {exc}") from None
-        if not (isinstance(obj, list) and len(obj) in (3, 4, 5) and obj[0] == _FORMAT):
-            raise SyncTokenError("unknown sync token format")
-        raw_checkpoint, entities = obj[1], obj[2]
-        progress = _progress(obj[3]) if len(obj) >= 4 and obj[3] is not None else None
-        at = _at(obj[4]) if len(obj) == 5 else None
-        if not isinstance(raw_checkpoint, bytes) or not isinstance(entities, dict):
+        except Exception:  # msgpack raises several unrelated types on garbage
+            raise SyncTokenError("malformed sync token") from None
+        if not (isinstance(obj, list) and len(obj) == 7):
             raise SyncTokenError("malformed sync token")
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in entities.items()):
-            raise SyncTokenError("malformed sync token entities")
+        xmin, span, xip, at, plan, done, progress = obj
+        if not (_uint(xmin) and _uint(span) and isinstance(xip, list) and all(map(_uint, xip))):
+            raise SyncTokenError("malformed sync token snapshot")
+        if not (isinstance(plan, bytes) and len(plan) == PLAN_DIGEST_BYTES):
+            raise SyncTokenError("malformed sync token plan")
+        running, at_xid = [], xmin
+        for gap in xip:
+            at_xid += gap
+            running.append(at_xid)
         try:
-            checkpoint = Checkpoint.decode(raw_checkpoint)
-        except CheckpointError as exc:
-            raise SyncTokenError(str(exc)) from None
-        return cls(checkpoint, entities, progress, at)
+            if any(b <= a for a, b in itertools.pairwise(running)):
+                raise CheckpointError("running transactions out of order")
+            checkpoint = Checkpoint(xmin, xmin + span, tuple(running))
+        except CheckpointError:
+            raise SyncTokenError("malformed sync token snapshot") from None
+        return cls(
+            checkpoint,
+            plan,
+            None if done is None else _unbitmap(done),
+            None if progress is None else _progress(progress),
+            None if at is None else _at(at),
+        )
+
+
+def plan_digest(hashes: Mapping[str, str]) -> bytes:
+    """A fixed-size name for an entity -> hash map: what a token carries instead of the map."""
+    text = orjson.dumps(sorted(hashes.items()))
+    return hashlib.sha256(text).digest()[:PLAN_DIGEST_BYTES]
+
+
+class Keyring:
+    """The MAC keys tokens are sealed and opened with, by id; the newest seals."""
+
+    def __init__(self, keys: Mapping[int, bytes]) -> None:
+        if not keys:
+            raise ValueError("a keyring needs at least one key")
+        self._keys = dict(keys)
+        self.current = max(self._keys)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._keys
+
+    def seal(self, token: SyncToken, binding: Binding) -> bytes:
+        payload = token.payload()
+        mac = self._mac(self.current, binding, payload)
+        data: bytes = msgpack.packb([_FORMAT, self.current, payload, mac], use_bin_type=True)
+        if len(data) > _MAX_TOKEN_BYTES:
+            raise TokenTooLarge(f"sync token of {len(data)} bytes exceeds {_MAX_TOKEN_BYTES}")
+        return data
+
+    def open(self, data: bytes, binding: Binding) -> SyncToken:
+        """The token in `data`, if this server sealed it for `binding`; else SyncTokenError."""
+        key_id, payload, mac = split(data)
+        if key_id not in self._keys:
+            raise SyncTokenError("the sync token was sealed with a key this server does not hold")
+        if not hmac.compare_digest(mac, self._mac(key_id, binding, payload)):
+            raise SyncTokenError(
+                "the sync token was not issued by this server for this device, user and org"
+            )
+        return SyncToken.from_payload(payload)
+
+    def _mac(self, key_id: int, binding: Binding, payload: bytes) -> bytes:
+        digest = hmac.new(self._keys[key_id], binding.mac_input() + payload, hashlib.sha256)
+        return digest.digest()[:MAC_BYTES]
+
+
+def split(data: bytes) -> tuple[int, bytes, bytes]:
+    """The key id, payload and MAC of a sealed token, checked for shape only."""
+    if len(data) > _MAX_TOKEN_BYTES:
+        raise SyncTokenError("sync token too long")
+    try:
+        obj = msgpack.unpackb(data, raw=False, max_array_len=4, max_map_len=0, max_str_len=0)
+    except Exception:  # msgpack raises several unrelated types on garbage
+        raise SyncTokenError("not a sync token of this server") from None
+    if not (isinstance(obj, list) and len(obj) == 4 and obj[0] == _FORMAT):
+        raise SyncTokenError("not a sync token of this server")
+    _, key_id, payload, mac = obj
+    if not (_uint(key_id) and isinstance(payload, bytes) and isinstance(mac, bytes)):
+        raise SyncTokenError("not a sync token of this server")
+    if len(mac) != MAC_BYTES:
+        raise SyncTokenError("not a sync token of this server")
+    return key_id, payload, mac
+
+
+def _bitmap(indexes: frozenset[int]) -> bytes:
+    out = bytearray((max(indexes) // 8 + 1) if indexes else 0)
+    for i in indexes:
+        out[i // 8] |= 1 << (i % 8)
+    return bytes(out)
+
+
+def _unbitmap(raw: object) -> frozenset[int]:
+    if not (isinstance(raw, bytes) and len(raw) <= (MAX_ENTITIES + 7) // 8):
+        raise SyncTokenError("malformed sync token entities")
+    return frozenset(i * 8 + b for i, byte in enumerate(raw) for b in range(8) if byte >> b & 1)
+
+
+def _progress(raw: object) -> Progress:
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and _uint(raw[0])
+        and raw[0] < MAX_ENTITIES
+        and progress_fits(raw[1])
+    ):
+        raise SyncTokenError("malformed sync token progress")
+    return Progress(raw[0], raw[1])
+
+
+def progress_fits(after: Any) -> bool:
+    """Whether a key is small enough to be a mid-download checkpoint's position."""
+    if isinstance(after, str):
+        return len(after.encode()) <= MAX_PROGRESS_KEY_BYTES
+    if isinstance(after, bytes):
+        return len(after) <= MAX_PROGRESS_KEY_BYTES
+    return isinstance(after, int) and not isinstance(after, bool) and -(2**63) <= after < 2**64
 
 
 # Microseconds since the epoch: exact for a datetime, and an int msgpack packs compactly.
@@ -112,19 +275,10 @@ _MAX_MICROS = 253_402_300_799 * 1_000_000  # 9999-12-31
 
 
 def _at(raw: object) -> datetime:
-    if not (isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= _MAX_MICROS):
+    if not (type(raw) is int and 0 <= raw <= _MAX_MICROS):
         raise SyncTokenError("malformed sync token time")
     return _EPOCH + timedelta(microseconds=raw)
 
 
-def _progress(raw: object) -> Progress:
-    if not (
-        isinstance(raw, list)
-        and len(raw) == 3
-        and isinstance(raw[0], str)
-        and isinstance(raw[1], str)
-        and isinstance(raw[2], str | int)
-        and not isinstance(raw[2], bool)
-    ):
-        raise SyncTokenError("malformed sync token progress")
-    return Progress(raw[0], raw[1], raw[2])
+def _uint(v: object) -> bool:
+    return type(v) is int and 0 <= v < 2**64

@@ -1,7 +1,14 @@
 """The staging store: the only package that speaks SQL (control DB, org staging DBs, feed)."""
 
-from syncd.store.checkpoint import Checkpoint, CheckpointError, ResyncRequired
-from syncd.store.control import CONFIG_CHANNEL, ControlStore, OrgRecord, StoredModel
+from syncd.store.checkpoint import Checkpoint, CheckpointAhead, CheckpointError, ResyncRequired
+from syncd.store.control import (
+    CONFIG_CHANNEL,
+    TOKEN_KEYS_CHANGED,
+    ControlStore,
+    OrgRecord,
+    StoredModel,
+    TokenKey,
+)
 from syncd.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from syncd.store.feed import ChangeBatch, FilterTerm, RowFilter, RowPredicate, Subscription
 from syncd.store.ingest import Changeset, apply_changeset, bulk_load
@@ -13,10 +20,12 @@ from syncd.store.staging import ChangeStream, StagingStore
 __all__ = [
     "CONFIG_CHANNEL",
     "NOTIFY_CHANNEL",
+    "TOKEN_KEYS_CHANGED",
     "ChangeBatch",
     "ChangeStream",
     "Changeset",
     "Checkpoint",
+    "CheckpointAhead",
     "CheckpointError",
     "ControlStore",
     "EmbeddedPostgres",
@@ -32,6 +41,7 @@ __all__ = [
     "StagingStore",
     "StoredModel",
     "Subscription",
+    "TokenKey",
     "apply_changeset",
     "bulk_load",
 ]

@@ -13,9 +13,19 @@ from dataclasses import dataclass
 
 import msgpack
 
-__all__ = ["Checkpoint", "CheckpointError", "ResyncRequired"]
+__all__ = [
+    "MAX_RUNNING",
+    "Checkpoint",
+    "CheckpointAhead",
+    "CheckpointError",
+    "ResyncRequired",
+    "SnapshotBusy",
+]
 
 _FORMAT = 1
+#: A window's end snapshot becomes a device's sync token, which must fit PROTOCOL.md's
+#: 1,024 bytes: a snapshot listing more running transactions than this is taken again.
+MAX_RUNNING = 100
 # A snapshot lists at most max_connections in-progress ids; 65k is far past any real server
 # and bounds what a hostile device can make us decode.
 MAX_XIP = 65_536
@@ -28,6 +38,15 @@ class CheckpointError(ValueError):
 
 class ResyncRequired(Exception):
     """The change history a checkpoint needs was compacted away: the device must resync."""
+
+
+class SnapshotBusy(Exception):
+    """Every snapshot taken listed more than MAX_RUNNING running transactions."""
+
+
+class CheckpointAhead(Exception):
+    """A checkpoint this database never took: it sees transactions the database has not
+    reached (the staging database was restored or recreated). Never a valid window start."""
 
 
 @dataclass(frozen=True, slots=True)

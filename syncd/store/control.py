@@ -9,8 +9,11 @@ Writes that other instances must see (orgs, models, assignments) NOTIFY ``syncd_
 
 from __future__ import annotations
 
+import secrets
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -20,9 +23,19 @@ from syncd.model import ClientModel
 from syncd.store.checkpoint import Checkpoint
 from syncd.store.sql import ORG_RE
 
-__all__ = ["CONFIG_CHANNEL", "ControlStore", "OrgRecord", "StoredModel"]
+__all__ = [
+    "CONFIG_CHANNEL",
+    "TOKEN_KEYS_CHANGED",
+    "ControlStore",
+    "OrgRecord",
+    "StoredModel",
+    "TokenKey",
+]
 
 CONFIG_CHANNEL = "syncd_config"
+#: The CONFIG_CHANNEL payload that says the token keys changed (no org name starts with '*').
+TOKEN_KEYS_CHANGED = "*token-keys"
+_TOKEN_KEY_BYTES = 32
 # Arbitrary constant shared by every syncd instance: serializes migrations.
 _MIGRATION_LOCK = 7469120
 
@@ -65,6 +78,24 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (org, batch_id)
     );
     """,
+    # 2: sync tokens are sealed with keys kept here and bound to an org's incarnation; the
+    # entity -> hash map a token names by digest is kept here too (DESIGN.md, decision 8).
+    """
+    ALTER TABLE orgs ADD COLUMN incarnation uuid NOT NULL DEFAULT gen_random_uuid();
+    CREATE TABLE token_keys (
+        id         integer PRIMARY KEY,
+        secret     bytea NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        retired_at timestamptz
+    );
+    CREATE TABLE sync_plans (
+        org     text NOT NULL REFERENCES orgs ON DELETE CASCADE,
+        digest  bytea NOT NULL,
+        hashes  json NOT NULL,
+        used_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (org, digest)
+    );
+    """,
 )
 
 
@@ -74,6 +105,18 @@ class OrgRecord:
     status: str
     staging_dsn: str | None
     created_at: datetime
+    incarnation: uuid.UUID
+    """New each time an org of this name is added: sync tokens are bound to it, not the name."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenKey:
+    """A key sync tokens are sealed with (the newest unretired one) or opened with."""
+
+    id: int
+    secret: bytes
+    created_at: datetime
+    retired_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,10 +314,80 @@ class ControlStore:
         cps = [Checkpoint.decode(r[0]) for r in rows]
         return min(cps, key=lambda c: c.xmin, default=None)
 
+    # -- sync token keys and plans ------------------------------------------------------------
+
+    async def token_keys(self) -> list[TokenKey]:
+        """Every key, oldest first; creates the first one on a new control database."""
+        await self._pool.execute(
+            "INSERT INTO token_keys (id, secret) VALUES (1, $1) ON CONFLICT DO NOTHING",
+            secrets.token_bytes(_TOKEN_KEY_BYTES),
+        )
+        rows = await self._pool.fetch("SELECT * FROM token_keys ORDER BY id")
+        return [TokenKey(r["id"], r["secret"], r["created_at"], r["retired_at"]) for r in rows]
+
+    async def rotate_token_key(self) -> TokenKey:
+        """Add a key that seals every token from now on; older keys still open theirs."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE token_keys IN EXCLUSIVE MODE")
+            row = await conn.fetchrow(
+                "INSERT INTO token_keys (id, secret)"
+                " SELECT coalesce(max(id), 0) + 1, $1 FROM token_keys RETURNING *",
+                secrets.token_bytes(_TOKEN_KEY_BYTES),
+            )
+            await _notify(conn, TOKEN_KEYS_CHANGED)
+        return TokenKey(row["id"], row["secret"], row["created_at"], row["retired_at"])
+
+    async def retire_token_key(self, key_id: int) -> None:
+        """Stop accepting tokens sealed with `key_id` (their devices download anew).
+
+        The newest key seals new tokens and cannot be retired: rotate first."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE token_keys IN EXCLUSIVE MODE")
+            newest = await conn.fetchval("SELECT max(id) FROM token_keys WHERE retired_at IS NULL")
+            if key_id == newest:
+                raise ValueError(f"key {key_id} seals new tokens: rotate before retiring it")
+            status = await conn.execute(
+                "UPDATE token_keys SET retired_at = now() WHERE id = $1 AND retired_at IS NULL",
+                key_id,
+            )
+            if status != "UPDATE 1":
+                raise KeyError(f"no unretired token key {key_id}")
+            await _notify(conn, TOKEN_KEYS_CHANGED)
+
+    async def save_plan(self, org: str, digest: bytes, hashes: Mapping[str, str]) -> None:
+        """Keep the entity -> hash map a token names by `digest` (or mark it used again)."""
+        await self._pool.execute(
+            """
+            INSERT INTO sync_plans (org, digest, hashes) VALUES ($1, $2, $3::json)
+            ON CONFLICT (org, digest) DO UPDATE SET used_at = now()
+            """,
+            org,
+            digest,
+            orjson.dumps(dict(hashes)).decode(),
+        )
+
+    async def load_plan(self, org: str, digest: bytes) -> dict[str, str] | None:
+        text = await self._pool.fetchval(
+            "SELECT hashes::text FROM sync_plans WHERE org = $1 AND digest = $2", org, digest
+        )
+        if text is None:
+            return None
+        hashes: dict[str, str] = orjson.loads(text)
+        return hashes
+
+    async def prune_plans(self, unused_for: timedelta) -> int:
+        """Forget plans no token was issued for in `unused_for` (their devices resync)."""
+        status: str = await self._pool.execute(
+            "DELETE FROM sync_plans WHERE used_at < now() - $1::interval", unused_for
+        )
+        return int(status.split()[-1])
+
 
 async def _notify(conn: asyncpg.Connection, org: str) -> None:
     await conn.execute("SELECT pg_notify($1, $2)", CONFIG_CHANNEL, org)
 
 
 def _org(row: Any) -> OrgRecord:
-    return OrgRecord(row["name"], row["status"], row["staging_dsn"], row["created_at"])
+    return OrgRecord(
+        row["name"], row["status"], row["staging_dsn"], row["created_at"], row["incarnation"]
+    )

@@ -19,7 +19,13 @@ from typing import Any
 import asyncpg
 
 from syncd.model import ClientModel
-from syncd.store.checkpoint import Checkpoint, ResyncRequired
+from syncd.store.checkpoint import (
+    MAX_RUNNING,
+    Checkpoint,
+    CheckpointAhead,
+    ResyncRequired,
+    SnapshotBusy,
+)
 from syncd.store.feed import ChangeBatch, Subscription, incremental_pages
 from syncd.store.initial import initial_pages
 from syncd.store.listen import Listener
@@ -31,6 +37,10 @@ __all__ = ["ChangeStream", "StagingStore", "create_database", "drop_database"]
 # Settings for every staging connection: custom plans because a generic plan for a filtered
 # page query can be 30x slower (CEILINGS.md); JIT only adds compile time to short pages.
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
+#: A snapshot with too many running transactions is taken again, this often and this many
+#: times (1 s in all) before the caller is told the database is too busy to checkpoint.
+SNAPSHOT_ATTEMPTS = 50
+SNAPSHOT_RETRY_SECONDS = 0.02
 
 _CONNECTION_LOST = (
     asyncpg.ConnectionDoesNotExistError,
@@ -130,13 +140,24 @@ class StagingStore:
         initial_after: Mapping[str, Any] | None = None,
     ) -> ChangeStream:
         """Open the window (since, now]; raises ResyncRequired if its history is gone."""
-        rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
-        snapshot = Checkpoint.from_pg(rows[0][0])
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
+            snapshot = Checkpoint.from_pg(rows[0][0])
+            if len(snapshot.xip) <= MAX_RUNNING:
+                break
+            await asyncio.sleep(SNAPSHOT_RETRY_SECONDS)
+        else:
+            raise SnapshotBusy(f"more than {MAX_RUNNING} transactions running at every snapshot")
         if since is not None:
-            _check_horizon(since, int(rows[0][1]))
+            _check_resumable(since, snapshot, int(rows[0][1]))
         return ChangeStream(
             self, since, snapshot, tuple(subscriptions), batch_size, initial_after=initial_after
         )
+
+    async def check_resumable(self, since: Checkpoint) -> None:
+        """Raise ResyncRequired or CheckpointAhead unless a window can start at `since`."""
+        rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
+        _check_resumable(since, Checkpoint.from_pg(rows[0][0]), int(rows[0][1]))
 
     async def listen(self, callback: Callable[[str], None]) -> Listener:
         """Call ``callback(entity_name)`` after each committed write ('' after a reconnect)."""
@@ -178,6 +199,12 @@ class StagingStore:
             )
             status: str = await conn.execute("DELETE FROM _syncd_changes WHERE txid < $1", h)
         return int(status.split()[-1])
+
+
+def _check_resumable(since: Checkpoint, now: Checkpoint, horizon: int) -> None:
+    if not now.sees_all_of(since):
+        raise CheckpointAhead("the checkpoint is ahead of this database's history")
+    _check_horizon(since, horizon)
 
 
 def _check_horizon(since: Checkpoint, horizon: int) -> None:

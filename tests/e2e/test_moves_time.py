@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from syncd.client import LocalDB
-from syncd.server.sync_token import SyncToken
-from syncd.store import Changeset, Checkpoint
+from syncd.store import Changeset
 from tests.e2e.conftest import RunningDaemon, ingest, org_name
 from tests.e2e.test_filters import keys, sync
 from tests.filters.model import field_model
@@ -70,12 +69,3 @@ async def test_a_row_whose_date_left_the_window_is_deleted_on_reconnect(
     clock.now = T0 + 8 * DAY
     stats = await sync(running, org, db, "7")
     assert (stats.rows_applied, stats.deletes_applied) == (0, 0)
-
-
-def test_tokens_keep_their_time_and_old_tokens_still_decode() -> None:
-    checkpoint = Checkpoint(10, 12, (11,))
-    token = SyncToken(checkpoint, {"account": "h"}, at=T0 + timedelta(microseconds=7))
-    assert SyncToken.decode(token.encode()) == token
-    old = SyncToken(checkpoint, {"account": "h"})  # as written before times were kept
-    assert SyncToken.decode(old.encode()) == old
-    assert len(old.encode()) < len(token.encode())

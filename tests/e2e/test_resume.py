@@ -10,7 +10,6 @@ import pytest
 from syncd.client import LocalDB
 from syncd.client.session import SyncClient
 from syncd.model import ClientModel
-from syncd.server.session import CHECKPOINT_EVERY_ROWS
 from syncd.store import Changeset, bulk_load
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name
 from tests.e2e.helpers import device_rows, staging_rows
@@ -54,7 +53,8 @@ async def test_cut_off_mid_download_resumes(running: RunningDaemon, tmp_path: Pa
             second = await running.client(db, running.token(org), org).sync_once()
     finally:
         await proxy.close()
-    # Continued from the last checkpoint the device stored (at least CHECKPOINT_EVERY_ROWS
+    # Continued from the last checkpoint the device stored (at least checkpoint_rows
     # in), not from scratch; rows it applied past that checkpoint come again, harmlessly.
-    assert second.rows_applied <= ROWS - CHECKPOINT_EVERY_ROWS + 2 * 1000
+    every = running.config.sync.checkpoint_rows
+    assert second.rows_applied <= ROWS - every + 2 * 1000
     assert device_rows(db, "account") == await staging_rows(store, CRM, "account")

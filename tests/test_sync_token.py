@@ -1,0 +1,153 @@
+"""Sync tokens: sealed, bound to org incarnation, user and device, and small for any model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.messages import MAX_CHECKPOINT_LENGTH
+from syncd.server.sync_token import (
+    MAX_ENTITIES,
+    MAX_PROGRESS_KEY_BYTES,
+    MAX_XIP,
+    Binding,
+    Keyring,
+    Progress,
+    SyncToken,
+    SyncTokenError,
+    TokenTooLarge,
+    plan_digest,
+)
+from syncd.store import Checkpoint
+
+ME = Binding(b"\x01" * 16, "user-7", "phone-1")
+RING = Keyring({1: b"k" * 32})
+AT = datetime(2026, 12, 1, 9, 30, 0, 123456, tzinfo=UTC)
+
+
+def token(**kwargs: object) -> SyncToken:
+    base: dict[str, object] = {
+        "checkpoint": Checkpoint(1000, 1005, (1001, 1003)),
+        "plan": plan_digest({"account": "a1", "contact": "c1"}),
+        "at": AT,
+    }
+    base.update(kwargs)
+    return SyncToken(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip_with_progress_and_done() -> None:
+    original = token(done=frozenset({0, 2, 9}), progress=Progress(3, "k-42"))
+    assert RING.open(RING.seal(original, ME), ME) == original
+    complete = token()
+    assert RING.open(RING.seal(complete, ME), ME) == complete
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        Binding(b"\x02" * 16, "user-7", "phone-1"),  # the org was removed and added again
+        Binding(b"\x01" * 16, "user-8", "phone-1"),  # another user
+        Binding(b"\x01" * 16, "user-7", "phone-2"),  # a sibling device of the same user
+        Binding(b"\x01" * 16, "user-7phone-1", ""),  # the same bytes, split differently
+    ],
+)
+def test_a_token_opens_only_for_whom_it_was_sealed(other: Binding) -> None:
+    sealed = RING.seal(token(), ME)
+    with pytest.raises(SyncTokenError, match="not issued by this server for this device"):
+        RING.open(sealed, other)
+
+
+def test_every_flipped_bit_is_refused() -> None:
+    sealed = RING.seal(token(progress=Progress(1, 7)), ME)
+    for i in range(len(sealed)):
+        for bit in (0, 3, 7):
+            tampered = bytearray(sealed)
+            tampered[i] ^= 1 << bit
+            with pytest.raises(SyncTokenError):
+                RING.open(bytes(tampered), ME)
+
+
+def test_forged_snapshot_with_a_guessed_mac_is_refused() -> None:
+    # A device that knows the layout still cannot make a token without the key.
+    payload = token(checkpoint=Checkpoint(2**40, 2**40)).payload()
+    forged = msgpack.packb([1, 1, payload, b"\x00" * 16])
+    with pytest.raises(SyncTokenError):
+        RING.open(forged, ME)
+
+
+def test_rotation_keeps_old_tokens_until_the_key_is_retired() -> None:
+    old = RING.seal(token(), ME)
+    rotated = Keyring({1: b"k" * 32, 2: b"n" * 32})
+    assert rotated.current == 2
+    assert rotated.open(old, ME) == token()  # still valid after the rotation
+    new = rotated.seal(token(), ME)
+    assert new != old
+    retired = Keyring({2: b"n" * 32})
+    assert retired.open(new, ME) == token()
+    with pytest.raises(SyncTokenError, match="key this server does not hold"):
+        retired.open(old, ME)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"\xc1",
+        b"\x90",
+        msgpack.packb([1, 1, b"", b"x" * 16]),
+        msgpack.packb({"a": 1}),
+        msgpack.packb([2, 1, b"p", b"m" * 16]),
+        b"\xff" * 2000,
+    ],
+)
+def test_garbage_is_a_token_error_not_a_crash(garbage: bytes) -> None:
+    with pytest.raises(SyncTokenError):
+        RING.open(garbage, ME)
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_never_open(data: bytes) -> None:
+    with pytest.raises(SyncTokenError):
+        RING.open(data, ME)
+
+
+def test_size_does_not_depend_on_the_number_of_entities() -> None:
+    small = RING.seal(token(plan=plan_digest({"a": "1"})), ME)
+    many = {f"entity_{i:04d}": f"{i:016x}" for i in range(300)}
+    big = RING.seal(token(plan=plan_digest(many)), ME)
+    assert len(small) == len(big) < 120
+
+
+def test_worst_case_tokens_fit_the_protocol_limit() -> None:
+    """A full list of running transactions as far apart as PostgreSQL allows (it keeps the
+    live xid range under 2^31), every entity done but the last, and the longest progress key:
+    still within Hello's checkpoint limit. A complete token fits even with 64-bit gaps."""
+    xmin = 2**40
+    xip = tuple(xmin + i * (2**31 // MAX_XIP - 1) for i in range(MAX_XIP))
+    mid_download = token(
+        checkpoint=Checkpoint(xmin, xip[-1] + 1, xip),
+        done=frozenset(range(MAX_ENTITIES - 1)),
+        progress=Progress(MAX_ENTITIES - 1, "x" * MAX_PROGRESS_KEY_BYTES),
+    )
+    sealed = RING.seal(mid_download, ME)
+    assert len(sealed) <= MAX_CHECKPOINT_LENGTH
+    assert RING.open(sealed, ME) == mid_download
+    far = tuple(xmin + i * 2**33 for i in range(MAX_XIP))
+    complete = token(checkpoint=Checkpoint(xmin, far[-1] + 1, far))
+    assert RING.open(RING.seal(complete, ME), ME) == complete
+
+
+def test_a_snapshot_with_too_many_running_transactions_is_not_sealed() -> None:
+    xip = tuple(range(1000, 1000 + MAX_XIP + 1))
+    with pytest.raises(TokenTooLarge):
+        RING.seal(token(checkpoint=Checkpoint(1000, 2000, xip)), ME)
+
+
+def test_plan_digest_names_the_map_not_its_order() -> None:
+    assert plan_digest({"a": "1", "b": "2"}) == plan_digest({"b": "2", "a": "1"})
+    assert plan_digest({"a": "1", "b": "2"}) != plan_digest({"a": "1", "b": "3"})
+    assert plan_digest({"a\tb": "1"}) != plan_digest({"a": "b\t1"})
