@@ -4,11 +4,13 @@
 summary, change batches, checkpoints and upload results.
 """
 
-from syncd.client.localdb import InvalidEdit, LocalDB, UnknownEntity
+from syncd.client.localdb import DatabaseBindingError, InvalidEdit, LocalDB, UnknownEntity
 from syncd.client.localschema import EntitySchema, EntitySchemaLike, InvalidSchema
-from syncd.client.outbox import SyncError, UploadBatch, UploadOp, UploadResult
+from syncd.client.outbox import Binding, SyncError, Unsent, UploadBatch, UploadOp, UploadResult
 
 __all__ = [
+    "Binding",
+    "DatabaseBindingError",
     "EntitySchema",
     "EntitySchemaLike",
     "InvalidEdit",
@@ -16,6 +18,7 @@ __all__ = [
     "LocalDB",
     "SyncError",
     "UnknownEntity",
+    "Unsent",
     "UploadBatch",
     "UploadOp",
     "UploadResult",

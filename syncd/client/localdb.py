@@ -23,10 +23,21 @@ server detects and resolves the conflict when the edit is uploaded, because the 
 the version it was made against (`base_version`). A server delete of such a key is held the
 same way: the edited row stays visible until the upload result settles it.
 
-Upload results: applied -> the base row takes the edit and the new version; conflict -> the
-base row becomes the server's row (or goes away), and the error is recorded; rejected -> the
-edit is dropped and recorded, so the row reverts to the server's last known row (a rejected
-insert disappears). In every case the op leaves the outbox and the key is settled again.
+Upload results, op by op in the batch's order: applied -> the base row becomes the row the
+server stored (the result's row when the server sends it, else base + edit at the new
+version), and an applied delete removes the base row, so the device holds what the server
+holds as soon as the result is settled, without waiting for the change to come back through
+the feed (which, for a key inserted and deleted in one batch under a filter, it never does);
+conflict -> the base row becomes the server's row (or goes away); rejected -> the edit is
+dropped, so the row reverts to the server's last known row (a rejected insert disappears).
+Conflicts and rejections are recorded with their code name, a reason, the device's values
+and the server's row (`errors`). In every case the op leaves the outbox and the key is
+settled again.
+
+Nothing is dropped silently (DESIGN.md decision 9): the database is bound to one (server,
+org, user) on first sync (`bind`), a sync for anyone else is refused, and `start_over`
+hands back (and can export) every queued edit before it clears anything; queued edits of an
+entity the model no longer has become recorded rejections (UNKNOWN_ENTITY).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
+import msgpack
 import orjson
 
 from syncd.client.localschema import (
@@ -50,13 +62,17 @@ from syncd.client.localschema import (
     quote,
 )
 from syncd.client.outbox import (
+    Binding,
     OpKind,
     SyncError,
+    Unsent,
     UploadBatch,
     UploadOp,
+    code_name,
     decode_values,
     encode_values,
 )
+from syncd.client.unsent import write_unsent
 
 MIN_SQLITE = (3, 37, 0)
 """STRICT tables (3.37) reject wrongly typed server values; upserts need 3.24, DROP COLUMN 3.35."""
@@ -76,11 +92,15 @@ _META_DDL = (
     " WHERE batch_id IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS _syncd_errors (id INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
     " entity TEXT NOT NULL, key ANY, op TEXT NOT NULL, code ANY, reason TEXT,"
-    " at INTEGER NOT NULL) STRICT",
+    ' at INTEGER NOT NULL, "values" BLOB, row BLOB) STRICT',
 )
+# Columns added to _syncd_errors after databases were in use (issue 9): added on open.
+_ERRORS_ADDED = (("values", "BLOB"), ("row", "BLOB"))
 
 _CHECKPOINT = "checkpoint"
 _FINGERPRINT = "fingerprint"
+_BOUND = ("bound_server", "bound_org", "bound_user")
+"""Meta names of the (server, org, user) binding, written together on first sync."""
 
 
 class UnknownEntity(LookupError):
@@ -89,6 +109,25 @@ class UnknownEntity(LookupError):
 
 class InvalidEdit(ValueError):
     """A local edit the app asked for that the model or the current rows do not allow."""
+
+
+class DatabaseBindingError(Exception):
+    """The local database holds another (server, org, user)'s data: syncing it is refused.
+
+    Syncing would replace that data, and strand its unsent edits, under someone else's
+    account. Use another database file, or `LocalDB.start_over` (CLI: ``--reset``).
+    """
+
+    def __init__(self, bound: Binding, wanted: Binding, pending: int) -> None:
+        super().__init__(
+            f"this database holds the data of {bound.describe()}, not of {wanted.describe()}"
+            f" ({pending} unsent edit(s) in it); use another database file, or start this one"
+            " over, which exports its unsent edits first (LocalDB.start_over;"
+            " syncd-client sync --reset)"
+        )
+        self.bound = bound
+        self.wanted = wanted
+        self.pending = pending
 
 
 def _now_us() -> int:
@@ -116,6 +155,7 @@ class LocalDB:
             with db._write() as cur:
                 for ddl in _META_DDL:
                     cur.execute(ddl)
+                db._add_error_columns(cur)
                 db._entities = db._load_entities(cur)
         except BaseException:
             connection.close()
@@ -131,6 +171,13 @@ class LocalDB:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @staticmethod
+    def _add_error_columns(cur: sqlite3.Cursor) -> None:
+        have = {row[1] for row in cur.execute("PRAGMA table_info(_syncd_errors)")}
+        for name, sql_type in _ERRORS_ADDED:
+            if name not in have:
+                cur.execute(f"ALTER TABLE _syncd_errors ADD COLUMN {quote(name)} {sql_type}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
@@ -177,9 +224,11 @@ class LocalDB:
         """Make the local tables match the server's model; return entities to re-download.
 
         New columns are added; removed columns and entities are dropped (the device must not
-        keep data the model no longer gives it, and queued edits of a dropped entity go too).
-        A changed key or column type cannot be migrated in place: that entity's table is
-        recreated empty and its name returned.
+        keep data the model no longer gives it). Queued edits of a dropped entity are not
+        lost: each becomes a recorded rejection (UNKNOWN_ENTITY) with its values, except the
+        ops of the batch in flight, which stay until the server's verdict on them comes back
+        (it may have applied them already). A changed key or column type cannot be migrated
+        in place: that entity's table is recreated empty and its name returned.
         """
         if not isinstance(fingerprint, str):
             raise InvalidSchema(f"schema fingerprint {fingerprint!r} is not text")
@@ -193,9 +242,9 @@ class LocalDB:
         with self._write() as cur:
             for name, old in self._entities.items():
                 if name not in wanted:
+                    self._withdraw_edits(cur, old)
                     cur.execute(f"DROP TABLE IF EXISTS {old.table}")
                     cur.execute(f"DROP TABLE IF EXISTS {old.base}")
-                    cur.execute("DELETE FROM _syncd_outbox WHERE entity = ?", (name,))
                     cur.execute("DELETE FROM _syncd_schema WHERE entity = ?", (name,))
             for name, new in wanted.items():
                 old_entity = self._entities.get(name)
@@ -226,6 +275,24 @@ class LocalDB:
                     self._settle(cur, wanted[name], key)
         self._entities = wanted
         return recreated
+
+    def _withdraw_edits(self, cur: sqlite3.Cursor, entity: Entity) -> None:
+        """Queued, not yet sent edits of an entity leaving the model become rejections."""
+        queued = cur.execute(
+            'SELECT seq, op, key, "values" FROM _syncd_outbox WHERE entity = ?'
+            " AND batch_id IS NULL ORDER BY seq",
+            (entity.name,),
+        ).fetchall()
+        reason = (
+            f"the server's model no longer gives this device {entity.name}:"
+            " the edit was not uploaded"
+        )
+        for seq, op, key, document in queued:
+            values = None if op == "delete" else decode_values(document, entity.types)
+            self._record(
+                cur, "rejected", entity.name, key, op, "UNKNOWN_ENTITY", reason, values, None
+            )
+            cur.execute("DELETE FROM _syncd_outbox WHERE seq = ?", (seq,))
 
     @staticmethod
     def _needs_recreate(old: Entity, new: Entity) -> bool:
@@ -264,6 +331,95 @@ class LocalDB:
     def set_meta(self, name: str, value: str | bytes | int | float | None) -> None:
         with self._write() as cur:
             self._set_meta(cur, name, value)
+
+    # -- binding --------------------------------------------------------------------------
+
+    def binding(self) -> Binding | None:
+        """The (server, org, user) this database belongs to; None before its first sync."""
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                return self._binding_in(cur)
+            finally:
+                cur.close()
+
+    def check_binding(self, wanted: Binding) -> None:
+        """Raise `DatabaseBindingError` if this database belongs to someone other than `wanted`."""
+        bound = self.binding()
+        if bound is not None and bound != wanted:
+            raise DatabaseBindingError(bound, wanted, self.pending_count())
+
+    def bind(self, wanted: Binding) -> None:
+        """Record `wanted` as this database's owner on first sync; refuse anyone else after."""
+        with self._write() as cur:
+            bound = self._binding_in(cur)
+            if bound is not None:
+                if bound != wanted:
+                    raise DatabaseBindingError(bound, wanted, self._pending(cur))
+                return
+            for name, value in zip(_BOUND, (wanted.server, wanted.org, wanted.user), strict=True):
+                self._set_meta(cur, name, value)
+
+    def pending_edits(self) -> list[UploadOp]:
+        """Every queued edit, oldest first, as it would be uploaded."""
+        rows = self._read(
+            'SELECT seq, op, entity, key, base_version, "values" FROM _syncd_outbox ORDER BY seq'
+        )
+        return [self._upload_op(*row) for row in rows]
+
+    def start_over(self, *, export_to: str | os.PathLike[str] | None = None) -> Unsent:
+        """Clear every synced row, queued edit, error, checkpoint and the binding.
+
+        For a database that must serve another server, org or user (`DatabaseBindingError`).
+        Returns what was taken out; with `export_to`, it is first written there as JSON
+        (`syncd.client.unsent`) and made durable, and if that fails nothing is cleared. The
+        device id stays: it names the installation, not the account.
+        """
+        with self._write() as cur:
+            taken = Unsent(
+                self._binding_in(cur),
+                tuple(
+                    self._upload_op(*row)
+                    for row in cur.execute(
+                        'SELECT seq, op, entity, key, base_version, "values" FROM _syncd_outbox'
+                        " ORDER BY seq"
+                    ).fetchall()
+                ),
+                tuple(self._errors_in(cur)),
+            )
+            if export_to is not None:
+                write_unsent(export_to, taken, self._path(cur))
+            for entity in self._entities.values():
+                cur.execute(f"DROP TABLE IF EXISTS {entity.table}")
+                cur.execute(f"DROP TABLE IF EXISTS {entity.base}")
+            for table in ("_syncd_schema", "_syncd_outbox", "_syncd_errors"):
+                cur.execute(f"DELETE FROM {table}")
+            names = (_CHECKPOINT, _FINGERPRINT, *_BOUND)
+            cur.execute(
+                f"DELETE FROM _syncd_meta WHERE name IN ({', '.join('?' * len(names))})", names
+            )
+            self._entities = {}
+        return taken
+
+    @staticmethod
+    def _binding_in(cur: sqlite3.Cursor) -> Binding | None:
+        found = dict(
+            cur.execute("SELECT name, value FROM _syncd_meta WHERE name IN (?, ?, ?)", _BOUND)
+        )
+        if len(found) != len(_BOUND):
+            return None
+        return Binding(*(str(found[n]) for n in _BOUND))
+
+    @staticmethod
+    def _path(cur: sqlite3.Cursor) -> str:
+        for _seq, name, path in cur.execute("PRAGMA database_list"):
+            if name == "main":
+                return str(path)
+        return ""
+
+    @staticmethod
+    def _pending(cur: sqlite3.Cursor) -> int:
+        return int(cur.execute("SELECT count(*) FROM _syncd_outbox").fetchone()[0])
 
     def checkpoint(self) -> bytes | None:
         value = self.meta(_CHECKPOINT)
@@ -537,7 +693,8 @@ class LocalDB:
     def complete_upload(self, batch_id: str, results: Iterable[Sequence[Any]]) -> bool:
         """Take the server's result for each op of the in-flight batch, in op order.
 
-        Returns False (and changes nothing) for a batch id that is not in flight, so a result
+        Each result is ``(status, version, row, code, reason)`` (`UploadResult`). Returns
+        False (and changes nothing) for a batch id that is not in flight, so a result
         delivered twice after a reconnect is harmless. A malformed result list raises and
         changes nothing.
         """
@@ -553,28 +710,69 @@ class LocalDB:
             if len(verdicts) != len(ops):
                 raise ValueError(f"batch {batch_id} has {len(ops)} ops, got {len(verdicts)}")
             for (seq, op, name, key, document), verdict in zip(ops, verdicts, strict=True):
-                status, version, row, code, reason = verdict
-                entity = self._entity(name)
-                if status == "applied":
-                    if not isinstance(version, int) or isinstance(version, bool):
-                        raise ValueError(f"applied result for op {seq} has no version")
-                    values = decode_values(document, entity.types)
-                    self._applied_to_base(cur, entity, op, key, values, version)
-                elif status == "conflict":
-                    if row is None:
-                        cur.execute(entity.delete_sql(entity.base), (key,))
-                    else:
-                        if len(row) <= entity.key_index or row[entity.key_index] != key:
-                            raise ValueError(f"conflict row for op {seq} is not row {key!r}")
-                        cur.execute(entity.upsert_sql(entity.base), row)
-                    self._record(cur, "conflict", name, key, op, code, reason)
-                elif status == "rejected":
-                    self._record(cur, "rejected", name, key, op, code, reason)
-                else:
-                    raise ValueError(f"unknown upload result status {status!r}")
-                cur.execute("DELETE FROM _syncd_outbox WHERE seq = ?", (seq,))
-                self._settle(cur, entity, key)
+                self._settle_result(cur, seq, op, name, key, document, verdict)
         return True
+
+    def _settle_result(
+        self,
+        cur: sqlite3.Cursor,
+        seq: int,
+        op: OpKind,
+        name: str,
+        key: Any,
+        document: str,
+        verdict: Sequence[Any],
+    ) -> None:
+        """One op's result: the base row follows the server, the op leaves the outbox."""
+        status, version, row, code, reason = verdict
+        # An entity the model dropped while this batch was in flight has no tables left:
+        # only the verdict is kept (recorded unless applied).
+        entity = self._entities.get(name)
+        values = decode_values(document, entity.types if entity else {})
+        mine = None if op == "delete" else values
+        if row is not None:
+            row = list(row)
+            if entity is not None:
+                self._check_row(entity, seq, key, row)
+        if status == "applied":
+            if not isinstance(version, int) or isinstance(version, bool):
+                raise ValueError(f"applied result for op {seq} has no version")
+            if row is not None and row[-1] != version:
+                raise ValueError(f"applied row for op {seq} is not at version {version}")
+            if entity is not None:
+                self._applied_to_base(cur, entity, op, key, values, version, row)
+        elif status == "conflict":
+            if entity is not None:
+                if row is None:
+                    cur.execute(entity.delete_sql(entity.base), (key,))
+                else:
+                    cur.execute(entity.upsert_sql(entity.base), row)
+            if not reason:
+                reason = (
+                    "the row was deleted on the server; the edit was not applied"
+                    if row is None
+                    else "the row changed on the server since this edit was made;"
+                    " the server's row is kept"
+                )
+            name_of_code = code_name(code) or "CONFLICT"
+            self._record(cur, "conflict", name, key, op, name_of_code, reason, mine, row)
+        elif status == "rejected":
+            refusal = code_name(code)
+            if refusal is None or not reason:
+                raise ValueError(f"rejected result for op {seq} needs a code and a reason")
+            self._record(cur, "rejected", name, key, op, refusal, reason, mine, None)
+        else:
+            raise ValueError(f"unknown upload result status {status!r}")
+        cur.execute("DELETE FROM _syncd_outbox WHERE seq = ?", (seq,))
+        if entity is not None:
+            self._settle(cur, entity, key)
+
+    @staticmethod
+    def _check_row(entity: Entity, seq: int, key: Any, row: list[Any]) -> None:
+        if len(row) != entity.row_width() or row[entity.key_index] != key:
+            raise ValueError(f"result row for op {seq} is not row {key!r} of {entity.name}")
+        if not isinstance(row[-1], int) or isinstance(row[-1], bool):
+            raise ValueError(f"result row for op {seq} has no version")
 
     def _applied_to_base(
         self,
@@ -584,8 +782,21 @@ class LocalDB:
         key: Any,
         values: dict[str, Any],
         version: int,
+        row: list[Any] | None,
     ) -> None:
-        """The server now has base + this edit at `version`, unless base is already newer."""
+        """The server now holds this op's outcome at `version`, unless base is already newer.
+
+        A delete removes the base row the op deleted (its version is the deleted row's, so a
+        newer row of the key that arrived meanwhile stays). With the server's row, base takes
+        it (version-guarded); without it (results stored before servers sent rows), base +
+        this edit at `version` is the best knowledge until the feed brings the row.
+        """
+        if op == "delete":
+            cur.execute(entity.delete_up_to_sql(entity.base), (key, version))
+            return
+        if row is not None:
+            cur.execute(entity.upsert_sql(entity.base), row)
+            return
         if op == "update":
             # The base is missing only after a reset whose re-download skipped this row;
             # the visible row is then the best knowledge of what the server had.
@@ -609,21 +820,61 @@ class LocalDB:
         entity: str,
         key: Any,
         op: str,
-        code: Any,
-        reason: str | None,
+        code: str,
+        reason: str,
+        values: Mapping[str, Any] | None,
+        row: Sequence[Any] | None,
     ) -> None:
         cur.execute(
-            "INSERT INTO _syncd_errors (kind, entity, key, op, code, reason, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (kind, entity, key, op, code, reason, _now_us()),
+            'INSERT INTO _syncd_errors (kind, entity, key, op, code, reason, at, "values", row)'
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                kind,
+                entity,
+                key,
+                op,
+                code,
+                reason,
+                _now_us(),
+                None if values is None else msgpack.packb(dict(values), use_bin_type=True),
+                None if row is None else msgpack.packb(list(row), use_bin_type=True),
+            ),
         )
 
     def errors(self) -> list[SyncError]:
         """Conflicts and rejections recorded so far, oldest first."""
-        rows = self._read(
-            "SELECT id, kind, entity, key, op, code, reason, at FROM _syncd_errors ORDER BY id"
-        )
-        return [SyncError(*row) for row in rows]
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                return self._errors_in(cur)
+            finally:
+                cur.close()
+
+    @staticmethod
+    def _errors_in(cur: sqlite3.Cursor) -> list[SyncError]:
+        found = cur.execute(
+            'SELECT id, kind, entity, key, op, code, reason, "values", row, at'
+            " FROM _syncd_errors ORDER BY id"
+        ).fetchall()
+        errors = []
+        for id_, kind, entity, key, op, code, reason, values, row, at in found:
+            # Entries recorded before issue 9 may hold a code number, or none (conflicts).
+            name = code_name(code) or ("CONFLICT" if kind == "conflict" else "REJECTED")
+            errors.append(
+                SyncError(
+                    id=id_,
+                    kind=kind,
+                    entity=entity,
+                    key=key,
+                    op=op,
+                    code=name,
+                    reason=reason or "",
+                    values=None if values is None else msgpack.unpackb(values, raw=False),
+                    row=None if row is None else tuple(msgpack.unpackb(row, raw=False)),
+                    at=at,
+                )
+            )
+        return errors
 
     def clear_errors(self, ids: Iterable[int] | None = None) -> None:
         """Forget recorded errors the app has shown (all when None)."""

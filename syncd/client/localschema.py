@@ -196,6 +196,14 @@ class Entity:
     def delete_sql(self, table: str) -> str:
         return f"DELETE FROM {table} WHERE {quote(self.key)} = ?"
 
+    def delete_up_to_sql(self, table: str) -> str:
+        """Delete one row unless it is newer than a version (parameters: key, version)."""
+        return f"DELETE FROM {table} WHERE {quote(self.key)} = ? AND {quote(VERSION_COLUMN)} <= ?"
+
+    def row_width(self) -> int:
+        """Values in a wire row of this entity: its columns, then the version."""
+        return len(self.columns) + 1
+
     def select_sql(self, table: str, where_key: bool) -> str:
         cols = ", ".join(quote(n) for n in [*self.column_names, VERSION_COLUMN])
         where = f" WHERE {quote(self.key)} = ?" if where_key else f" ORDER BY {quote(self.key)}"

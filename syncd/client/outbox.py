@@ -16,6 +16,8 @@ from typing import Any, Literal, NamedTuple
 
 import orjson
 
+from protocol import ErrorCode
+
 OpKind = Literal["insert", "update", "delete"]
 ResultStatus = Literal["applied", "conflict", "rejected"]
 
@@ -38,6 +40,25 @@ def decode_values(document: bytes | str, types: Mapping[str, str]) -> dict[str, 
         if types.get(name) == "bytes" and isinstance(value, str):
             plain[name] = base64.b64decode(value)
     return plain
+
+
+def code_name(code: object) -> str | None:
+    """An upload result's code as the protocol's name (``403`` -> ``"CONFLICT"``).
+
+    A number this version does not know stays its decimal text: still a stable name to show.
+    """
+    if code is None:
+        return None
+    if isinstance(code, ErrorCode):
+        return code.name
+    if isinstance(code, int) and not isinstance(code, bool):
+        try:
+            return ErrorCode(code).name
+        except ValueError:
+            return str(code)
+    if isinstance(code, str) and code:
+        return code
+    raise ValueError(f"{code!r} is not an error code")
 
 
 @dataclass(frozen=True)
@@ -65,10 +86,12 @@ class UploadBatch:
 class UploadResult(NamedTuple):
     """The server's verdict on one op of an upload batch (plain tuples of this shape work too).
 
-    applied: `version` is the row's new server version.
-    conflict: `row` is the server's current row (column values in wire order, then version),
-    or None when the server deleted it.
+    applied: `version` is the row's new server version; `row`, when the server sends it, is
+    the row as stored after the op (column values in wire order, then version), which the
+    device takes as is.
+    conflict: `row` is the server's current row, or None when the server deleted it.
     rejected: `code` and `reason` say why.
+    `code` is an `ErrorCode`, its name or its number; the device records its name.
     """
 
     status: ResultStatus
@@ -80,14 +103,51 @@ class UploadResult(NamedTuple):
 
 @dataclass(frozen=True)
 class SyncError:
-    """An edit the server did not take as is, kept for the app to show the user."""
+    """An edit the server (or a model change) did not take as is, kept for the app to show.
+
+    Nothing the user typed is lost: `values` holds the edit's own column values, so the app
+    can offer to apply them again; `row` holds what the server has instead (conflicts).
+    """
 
     id: int
     kind: Literal["conflict", "rejected"]
     entity: str
     key: Any
     op: OpKind
-    code: Any
-    reason: str | None
+    code: str
+    """The protocol's `ErrorCode` name: ``"CONFLICT"``, ``"OUTSIDE_FILTER"``, ..."""
+    reason: str
+    """For humans: why the edit was not applied as made."""
+    values: dict[str, Any] | None
+    """The device's values of the edit (wire encodings); None for a delete."""
+    row: tuple[Any, ...] | None
+    """Conflicts: the server's row (wire order, then version), None if it deleted the row."""
     at: int
     """Microseconds since the Unix epoch, UTC, when the device recorded it."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Whose data a local database holds: one server, one org, one user.
+
+    `server` is the TLS name the device verifies the server's certificate against (the SNI
+    name: `server_hostname` when given, else the host), lowercased. Not the address or port:
+    the instances behind one load-balanced name are one server, and a daemon that moves to
+    another IP or port keeps its devices. `user` is the token's ``sub`` claim.
+    """
+
+    server: str
+    org: str
+    user: str
+
+    def describe(self) -> str:
+        return f"user {self.user!r} of org {self.org!r} on server {self.server!r}"
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """What `LocalDB.start_over` took out of the database: its binding, queued edits, errors."""
+
+    binding: Binding | None
+    edits: tuple[UploadOp, ...]
+    errors: tuple[SyncError, ...]

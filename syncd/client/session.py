@@ -7,15 +7,26 @@ rows and checkpoint commit atomically). Applying runs in a worker thread, so SQL
 overlap with reading the next frames from the network. After a checkpoint is durable the
 client acknowledges it.
 
-`sync_once` downloads until caught up; `run_live` stays connected and reconnects after drops
-and GoingAway with capped, jittered backoff, resuming from the stored checkpoint.
+`sync_once` uploads the whole outbox and downloads until caught up, on one connection, and
+returns when both are done; `run_live` stays connected and reconnects after drops and
+GoingAway with capped, jittered backoff, resuming from the stored checkpoint.
+
+Whose database. A `LocalDB` belongs to one (server, org, user) (`Binding`): `server` is the
+TLS name the certificate is verified against (`server_hostname`, else `host`), `user` the
+token's ``sub`` claim (read without verification, only to compare; the server verifies the
+token). `connect` refuses a database bound to anyone else before it opens a socket
+(`DatabaseBindingError`, so nothing is sent to, or received from, the wrong account) and
+records the binding after the first Welcome.
 
 Uploads: while connected, an upload task sends the local outbox oldest first, one batch at a
 time (`LocalDB.next_upload_batch`), waits for its UploadResult and hands it to
 `LocalDB.complete_upload`. A batch keeps its id until completed, so after a drop, a crash or a
 daemon restart the same batch is sent again and the server answers with the stored results
 instead of applying it twice. The app calls `notify_edits()` after local edits to upload at
-once; otherwise the outbox is checked every `UPLOAD_POLL_SECONDS`.
+once; otherwise the outbox is checked every `UPLOAD_POLL_SECONDS`. Results are settled
+locally (the server sends the stored row of each applied op), so once `sync_once` returns
+the device holds its own uploads exactly as the server does, whether or not the feed has
+echoed them yet.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import jwt
 
 from protocol import (
     NEED_DATA,
@@ -63,8 +76,9 @@ from protocol import (
 )
 from syncd.client.localdb import LocalDB
 from syncd.client.localschema import EntitySchema
+from syncd.client.outbox import Binding
 
-__all__ = ["ServerError", "SyncClient", "SyncStats"]
+__all__ = ["ServerError", "SyncClient", "SyncStats", "token_subject"]
 
 #: Rows buffered before one SQLite transaction when no checkpoint comes sooner: large enough
 #: to amortize the commit, small enough to bound the client's memory during a 1M-row sync.
@@ -107,6 +121,16 @@ class SyncStats:
         return time.monotonic() - self.started
 
 
+def token_subject(token: str) -> str | None:
+    """The JWT's ``sub`` claim, unverified (the server verifies), or None if unreadable."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    subject = claims.get("sub") if isinstance(claims, dict) else None
+    return subject if isinstance(subject, str) and subject else None
+
+
 TokenProvider = Callable[[], Awaitable[str]]
 Progress = Callable[[SyncStats], None]
 
@@ -134,6 +158,7 @@ class SyncClient:
         on_progress: Progress | None = None,
         on_live_change: Callable[[Changes], None] | None = None,
         upload_batch_ops: int = UPLOAD_BATCH_OPS,
+        user: str | None = None,
     ) -> None:
         self.db = db
         self.host, self.port = host, port
@@ -146,6 +171,14 @@ class SyncClient:
         if stored != self.device_id:
             db.set_meta("device_id", self.device_id)
         self.app_version = app_version
+        subject = user or token_subject(token)
+        #: Whose data this sync is for; None when the token names no user (the server will
+        #: refuse such a token), and then nothing is checked or recorded.
+        self.binding: Binding | None = (
+            None
+            if subject is None
+            else Binding(server=(server_hostname or host).lower(), org=org, user=subject)
+        )
         self._token_provider = token_provider
         self._on_progress = on_progress
         self._on_live_change = on_live_change
@@ -159,28 +192,38 @@ class SyncClient:
         self._buffer = _Buffered()
         self.upload_batch_ops = upload_batch_ops
         self.uploads_completed = 0
+        #: Set each time an upload result has been settled into the database.
+        self.upload_settled = asyncio.Event()
         self._edits = asyncio.Event()
         self._results: dict[str, asyncio.Future[UploadResult]] = {}
 
     # --- public entry points ------------------------------------------------------------
 
     async def sync_once(self) -> SyncStats:
-        """Connect, download until caught up, upload the whole outbox, say goodbye."""
+        """Connect, upload the whole outbox while downloading until caught up, say goodbye.
+
+        Uploads start at once, beside the download; each result is settled locally as it
+        arrives (the server's stored row for applied ops, its row for conflicts), so when
+        this returns the device holds the server's rows as of its catch-up with its own
+        uploads' outcomes on top, and an empty outbox.
+        """
         await self.connect()
         try:
-            await self._pump(until_caught_up=True)
-            if self.db.pending_count():
-                pump = asyncio.create_task(self._pump(until_caught_up=False))
-                try:
-                    await self._await_with(pump, self._upload_until_empty())
-                finally:
-                    pump.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await pump
+            pump = asyncio.create_task(self._pump(until_caught_up=False))
+            try:
+                await self._await_with(pump, self._upload_and_catch_up())
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
             await self._send(Goodbye(reason="caught up"))
         finally:
             await self.close()
         return self.stats
+
+    async def _upload_and_catch_up(self) -> None:
+        await self._upload_until_empty()
+        await self.caught_up.wait()
 
     def notify_edits(self) -> None:
         """The app made local edits: upload them now instead of at the next poll."""
@@ -232,6 +275,9 @@ class SyncClient:
     # --- connection ---------------------------------------------------------------------
 
     async def connect(self) -> Welcome:
+        """Open the session; `DatabaseBindingError` first if the database is someone else's."""
+        if self.binding is not None:
+            await asyncio.to_thread(self.db.check_binding, self.binding)
         self._conn = Connection(Role.DEVICE)
         self.caught_up.clear()
         self._reader, self._writer = await asyncio.open_connection(
@@ -256,6 +302,10 @@ class SyncClient:
         if not isinstance(message, Welcome):
             raise ServerError(ErrorCode.UNEXPECTED_MESSAGE, f"expected Welcome, got {message!r}")
         self.welcome = message
+        if self.binding is not None:
+            # Recorded once the server has accepted this org and user, so a refused first
+            # attempt (a typo in the org) does not bind the database to the wrong account.
+            await asyncio.to_thread(self.db.bind, self.binding)
         await self._apply_model(message.model)
         return message
 
@@ -356,13 +406,14 @@ class SyncClient:
                     r.status,
                     r.version,
                     None if r.row is None else list(r.row),
-                    None if r.code is None else int(r.code),
+                    None if r.code is None else r.code.name,
                     r.reason,
                 )
                 for r in result.results
             ]
             await asyncio.to_thread(self.db.complete_upload, batch.batch_id, verdicts)
             self.uploads_completed += 1
+            self.upload_settled.set()
 
     @staticmethod
     async def _await_with(pump: asyncio.Task[None], work: Awaitable[None]) -> None:

@@ -70,7 +70,8 @@ def test_pending_edits_stay_visible_and_rejection_restores_server(
                 assert row is not None
                 assert row[1] == title
         while (batch := db.next_upload_batch(3)) is not None:
-            db.complete_upload(batch.batch_id, [UploadResult("rejected") for _ in batch.ops])
+            refusal = UploadResult("rejected", code="NOT_WRITABLE", reason="read-only")
+            db.complete_upload(batch.batch_id, [refusal for _ in batch.ops])
         assert db.rows("note") == [server[k] for k in sorted(server)]
         assert len(db.errors()) == queued
         assert db.pending_count() == 0

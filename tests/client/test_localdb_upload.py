@@ -94,16 +94,29 @@ def test_conflict_takes_server_row_and_records(synced: LocalDB) -> None:
     synced.complete_upload(
         batch.batch_id,
         [
-            UploadResult("conflict", row=server_row, code=409, reason="changed on server"),
-            UploadResult("conflict", reason="deleted on server"),
+            UploadResult("conflict", row=server_row, code=403, reason="changed on server"),
+            UploadResult("conflict"),  # as servers before issue 9 sent it: no code, no reason
         ],
     )
     assert synced.rows("account") == [stored(server_row)]
     assert synced.pending_count() == 0
-    assert [(e.kind, e.entity, e.key, e.op, e.code, e.reason) for e in synced.errors()] == [
-        ("conflict", "account", "a1", "update", 409, "changed on server"),
-        ("conflict", "account", "a2", "update", None, "deleted on server"),
-    ]
+    first, second = synced.errors()
+    assert (first.kind, first.entity, first.key, first.op) == (
+        "conflict",
+        "account",
+        "a1",
+        "update",
+    )
+    assert (first.code, first.reason) == ("CONFLICT", "changed on server")
+    assert first.values == {"name": "mine"}
+    assert first.row == tuple(server_row)
+    assert (second.key, second.code, second.values, second.row) == (
+        "a2",
+        "CONFLICT",
+        {"name": "mine too"},
+        None,
+    )
+    assert "deleted on the server" in second.reason
 
 
 def test_rejected_reverts_to_server_row_and_records(synced: LocalDB) -> None:
@@ -116,16 +129,23 @@ def test_rejected_reverts_to_server_row_and_records(synced: LocalDB) -> None:
     assert batch is not None
     synced.complete_upload(
         batch.batch_id,
-        [UploadResult("rejected", code=403, reason="filter") for _ in batch.ops],
+        [UploadResult("rejected", code=402, reason="filter") for _ in batch.ops],
     )
     assert synced.rows("account") == [
         stored(account("a1", "Acme v5", 5)),
         stored(account("a2", "Beta", 6)),
     ]
-    assert [(e.kind, e.key, e.op, e.code) for e in synced.errors()] == [
-        ("rejected", "a1", "update", 403),
-        ("rejected", "a2", "delete", 403),
-        ("rejected", NEW_ID, "insert", 403),
+    assert [(e.kind, e.key, e.op, e.code, e.reason, e.values) for e in synced.errors()] == [
+        ("rejected", "a1", "update", "OUTSIDE_FILTER", "filter", {"name": "not allowed"}),
+        ("rejected", "a2", "delete", "OUTSIDE_FILTER", "filter", None),
+        (
+            "rejected",
+            NEW_ID,
+            "insert",
+            "OUTSIDE_FILTER",
+            "filter",
+            {"id": NEW_ID, "name": "not allowed either"},
+        ),
     ]
     synced.clear_errors([synced.errors()[0].id])
     assert [e.key for e in synced.errors()] == ["a2", NEW_ID]
@@ -151,14 +171,26 @@ def test_unknown_batch_id_changes_nothing(synced: LocalDB) -> None:
         [UploadResult("applied", None)],
         [UploadResult("maybe", 9)],  # type: ignore[arg-type]
         [UploadResult("conflict", row=account("a2", "wrong row", 9))],
+        [UploadResult("conflict", row=account("a1", "short", 9)[:-2])],
+        [UploadResult("applied", 9, row=account("a1", "other version", 8))],
+        [UploadResult("rejected", code="OUTSIDE_FILTER")],
     ],
-    ids=["too-few", "too-many", "applied-without-version", "unknown-status", "conflict-other-key"],
+    ids=[
+        "too-few",
+        "too-many",
+        "applied-without-version",
+        "unknown-status",
+        "conflict-other-key",
+        "row-too-short",
+        "applied-row-other-version",
+        "rejected-without-reason",
+    ],
 )
 def test_malformed_results_change_nothing(synced: LocalDB, results: list[UploadResult]) -> None:
     synced.update("account", "a1", {"name": "mine"})
     batch = synced.next_upload_batch(10)
     assert batch is not None
-    with pytest.raises(ValueError, match=r"ops|version|status|not row"):
+    with pytest.raises(ValueError, match=r"ops|version|status|not row|reason"):
         synced.complete_upload(batch.batch_id, results)
     assert synced.next_upload_batch(10) == batch
     assert synced.get("account", "a1") == ("a1", "mine", "1.00", 7, 1, None, 4)
