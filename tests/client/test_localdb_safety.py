@@ -199,7 +199,9 @@ def test_start_over_exports_then_clears(db: LocalDB, tmp_path: Path) -> None:
     db.update("account", "a1", {"name": "unsent", "photo": b"\x00\xff"})
     db.insert("contact", {"id": "c9", "email": "new@example.com"})
     export = tmp_path / "unsent.json"
+    queued = db.pending_edits()
     taken = db.start_over(export_to=export)
+    assert taken.edits == tuple(queued)
     assert taken.binding == HOME
     assert [(e.op, e.entity, e.key) for e in taken.edits] == [
         ("update", "account", "a1"),

@@ -349,3 +349,22 @@ async def test_edits_of_an_entity_the_profile_loses_are_recorded(
         # The account edit went up as usual.
         assert device_rows(db, "account") == await _visible(store, "owner")
         assert ("kept",) in {r[1:2] for r in device_rows(db, "account")}
+
+
+async def test_a_checkpoint_the_server_cannot_use_keeps_the_outbox(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    """A checkpoint the server cannot use is answered with a Resync of everything ("start
+    over cleanly"): the rows are re-downloaded and the queued edit survives it and goes up."""
+    org, store = await _org(running, "owner")
+    token = running.token(org, user=USER)
+    with LocalDB.open(tmp_path / "d.sqlite") as db:
+        async with asyncio.timeout(BOUND_S):
+            await running.client(db, token, org).sync_once()
+            key = db.rows("account")[0][0]
+            db.update("account", key, {"name": "edited offline"})
+            db.set_meta("checkpoint", b"\x00" * 40)
+            await running.client(db, token, org).sync_once()
+        assert db.errors() == []
+        await _assert_exact(db, store, "owner")
+        assert db.get("account", key)[1] == "edited offline"  # type: ignore[index]
