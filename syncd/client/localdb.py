@@ -51,9 +51,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
-import msgpack
 import orjson
 
+from syncd.client import errorlog
 from syncd.client.localschema import (
     VERSION_COLUMN,
     Entity,
@@ -94,8 +94,6 @@ _META_DDL = (
     " entity TEXT NOT NULL, key ANY, op TEXT NOT NULL, code ANY, reason TEXT,"
     ' at INTEGER NOT NULL, "values" BLOB, row BLOB) STRICT',
 )
-# Columns added to _syncd_errors after databases were in use (issue 9): added on open.
-_ERRORS_ADDED = (("values", "BLOB"), ("row", "BLOB"))
 
 _CHECKPOINT = "checkpoint"
 _FINGERPRINT = "fingerprint"
@@ -155,7 +153,7 @@ class LocalDB:
             with db._write() as cur:
                 for ddl in _META_DDL:
                     cur.execute(ddl)
-                db._add_error_columns(cur)
+                errorlog.add_columns(cur)
                 db._entities = db._load_entities(cur)
         except BaseException:
             connection.close()
@@ -171,13 +169,6 @@ class LocalDB:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    @staticmethod
-    def _add_error_columns(cur: sqlite3.Cursor) -> None:
-        have = {row[1] for row in cur.execute("PRAGMA table_info(_syncd_errors)")}
-        for name, sql_type in _ERRORS_ADDED:
-            if name not in have:
-                cur.execute(f"ALTER TABLE _syncd_errors ADD COLUMN {quote(name)} {sql_type}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
@@ -289,7 +280,7 @@ class LocalDB:
         )
         for seq, op, key, document in queued:
             values = None if op == "delete" else decode_values(document, entity.types)
-            self._record(
+            errorlog.record(
                 cur, "rejected", entity.name, key, op, "UNKNOWN_ENTITY", reason, values, None
             )
             cur.execute("DELETE FROM _syncd_outbox WHERE seq = ?", (seq,))
@@ -385,7 +376,7 @@ class LocalDB:
                         " ORDER BY seq"
                     ).fetchall()
                 ),
-                tuple(self._errors_in(cur)),
+                tuple(errorlog.read(cur)),
             )
             if export_to is not None:
                 write_unsent(export_to, taken, self._path(cur))
@@ -755,12 +746,12 @@ class LocalDB:
                     " the server's row is kept"
                 )
             name_of_code = code_name(code) or "CONFLICT"
-            self._record(cur, "conflict", name, key, op, name_of_code, reason, mine, row)
+            errorlog.record(cur, "conflict", name, key, op, name_of_code, reason, mine, row)
         elif status == "rejected":
             refusal = code_name(code)
             if refusal is None or not reason:
                 raise ValueError(f"rejected result for op {seq} needs a code and a reason")
-            self._record(cur, "rejected", name, key, op, refusal, reason, mine, None)
+            errorlog.record(cur, "rejected", name, key, op, refusal, reason, mine, None)
         else:
             raise ValueError(f"unknown upload result status {status!r}")
         cur.execute("DELETE FROM _syncd_outbox WHERE seq = ?", (seq,))
@@ -813,68 +804,14 @@ class LocalDB:
         self._replay(cur, entity, entity.base, op, key, values, version)
         cur.execute(entity.set_version_sql(entity.base), (version, key))
 
-    @staticmethod
-    def _record(
-        cur: sqlite3.Cursor,
-        kind: str,
-        entity: str,
-        key: Any,
-        op: str,
-        code: str,
-        reason: str,
-        values: Mapping[str, Any] | None,
-        row: Sequence[Any] | None,
-    ) -> None:
-        cur.execute(
-            'INSERT INTO _syncd_errors (kind, entity, key, op, code, reason, at, "values", row)'
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                kind,
-                entity,
-                key,
-                op,
-                code,
-                reason,
-                _now_us(),
-                None if values is None else msgpack.packb(dict(values), use_bin_type=True),
-                None if row is None else msgpack.packb(list(row), use_bin_type=True),
-            ),
-        )
-
     def errors(self) -> list[SyncError]:
         """Conflicts and rejections recorded so far, oldest first."""
         with self._lock:
             cur = self._db.cursor()
             try:
-                return self._errors_in(cur)
+                return errorlog.read(cur)
             finally:
                 cur.close()
-
-    @staticmethod
-    def _errors_in(cur: sqlite3.Cursor) -> list[SyncError]:
-        found = cur.execute(
-            'SELECT id, kind, entity, key, op, code, reason, "values", row, at'
-            " FROM _syncd_errors ORDER BY id"
-        ).fetchall()
-        errors = []
-        for id_, kind, entity, key, op, code, reason, values, row, at in found:
-            # Entries recorded before issue 9 may hold a code number, or none (conflicts).
-            name = code_name(code) or ("CONFLICT" if kind == "conflict" else "REJECTED")
-            errors.append(
-                SyncError(
-                    id=id_,
-                    kind=kind,
-                    entity=entity,
-                    key=key,
-                    op=op,
-                    code=name,
-                    reason=reason or "",
-                    values=None if values is None else msgpack.unpackb(values, raw=False),
-                    row=None if row is None else tuple(msgpack.unpackb(row, raw=False)),
-                    at=at,
-                )
-            )
-        return errors
 
     def clear_errors(self, ids: Iterable[int] | None = None) -> None:
         """Forget recorded errors the app has shown (all when None)."""
