@@ -34,6 +34,7 @@ __all__ = [
     "CONFLICT_POLICIES",
     "IDENT_RE",
     "KEY_TYPES",
+    "MAX_PROFILE_ENTITIES",
     "AccessSpec",
     "ClientModel",
     "Column",
@@ -60,6 +61,11 @@ KEY_TYPES: frozenset[str] = frozenset(("uuid", "text", "integer"))
 
 ConflictPolicy = Literal["server_wins", "client_wins", "merge"]
 CONFLICT_POLICIES: frozenset[str] = frozenset(("server_wins", "client_wins", "merge"))
+
+
+#: Entities one profile may give a device: a sync token keeps one bit per entity, and this
+#: bound keeps the token within PROTOCOL.md's 1,024 bytes (syncd.server.sync_token).
+MAX_PROFILE_ENTITIES = 1000
 
 
 class ModelError(ValueError):
@@ -329,6 +335,12 @@ def _parse_profile(name: str, obj: object, path: str, schema: SchemaView) -> Pro
     if not isinstance(offline, bool):
         raise ModelError(f"{path}.offline", "must be true or false")
     ents_obj = _object(spec.get("entities", {}), f"{path}.entities")
+    if len(ents_obj) > MAX_PROFILE_ENTITIES:
+        raise ModelError(
+            f"{path}.entities",
+            f"{len(ents_obj)} entities; a profile may have at most {MAX_PROFILE_ENTITIES}"
+            " (a device's sync token marks each one's progress)",
+        )
     entities: list[tuple[str, AccessSpec]] = []
     for ename, access in ents_obj.items():
         epath = f"{path}.entities.{ename}"

@@ -40,6 +40,7 @@ from typing import Any
 import msgpack
 import orjson
 
+from syncd.model import MAX_PROFILE_ENTITIES
 from syncd.store import Checkpoint, CheckpointError
 from syncd.store.checkpoint import MAX_RUNNING
 
@@ -60,8 +61,8 @@ MAC_BYTES = 16
 PLAN_DIGEST_BYTES = 16
 #: The most entities one plan may follow: the done bitmap is then 125 bytes, which keeps the
 #: whole token well under PROTOCOL.md's 1,024-byte checkpoint limit. The model validator
-#: refuses profiles with more (``syncd.model``).
-MAX_ENTITIES = 1000
+#: refuses profiles with more.
+MAX_ENTITIES = MAX_PROFILE_ENTITIES
 #: A mid-download checkpoint records the last key sent; a key longer than this (encoded) is
 #: not worth a checkpoint of its own, and the session waits for the next row that fits.
 MAX_PROGRESS_KEY_BYTES = 256
