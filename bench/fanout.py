@@ -300,10 +300,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
     scenarios = [
-        Scenario("org-wide", "fan_org", 0),
-        Scenario(f"{args.teams} teams", "fan_team", 1),
-        Scenario(f"{args.teams} teams, pairs", "fan_pairs", 2),
-        Scenario("owner per user", "fan_owner", 0, owner=True),
+        Scenario("org-wide", "fan-org", 0),
+        Scenario(f"{args.teams} teams", "fan-team", 1),
+        Scenario(f"{args.teams} teams, pairs", "fan-pairs", 2),
+        Scenario("owner per user", "fan-owner", 0, owner=True),
     ]
     with embedded_server("syncd-fan-") as pg:
         uvloop.run(run(pg, args, scenarios))

@@ -149,7 +149,7 @@ def report(label: str, feeds: list[Timing], ceilings: list[Timing]) -> None:
 
 async def run(rows: int, dsn: str, rounds: int) -> None:
     stores = OrgStores(dsn)
-    org = f"bench_{uuid.uuid4().hex[:8]}"
+    org = f"bench-{uuid.uuid4().hex[:8]}"
     store = await stores.provision(org, MODEL)
     try:
         entity = MODEL.entity("account")

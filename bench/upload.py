@@ -209,7 +209,7 @@ async def run(
     ingest_rows: int = 0,
 ) -> None:
     stores = OrgStores(dsn, pool_size=pool)
-    org = f"bench_{uuid.uuid4().hex[:8]}"
+    org = f"bench-{uuid.uuid4().hex[:8]}"
     store = await stores.provision(org, MODEL)
     try:
         if ingest_rows:

@@ -29,7 +29,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from syncd.auth import generate_signing_key, public_key_pem
 
-__all__ = ["DevPKI", "ensure_dev_pki"]
+__all__ = ["DEV_DOMAIN", "DevPKI", "ensure_dev_pki"]
+
+#: The dev server certificate also names `*.syncd.localhost`, so a device can send the SNI
+#: `<org>.syncd.localhost` (what a load balancer routes on, PROTOCOL.md "Transport") and still
+#: verify the certificate against that same name. Not `*.localhost`: OpenSSL refuses a
+#: wildcard with a single label after it. `.localhost` names never leave the machine
+#: (RFC 6761); the device connects to 127.0.0.1 and only sends the name in TLS.
+DEV_DOMAIN: Final = "syncd.localhost"
 
 CA_VALIDITY: Final = dt.timedelta(days=3650)
 # Leaves stay under 825 days, the longest validity macOS/iOS TLS clients accept.
@@ -213,10 +220,13 @@ def _ensure_token_key(key_path: Path, public_path: Path) -> None:
 
 def ensure_dev_pki(
     directory: Path,
-    hostnames: Sequence[str] = ("localhost",),
+    hostnames: Sequence[str] = ("localhost", f"*.{DEV_DOMAIN}"),
     ips: Sequence[str] = ("127.0.0.1", "::1"),
 ) -> DevPKI:
-    """Create (or reuse) the dev PKI under `directory` and return its file paths."""
+    """Create (or reuse) the dev PKI under `directory` and return its file paths.
+
+    A server certificate made before it named `*.syncd.localhost` is reissued by the same CA
+    (devices that trust the CA see no change)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     pki = DevPKI(
         ca_cert=directory / "ca.pem",

@@ -79,7 +79,8 @@ def pg_dsn(pg_server: EmbeddedPostgres) -> str:
 
 
 def unique_name(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+    # "-", not "_": the names serve as org names, which are DNS labels.
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from syncd.model import ClientModel, Column, Entity, ModelError
 from syncd.server.admin_wire import AdminError, ErrorCode, Request, error_response, ok_response
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.store import Changeset, OrgRecord, ProvisionError, apply_changeset, writeback
-from syncd.store.sql import ORG_RE
+from syncd.store.sql import org_name_problem
 
 __all__ = ["AdminService", "SessionInfo", "json_to_db"]
 
@@ -159,10 +159,9 @@ class AdminService:
     async def org_add(self, args: dict[str, Any]) -> dict[str, Any]:
         _only(args, {"name", "staging_dsn"})
         name = _str(args, "name")
-        if not ORG_RE.fullmatch(name):
-            raise AdminError(
-                ErrorCode.BAD_REQUEST, f"invalid org name {name!r}: must match {ORG_RE.pattern}"
-            )
+        problem = org_name_problem(name)
+        if problem is not None:
+            raise AdminError(ErrorCode.BAD_REQUEST, f"invalid org name {name!r}: {problem}", "name")
         dsn = _opt_str(args, "staging_dsn")
         async with self._lock(name):
             if await self._control.get_org(name) is not None:
@@ -235,8 +234,15 @@ class AdminService:
         version = _opt_int(args, "version")
         stored = await self._control.get_model(record.name, version)
         if stored is None:
-            what = f"version {version}" if version is not None else "a client model"
-            raise AdminError(ErrorCode.NOT_FOUND, f"org {record.name!r} has no {what}", "version")
+            if version is None:
+                raise AdminError(
+                    ErrorCode.NOT_FOUND, f"org {record.name!r} has no client model yet", "org"
+                )
+            raise AdminError(
+                ErrorCode.NOT_FOUND,
+                f"org {record.name!r} has no model version {version}",
+                "version",
+            )
         return {
             "org": record.name,
             "version": stored.version,
@@ -549,9 +555,15 @@ def json_to_db(column: Column, value: Any, path: str) -> Any:
         return None
     try:
         return _CONVERTERS[column.type](value)
-    except (ValueError, TypeError, InvalidOperation, OverflowError) as exc:
+    except (ValueError, TypeError, InvalidOperation, OverflowError):
+        # The converter's own exception text (Python's parsers) means nothing to the ingest
+        # role; say what the column takes instead.
+        shown = orjson.dumps(value).decode()
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
         raise AdminError(
-            ErrorCode.BAD_REQUEST, f"not a valid {column.type} value: {value!r} ({exc})", path
+            ErrorCode.BAD_REQUEST,
+            f"not a valid {column.type} value: {shown} (expected {_EXPECTED[column.type]})",
+            path,
         ) from None
 
 
@@ -580,6 +592,20 @@ def _numeric(value: Any) -> Decimal:
         raise ValueError("not a finite number")
     return result
 
+
+#: What each column type takes in the admin socket's JSON, for refusals.
+_EXPECTED: Final[dict[str, str]] = {
+    "uuid": "a UUID string",
+    "text": "a string",
+    "integer": "a 64-bit integer",
+    "float": "a number",
+    "boolean": "true or false",
+    "numeric": "a finite decimal number, or a string holding one",
+    "timestamp": "an ISO-8601 string or integer microseconds since 1970-01-01 UTC",
+    "date": "an ISO date string (YYYY-MM-DD) or integer days since 1970-01-01",
+    "json": "any JSON value",
+    "bytes": "a base64 string",
+}
 
 _CONVERTERS: Final[dict[str, Callable[[Any], Any]]] = {
     "uuid": lambda v: uuid.UUID(_expect(v, str)),

@@ -12,17 +12,27 @@ import re
 from syncd.model import IDENT_RE, Column
 
 __all__ = [
+    "ORG_NAME_MAX",
     "ORG_RE",
     "SQL_TYPES",
     "database_name",
     "from_wire",
     "ident",
+    "org_name_problem",
     "to_wire",
 ]
 
-# Org names end up in database names ("syncd_org_" + name stays within 63 bytes).
-ORG_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
-_DB_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+#: Longest org name: it ends up in a database name, and "syncd_org_" + 40 stays well within
+#: PostgreSQL's 63 bytes.
+ORG_NAME_MAX = 40
+#: What a new org may be called: a DNS label (RFC 1123: lowercase letters, digits and
+#: hyphens, no hyphen first or last), because devices reach their org's instances by the TLS
+#: SNI `<org>.<domain>` and a load balancer routes on that name (PROTOCOL.md, "Transport").
+ORG_RE = re.compile(rf"^[a-z0-9](?:[a-z0-9-]{{0,{ORG_NAME_MAX - 2}}}[a-z0-9])?$")
+#: Names an org already stored may have: orgs registered before names had to be DNS labels
+#: (with "_") keep their staging database, though no SNI can route to them.
+_STORED_ORG_RE = re.compile(rf"^[a-z0-9][a-z0-9_-]{{0,{ORG_NAME_MAX - 1}}}$")
+_DB_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 SQL_TYPES: dict[str, str] = {
     "uuid": "uuid",
@@ -49,10 +59,28 @@ def _is_system(name: str) -> bool:
     return name.startswith("_syncd_") or name in ("_version", "_txid")
 
 
+def org_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a new org's name, in words an admin can act on; None if it can."""
+    if ORG_RE.fullmatch(name):
+        return None
+    if not name:
+        return "an org name cannot be empty"
+    if len(name) > ORG_NAME_MAX:
+        return f"an org name has at most {ORG_NAME_MAX} characters, this one {len(name)}"
+    bad = sorted({c for c in name if not ("a" <= c <= "z" or "0" <= c <= "9" or c == "-")})
+    if bad:
+        listed = ", ".join(repr(c) for c in bad)
+        return (
+            f"an org name is a DNS label (devices reach it as <org>.<domain> by TLS SNI):"
+            f" lowercase letters, digits and '-' only, not {listed}"
+        )
+    return "an org name cannot start or end with '-' (it is a DNS label)"
+
+
 def database_name(org: str) -> str:
     """The embedded/default staging database name of an org."""
-    if not ORG_RE.fullmatch(org):
-        raise ValueError(f"invalid org name {org!r}: must match {ORG_RE.pattern}")
+    if not _STORED_ORG_RE.fullmatch(org):
+        raise ValueError(f"invalid org name {org!r}")
     return "syncd_org_" + org
 
 

@@ -166,7 +166,7 @@ async def running(workdir: Path, control_dsn: str) -> AsyncIterator[RunningDaemo
 
 
 def org_name() -> str:
-    return f"org_{uuid.uuid4().hex[:10]}"
+    return f"org-{uuid.uuid4().hex[:10]}"  # a DNS label, as every org name is
 
 
 async def ingest(store: StagingStore, model: Mapping[str, Any], changes: Changeset) -> None:

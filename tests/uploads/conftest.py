@@ -134,7 +134,7 @@ class Org:
 @pytest.fixture
 async def org(org_stores: OrgStores) -> AsyncIterator[Org]:
     model = ClientModel.parse(MODEL)
-    name = f"org_{uuid.uuid4().hex[:12]}"
+    name = f"org-{uuid.uuid4().hex[:12]}"
     store = await org_stores.provision(name, model)
     try:
         yield Org(store, model)
