@@ -246,6 +246,31 @@ def _token(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
     return "token.mint", args, lambda r: str(r["token"])
 
 
+def _token_key_list(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(keys: list[dict[str, Any]]) -> str:
+        rows = [
+            (k["id"], k["created_at"], k["retired_at"] or "", "yes" if k["seals"] else "")
+            for k in keys
+        ]
+        return _table(("ID", "CREATED", "RETIRED", "SEALS NEW TOKENS"), rows)
+
+    return "token-key.list", {}, fmt
+
+
+def _token_key_rotate(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        return f"token key {r['id']} seals new sync tokens; older keys still open theirs"
+
+    return "token-key.rotate", {}, fmt
+
+
+def _token_key_retire(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        return f"token key {r['id']} retired: devices holding its tokens download anew"
+
+    return "token-key.retire", {"id": ns.id}, fmt
+
+
 def _ingest(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
     changes = _read_json(ns.file)
     if isinstance(changes, dict) and "changes" in changes:
@@ -354,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", action="append", default=[])
     p.add_argument("--team", action="append", default=[])
     p.set_defaults(build=_token)
+
+    keys = topics.add_parser("token-key", help="list, rotate and retire the sync token keys")
+    key_cmds = keys.add_subparsers(dest="action", required=True)
+    key_cmds.add_parser("list", help="every key and which one seals").set_defaults(
+        build=_token_key_list
+    )
+    key_cmds.add_parser("rotate", help="add a key that seals from now on").set_defaults(
+        build=_token_key_rotate
+    )
+    p = key_cmds.add_parser("retire", help="stop accepting tokens sealed with key ID")
+    p.add_argument("id", type=int)
+    p.set_defaults(build=_token_key_retire)
 
     p = topics.add_parser("ingest", help="apply one changeset (JSON list of entity changes)")
     p.add_argument("--org", required=True)

@@ -98,6 +98,9 @@ class AdminService:
             "profile.unassign": self.profile_unassign,
             "profile.list": self.profile_list,
             "status": self.status,
+            "token-key.list": self.token_key_list,
+            "token-key.rotate": self.token_key_rotate,
+            "token-key.retire": self.token_key_retire,
             "token.mint": self.token_mint,
             "ingest.apply": self.ingest_apply,
             "writeback.claim": self.writeback_claim,
@@ -291,6 +294,46 @@ class AdminService:
             "default_profile": model.default_profile if model is not None else None,
             "assignments": await self._control.list_assignments(record.name),
         }
+
+    # -- sync token keys ------------------------------------------------------------------
+
+    async def token_key_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        _only(args, set())
+        keys = await self._control.token_keys()
+        sealing = max((k.id for k in keys if k.retired_at is None), default=None)
+        return [
+            {
+                "id": k.id,
+                "created_at": k.created_at.isoformat(),
+                "retired_at": None if k.retired_at is None else k.retired_at.isoformat(),
+                "seals": k.id == sealing,
+            }
+            for k in keys
+        ]
+
+    async def token_key_rotate(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A new key seals tokens from now on; older tokens stay valid until retired."""
+        _only(args, set())
+        key = await self._control.rotate_token_key()
+        await self._registry.tokens.reload_keys()
+        return {"id": key.id, "created_at": key.created_at.isoformat()}
+
+    async def token_key_retire(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Tokens sealed with the key stop working: their devices download anew."""
+        _only(args, {"id"})
+        key_id = _opt_int(args, "id")
+        if key_id is None:
+            raise AdminError(ErrorCode.BAD_REQUEST, "required", "id")
+        try:
+            await self._control.retire_token_key(key_id)
+        except KeyError:
+            raise AdminError(
+                ErrorCode.NOT_FOUND, f"no unretired token key {key_id}", "id"
+            ) from None
+        except ValueError as exc:
+            raise AdminError(ErrorCode.CONFLICT, str(exc), "id") from None
+        await self._registry.tokens.reload_keys()
+        return {"id": key_id, "retired": True}
 
     # -- status ---------------------------------------------------------------------------
 

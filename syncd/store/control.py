@@ -351,7 +351,7 @@ class ControlStore:
                 key_id,
             )
             if status != "UPDATE 1":
-                raise KeyError(f"no unretired token key {key_id}")
+                raise KeyError(key_id)
             await _notify(conn, TOKEN_KEYS_CHANGED)
 
     async def save_plan(self, org: str, digest: bytes, hashes: Mapping[str, str]) -> None:

@@ -143,3 +143,30 @@ async def test_tcp_with_mutual_tls(admin: AdminStack, short_dir: Path) -> None:
         assert "syncd" in err
     finally:
         await listener.close()
+
+
+async def test_token_keys_list_rotate_retire(admin: AdminStack) -> None:
+    sock = str(admin.socket)
+    code, out, _ = await syncctl("--socket", sock, "token-key", "list")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["1"]
+    assert out.splitlines()[1].split()[-1] == "yes"  # the first key seals
+    assert await syncctl("--socket", sock, "token-key", "rotate") == (
+        0,
+        "token key 2 seals new sync tokens; older keys still open theirs\n",
+        "",
+    )
+    code, _, err = await syncctl("--socket", sock, "token-key", "retire", "2")
+    assert code == 1
+    assert "key 2 seals new tokens: rotate before retiring it" in err
+    code, out, _ = await syncctl("--socket", sock, "token-key", "retire", "1")
+    assert (code, out) == (0, "token key 1 retired: devices holding its tokens download anew\n")
+    code, _, err = await syncctl("--socket", sock, "token-key", "retire", "1")
+    assert code == 1
+    assert "no unretired token key 1" in err
+    code, out, _ = await syncctl("--socket", sock, "--json", "token-key", "list")
+    keys = json.loads(out)
+    assert [(k["id"], k["retired_at"] is not None, k["seals"]) for k in keys] == [
+        (1, True, False),
+        (2, False, True),
+    ]
