@@ -378,7 +378,10 @@ class DeviceSession:
                     ErrorCode.CHECKPOINT_TOO_OLD, "the server no longer keeps this checkpoint"
                 )
             resume = _Resume.from_token(token, previous, self._plan.hashes)
-            await self.org.staging.check_resumable(token.checkpoint)
+            if resume.unfinished:
+                # Finishing a download at the token's snapshot comes before the window that
+                # would find it unusable: check first. Otherwise the window itself checks.
+                await self.org.staging.check_resumable(token.checkpoint)
         except SyncTokenError as exc:
             return await self._start_over(ErrorCode.CHECKPOINT_INVALID, str(exc))
         except CheckpointAhead as exc:

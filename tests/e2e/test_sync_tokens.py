@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -33,7 +34,7 @@ from syncd.ctl import AdminClient
 from syncd.model import ClientModel, ModelError
 from syncd.server.sync_token import Binding, SyncToken
 from syncd.store import Changeset, Checkpoint, StagingStore
-from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name
+from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
 from tests.e2e.test_sync import accounts
 from tests.e2e.wire_device import Session, WireDevice
 
@@ -313,3 +314,49 @@ async def _sync_acking(device: WireDevice, token: bytes | None) -> Session:
                     writer.write(conn.send(Ack(checkpoint=token)))
     finally:
         writer.close()
+
+
+async def compact_past_now(store: StagingStore) -> None:
+    """Trim the change log up to the present, as retention eventually does."""
+    await ingest(store, CRM, Changeset(upserts={"account": accounts(1, owner=7, start=500)}))
+    now = Checkpoint.from_pg((await store.fetch("SELECT pg_current_snapshot()"))[0][0])
+    await store.compact(horizon=now)
+
+
+async def test_a_token_past_the_retained_history_starts_over(running: RunningDaemon) -> None:
+    org, store = await org_with_accounts(running, 7)
+    device = WireDevice(running, org)
+    await device.sync()
+    gone = sorted(device.keys("account"))[:2]
+    await ingest(store, CRM, Changeset(deletes={"account": gone}))
+    await compact_past_now(store)
+    started_over(await device.sync(), ErrorCode.CHECKPOINT_TOO_OLD)
+    assert device.keys("account") == await staging_keys(store)
+
+
+async def test_a_download_cut_off_before_the_history_was_trimmed_starts_over(
+    workdir: Path, control_dsn: str
+) -> None:
+    async with run_daemon(workdir, control_dsn, batch_size=50, checkpoint_rows=100) as running:
+        org, store = await org_with_accounts(running, 400)
+        device = WireDevice(running, org)
+        await device.sync(cut_after_changes=4)
+        assert device.checkpoint is not None  # a mid-download checkpoint
+        assert 0 < device.count() < 400
+        await compact_past_now(store)
+        started_over(await device.sync(), ErrorCode.CHECKPOINT_TOO_OLD)
+        assert device.keys("account") == await staging_keys(store)
+
+
+async def test_a_token_whose_plan_was_pruned_starts_over(running: RunningDaemon) -> None:
+    org, store = await org_with_accounts(running, 3)
+    device = WireDevice(running, org)
+    await device.sync()
+    registry = running.daemon.registry
+    assert registry is not None
+    # Every plan unused for "no time at all" goes, as it would after the retention period.
+    assert await registry.tokens.prune(timedelta(0)) >= 1
+    started_over(await device.sync(), ErrorCode.CHECKPOINT_TOO_OLD)
+    assert device.keys("account") == await staging_keys(store)
+    again = await device.sync()  # and the plan is kept again for the new token
+    assert not again.of(Resync)
