@@ -457,16 +457,23 @@ class SyncClient:
         conn, reader = self._conn, self._reader
         assert conn is not None
         assert reader is not None
+        ended = False
         while True:
             try:
                 event = conn.next_event()
             except RemoteProtocolError as exc:
+                if ended:
+                    # PROTOCOL.md, Framing: a stream that ends inside a frame. The link
+                    # dropped (a phone losing signal, a proxy cut): reconnect, as after any
+                    # drop, rather than blame the server with a non-retryable code.
+                    raise ConnectionResetError(f"connection lost: {exc.message}") from None
                 with contextlib.suppress(Exception):
                     await self._write(error_frame_for(exc))
                 raise ServerError(exc.code, f"server sent invalid data: {exc.message}") from None
             if event is NEED_DATA:
                 data = await reader.read(READ_CHUNK)
                 self.stats.bytes_received += len(data)
+                ended = not data
                 conn.receive_data(data)
                 continue
             if isinstance(event, ConnectionClosed):
