@@ -1,0 +1,162 @@
+"""PROTOCOL.md "Heartbeats" and "Token lifetime" against the real daemon over real TLS,
+with a device written from the spec (protocol.Connection, no SDK)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from protocol import (
+    NEED_DATA,
+    Connection,
+    ConnectionClosed,
+    Error,
+    ErrorCode,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    RefreshToken,
+    Role,
+    TokenExpiring,
+    TokenRefreshed,
+    Welcome,
+)
+from tests.e2e.conftest import RunningDaemon, org_name, run_daemon
+
+
+class Device:
+    """A bare device: sends what the test says, hands back each message received."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = Connection(Role.DEVICE)
+
+    @classmethod
+    async def connect(cls, running: RunningDaemon) -> Device:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", running.port, ssl=running.client_ssl(), server_hostname="localhost"
+        )
+        return cls(reader, writer)
+
+    def send(self, message: Message) -> None:
+        self.writer.write(self.conn.send(message))
+
+    async def next(self) -> Message | ConnectionClosed:
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                self.conn.receive_data(await self.reader.read(65536))
+                continue
+            assert isinstance(event, Message | ConnectionClosed), event
+            return event
+
+    async def next_of(self, kind: type[Message]) -> Message:
+        """Skip catch-up traffic until a message of `kind` (or an Error) arrives."""
+        while True:
+            event = await self.next()
+            assert not isinstance(event, ConnectionClosed)
+            if isinstance(event, kind | Error):
+                return event
+
+    async def welcome(self, running: RunningDaemon, org: str, token: str) -> Welcome:
+        self.send(Hello((1,), token, org, "dev-t", "1", None))
+        welcome = await self.next()
+        assert isinstance(welcome, Welcome), welcome
+        return welcome
+
+
+async def test_answering_pings_keeps_a_session_and_silence_ends_it(
+    workdir: Path, control_dsn: str
+) -> None:
+    async with run_daemon(
+        workdir, control_dsn, heartbeat_interval_seconds=0.2, idle_timeout_seconds=0.6
+    ) as running:
+        org = org_name()
+        await running.add_org(org)
+        async with asyncio.timeout(30):
+            device = await Device.connect(running)
+            welcome = await device.welcome(running, org, running.token(org))
+            assert (welcome.heartbeat_interval_ms, welcome.idle_timeout_ms) == (200, 600)
+            started, pings = time.monotonic(), []
+            while time.monotonic() - started < 1.5:  # 2.5 idle allowances
+                ping = await device.next_of(Ping)
+                assert isinstance(ping, Ping), ping
+                pings.append(ping.nonce)
+                device.send(Pong(ping.nonce))
+            assert pings == list(range(1, len(pings) + 1))
+            assert len(pings) >= 5  # at most 200 ms apart: 1.5 s holds 7
+            silent_since = time.monotonic()
+            error = await device.next_of(Error)  # the device stops answering
+            waited = time.monotonic() - silent_since
+    assert isinstance(error, Error)
+    assert (error.code, error.message) == (
+        ErrorCode.IDLE_TIMEOUT,
+        "no data within the idle timeout",
+    )
+    assert 0.5 <= waited < 5, waited
+
+
+async def test_token_expiring_then_expiry_without_leeway(workdir: Path, control_dsn: str) -> None:
+    async with run_daemon(workdir, control_dsn, token_expiry_warning_seconds=2) as running:
+        org = org_name()
+        await running.add_org(org)
+        async with asyncio.timeout(30):
+            device = await Device.connect(running)
+            welcome = await device.welcome(running, org, running.token(org, ttl_seconds=4))
+            exp = welcome.token_expires_at
+            warning = await device.next_of(TokenExpiring)
+            warned_at = time.time()
+            error = await device.next_of(Error)
+            ended_at = time.time()
+    assert warning == TokenExpiring(expires_at=exp)
+    assert exp - 2.5 <= warned_at <= exp - 1
+    assert isinstance(error, Error)
+    assert (error.code, error.message) == (ErrorCode.TOKEN_EXPIRED, "the token expired")
+    assert exp - 0.1 <= ended_at < exp + 2  # the 30 s verification leeway does not apply
+
+
+async def test_refresh_extends_the_session_and_a_refused_refresh_ends_it(
+    workdir: Path, control_dsn: str
+) -> None:
+    async with run_daemon(workdir, control_dsn, token_expiry_warning_seconds=2) as running:
+        org = org_name()
+        await running.add_org(org)
+        async with asyncio.timeout(30):
+            device = await Device.connect(running)
+            welcome = await device.welcome(running, org, running.token(org, ttl_seconds=4))
+            await device.next_of(TokenExpiring)
+            fresh = running.token(org, ttl_seconds=3600)
+            device.send(RefreshToken(fresh))
+            refreshed = await device.next_of(TokenRefreshed)
+            assert isinstance(refreshed, TokenRefreshed)
+            assert refreshed.expires_at >= welcome.token_expires_at + 3500
+            while time.time() < welcome.token_expires_at + 1:  # past the first token's exp
+                device.send(Ping(99))
+                pong = await device.next_of(Pong)
+                assert pong == Pong(99)
+            device.send(RefreshToken(running.token(org, user="someone-else")))
+            error = await device.next_of(Error)
+            closed = await device.next()
+    assert isinstance(error, Error)
+    assert (error.code, error.message) == (
+        ErrorCode.AUTHENTICATION_FAILED,
+        "a refreshed token must keep user and org",
+    )
+    assert isinstance(closed, ConnectionClosed)
+
+
+async def test_hello_schema_fingerprint_changes_nothing(running: RunningDaemon) -> None:
+    org = org_name()
+    await running.add_org(org)
+    welcomes = []
+    async with asyncio.timeout(30):
+        for fingerprint in (None, "not-what-the-server-has"):
+            device = await Device.connect(running)
+            device.send(Hello((1,), running.token(org), org, "dev-f", "1", None, fingerprint))
+            welcome = await device.next()
+            assert isinstance(welcome, Welcome), welcome
+            welcomes.append(welcome.model)
+            device.writer.close()
+    assert welcomes[0] == welcomes[1]
