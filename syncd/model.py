@@ -219,7 +219,9 @@ class ClientModel:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 hex of the entity schemas: equal fingerprints mean equal device tables."""
+        """sha256 hex of every entity schema of the org's model (what `syncctl org list`
+        shows). Not Welcome's fingerprint, which covers only the entities of one device's
+        profile, in its wire layout (``syncd.server.plan``)."""
         # Columns as [name, type] pairs: key sorting must not erase the wire order.
         schemas = {
             e.name: {**e.schema_json(), "columns": [[c.name, c.type] for c in e.columns]}

@@ -679,15 +679,20 @@ class DeviceSession:
     # --- timers -------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        """Ping at the heartbeat interval; warn before the token expires, end at expiry."""
+        """Ping at the heartbeat interval; warn before the token expires, end at expiry.
+
+        PROTOCOL.md, "Token lifetime": the session ends at ``exp`` plus the clock leeway
+        that verification allows, so a token accepted at Hello is never ended at once.
+        """
         nonce = 0
         warned = False
+        leeway = self._verifier.leeway_seconds
         while True:
             claims = self._claims
             assert claims is not None
             now = time.time()
             left = claims.expires_at - now
-            if left <= 0:
+            if left + leeway <= 0:
                 self._finish_with(_End.code(ErrorCode.TOKEN_EXPIRED, "the token expired"))
                 return
             if left <= self._settings.token_expiry_warning and not warned:
@@ -697,7 +702,7 @@ class DeviceSession:
                 warned = False
             wait = min(
                 self._settings.heartbeat_interval,
-                max(left - self._settings.token_expiry_warning, 0) or left,
+                max(left - self._settings.token_expiry_warning, 0) or left + leeway,
             )
             await asyncio.sleep(max(wait, 0.01))
             nonce += 1

@@ -37,6 +37,7 @@ feed (no window ever held a row of it) (issue 9).
 from __future__ import annotations
 
 import base64
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ __all__ = [
     "apply_upload",
     "key_text",
 ]
+
+_log = logging.getLogger(__name__)
 
 OpKind = Literal["insert", "update", "delete"]
 StoredResult = tuple[str, int | None, list[Any] | None, int | None, str | None]
@@ -313,11 +316,29 @@ async def _run_round(
                 await _write_round(conn, plan, state, filters, results, writeback)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             (o,) = ops
-            reason = f"the database refused the value: {exc}"[:1000]
+            reason = database_refusal(exc)
+            _log.info(
+                "staging refused an uploaded row",
+                extra={"entity": o.entity.name, "sqlstate": exc.sqlstate, "detail": str(exc)},
+            )
             results[o.index] = ("rejected", None, None, int(ErrorCode.VALIDATION_FAILED), reason)
             writeback[:] = [w for w in writeback if w[0] is not o]
     else:
         await _write_round(conn, plan, state, filters, results, writeback)
+
+
+def database_refusal(exc: asyncpg.PostgresError) -> str:
+    """What the device is told when staging refuses a value: the kind of problem, not the
+    database's own text (it names constraints and internals); the log keeps that."""
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return "another row already has this value where values must be unique"
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return "the row refers to a row that does not exist"
+    if isinstance(exc, asyncpg.NotNullViolationError):
+        return "a value the server requires is missing"
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return "the row breaks a rule of the server's database"
+    return "a value is out of range or malformed for its column"
 
 
 def _conflict(row: list[Any] | None, reason: str) -> StoredResult:

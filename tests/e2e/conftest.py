@@ -103,7 +103,12 @@ class RunningDaemon:
 
 
 def daemon_config(
-    base: Path, control_dsn: str, ops: str = "", certs: Path | None = None, **sync: Any
+    base: Path,
+    control_dsn: str,
+    ops: str = "",
+    certs: Path | None = None,
+    auth: Mapping[str, Any] | None = None,
+    **sync: Any,
 ) -> Config:
     certs = certs or base / "certs"
     return load_config(
@@ -121,15 +126,21 @@ def daemon_config(
             "ops": {"listen": ops},
             "database": {"dsn": control_dsn},
             "sync": {"heartbeat_interval_seconds": 5, "idle_timeout_seconds": 30, **sync},
+            "auth": dict(auth or {}),
         },
     )
 
 
 @contextlib.asynccontextmanager
 async def run_daemon(
-    base: Path, control_dsn: str, ops: str = "", certs: Path | None = None, **sync: Any
+    base: Path,
+    control_dsn: str,
+    ops: str = "",
+    certs: Path | None = None,
+    auth: Mapping[str, Any] | None = None,
+    **sync: Any,
 ) -> AsyncIterator[RunningDaemon]:
-    config = daemon_config(base, control_dsn, ops, certs, **sync)
+    config = daemon_config(base, control_dsn, ops, certs, auth, **sync)
     pki = ensure_dev_pki(config.server.tls_cert.parent)
     daemon = Daemon(config)
     try:

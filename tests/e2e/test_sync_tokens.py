@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,11 +31,13 @@ from protocol import (
     Resync,
     Role,
 )
+from syncd.client import LocalDB
 from syncd.ctl import AdminClient
 from syncd.model import ClientModel, ModelError
 from syncd.server.sync_token import Binding, SyncToken
 from syncd.store import Changeset, Checkpoint, StagingStore
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
+from tests.e2e.helpers import device_rows, staging_rows
 from tests.e2e.test_sync import accounts
 from tests.e2e.wire_device import Session, WireDevice
 
@@ -360,3 +363,28 @@ async def test_a_token_whose_plan_was_pruned_starts_over(running: RunningDaemon)
     assert device.keys("account") == await staging_keys(store)
     again = await device.sync()  # and the plan is kept again for the new token
     assert not again.of(Resync)
+
+
+async def test_sdk_backup_restored_on_a_new_device_id_keeps_its_edit_and_ends_exact(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    """The phone's SQLite file (rows, token, an unsent edit) restored onto a phone that
+    identifies itself with a new device id: the token is refused for it, the device starts
+    over in the same session, the edit still goes up, and the rows are exactly staging's."""
+    org, store = await org_with_accounts(running, 10)
+    old = LocalDB.open(tmp_path / "old.sqlite")
+    await running.client(old, running.token(org), org, device_id="old-phone").sync_once()
+    key = sorted(await staging_keys(store))[0]
+    old.update("account", key, {"name": "edited offline"})
+    old.close()
+    shutil.copy(tmp_path / "old.sqlite", tmp_path / "restored.sqlite")
+    gone = sorted(await staging_keys(store))[-2:]
+    await ingest(store, CRM, Changeset(deletes={"account": [uuid.UUID(k) for k in gone]}))
+    restored = LocalDB.open(tmp_path / "restored.sqlite")
+    assert restored.pending_count() == 1
+    await running.client(restored, running.token(org), org, device_id="new-phone").sync_once()
+    assert restored.pending_count() == 0
+    assert not restored.errors()
+    assert device_rows(restored, "account") == await staging_rows(store, CRM, "account")
+    names = {r[0]: r[1] for r in await store.fetch("SELECT id::text, name FROM account")}
+    assert names[key] == "edited offline"

@@ -98,8 +98,10 @@ async def test_answering_pings_keeps_a_session_and_silence_ends_it(
     assert 0.5 <= waited < 5, waited
 
 
-async def test_token_expiring_then_expiry_without_leeway(workdir: Path, control_dsn: str) -> None:
-    async with run_daemon(workdir, control_dsn, token_expiry_warning_seconds=2) as running:
+async def test_token_expiring_then_expiry_after_the_leeway(workdir: Path, control_dsn: str) -> None:
+    async with run_daemon(
+        workdir, control_dsn, auth={"leeway_seconds": 1}, token_expiry_warning_seconds=2
+    ) as running:
         org = org_name()
         await running.add_org(org)
         async with asyncio.timeout(30):
@@ -114,7 +116,25 @@ async def test_token_expiring_then_expiry_without_leeway(workdir: Path, control_
     assert exp - 2.5 <= warned_at <= exp - 1
     assert isinstance(error, Error)
     assert (error.code, error.message) == (ErrorCode.TOKEN_EXPIRED, "the token expired")
-    assert exp - 0.1 <= ended_at < exp + 2  # the 30 s verification leeway does not apply
+    assert exp + 1 - 0.1 <= ended_at < exp + 3  # exp plus the 1 s leeway
+
+
+async def test_a_token_accepted_within_the_leeway_is_not_ended_at_once(
+    workdir: Path, control_dsn: str
+) -> None:
+    async with run_daemon(workdir, control_dsn, auth={"leeway_seconds": 3}) as running:
+        org = org_name()
+        await running.add_org(org)
+        late = running.token(org, ttl_seconds=60, now=int(time.time()) - 61)  # exp 1 s ago
+        async with asyncio.timeout(30):
+            device = await Device.connect(running)
+            welcome = await device.welcome(running, org, late)
+            exp = welcome.token_expires_at
+            error = await device.next_of(Error)
+            ended_at = time.time()
+    assert isinstance(error, Error)
+    assert error.code is ErrorCode.TOKEN_EXPIRED
+    assert exp + 3 - 0.1 <= ended_at < exp + 5
 
 
 async def test_refresh_extends_the_session_and_a_refused_refresh_ends_it(
