@@ -27,6 +27,7 @@ import msgpack
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.framing import (
     DEFAULT_MAX_FRAME_SIZE,
+    HEADER_SIZE,
     MAX_UNAUTHENTICATED_FRAME_SIZE,
     FrameDecoder,
     frame_header,
@@ -45,6 +46,7 @@ __all__ = [
     "NeedData",
     "PreparedFrame",
     "encode_changes",
+    "encode_changes_within",
     "error_frame_for",
     "negotiate",
     "prepare",
@@ -136,6 +138,42 @@ def encode_changes(
         _changes_packer.reset()
         raise LocalProtocolError(f"cannot encode Changes rows: {exc}") from None
     return PreparedFrame(Changes, frame_header(len(payload)) + payload)
+
+
+def encode_changes_within(
+    entity: str,
+    upserts: Sequence[Sequence[Any]],
+    deletes: Sequence[Any],
+    max_frame_size: int,
+) -> list[PreparedFrame]:
+    """``encode_changes``, split into as many frames as it takes to keep each within
+    `max_frame_size` (PROTOCOL.md, "Limits"): batches are sized in rows, rows in bytes vary.
+
+    Deletes go first, in frames of their own, when a split is needed; the usual batch fits
+    and costs the one encoding. A single row that cannot fit is our caller's problem:
+    LocalProtocolError names it.
+    """
+    frame = encode_changes(entity, upserts, deletes)
+    if len(frame.data) - HEADER_SIZE <= max_frame_size:
+        return [frame]
+    if deletes and upserts:
+        return encode_changes_within(entity, (), deletes, max_frame_size) + (
+            encode_changes_within(entity, upserts, (), max_frame_size)
+        )
+    rows: Sequence[Any] = upserts or deletes
+    if len(rows) <= 1:
+        raise LocalProtocolError(
+            f"one {entity} row encodes to {len(frame.data) - HEADER_SIZE} bytes, more than the"
+            f" frame limit of {max_frame_size}"
+        )
+    half = len(rows) // 2
+    if upserts:
+        return encode_changes_within(entity, rows[:half], (), max_frame_size) + (
+            encode_changes_within(entity, rows[half:], (), max_frame_size)
+        )
+    return encode_changes_within(entity, (), rows[:half], max_frame_size) + (
+        encode_changes_within(entity, (), rows[half:], max_frame_size)
+    )
 
 
 def error_frame_for(exc: RemoteProtocolError, retry_after_ms: int | None = None) -> bytes:
@@ -266,7 +304,7 @@ class Connection:
                 "the connection is broken; send error_frame_for(exc) and close"
             )
         limit = self._decoder.max_frame_size
-        if len(data) - 4 > limit:
+        if len(data) - HEADER_SIZE > limit:
             raise LocalProtocolError(
                 f"{message_type.TYPE} frame of {len(data) - 4} bytes exceeds the limit of {limit}"
             )

@@ -105,7 +105,11 @@ class Daemon:
         run.control = await ControlStore.connect(control_dsn, max_size=cfg.database.pool_max)
         stores = OrgStores(server_dsn, pool_size=cfg.database.pool_max)
         run.registry = OrgRegistry(
-            run.control, stores, batch_size=cfg.sync.batch_size, metrics=self.metrics
+            run.control,
+            stores,
+            batch_size=cfg.sync.batch_size,
+            metrics=self.metrics,
+            max_frame_size=cfg.sync.max_frame_size,
         )
         await run.registry.start()
         self.metrics.on_scrape(self._sample_pools)

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from protocol import PreparedFrame, encode_changes
+from protocol import DEFAULT_MAX_FRAME_SIZE, PreparedFrame, encode_changes_within
 from syncd.filters.partition import touched_sql
 from syncd.metrics import Metrics
 from syncd.model import Column, Entity
@@ -111,10 +111,18 @@ class _Read:
 
 
 class LiveHub:
-    def __init__(self, org: str, staging: StagingStore, batch_size: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        org: str,
+        staging: StagingStore,
+        batch_size: int,
+        metrics: Metrics,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
         self.org = org
         self._staging = staging
         self._batch_size = batch_size
+        self._max_frame_size = max_frame_size
         self._metrics = metrics
         self._members: set[LiveMember] = set()
         self._partitions: dict[str, _Live] = {}
@@ -254,12 +262,15 @@ class LiveHub:
             read = _Read(sub.entity.name)
             pages = incremental_pages(self._staging.fetch, sub, since, until, self._batch_size)
             async for batch in pages:
+                limit = self._max_frame_size
                 if batch.deletes:
-                    read.deletes.append(encode_changes(batch.entity, (), batch.deletes))
-                    encoded.inc()
+                    frames = encode_changes_within(batch.entity, (), batch.deletes, limit)
+                    read.deletes.extend(frames)
+                    encoded.inc(len(frames))
                 if batch.upserts:
-                    read.upserts.append(encode_changes(batch.entity, batch.upserts, ()))
-                    encoded.inc()
+                    frames = encode_changes_within(batch.entity, batch.upserts, (), limit)
+                    read.upserts.extend(frames)
+                    encoded.inc(len(frames))
                 read.rows += len(batch.upserts) + len(batch.deletes)
             if read.rows:
                 reads[partition.key] = read

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol import DEFAULT_MAX_FRAME_SIZE
 from syncd.metrics import Metrics
 from syncd.server.hub import LiveHub
 from syncd.server.tokens import TokenService
@@ -63,10 +64,12 @@ class OrgRegistry:
         *,
         batch_size: int,
         metrics: Metrics,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
         self.control = control
         self.stores = stores
         self._batch_size = batch_size
+        self._max_frame_size = max_frame_size
         self._metrics = metrics
         self._orgs: dict[str, OrgRuntime] = {}
         self._reload_locks: dict[str, asyncio.Lock] = {}
@@ -150,7 +153,7 @@ class OrgRegistry:
             return None
         if runtime is None:
             staging = self.stores.get(name, record.staging_dsn)
-            hub = LiveHub(name, staging, self._batch_size, self._metrics)
+            hub = LiveHub(name, staging, self._batch_size, self._metrics, self._max_frame_size)
             runtime = OrgRuntime(record, staging, hub)
             self._orgs[name] = runtime
             hub.start()

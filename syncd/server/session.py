@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +40,7 @@ from protocol import (
     GoingAway,
     Goodbye,
     Hello,
+    LocalProtocolError,
     Message,
     ModelChanged,
     NeedData,
@@ -56,11 +57,12 @@ from protocol import (
     Upload,
     UploadResult,
     Welcome,
-    encode_changes,
+    encode_changes_within,
     error_frame_for,
     prepare,
 )
 from protocol import Checkpoint as CheckpointMsg
+from protocol.framing import HEADER_SIZE
 from syncd.auth import AuthError, Claims, TokenVerifier
 from syncd.logs import log_context
 from syncd.metrics import Metrics
@@ -556,15 +558,18 @@ class DeviceSession:
             async for batch in batches:
                 if not batch.upserts and not batch.deletes:
                     continue
-                frame = encode_changes(batch.entity, batch.upserts, batch.deletes)
-                self._metrics.frames_encoded.labels(org=org).inc()
-                if wait:
-                    await self._outbox.put(frame)
-                else:
-                    self._outbox.push(frame)
+                frames = encode_changes_within(
+                    batch.entity, batch.upserts, batch.deletes, self._settings.max_frame_size
+                )
+                self._metrics.frames_encoded.labels(org=org).inc(len(frames))
+                for frame in frames:
+                    if wait:
+                        await self._outbox.put(frame)
+                    else:
+                        self._outbox.push(frame)
                 count = len(batch.upserts) + len(batch.deletes)
                 rows.labels(org=org, entity=batch.entity).inc(count)
-                yield batch, len(frame)
+                yield batch, sum(map(len, frames))
 
     def _on_dropped(self, checkpoint: Checkpoint) -> None:
         self._dropped = checkpoint
@@ -609,7 +614,7 @@ class DeviceSession:
         elif isinstance(message, Ack):
             await self._on_ack(message)
         elif isinstance(message, Upload):
-            self._outbox.push(await self._upload(message))
+            self._outbox.push(self._result_frame(await self._upload(message)))
         elif isinstance(message, RefreshToken):
             self._on_refresh(message)
         elif isinstance(message, Goodbye):
@@ -654,6 +659,20 @@ class DeviceSession:
             raise _End.code(
                 ErrorCode.INTERNAL_ERROR, "the upload could not be applied", retry_after_ms=1000
             ) from None
+
+    def _result_frame(self, result: UploadResult) -> PreparedFrame:
+        """PROTOCOL.md, OpResult: an applied op's row is left out when the whole result would
+        not fit the frame limit (the device then keeps its own values at the new version);
+        a conflict's row, which the device cannot do without, always stays."""
+        frame = prepare(result)
+        if len(frame) - HEADER_SIZE <= self._settings.max_frame_size:
+            return frame
+        slim = tuple(replace(r, row=None) if r.status == "applied" else r for r in result.results)
+        _log.info(
+            "upload result without applied rows, to fit the frame limit",
+            extra={"batch_id": result.batch_id, "ops": len(slim)},
+        )
+        return prepare(UploadResult(batch_id=result.batch_id, results=slim))
 
     def _on_refresh(self, message: RefreshToken) -> None:
         try:
@@ -733,6 +752,13 @@ class DeviceSession:
                 await writer.drain()
         except (ConnectionError, OSError):
             self._finish_with(_End(None))
+        except LocalProtocolError:
+            # Our bug, not the device's (a frame we could not send): end the session with a
+            # retryable code instead of leaving it to hang until the idle timeout.
+            _log.exception("could not send to the device")
+            self._finish_with(
+                _End.code(ErrorCode.INTERNAL_ERROR, "internal error", retry_after_ms=1000)
+            )
 
     async def _write_now(self, data: bytes) -> None:
         self._writer.write(data)

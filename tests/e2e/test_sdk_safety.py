@@ -23,8 +23,9 @@ from syncd.client import LocalDB
 from syncd.client.session import SyncClient
 from syncd.model import ClientModel
 from syncd.store import Changeset, StagingStore
-from tests.e2e.conftest import RunningDaemon, ingest, org_name, run_daemon
+from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
 from tests.e2e.helpers import device_rows, staging_rows
+from tests.e2e.test_sync import accounts as crm_accounts
 
 BOUND_S = 60
 USER = "7"
@@ -368,3 +369,27 @@ async def test_a_checkpoint_the_server_cannot_use_keeps_the_outbox(
         assert db.errors() == []
         await _assert_exact(db, store, "owner")
         assert db.get("account", key)[1] == "edited offline"  # type: ignore[index]
+
+
+async def test_an_upload_result_too_big_for_the_frame_limit_leaves_out_applied_rows(
+    workdir: Path, control_dsn: str, tmp_path: Path
+) -> None:
+    """400 offline status changes of rows with long names: their results with the stored
+    rows would pass the 64 KiB frame limit, so the server leaves the rows out and the
+    device settles each edit from its own values at the new version."""
+    async with run_daemon(workdir, control_dsn, max_frame_size=64 * 1024) as running:
+        org = org_name()
+        store = await running.add_org(org)
+        wide = [dict(a, name="n" * 300) for a in crm_accounts(400, owner=7)]
+        await ingest(store, CRM, Changeset(upserts={"account": wide}))
+        db = LocalDB.open(tmp_path / "wide.sqlite")
+        await running.client(db, running.token(org), org).sync_once()
+        for key in [row[0] for row in db.rows("account")]:
+            db.update("account", key, {"status": 3})
+        async with asyncio.timeout(60):
+            await running.client(db, running.token(org), org).sync_once()
+        assert db.pending_count() == 0
+        assert not db.errors()
+        assert device_rows(db, "account") == await staging_rows(store, CRM, "account")
+        statuses = {r[0] for r in await store.fetch("SELECT DISTINCT status FROM account")}
+        assert statuses == {3}
