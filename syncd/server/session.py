@@ -24,8 +24,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -70,6 +70,7 @@ from syncd.server.hub import LiveMember, timed
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.server.outbox import Outbox
 from syncd.server.plan import DevicePlan, PlanError, plan_for
+from syncd.server.resume import CheckpointInterval, Resume
 from syncd.server.sync_token import (
     Binding,
     Progress,
@@ -103,59 +104,6 @@ class SessionSettings:
     """A download carries a resumable checkpoint at least this often in rows, and"""
     checkpoint_bytes: int
     """in bytes of Changes frames: a device cut off loses at most about this much."""
-
-
-@dataclass
-class _Resume:
-    """Where a device resumes: the snapshot it holds entities at (None: nothing), entities
-    to download from scratch, and entities whose download at `since` was cut off (entity ->
-    the last key it got, None when not started)."""
-
-    since: Checkpoint | None = None
-    at: datetime | None = None
-    fresh: tuple[str, ...] = ()
-    unfinished: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_token(
-        cls, token: SyncToken, previous: Mapping[str, str], current: Mapping[str, str]
-    ) -> _Resume:
-        """Compare what the token's plan followed (`previous`) with the plan now."""
-        names = sorted(previous)
-        indexes = range(len(names)) if token.done is None else token.done
-        if any(i >= len(names) for i in indexes):
-            raise SyncTokenError("malformed sync token entities")
-        done = {names[i] for i in indexes}
-        progress: tuple[str, Any] | None = None
-        if token.progress is not None:
-            if token.progress.entity >= len(names):
-                raise SyncTokenError("malformed sync token progress")
-            progress = (names[token.progress.entity], token.progress.after)
-        fresh = tuple(name for name, h in current.items() if previous.get(name) != h)
-        unfinished: dict[str, Any] = {}
-        for name in current:
-            if name in fresh or name in done:
-                continue
-            unfinished[name] = progress[1] if progress and progress[0] == name else None
-        return cls(token.checkpoint, token.at, fresh, unfinished)
-
-
-class _Interval:
-    """Rows and bytes sent since the last resumable checkpoint of a download."""
-
-    def __init__(self, rows: int, size: int) -> None:
-        self._limits = (rows, size)
-        self.rows = self.size = 0
-
-    def add(self, batch: ChangeBatch, size: int) -> None:
-        self.rows += len(batch.upserts) + len(batch.deletes)
-        self.size += size
-
-    def due(self) -> bool:
-        return self.rows >= self._limits[0] or self.size >= self._limits[1]
-
-    def reset(self) -> None:
-        self.rows = self.size = 0
 
 
 class _End(Exception):
@@ -348,7 +296,7 @@ class DeviceSession:
                 await self._wake.wait()
             self.org.hub.leave(member)
             self._set_state("syncing")
-            resume = _Resume(self._dropped or member.checkpoint, member.checkpoint_at)
+            resume = Resume(self._dropped or member.checkpoint, member.checkpoint_at)
             if self._replan:
                 old = plan
                 self._plan = self._make_plan()
@@ -358,7 +306,7 @@ class DeviceSession:
                         ModelChanged(model=self._plan.summary, resync=resume.fresh)
                     )
 
-    async def _resume_point(self, raw: bytes | None) -> _Resume:
+    async def _resume_point(self, raw: bytes | None) -> Resume:
         """Where the device's token says it is; a device starting over is told so first.
 
         PROTOCOL.md, "Checkpoints": a token this server did not seal for this org
@@ -370,7 +318,7 @@ class DeviceSession:
         assert self.org is not None
         assert self._plan is not None
         if raw is None:
-            return _Resume()
+            return Resume()
         tokens = self._registry.tokens
         try:
             token = await tokens.open(raw, self._binding())
@@ -379,7 +327,7 @@ class DeviceSession:
                 return await self._start_over(
                     ErrorCode.CHECKPOINT_TOO_OLD, "the server no longer keeps this checkpoint"
                 )
-            resume = _Resume.from_token(token, previous, self._plan.hashes)
+            resume = Resume.from_token(token, previous, self._plan.hashes)
             if resume.unfinished:
                 # Finishing a download at the token's snapshot comes before the window that
                 # would find it unusable: check first. Otherwise the window itself checks.
@@ -400,12 +348,12 @@ class DeviceSession:
             )
         return resume
 
-    async def _start_over(self, code: ErrorCode, reason: str) -> _Resume:
+    async def _start_over(self, code: ErrorCode, reason: str) -> Resume:
         _log.info("device starts over", extra={"code": code.name, "reason": reason})
         await self._outbox.put(Resync(entities=None, code=code, reason=reason))
-        return _Resume()
+        return Resume()
 
-    async def _catch_up(self, resume: _Resume) -> tuple[Checkpoint, datetime]:
+    async def _catch_up(self, resume: Resume) -> tuple[Checkpoint, datetime]:
         """Bring every entity to one new snapshot and return it with its wall time.
 
         First entities whose download at ``resume.since`` was cut off are finished at that
@@ -418,7 +366,7 @@ class DeviceSession:
         plan = self._plan
         await self._registry.tokens.remember(self.org.name, plan.digest, plan.hashes)
         since, fresh = resume.since, resume.fresh
-        meter = _Interval(self._settings.checkpoint_rows, self._settings.checkpoint_bytes)
+        meter = CheckpointInterval(self._settings.checkpoint_rows, self._settings.checkpoint_bytes)
         if since is not None and resume.unfinished:
             await self._finish_interrupted(resume, meter)
         incremental = [
@@ -450,7 +398,7 @@ class DeviceSession:
             done.add(sub.entity.name)
         return until, until_at
 
-    async def _finish_interrupted(self, resume: _Resume, meter: _Interval) -> None:
+    async def _finish_interrupted(self, resume: Resume, meter: CheckpointInterval) -> None:
         """Finish, at the token's snapshot, the download the device was cut off from: the
         entity in progress after its last key, then those not started. Each is then exactly
         as current as the completed ones, and the incremental window from that snapshot
@@ -488,7 +436,7 @@ class DeviceSession:
         name: str,
         until: tuple[Checkpoint, datetime | None],
         done: set[str],
-        meter: _Interval,
+        meter: CheckpointInterval,
     ) -> None:
         """Send an initial download of entity `name`, with a resumable checkpoint whenever
         the rows or bytes sent since the previous one reach the interval announced in
