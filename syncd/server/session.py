@@ -701,6 +701,11 @@ class DeviceSession:
         except (ConnectionError, OSError):
             self._finish_with(_End(None))
         except LocalProtocolError:
+            if conn.state is State.CLOSED:
+                # The device ended the session (goodbye, error, end of stream) while a ping or
+                # a result was queued: nothing more may be sent, nothing went wrong.
+                self._finish_with(_End(None))
+                return
             # Our bug, not the device's (a frame we could not send): end the session with a
             # retryable code instead of leaving it to hang until the idle timeout.
             _log.exception("could not send to the device")
