@@ -233,6 +233,11 @@ class TokenVerifier:
             leeway_seconds=leeway_seconds,
         )
 
+    async def verify_async(self, token: str) -> Claims:
+        """`verify`, for callers on the event loop (sessions): keys fetched from a URL may
+        need a refresh first, which must never block the loop."""
+        return self.verify(token)
+
     def verify(self, token: str) -> Claims:
         """Return the token's claims, or raise AuthError saying why it was refused."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:

@@ -46,6 +46,11 @@ class OrgRuntime:
     assignments: dict[str, str] = field(default_factory=dict)
     watchers: set[Callable[[], None]] = field(default_factory=set)
     listener: Listener | None = None
+    unavailable: str | None = None
+    """Why new sessions are refused for now (the daemon's health probe found the org's
+    staging database, or the control database, unreachable); None while it is served."""
+    retry_ms: int = 1000
+    """The retry-after hint sent with that refusal."""
 
     @property
     def name(self) -> str:

@@ -225,7 +225,7 @@ class DeviceSession:
 
     async def _welcome(self, hello: Hello) -> None:
         try:
-            claims = self._verifier.verify(hello.token)
+            claims = await self._verifier.verify_async(hello.token)
         except AuthError as exc:
             code = (
                 ErrorCode.TOKEN_EXPIRED
@@ -238,6 +238,8 @@ class DeviceSession:
         org = self._registry.get(hello.org)
         if org is None or org.model is None:
             raise _End.code(ErrorCode.UNKNOWN_ORG, f"unknown org {hello.org!r}")
+        if org.unavailable is not None:  # its staging database is down (the daemon's probe)
+            raise _End.code(ErrorCode.OVERLOADED, org.unavailable, retry_after_ms=org.retry_ms)
         self.org, self._claims, self.device_id = org, claims, hello.device_id
         self._plan = self._make_plan()
         welcome = Welcome(
@@ -564,7 +566,7 @@ class DeviceSession:
         elif isinstance(message, Upload):
             self._outbox.push(self._result_frame(await self._upload(message)))
         elif isinstance(message, RefreshToken):
-            self._on_refresh(message)
+            await self._on_refresh(message)
         elif isinstance(message, Goodbye):
             self._finish_with(_End(None))
         elif isinstance(message, Error):
@@ -622,9 +624,9 @@ class DeviceSession:
         )
         return prepare(UploadResult(batch_id=result.batch_id, results=slim))
 
-    def _on_refresh(self, message: RefreshToken) -> None:
+    async def _on_refresh(self, message: RefreshToken) -> None:
         try:
-            claims = self._verifier.verify(message.token)
+            claims = await self._verifier.verify_async(message.token)
         except AuthError as exc:
             code = (
                 ErrorCode.TOKEN_EXPIRED
