@@ -97,6 +97,13 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        self.live_drops = Counter(
+            "syncd_live_drops",
+            "Devices dropped from their org's live group (a slow device whose queue filled, or"
+            " the group's feed failing); each catches up from its last whole checkpoint.",
+            ["org"],
+            registry=r,
+        )
         self.admin_commands = Counter(
             "syncd_admin_commands",
             "Admin socket commands handled.",
@@ -140,6 +147,7 @@ class Metrics:
             (self.batches_sent, ("org",)),
             (self.frames_encoded, ("org",)),
             (self.checkpoints_acked, ("org",)),
+            (self.live_drops, ("org",)),
             (self.upload_ops, ("org", "outcome")),
             (self.db_pool_connections, ("org", "state")),
             (self.commit_to_send_seconds, ("org",)),

@@ -522,6 +522,8 @@ class DeviceSession:
                 yield batch, sum(map(len, frames))
 
     def _on_dropped(self, checkpoint: Checkpoint) -> None:
+        if self.org is not None:
+            self._metrics.live_drops.labels(org=self.org.name).inc()
         self._dropped = checkpoint
         self._wake.set()
 
