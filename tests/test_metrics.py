@@ -121,6 +121,7 @@ def test_every_metric_is_prefixed_and_has_no_per_device_labels(metrics: Metrics)
         "syncd_errors",
         "syncd_frames_encoded",
         "syncd_handshake_seconds",
+        "syncd_live_drops",
         "syncd_rows_sent",
         "syncd_sessions",
         "syncd_sessions_opened",
