@@ -1,11 +1,13 @@
 """The syncd wire protocol as a sans-IO package: bytes in, typed messages out, and back.
 
-Layers, bottom up: `framing` (length prefix and limits), `codec` (strict msgpack),
-`messages`/`schema` (validated frozen dataclasses), `wire` (message <-> map), `state` (the
-transition table of both roles) and `connection` (the object the daemon, the client and
-bench wrap). The specification is PROTOCOL.md beside this file. Nothing here does I/O.
+Layers, bottom up: `framing` (length prefix and limits), `codec` (strict msgpack), `coltypes`
+(the column-type registry), `messages`/`schema` (validated frozen dataclasses), `wire` (message
+<-> map), `state` (the transition table of both roles) and `connection` (the object the daemon,
+the client and bench wrap). The specification is PROTOCOL.md beside this file. Nothing here
+does I/O.
 """
 
+from protocol.coltypes import COLUMN_TYPES, ColumnType
 from protocol.connection import (
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -49,7 +51,7 @@ from protocol.messages import (
     UploadResult,
     Welcome,
 )
-from protocol.schema import COLUMN_TYPES, ColumnSchema, EntitySchema, ModelSummary
+from protocol.schema import ColumnSchema, EntitySchema, ModelSummary
 from protocol.state import Role, State
 from protocol.validate import Value
 
@@ -66,6 +68,7 @@ __all__ = [
     "Changes",
     "Checkpoint",
     "ColumnSchema",
+    "ColumnType",
     "Connection",
     "ConnectionClosed",
     "EntitySchema",

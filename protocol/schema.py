@@ -13,14 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocol.coltypes import COLUMN_TYPES
 from protocol.validate import check_name, check_str, fail, to_tuple
 
 __all__ = ["COLUMN_TYPES", "ColumnSchema", "EntitySchema", "ModelSummary"]
-
-#: PROTOCOL.md, "Values": each column type and its msgpack encoding.
-COLUMN_TYPES: frozenset[str] = frozenset(
-    {"uuid", "text", "integer", "float", "boolean", "numeric", "timestamp", "date", "json", "bytes"}
-)
 
 #: Fingerprints are short digests; the bound only stops a peer from using them as storage.
 MAX_FINGERPRINT_LENGTH = 128
@@ -28,7 +24,7 @@ MAX_FINGERPRINT_LENGTH = 128
 
 @dataclass(frozen=True, slots=True)
 class ColumnSchema:
-    """One column: its name and one of COLUMN_TYPES."""
+    """One column: its name and one of COLUMN_TYPES (``protocol.coltypes``)."""
 
     name: str
     type: str

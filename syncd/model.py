@@ -4,7 +4,8 @@ Strategy: the ingest role pushes the model as JSON; ``ClientModel.parse`` valida
 document in one pass and raises ``ModelError`` naming the JSON path of the first offence, so an
 admin sees ``entities.account.columns.amount: unknown type 'money'`` rather than a traceback.
 Everything downstream (provisioning, the feed, sessions) trusts a parsed model: names match
-``IDENT_RE`` and may be quoted into SQL as identifiers, types come from ``COLUMN_TYPES``.
+``IDENT_RE`` and may be quoted into SQL as identifiers, types are names in ``COLUMN_TYPES``
+(the column-type registry, ``protocol.coltypes``).
 
 Filters are parsed by ``syncd.filters`` against this model's schema while the model is parsed;
 their errors get the profile and entity prefixed (``profiles.sales.entities.contact.filter.
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import orjson
 
+from protocol.coltypes import COLUMN_TYPES, ColumnType
 from syncd.filters import MAX_RELATED_DEPTH, FilterError, FilterNode, SchemaView, parse_filter
 from syncd.filters.nodes import Related, walk
 from syncd.filters.values import COMPARABLE_TYPES
@@ -38,7 +40,6 @@ __all__ = [
     "AccessSpec",
     "ClientModel",
     "Column",
-    "ColumnType",
     "ConflictPolicy",
     "Entity",
     "MembershipSpec",
@@ -51,13 +52,8 @@ __all__ = [
 # PostgreSQL's 63-byte identifier limit (e.g. trigger and function names).
 IDENT_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
-ColumnType = Literal[
-    "uuid", "text", "integer", "float", "boolean", "numeric", "timestamp", "date", "json", "bytes"
-]
-COLUMN_TYPES: frozenset[str] = frozenset(
-    ("uuid", "text", "integer", "float", "boolean", "numeric", "timestamp", "date", "json", "bytes")
-)
-KEY_TYPES: frozenset[str] = frozenset(("uuid", "text", "integer"))
+#: Types a key column may have (the registry's ``key`` entries: one exact text form each).
+KEY_TYPES: frozenset[str] = frozenset(name for name, t in COLUMN_TYPES.items() if t.key)
 
 ConflictPolicy = Literal["server_wins", "client_wins", "merge"]
 CONFLICT_POLICIES: frozenset[str] = frozenset(("server_wins", "client_wins", "merge"))
@@ -79,8 +75,15 @@ class ModelError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Column:
+    """One column of an entity; ``type`` is the name of a registered column type."""
+
     name: str
-    type: ColumnType
+    type: str
+    #: The registry entry of ``type`` (``protocol.coltypes``), looked up once.
+    kind: ColumnType = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", COLUMN_TYPES[self.type])
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +278,7 @@ def _parse_entity(name: str, obj: object, path: str) -> Entity:
         _ident(cname, cpath)
         if not isinstance(ctype, str) or ctype not in COLUMN_TYPES:
             raise ModelError(cpath, f"unknown type {ctype!r}")
-        columns.append(Column(cname, cast(ColumnType, ctype)))
+        columns.append(Column(cname, ctype))
     key = spec.get("key")
     if not isinstance(key, str):
         raise ModelError(f"{path}.key", "exactly one key column name (a string) is required")

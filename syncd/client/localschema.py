@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from protocol.coltypes import COLUMN_TYPES, MsgpackKind
+
 IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,47}")
 """Names the server may give entities and columns. Leading underscore is excluded, which keeps
 the `_syncd_` meta tables and the `_version` column out of the server's namespace."""
@@ -27,19 +29,22 @@ the `_syncd_` meta tables and the `_version` column out of the server's namespac
 VERSION_COLUMN = "_version"
 """Server row version of the local row; 0 for a row created on the device and never synced."""
 
-SQLITE_TYPES: Mapping[str, str] = {
-    # wire type -> STRICT column type; the wire value is stored as is (see PROTOCOL.md, values).
-    "uuid": "TEXT",  # canonical lowercase text
-    "text": "TEXT",
-    "integer": "INTEGER",
+SQLITE_BY_MSGPACK: Mapping[MsgpackKind, str] = {
+    # msgpack kind -> STRICT column type; the wire value is stored as is (PROTOCOL.md, "Values"):
+    # uuid, numeric and json as text, timestamps as integer microseconds since the Unix epoch,
+    # dates as integer days since 1970-01-01, booleans as 0/1 (Python's bool binds so).
+    "str": "TEXT",
+    "int": "INTEGER",
     "float": "REAL",
-    "boolean": "INTEGER",  # Python bool binds as 0/1
-    "numeric": "TEXT",  # exact decimal text, never a float
-    "timestamp": "INTEGER",  # microseconds since the Unix epoch, UTC
-    "date": "INTEGER",  # days since 1970-01-01
-    "json": "TEXT",
-    "bytes": "BLOB",
+    "bool": "INTEGER",
+    "bin": "BLOB",
 }
+
+SQLITE_TYPES: Mapping[str, str] = {
+    name: SQLITE_BY_MSGPACK[t.msgpack] for name, t in COLUMN_TYPES.items()
+}
+"""Column type -> the device's STRICT column type, from each type's msgpack kind
+(``protocol.coltypes``): a new column type needs nothing here."""
 
 
 class InvalidSchema(ValueError):
@@ -165,7 +170,8 @@ class Entity:
         thin out the clustered b-tree.
         """
         types = self.types
-        if types[self.key] == "integer" or "bytes" in types.values():
+        kinds = {SQLITE_TYPES[t] for t in types.values()}
+        if SQLITE_TYPES[types[self.key]] == "INTEGER" or "BLOB" in kinds:
             return "STRICT"
         return "STRICT, WITHOUT ROWID"
 

@@ -16,13 +16,10 @@ Handlers raise ``AdminError`` for refusals; anything else is a bug, logged and a
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import InvalidOperation
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -43,8 +40,6 @@ _log = logging.getLogger(__name__)
 
 # A dev token outliving a working day is a token someone forgot about.
 MAX_TOKEN_TTL: Final = 7 * 24 * 3600
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_DAY: Final = date(1970, 1, 1)
 # Write-back claims: a claim is one statement and one response frame, so its size is bounded
 # like an upload batch; a lease longer than a day is a worker someone forgot about.
 DEFAULT_CLAIM_LIMIT: Final = 100
@@ -592,12 +587,13 @@ def json_to_db(column: Column, value: Any, path: str) -> Any:
 
     uuid: canonical string; numeric: decimal string or number; timestamp: ISO-8601 (naive means
     UTC) or integer microseconds since the epoch; date: ISO date or integer days since the
-    epoch; bytes: base64; json: any JSON value.
+    epoch; bytes: base64; json: any JSON value (each type's ``from_json`` in
+    ``protocol.coltypes``).
     """
     if value is None:
         return None
     try:
-        return _CONVERTERS[column.type](value)
+        return column.kind.from_json(value)
     except (ValueError, TypeError, InvalidOperation, OverflowError):
         # The converter's own exception text (Python's parsers) means nothing to the ingest
         # role; say what the column takes instead.
@@ -605,60 +601,6 @@ def json_to_db(column: Column, value: Any, path: str) -> Any:
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         raise AdminError(
             ErrorCode.BAD_REQUEST,
-            f"not a valid {column.type} value: {shown} (expected {_EXPECTED[column.type]})",
+            f"not a valid {column.type} value: {shown} (expected {column.kind.expected})",
             path,
         ) from None
-
-
-def _expect(value: Any, *types: type) -> Any:
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise TypeError(f"expected {' or '.join(t.__name__ for t in types)}")
-    return value
-
-
-def _timestamp(value: Any) -> datetime:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _EPOCH + timedelta(microseconds=value)
-    parsed = datetime.fromisoformat(_expect(value, str))
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _date(value: Any) -> date:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _EPOCH_DAY + timedelta(days=value)
-    return date.fromisoformat(_expect(value, str))
-
-
-def _numeric(value: Any) -> Decimal:
-    result = Decimal(str(_expect(value, str, int, float)))
-    if not result.is_finite():
-        raise ValueError("not a finite number")
-    return result
-
-
-#: What each column type takes in the admin socket's JSON, for refusals.
-_EXPECTED: Final[dict[str, str]] = {
-    "uuid": "a UUID string",
-    "text": "a string",
-    "integer": "a 64-bit integer",
-    "float": "a number",
-    "boolean": "true or false",
-    "numeric": "a finite decimal number, or a string holding one",
-    "timestamp": "an ISO-8601 string or integer microseconds since 1970-01-01 UTC",
-    "date": "an ISO date string (YYYY-MM-DD) or integer days since 1970-01-01",
-    "json": "any JSON value",
-    "bytes": "a base64 string",
-}
-
-_CONVERTERS: Final[dict[str, Callable[[Any], Any]]] = {
-    "uuid": lambda v: uuid.UUID(_expect(v, str)),
-    "text": lambda v: _expect(v, str),
-    "integer": lambda v: _expect(v, int),
-    "float": lambda v: float(_expect(v, int, float)),
-    "boolean": lambda v: _expect(v, bool),
-    "numeric": _numeric,
-    "timestamp": _timestamp,
-    "date": _date,
-    "json": lambda v: orjson.dumps(v).decode(),
-    "bytes": lambda v: base64.b64decode(_expect(v, str), validate=True),
-}

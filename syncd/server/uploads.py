@@ -1,12 +1,13 @@
 """Uploads on the server: validate each op of a batch, then apply the batch exactly once.
 
 Strategy. Validation is cheap Python per op and per value (isinstance and a compiled regex),
-against the device's plan: the entity must be in the device's model and writable, every
-column known and writable, every value of its column's wire encoding (PROTOCOL.md, "Values")
-and inside what the database will store, so the set-based apply in `syncd.store.uploads`
-rarely meets a database error. A refused op gets its own ``rejected`` result and never blocks
-the rest (issue 6). The valid ops go to the store in one staging transaction, together with
-the batch id that makes a replay return the stored results.
+against the device's plan: the entity must be in the device's model and writable, every column
+known and writable, every value of its column's wire encoding (PROTOCOL.md, "Values") and
+inside what the database will store (each type's ``valid`` in ``protocol.coltypes``), so the
+set-based apply in `syncd.store.uploads` rarely meets a database error. A refused op gets its
+own ``rejected`` result and never blocks the rest (issue 6). The valid ops go to the store in
+one staging transaction, together with the batch id that makes a replay return the stored
+results.
 
 Retries: a deadlock or serialization failure (an ingest writer locking the same rows in
 another order) re-runs the whole transaction, which is safe because nothing of it committed;
@@ -19,12 +20,10 @@ PROTOCOL.md, "upload": "re-sending the same batch after a reconnect does not app
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
-import orjson
 
 from protocol import ErrorCode, OpResult, Upload, UploadOp, UploadResult
 from syncd.metrics import Metrics
@@ -42,15 +41,6 @@ _log = logging.getLogger(__name__)
 MAX_UPLOAD_OPS = 10_000
 #: Deadlocks with other writers are retried this many times before the device is told to retry.
 MAX_ATTEMPTS = 4
-#: numeric text longer than this is refused: it is stored, indexed and sent to every device.
-MAX_NUMERIC_LENGTH = 1000
-
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_NUMERIC_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?")
-# Years 1 to 9999, the range every SQL and device date library agrees on.
-_MIN_US, _MAX_US = -62_135_596_800_000_000, 253_402_300_799_999_999
-_MIN_DAY, _MAX_DAY = -719_162, 2_932_896
-_INT64 = (-(2**63), 2**63 - 1)
 
 
 class UploadRejected(Exception):
@@ -62,37 +52,6 @@ class UploadRejected(Exception):
         self.reason = reason
 
 
-def _text(value: Any) -> bool:
-    # PostgreSQL text cannot hold NUL.
-    return type(value) is str and "\x00" not in value
-
-
-def _json(value: Any) -> bool:
-    if type(value) is not str or "\\u0000" in value:  # jsonb refuses the NUL escape
-        return False
-    try:
-        orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return False
-    return True
-
-
-_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "uuid": lambda v: type(v) is str and _UUID_RE.fullmatch(v) is not None,
-    "text": _text,
-    "integer": lambda v: type(v) is int and _INT64[0] <= v <= _INT64[1],
-    "float": lambda v: type(v) is float or type(v) is int,
-    "boolean": lambda v: type(v) is bool,
-    "numeric": lambda v: (
-        type(v) is str and len(v) <= MAX_NUMERIC_LENGTH and _NUMERIC_RE.fullmatch(v) is not None
-    ),
-    "timestamp": lambda v: type(v) is int and _MIN_US <= v <= _MAX_US,
-    "date": lambda v: type(v) is int and _MIN_DAY <= v <= _MAX_DAY,
-    "json": _json,
-    "bytes": lambda v: type(v) is bytes,
-}
-
-
 def validate_op(index: int, op: UploadOp, entities: Mapping[str, Entity]) -> PlannedOp:
     """The op as the store applies it, or UploadRejected naming the first rule it breaks."""
     entity = entities.get(op.entity)
@@ -101,7 +60,7 @@ def validate_op(index: int, op: UploadOp, entities: Mapping[str, Entity]) -> Pla
     if not entity.writable:
         raise UploadRejected(ErrorCode.NOT_WRITABLE, f"{entity.name} is read-only")
     key_column = entity.key_column
-    if not _CHECKS[key_column.type](op.key):
+    if not key_column.kind.valid(op.key):
         raise UploadRejected(
             ErrorCode.VALIDATION_FAILED, f"the key is not a valid {key_column.type}: {op.key!r}"
         )
@@ -121,7 +80,7 @@ def validate_op(index: int, op: UploadOp, entities: Mapping[str, Entity]) -> Pla
             ) from None
         if name not in entity.writable:
             raise UploadRejected(ErrorCode.NOT_WRITABLE, f"{entity.name}.{name} is read-only")
-        if value is not None and not _CHECKS[column.type](value):
+        if value is not None and not column.kind.valid(value):
             raise UploadRejected(
                 ErrorCode.VALIDATION_FAILED,
                 f"{entity.name}.{name}: {value!r} is not a valid {column.type}"[:500],

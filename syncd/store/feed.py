@@ -58,7 +58,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from syncd.model import Column, Entity
 from syncd.store.checkpoint import Checkpoint
-from syncd.store.sql import SQL_TYPES, from_wire, ident, to_wire
+from syncd.store.sql import SQL_TYPES, from_wire, ident, key_text_to_wire, to_wire
 
 __all__ = [
     "ChangeBatch",
@@ -425,7 +425,7 @@ async def _window_deletes(
     old_ok = "true"
     if sub.filter is not None:
         old_ok = sub.filter.sql(e, _old_image_column("c", params), params)
-    key_wire = {"integer": "c.key::bigint"}.get(e.key_column.type, "c.key")
+    key_wire = key_text_to_wire(e.key_column, "c.key")
     cursor = f"(c.txid, c.seq) > (${len(params) + 1}::xid8, ${len(params) + 2}::bigint)"
     # The OFFSET 0 fences keep both probes per-row index lookups: deletes are few, and a hash
     # join would read the whole window and the whole entity table.
@@ -470,7 +470,7 @@ async def _window_leavers(
     params: list[object] = [e.name, *_window_params(since, snapshot), batch_size]
     was_in = _filter_at(sub, _old_image_column("c", params), params, since, then)
     now_in = _filter_at(sub, row_column("r"), params, snapshot, now)
-    key_wire = {"integer": "c.key::bigint"}.get(e.key_column.type, "c.key")
+    key_wire = key_text_to_wire(e.key_column, "c.key")
     cursor = f"(c.txid, c.seq) > (${len(params) + 1}::xid8, ${len(params) + 2}::bigint)"
     # OFFSET 0 fences keep both probes per-row index lookups (see _window_deletes).
     select = f"""

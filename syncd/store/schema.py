@@ -22,25 +22,12 @@ from collections.abc import Iterable
 import asyncpg
 
 from syncd.model import ClientModel, Column, Entity
+from syncd.store.coltypes import SQL_COLUMN_TYPES
 from syncd.store.sql import SQL_TYPES, ident
 
 __all__ = ["NOTIFY_CHANNEL", "ProvisionError", "ensure_schema", "filter_columns"]
 
 NOTIFY_CHANNEL = "syncd_changes"
-
-# format_type() spelling of each SQL type, to compare an existing table with the model.
-_FORMAT_TYPES = {
-    "uuid": "uuid",
-    "text": "text",
-    "bigint": "bigint",
-    "double precision": "double precision",
-    "boolean": "boolean",
-    "numeric": "numeric",
-    "timestamptz": "timestamp with time zone",
-    "date": "date",
-    "jsonb": "jsonb",
-    "bytea": "bytea",
-}
 
 _BASE = """
 CREATE SEQUENCE IF NOT EXISTS _syncd_seq;
@@ -186,7 +173,10 @@ def filter_columns(model: ClientModel) -> dict[str, set[str]]:
 
     def add(name: str, col: str) -> None:
         entity = model.entity(name)
-        if col in {c.name for c in entity.columns} and entity.column(col).type != "json":
+        if (
+            col in {c.name for c in entity.columns}
+            and SQL_COLUMN_TYPES[entity.column(col).type].indexed
+        ):
             out.setdefault(name, set()).add(col)
 
     for p in model.profiles:
@@ -290,7 +280,7 @@ async def _ensure_table(conn: asyncpg.Connection, e: Entity) -> None:
             f"{[r['attname'] for r in pk]}"
         )
     for c in e.columns:
-        want = _FORMAT_TYPES[SQL_TYPES[c.type]]
+        want = SQL_COLUMN_TYPES[c.type].formatted
         if c.name not in have:
             await conn.execute(f"ALTER TABLE {ident(e.name)} ADD COLUMN {_column_def(c)}")
         elif have[c.name] != want:

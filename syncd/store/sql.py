@@ -1,15 +1,18 @@
-"""SQL building blocks: the one identifier-quoting helper and the fixed type tables.
+"""SQL building blocks: the one identifier-quoting helper and the column types' casts.
 
 Strategy (project security rule): SQL text is assembled only from fixed templates, from
-identifiers that passed a strict regex and are double-quoted here, and from names in the fixed
-tables below. Values, whatever their origin, are always bind parameters.
+identifiers that passed a strict regex and are double-quoted here, and from the fixed SQL of
+the column-type registry (``syncd.store.coltypes``). Values, whatever their origin, are always
+bind parameters.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from syncd.model import IDENT_RE, Column
+from syncd.store.coltypes import SQL_COLUMN_TYPES, WIRE_SQL
 
 __all__ = [
     "ORG_NAME_MAX",
@@ -18,6 +21,7 @@ __all__ = [
     "database_name",
     "from_wire",
     "ident",
+    "key_text_to_wire",
     "org_name_problem",
     "to_wire",
 ]
@@ -34,18 +38,8 @@ ORG_RE = re.compile(rf"^[a-z0-9](?:[a-z0-9-]{{0,{ORG_NAME_MAX - 2}}}[a-z0-9])?$"
 _STORED_ORG_RE = re.compile(rf"^[a-z0-9][a-z0-9_-]{{0,{ORG_NAME_MAX - 1}}}$")
 _DB_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
-SQL_TYPES: dict[str, str] = {
-    "uuid": "uuid",
-    "text": "text",
-    "integer": "bigint",
-    "float": "double precision",
-    "boolean": "boolean",
-    "numeric": "numeric",
-    "timestamp": "timestamptz",
-    "date": "date",
-    "json": "jsonb",
-    "bytes": "bytea",
-}
+#: Column type -> staging SQL type (from the registry, ``syncd.store.coltypes``).
+SQL_TYPES: Mapping[str, str] = {name: t.sql for name, t in SQL_COLUMN_TYPES.items()}
 
 
 def ident(name: str) -> str:
@@ -85,27 +79,20 @@ def database_name(org: str) -> str:
 
 
 def to_wire(column: Column, expr: str) -> str:
-    """``expr`` cast so asyncpg decodes a cheap primitive (see CEILINGS.md).
-
-    uuid, numeric and json travel as text; timestamps as integer microseconds since the
-    epoch (exact: extract() returns numeric); dates as integer days since 1970-01-01.
-    """
-    t = column.type
-    if t in ("uuid", "numeric", "json"):
-        return f"{expr}::text"
-    if t == "timestamp":
-        return f"(extract(epoch from {expr}) * 1000000)::bigint"
-    if t == "date":
-        return f"({expr} - date '1970-01-01')"
-    return expr
+    """``expr`` cast so asyncpg decodes a cheap primitive, the column's wire encoding (see
+    CEILINGS.md): uuid, numeric and json as text, timestamps as integer microseconds since
+    the epoch, dates as integer days since 1970-01-01 (``syncd.store.coltypes``)."""
+    return SQL_COLUMN_TYPES[column.type].to_wire(expr)
 
 
 def from_wire(column: Column, param: str) -> str:
-    """The inverse of ``to_wire`` for a key parameter (key types: uuid, text, integer)."""
-    if column.type == "uuid":
-        return f"{param}::text::uuid"
-    if column.type == "integer":
-        return f"{param}::bigint"
-    if column.type == "text":
-        return f"{param}::text"
-    raise ValueError(f"{column.type} is not a key type")
+    """The inverse of ``to_wire`` for a key parameter or a change-log key (key types: uuid,
+    text, integer), given as the text or integer of the wire encoding."""
+    if not column.kind.key:
+        raise ValueError(f"{column.type} is not a key type")
+    return SQL_COLUMN_TYPES[column.type].from_wire(f"{param}::{WIRE_SQL[column.kind.msgpack]}")
+
+
+def key_text_to_wire(column: Column, expr: str) -> str:
+    """A change-log key (canonical text) as the key's wire encoding."""
+    return f"{expr}::bigint" if column.kind.msgpack == "int" else expr

@@ -49,6 +49,7 @@ import orjson
 
 from protocol import ErrorCode
 from syncd.model import Column, Entity
+from syncd.store.coltypes import SQL_COLUMN_TYPES, WIRE_SQL
 from syncd.store.feed import RowPredicate, wire_select_list
 from syncd.store.sql import SQL_TYPES, ident
 
@@ -65,36 +66,10 @@ _log = logging.getLogger(__name__)
 OpKind = Literal["insert", "update", "delete"]
 StoredResult = tuple[str, int | None, list[Any] | None, int | None, str | None]
 
-# The array element type each column's wire encoding travels in (PROTOCOL.md, "Values").
-_WIRE_ARRAY: dict[str, str] = {
-    "uuid": "text",
-    "text": "text",
-    "integer": "int8",
-    "float": "float8",
-    "boolean": "bool",
-    "numeric": "text",
-    "timestamp": "int8",
-    "date": "int8",
-    "json": "text",
-    "bytes": "bytea",
-}
-
 
 def _from_wire(column: Column, expr: str) -> str:
     """``expr`` (a wire value) as the column's SQL type; exact for every encoding."""
-    t = column.type
-    if t in ("uuid", "numeric", "json"):
-        return f"({expr})::{SQL_TYPES[t]}"
-    if t == "timestamp":
-        # Whole seconds through to_timestamp (exact for |s| < 5.7e11: 1e6 = 2^6 * 15625),
-        # the microseconds as an interval: no float rounding of the microsecond count.
-        return (
-            f"(to_timestamp(({expr} / 1000000)::float8)"
-            f" + ({expr} % 1000000) * interval '1 microsecond')"
-        )
-    if t == "date":
-        return f"(date '1970-01-01' + ({expr})::int4)"
-    return f"({expr})"
+    return SQL_COLUMN_TYPES[column.type].from_wire(expr)
 
 
 def key_text(key: object) -> str:
@@ -491,9 +466,10 @@ def _json_value(column: Column, value: Any) -> Any:
     """A wire value as JSON can carry it: bytes as base64, non-finite floats as their SQL text."""
     if value is None:
         return None
-    if column.type == "bytes":
+    kind = column.kind.msgpack
+    if kind == "bin":
         return base64.b64encode(value).decode("ascii")
-    if column.type == "float":
+    if kind == "float":
         value = float(value)  # an int of any size is a valid float; JSON ints stop at 64 bits
         if not math.isfinite(value):
             return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
@@ -509,10 +485,10 @@ def _rows_source(entity: Entity, rows: Sequence[Sequence[Any]]) -> tuple[str, li
     orjson writes the whole batch in about a microsecond per row and PostgreSQL parses it in C.
     jsonb, not json: it is parsed once, where ``->>`` on json re-parses the element for every
     field (the write-back insert took 6.2 ms per 500 rows with json, 4.4 ms with jsonb).
-    Only columns whose wire value JSON cannot hold as is are touched in Python (bytes,
+    Only columns whose wire value JSON cannot hold as is are touched in Python (bin values,
     non-finite floats).
     """
-    special = [i for i, c in enumerate(entity.columns) if c.type in ("bytes", "float")]
+    special = [i for i, c in enumerate(entity.columns) if c.kind.msgpack in ("bin", "float")]
     doc: Sequence[Sequence[Any]] = rows
     if special:
         copies = [list(r) for r in rows]
@@ -528,9 +504,10 @@ def _rows_source(entity: Entity, rows: Sequence[Sequence[Any]]) -> tuple[str, li
 def _json_field(column: Column, index: int) -> str:
     """Element ``index`` of the row ``u.j`` as the column's wire encoding in SQL."""
     text = f"(u.j->>{index})"
-    if column.type == "bytes":
+    kind = column.kind.msgpack
+    if kind == "bin":
         return f"decode({text}, 'base64')"
-    return f"{text}::{_WIRE_ARRAY[column.type]}"
+    return f"{text}::{WIRE_SQL[kind]}"
 
 
 async def _inside_filter(
