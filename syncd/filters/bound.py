@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal as TypingLiteral
+from typing import assert_never
 
 from syncd.filters.nodes import (
     AllRows,
@@ -48,6 +49,7 @@ __all__ = [
     "BRelated",
     "BWithin",
     "BindError",
+    "BoundLeaf",
     "BoundNode",
     "BoundTree",
     "bind_tree",
@@ -127,9 +129,10 @@ class BNot:
     item: BoundNode
 
 
-BoundNode = (
-    BAll | BCompare | BIn | BMember | BIsNull | BBetween | BWithin | BRelated | BAnd | BOr | BNot
-)
+#: The closed unions of bound nodes: every compiler matches over them and ends in
+#: ``assert_never``, so mypy names each place a new kind must be handled.
+BoundLeaf = BAll | BCompare | BIn | BMember | BIsNull | BBetween | BWithin | BRelated
+BoundNode = BoundLeaf | BAnd | BOr | BNot
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,36 +175,41 @@ class _Binder:
         self.params, self.user, self.depth = params, user, depth
 
     def node(self, n: FilterNode) -> BoundNode:
-        if isinstance(n, AllRows):
-            return BAll()
-        if isinstance(n, And):
-            return BAnd(tuple(self.node(i) for i in n.items))
-        if isinstance(n, Or):
-            return BOr(tuple(self.node(i) for i in n.items))
-        if isinstance(n, Not):
-            return BNot(self.node(n.item))
-        if isinstance(n, Related):
-            parent = bind_tree(
-                self.model, self.profile, n.entity, self.params, self.user, self.depth + 1
-            )
-            return BRelated(self.entity.column(n.via), parent)
-        col = self.entity.column(n.column)
-        if isinstance(n, Compare):
-            return BCompare(col, n.op, self.scalar(col, n.operand))
-        if isinstance(n, InList):
-            if isinstance(n.source, Membership):
-                spec = self.model.membership(n.source.name)
-                table = self.model.entity(spec.entity)
-                user = self.typed(table.column(spec.user), self.user, f"membership {spec.name}")
-                return BMember(col, spec, table, user, n.negated)
-            return BIn(col, self.many(col, n.source), n.negated)
-        if isinstance(n, IsNull):
-            return BIsNull(col, n.negated)
-        if isinstance(n, Between):
-            return BBetween(col, self.scalar(col, n.low), self.scalar(col, n.high))
-        if isinstance(n, Within):
-            return BWithin(col, n.direction, n.seconds)
-        raise AssertionError(f"unhandled filter node {n!r}")
+        match n:
+            case AllRows():
+                return BAll()
+            case And():
+                return BAnd(tuple(self.node(i) for i in n.items))
+            case Or():
+                return BOr(tuple(self.node(i) for i in n.items))
+            case Not():
+                return BNot(self.node(n.item))
+            case Related():
+                parent = bind_tree(
+                    self.model, self.profile, n.entity, self.params, self.user, self.depth + 1
+                )
+                return BRelated(self.entity.column(n.via), parent)
+            case Compare():
+                col = self.entity.column(n.column)
+                return BCompare(col, n.op, self.scalar(col, n.operand))
+            case InList():
+                col = self.entity.column(n.column)
+                source = n.source
+                if isinstance(source, Membership):
+                    spec = self.model.membership(source.name)
+                    table = self.model.entity(spec.entity)
+                    user = self.typed(table.column(spec.user), self.user, f"membership {spec.name}")
+                    return BMember(col, spec, table, user, n.negated)
+                return BIn(col, self.many(col, source), n.negated)
+            case IsNull():
+                return BIsNull(self.entity.column(n.column), n.negated)
+            case Between():
+                col = self.entity.column(n.column)
+                return BBetween(col, self.scalar(col, n.low), self.scalar(col, n.high))
+            case Within():
+                return BWithin(self.entity.column(n.column), n.direction, n.seconds)
+            case _:
+                assert_never(n)
 
     def raw(self, p: Param) -> object:
         if p.name not in self.params or self.params[p.name] is None:

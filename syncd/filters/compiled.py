@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 from syncd.filters.bound import (
     BAll,
@@ -123,36 +123,57 @@ def bind_filter(
 
 
 def _nodes(n: BoundNode) -> list[BoundNode]:
-    out: list[BoundNode] = [n]
-    if isinstance(n, BAnd | BOr):
-        for i in n.items:
-            out.extend(_nodes(i))
-    elif isinstance(n, BNot):
-        out.extend(_nodes(n.item))
-    return out
+    match n:
+        case BAnd() | BOr():
+            return [n, *(m for i in n.items for m in _nodes(i))]
+        case BNot():
+            return [n, *_nodes(n.item)]
+        case BAll() | BCompare() | BIn() | BMember() | BIsNull() | BBetween() | BWithin():
+            return [n]
+        case BRelated():
+            return [n]  # the parent's filter is a tree of its own
+        case _:
+            assert_never(n)
 
 
 def _dependencies(tree: BoundTree) -> frozenset[str]:
+    """Other staging tables whose writes can move rows of ``tree``'s entity."""
     if tree.root is None:
         return frozenset()
     out: set[str] = set()
     for n in _nodes(tree.root):
-        if isinstance(n, BMember):
-            out.add(n.table.name)
-        elif isinstance(n, BRelated):
-            out.add(n.parent.entity.name)
-            out |= _dependencies(n.parent)
+        match n:
+            case BMember():
+                out.add(n.table.name)
+            case BRelated():
+                out.add(n.parent.entity.name)
+                out |= _dependencies(n.parent)
+            case BAll() | BCompare() | BIn() | BIsNull() | BBetween() | BWithin():
+                pass  # reads the row itself (and the clock)
+            case BAnd() | BOr() | BNot():
+                pass  # their items are in the list too
+            case _:
+                assert_never(n)
     return frozenset(out)
 
 
 def _any_within(tree: BoundTree) -> bool:
+    """Whether the passing of time alone can move rows of ``tree``'s entity."""
     if tree.root is None:
         return False
     for n in _nodes(tree.root):
-        if isinstance(n, BWithin):
-            return True
-        if isinstance(n, BRelated) and _any_within(n.parent):
-            return True
+        match n:
+            case BWithin():
+                return True
+            case BRelated():
+                if _any_within(n.parent):
+                    return True
+            case BAll() | BCompare() | BIn() | BMember() | BIsNull() | BBetween():
+                pass
+            case BAnd() | BOr() | BNot():
+                pass  # their items are in the list too
+            case _:
+                assert_never(n)
     return False
 
 
@@ -165,25 +186,29 @@ def _tree_identity(tree: BoundTree) -> list[Any]:
 
 
 def _identity(n: BoundNode) -> Any:
-    if isinstance(n, BAll):
-        return ["all"]
-    if isinstance(n, BAnd | BOr):
-        return ["and" if isinstance(n, BAnd) else "or", [_identity(i) for i in n.items]]
-    if isinstance(n, BNot):
-        return ["not", _identity(n.item)]
-    if isinstance(n, BRelated):
-        return ["related", n.via.name, _tree_identity(n.parent)]
-    if isinstance(n, BCompare):
-        return [n.op, n.column.name, _v(n.value)]
-    if isinstance(n, BIn):
-        return ["not_in" if n.negated else "in", n.column.name, [_v(v) for v in n.values]]
-    if isinstance(n, BMember):
-        op = "not_member" if n.negated else "member"
-        return [op, n.column.name, n.membership.name, _v(n.user)]
-    if isinstance(n, BIsNull):
-        return ["not_null" if n.negated else "is_null", n.column.name]
-    if isinstance(n, BBetween):
-        return ["between", n.column.name, _v(n.low), _v(n.high)]
-    if isinstance(n, BWithin):
-        return ["within", n.column.name, n.direction, n.seconds]
-    raise AssertionError(f"unhandled bound node {n!r}")
+    match n:
+        case BAll():
+            return ["all"]
+        case BAnd():
+            return ["and", [_identity(i) for i in n.items]]
+        case BOr():
+            return ["or", [_identity(i) for i in n.items]]
+        case BNot():
+            return ["not", _identity(n.item)]
+        case BRelated():
+            return ["related", n.via.name, _tree_identity(n.parent)]
+        case BCompare():
+            return [n.op, n.column.name, _v(n.value)]
+        case BIn():
+            return ["not_in" if n.negated else "in", n.column.name, [_v(v) for v in n.values]]
+        case BMember():
+            op = "not_member" if n.negated else "member"
+            return [op, n.column.name, n.membership.name, _v(n.user)]
+        case BIsNull():
+            return ["not_null" if n.negated else "is_null", n.column.name]
+        case BBetween():
+            return ["between", n.column.name, _v(n.low), _v(n.high)]
+        case BWithin():
+            return ["within", n.column.name, n.direction, n.seconds]
+        case _:
+            assert_never(n)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from syncd.filters.bound import (
     BAll,
@@ -88,43 +88,47 @@ def _compare(op: str, a: object, b: object) -> Truth:
 
 
 def _eval(n: BoundNode, row: Row, lookup: Lookup, now: datetime) -> Truth:
-    if isinstance(n, BAll):
-        return True
-    if isinstance(n, BAnd):
-        results = [_eval(i, row, lookup, now) for i in n.items]
-        if any(r is False for r in results):
-            return False
-        return None if any(r is None for r in results) else True
-    if isinstance(n, BOr):
-        results = [_eval(i, row, lookup, now) for i in n.items]
-        if any(r is True for r in results):
+    match n:
+        case BAll():
             return True
-        return None if any(r is None for r in results) else False
-    if isinstance(n, BNot):
-        return _not(_eval(n.item, row, lookup, now))
-    if isinstance(n, BRelated):
-        via = row.get(n.via.name)
-        if via is None:
-            return False
-        parent = lookup.row(n.parent.entity.name, via)
-        return parent is not None and matches(n.parent, parent, lookup, now)
-    value = row.get(n.column.name)
-    if isinstance(n, BCompare):
-        return _compare(n.op, value, n.value)
-    if isinstance(n, BIn):
-        t = _in(value, n.values)
-        return _not(t) if n.negated else t
-    if isinstance(n, BMember):
-        t = _in(value, lookup.members(n.membership, n.user))
-        return _not(t) if n.negated else t
-    if isinstance(n, BIsNull):
-        return (value is not None) if n.negated else (value is None)
-    if isinstance(n, BBetween):
-        low, high = _compare(">=", value, n.low), _compare("<=", value, n.high)
-        return _and(low, high)
-    if isinstance(n, BWithin):
-        return _compare(">=" if n.direction == "last" else "<=", value, cutoff(n, now))
-    raise AssertionError(f"unhandled bound node {n!r}")
+        case BAnd():
+            results = [_eval(i, row, lookup, now) for i in n.items]
+            if any(r is False for r in results):
+                return False
+            return None if any(r is None for r in results) else True
+        case BOr():
+            results = [_eval(i, row, lookup, now) for i in n.items]
+            if any(r is True for r in results):
+                return True
+            return None if any(r is None for r in results) else False
+        case BNot():
+            return _not(_eval(n.item, row, lookup, now))
+        case BRelated():
+            via = row.get(n.via.name)
+            if via is None:
+                return False
+            parent = lookup.row(n.parent.entity.name, via)
+            return parent is not None and matches(n.parent, parent, lookup, now)
+        case BCompare():
+            return _compare(n.op, row.get(n.column.name), n.value)
+        case BIn():
+            t = _in(row.get(n.column.name), n.values)
+            return _not(t) if n.negated else t
+        case BMember():
+            t = _in(row.get(n.column.name), lookup.members(n.membership, n.user))
+            return _not(t) if n.negated else t
+        case BIsNull():
+            value = row.get(n.column.name)
+            return (value is not None) if n.negated else (value is None)
+        case BBetween():
+            value = row.get(n.column.name)
+            low, high = _compare(">=", value, n.low), _compare("<=", value, n.high)
+            return _and(low, high)
+        case BWithin():
+            op = ">=" if n.direction == "last" else "<="
+            return _compare(op, row.get(n.column.name), cutoff(n, now))
+        case _:
+            assert_never(n)
 
 
 def _and(a: Truth, b: Truth) -> Truth:

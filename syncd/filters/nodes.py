@@ -10,7 +10,7 @@ values when a filter is bound.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 from typing import Literal as TypingLiteral
 
 __all__ = [
@@ -160,21 +160,29 @@ class Not:
         return {"not": self.item.to_json()}
 
 
+#: The closed union of parsed nodes: code that dispatches on them matches over it and ends in
+#: ``assert_never``, so mypy names each place a new kind must be handled.
 FilterNode = AllRows | Compare | InList | IsNull | Between | Within | Related | And | Or | Not
 
 
 def _operand_json(operand: Operand) -> dict[str, Any]:
-    if isinstance(operand, Param):
-        return {"param": operand.name}
-    return {"value": operand.value}
+    match operand:
+        case Param():
+            return {"param": operand.name}
+        case Literal():
+            return {"value": operand.value}
+        case _:
+            assert_never(operand)
 
 
 def walk(node: FilterNode) -> list[FilterNode]:
     """Every node of the tree, parents before children."""
-    out: list[FilterNode] = [node]
-    if isinstance(node, And | Or):
-        for item in node.items:
-            out.extend(walk(item))
-    elif isinstance(node, Not):
-        out.extend(walk(node.item))
-    return out
+    match node:
+        case And() | Or():
+            return [node, *(n for item in node.items for n in walk(item))]
+        case Not():
+            return [node, *walk(node.item)]
+        case AllRows() | Compare() | InList() | IsNull() | Between() | Within() | Related():
+            return [node]
+        case _:
+            assert_never(node)

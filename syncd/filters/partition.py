@@ -29,11 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import assert_never
 
 from syncd.filters.bound import (
+    BAll,
     BAnd,
+    BBetween,
     BCompare,
     BIn,
+    BIsNull,
     BMember,
     BNot,
     BOr,
@@ -118,13 +122,17 @@ def _with(tree: BoundTree, root: BoundNode) -> BoundTree:
 
 def _plain(n: BoundNode) -> bool:
     """True when ``n`` depends only on the row's own columns (no other table, no clock)."""
-    if isinstance(n, BMember | BRelated | BWithin):
-        return False
-    if isinstance(n, BAnd | BOr):
-        return all(_plain(i) for i in n.items)
-    if isinstance(n, BNot):
-        return _plain(n.item)
-    return True
+    match n:
+        case BMember() | BRelated() | BWithin():
+            return False
+        case BAnd() | BOr():
+            return all(_plain(i) for i in n.items)
+        case BNot():
+            return _plain(n.item)
+        case BAll() | BCompare() | BIn() | BIsNull() | BBetween():
+            return True
+        case _:
+            assert_never(n)
 
 
 def touched_sql(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import assert_never
 
 from syncd.filters.bound import (
     BAll,
@@ -35,6 +36,7 @@ from syncd.filters.bound import (
     BMember,
     BNot,
     BOr,
+    BoundLeaf,
     BoundNode,
     BoundTree,
     BRelated,
@@ -97,37 +99,44 @@ class _Compiler:
         return ' COLLATE "C"' if col.type == "text" else ""
 
     def node(self, n: BoundNode) -> str:
-        if isinstance(n, BAll):
-            return "true"
-        if isinstance(n, BAnd):
-            return "(" + " AND ".join(self.node(i) for i in n.items) + ")"
-        if isinstance(n, BOr):
-            return "(" + " OR ".join(self.node(i) for i in n.items) + ")"
-        if isinstance(n, BNot):
-            return f"(NOT {self.node(n.item)})"
-        if isinstance(n, BRelated):
-            return self.related(n)
-        # The column expression may append parameters of its own: spell it before binding.
-        lhs = self.column(n.column)
-        if isinstance(n, BCompare):
-            op = "<>" if n.op == "!=" else n.op
-            collate = self.collate(n.column) if op not in ("=", "<>") else ""
-            return f"({lhs}{collate} {op} {self.bind(n.value, n.column)})"
-        if isinstance(n, BIn):
-            test = f"{lhs} = ANY({self.bind(list(n.values), n.column, array=True)})"
-            return f"(NOT ({test}))" if n.negated else f"({test})"
-        if isinstance(n, BMember):
-            return self.member(lhs, n)
-        if isinstance(n, BIsNull):
-            return f"({lhs} IS {'NOT ' if n.negated else ''}NULL)"
-        if isinstance(n, BBetween):
-            c = self.collate(n.column)
-            low, high = self.bind(n.low, n.column), self.bind(n.high, n.column)
-            return f"({lhs}{c} BETWEEN {low} AND {high})"
-        if isinstance(n, BWithin):
-            op = ">=" if n.direction == "last" else "<="
-            return f"({lhs} {op} {self.bind(cutoff(n, self.now), n.column)})"
-        raise AssertionError(f"unhandled bound node {n!r}")
+        # A column expression may append parameters of its own: each leaf spells its column
+        # (``self.column``) before binding its values.
+        match n:
+            case BAll():
+                return "true"
+            case BAnd():
+                return "(" + " AND ".join(self.node(i) for i in n.items) + ")"
+            case BOr():
+                return "(" + " OR ".join(self.node(i) for i in n.items) + ")"
+            case BNot():
+                return f"(NOT {self.node(n.item)})"
+            case BRelated():
+                return self.related(n)
+            case BCompare():
+                lhs = self.column(n.column)
+                op = "<>" if n.op == "!=" else n.op
+                collate = self.collate(n.column) if op not in ("=", "<>") else ""
+                return f"({lhs}{collate} {op} {self.bind(n.value, n.column)})"
+            case BIn():
+                lhs = self.column(n.column)
+                test = f"{lhs} = ANY({self.bind(list(n.values), n.column, array=True)})"
+                return f"(NOT ({test}))" if n.negated else f"({test})"
+            case BMember():
+                return self.member(self.column(n.column), n)
+            case BIsNull():
+                lhs = self.column(n.column)
+                return f"({lhs} IS {'NOT ' if n.negated else ''}NULL)"
+            case BBetween():
+                lhs = self.column(n.column)
+                c = self.collate(n.column)
+                low, high = self.bind(n.low, n.column), self.bind(n.high, n.column)
+                return f"({lhs}{c} BETWEEN {low} AND {high})"
+            case BWithin():
+                lhs = self.column(n.column)
+                op = ">=" if n.direction == "last" else "<="
+                return f"({lhs} {op} {self.bind(cutoff(n, self.now), n.column)})"
+            case _:
+                assert_never(n)
 
     def member(self, lhs: str, n: BMember) -> str:
         alias = f"_m{self.tree.depth}_{self.memberships}"
@@ -179,35 +188,42 @@ def compile_moved(
     """
     reasons: list[str] = []
     for n in _leaves(tree.root) if tree.root is not None else ():
-        if isinstance(n, BWithin):
-            if then == now:
-                continue
-            edges = sorted([cutoff(n, then), cutoff(n, now)])  # type: ignore[type-var]
-            low, high = (_bind(params, e, n.column) for e in edges)
-            reasons.append(f"({column(n.column)} BETWEEN {low} AND {high})")
-        elif isinstance(n, BMember):
-            lhs = column(n.column)
-            values = touched(n.table, n.table.column(n.membership.value), params)
-            # A null value, or a null in the set, makes IN unknown rather than false, which a
-            # surrounding NOT turns into a difference: such rows are candidates too.
-            reasons.append(
-                f"({lhs} IN ({values}) OR {lhs} IS NULL"
-                f" OR EXISTS (SELECT 1 FROM ({values}) _n(v) WHERE _n.v IS NULL))"
-            )
-        elif isinstance(n, BRelated):
-            parent = n.parent
-            lhs = column(n.via)
-            keys = touched(parent.entity, parent.entity.key_column, params)
-            reason = f"{lhs} IN ({keys})"
-            alias = f"_v{parent.depth}"
-            inner = compile_moved(parent, _alias_column(alias), params, touched, table, then, now)
-            if inner is not None:
-                key = f"{alias}.{ident(parent.entity.key)}"
-                reason += (
-                    f" OR EXISTS (SELECT 1 FROM {table(parent.entity, params)} {alias}"
-                    f" WHERE {key} = {lhs} AND ({inner}))"
+        match n:
+            case BWithin():
+                if then == now:
+                    continue
+                edges = sorted([cutoff(n, then), cutoff(n, now)])  # type: ignore[type-var]
+                low, high = (_bind(params, e, n.column) for e in edges)
+                reasons.append(f"({column(n.column)} BETWEEN {low} AND {high})")
+            case BMember():
+                lhs = column(n.column)
+                values = touched(n.table, n.table.column(n.membership.value), params)
+                # A null value, or a null in the set, makes IN unknown rather than false,
+                # which a surrounding NOT turns into a difference: such rows are candidates.
+                reasons.append(
+                    f"({lhs} IN ({values}) OR {lhs} IS NULL"
+                    f" OR EXISTS (SELECT 1 FROM ({values}) _n(v) WHERE _n.v IS NULL))"
                 )
-            reasons.append(f"({reason})")
+            case BRelated():
+                parent = n.parent
+                lhs = column(n.via)
+                keys = touched(parent.entity, parent.entity.key_column, params)
+                reason = f"{lhs} IN ({keys})"
+                alias = f"_v{parent.depth}"
+                inner = compile_moved(
+                    parent, _alias_column(alias), params, touched, table, then, now
+                )
+                if inner is not None:
+                    key = f"{alias}.{ident(parent.entity.key)}"
+                    reason += (
+                        f" OR EXISTS (SELECT 1 FROM {table(parent.entity, params)} {alias}"
+                        f" WHERE {key} = {lhs} AND ({inner}))"
+                    )
+                reasons.append(f"({reason})")
+            case BAll() | BCompare() | BIn() | BIsNull() | BBetween():
+                pass  # true or false by the row's own values: they move only when it changes
+            case _:
+                assert_never(n)
     return " OR ".join(reasons) if reasons else None
 
 
@@ -220,9 +236,15 @@ def _bind(params: list[object], value: object, col: Column) -> str:
     return f"${len(params)}::{SQL_TYPES[col.type]}"
 
 
-def _leaves(n: BoundNode) -> list[BoundNode]:
-    if isinstance(n, BAnd | BOr):
-        return [leaf for i in n.items for leaf in _leaves(i)]
-    if isinstance(n, BNot):
-        return _leaves(n.item)
-    return [n]
+def _leaves(n: BoundNode) -> list[BoundLeaf]:
+    match n:
+        case BAnd() | BOr():
+            return [leaf for i in n.items for leaf in _leaves(i)]
+        case BNot():
+            return _leaves(n.item)
+        case BAll() | BCompare() | BIn() | BMember() | BIsNull() | BBetween() | BWithin():
+            return [n]
+        case BRelated():
+            return [n]  # a leaf of this tree: the parent's filter is a tree of its own
+        case _:
+            assert_never(n)

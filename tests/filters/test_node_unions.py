@@ -1,0 +1,34 @@
+"""Every filter node class is in its closed union, which the compilers match over.
+
+The compilers (bind, SQL, in-memory, identity, dependencies, partitions) end each ``match``
+in ``assert_never``, so mypy names every one a new kind must handle, but only for kinds in
+the union: a node class defined and left out of it would slip past. These tests close that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from types import ModuleType
+from typing import get_args
+
+from syncd.filters import bound, nodes
+
+
+def _dataclasses(module: ModuleType) -> set[type]:
+    return {
+        obj
+        for _name, obj in inspect.getmembers(module, inspect.isclass)
+        if obj.__module__ == module.__name__ and dataclasses.is_dataclass(obj)
+    }
+
+
+def test_every_parsed_node_is_a_filter_node_or_an_operand() -> None:
+    operands = {nodes.Literal, nodes.Param, nodes.Membership}
+    assert _dataclasses(nodes) == set(get_args(nodes.FilterNode)) | operands
+
+
+def test_every_bound_node_is_a_leaf_or_a_combinator() -> None:
+    leaves = set(get_args(bound.BoundLeaf))
+    assert set(get_args(bound.BoundNode)) == leaves | {bound.BAnd, bound.BOr, bound.BNot}
+    assert _dataclasses(bound) == set(get_args(bound.BoundNode)) | {bound.BoundTree}
