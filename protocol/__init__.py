@@ -33,6 +33,7 @@ from protocol.messages import (
     CaughtUp,
     Changes,
     Checkpoint,
+    DeviceMessage,
     Error,
     GoingAway,
     Goodbye,
@@ -44,12 +45,15 @@ from protocol.messages import (
     Pong,
     RefreshToken,
     Resync,
+    ServerMessage,
     TokenExpiring,
     TokenRefreshed,
     Upload,
     UploadOp,
     UploadResult,
     Welcome,
+    sent_by_device,
+    sent_by_server,
 )
 from protocol.schema import ColumnSchema, EntitySchema, ModelSummary
 from protocol.state import Role, State
@@ -71,6 +75,7 @@ __all__ = [
     "ColumnType",
     "Connection",
     "ConnectionClosed",
+    "DeviceMessage",
     "EntitySchema",
     "Error",
     "ErrorCode",
@@ -91,6 +96,7 @@ __all__ = [
     "RemoteProtocolError",
     "Resync",
     "Role",
+    "ServerMessage",
     "State",
     "TokenExpiring",
     "TokenRefreshed",
@@ -104,4 +110,6 @@ __all__ = [
     "error_frame_for",
     "negotiate",
     "prepare",
+    "sent_by_device",
+    "sent_by_server",
 ]

@@ -19,7 +19,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any, ClassVar, Literal
 
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, LocalProtocolError
 from protocol.framing import ABSOLUTE_MAX_FRAME_SIZE, MAX_UNAUTHENTICATED_FRAME_SIZE
 from protocol.schema import ModelSummary
 from protocol.validate import (
@@ -40,6 +40,7 @@ __all__ = [
     "CaughtUp",
     "Changes",
     "Checkpoint",
+    "DeviceMessage",
     "Error",
     "GoingAway",
     "Goodbye",
@@ -51,12 +52,15 @@ __all__ = [
     "Pong",
     "RefreshToken",
     "Resync",
+    "ServerMessage",
     "TokenExpiring",
     "TokenRefreshed",
     "Upload",
     "UploadOp",
     "UploadResult",
     "Welcome",
+    "sent_by_device",
+    "sent_by_server",
 ]
 
 #: Checkpoint tokens are opaque server state (a watermark and a MAC); 1 KiB is generous.
@@ -507,3 +511,39 @@ MESSAGE_TYPES: dict[str, type[Message]] = _registry(
     GoingAway,
     Error,
 )
+
+#: What each role may send, as closed unions (the state table, ``protocol.state``, admits no
+#: other message from that role). A peer matches a received message over its peer's union and
+#: ends in ``assert_never``, so mypy names every place a new message type must be handled;
+#: tests/protocol/test_message_roles.py checks the unions against the table.
+DeviceMessage = Hello | Ack | Upload | RefreshToken | Ping | Pong | Goodbye | Error
+ServerMessage = (
+    Welcome
+    | Changes
+    | Checkpoint
+    | CaughtUp
+    | Resync
+    | UploadResult
+    | TokenExpiring
+    | TokenRefreshed
+    | ModelChanged
+    | GoingAway
+    | Ping
+    | Pong
+    | Error
+)
+
+
+def sent_by_device(message: Message) -> DeviceMessage:
+    """``message`` typed as one a device sends; a message no device sends cannot have passed
+    the state table, so meeting one is our own bug (LocalProtocolError)."""
+    if isinstance(message, DeviceMessage):
+        return message
+    raise LocalProtocolError(f"a device does not send {message.TYPE!r}")
+
+
+def sent_by_server(message: Message) -> ServerMessage:
+    """``message`` typed as one a server sends; see ``sent_by_device``."""
+    if isinstance(message, ServerMessage):
+        return message
+    raise LocalProtocolError(f"a server does not send {message.TYPE!r}")

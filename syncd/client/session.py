@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import jwt
 
@@ -56,6 +56,7 @@ from protocol import (
     GoingAway,
     Goodbye,
     Hello,
+    LocalProtocolError,
     Message,
     ModelChanged,
     ModelSummary,
@@ -73,6 +74,7 @@ from protocol import (
     UploadResult,
     Welcome,
     error_frame_for,
+    sent_by_server,
 )
 from syncd.client.localdb import LocalDB
 from syncd.client.localschema import EntitySchema
@@ -323,53 +325,62 @@ class SyncClient:
     # --- the receive loop ---------------------------------------------------------------
 
     async def _pump(self, *, until_caught_up: bool) -> None:
+        """Act on the server's messages: every type a server sends is a case, which mypy
+        checks (``ServerMessage``), so a new one cannot be ignored by omission."""
         while True:
-            message = await self._next()
-            if isinstance(message, Changes):
-                self._buffer.changes.append((message.entity, message.upserts, message.deletes))
-                count = len(message.upserts) + len(message.deletes)
-                self._buffer.rows += count
-                self.stats.rows_received += count
-                self.stats.frames += 1
-                if self._buffer.rows >= APPLY_ROWS:
+            message = sent_by_server(await self._next())
+            match message:
+                case Changes():
+                    self._buffer.changes.append((message.entity, message.upserts, message.deletes))
+                    count = len(message.upserts) + len(message.deletes)
+                    self._buffer.rows += count
+                    self.stats.rows_received += count
+                    self.stats.frames += 1
+                    if self._buffer.rows >= APPLY_ROWS:
+                        await self._flush(None)
+                    if self._on_live_change is not None and self.caught_up.is_set():
+                        self._on_live_change(message)
+                case Checkpoint() | CaughtUp():
+                    await self._flush(message.token)
+                    await self._send(Ack(checkpoint=message.token))
+                    self.stats.checkpoints += 1
+                    self.checkpoint_applied.set()
+                    if isinstance(message, CaughtUp):
+                        self.stats.caught_up_after = self.stats.elapsed
+                        self.caught_up.set()
+                        if until_caught_up:
+                            return
+                case Resync():
                     await self._flush(None)
-                if self._on_live_change is not None and self.caught_up.is_set():
-                    self._on_live_change(message)
-            elif isinstance(message, Checkpoint | CaughtUp):
-                await self._flush(message.token)
-                await self._send(Ack(checkpoint=message.token))
-                self.stats.checkpoints += 1
-                self.checkpoint_applied.set()
-                if isinstance(message, CaughtUp):
-                    self.stats.caught_up_after = self.stats.elapsed
-                    self.caught_up.set()
-                    if until_caught_up:
-                        return
-            elif isinstance(message, Resync):
-                await self._flush(None)
-                await asyncio.to_thread(self.db.reset, message.entities)
-                self.caught_up.clear()
-            elif isinstance(message, ModelChanged):
-                await self._flush(None)
-                await self._apply_model(message.model)
-                if message.resync:
-                    await asyncio.to_thread(self.db.reset, message.resync)
-                self.caught_up.clear()
-            elif isinstance(message, Ping):
-                await self._send(Pong(nonce=message.nonce))
-            elif isinstance(message, TokenExpiring):
-                if self._token_provider is not None:
-                    self.token = await self._token_provider()
-                    await self._send(RefreshToken(token=self.token))
-            elif isinstance(message, GoingAway):
-                await self._flush(None)
-                raise ServerError(ErrorCode.GOING_AWAY, message.reason, message.retry_after_ms)
-            elif isinstance(message, UploadResult):
-                waiter = self._results.pop(message.batch_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(message)
-            elif isinstance(message, Pong | TokenRefreshed):
-                pass
+                    await asyncio.to_thread(self.db.reset, message.entities)
+                    self.caught_up.clear()
+                case ModelChanged():
+                    await self._flush(None)
+                    await self._apply_model(message.model)
+                    if message.resync:
+                        await asyncio.to_thread(self.db.reset, message.resync)
+                    self.caught_up.clear()
+                case Ping():
+                    await self._send(Pong(nonce=message.nonce))
+                case TokenExpiring():
+                    if self._token_provider is not None:
+                        self.token = await self._token_provider()
+                        await self._send(RefreshToken(token=self.token))
+                case GoingAway():
+                    await self._flush(None)
+                    raise ServerError(ErrorCode.GOING_AWAY, message.reason, message.retry_after_ms)
+                case UploadResult():
+                    waiter = self._results.pop(message.batch_id, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(message)
+                case Pong() | TokenRefreshed():
+                    pass  # nothing to do: a refused refresh ends the session with an Error
+                case Welcome() | Error():
+                    # _next raises ServerError for an Error, and the state table refuses a
+                    # second Welcome (UNEXPECTED_MESSAGE) before this.
+                    raise LocalProtocolError(f"a {message.TYPE!r} reached a running session")
+                case _:
+                    assert_never(message)
 
     # --- the upload loop ----------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 from protocol import (
     NEED_DATA,
@@ -60,6 +60,7 @@ from protocol import (
     encode_changes_within,
     error_frame_for,
     prepare,
+    sent_by_device,
 )
 from protocol import Checkpoint as CheckpointMsg
 from protocol.framing import HEADER_SIZE
@@ -559,21 +560,30 @@ class DeviceSession:
             self._finish_with(_End(None))
 
     async def _handle(self, message: Message) -> None:
-        if isinstance(message, Ping):
-            self._outbox.push(Pong(nonce=message.nonce))
-        elif isinstance(message, Pong):
-            pass  # any traffic resets the idle timeout; the nonce needs no check
-        elif isinstance(message, Ack):
-            await self._on_ack(message)
-        elif isinstance(message, Upload):
-            self._outbox.push(self._result_frame(await self._upload(message)))
-        elif isinstance(message, RefreshToken):
-            await self._on_refresh(message)
-        elif isinstance(message, Goodbye):
-            self._finish_with(_End(None))
-        elif isinstance(message, Error):
-            _log.info("device reported an error", extra={"code": int(message.code)})
-            self._finish_with(_End(None))
+        """Act on one message from the device: every type a device sends is a case, which
+        mypy checks (``DeviceMessage``), so a new one cannot be ignored by omission."""
+        received = sent_by_device(message)
+        match received:
+            case Ping():
+                self._outbox.push(Pong(nonce=received.nonce))
+            case Pong():
+                pass  # any traffic resets the idle timeout; the nonce needs no check
+            case Ack():
+                await self._on_ack(received)
+            case Upload():
+                self._outbox.push(self._result_frame(await self._upload(received)))
+            case RefreshToken():
+                await self._on_refresh(received)
+            case Goodbye():
+                self._finish_with(_End(None))
+            case Error():
+                _log.info("device reported an error", extra={"code": int(received.code)})
+                self._finish_with(_End(None))
+            case Hello():
+                # The state table refuses a second Hello (UNEXPECTED_MESSAGE) before this.
+                raise LocalProtocolError("a Hello reached a running session")
+            case _:
+                assert_never(received)
 
     async def _on_ack(self, ack: Ack) -> None:
         """PROTOCOL.md: an Ack names a token this session sent; any other ends the session
