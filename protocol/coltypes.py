@@ -11,7 +11,7 @@ entry says:
   device library agrees on (64-bit integers, years 1 to 9999, no NUL in text);
 - what the value domain allows: whether it can key an entity (one exact canonical text form),
   whether values compare for equality or in a total order the same way in PostgreSQL and in
-  Python (filters), whether it is a point in time (``within``);
+  Python (filters), whether it is a point in time (``within``: its value at an instant);
 - its JSON forms, turned into the Python values the server computes with and asyncpg binds:
   ``filter_value`` for a literal of a client model's filter or a device's token claim (text
   ``"7"`` for an integer column), ``from_json`` for a row the ingest role sends over the admin
@@ -84,7 +84,9 @@ class ColumnType:
     expected: str
     key: bool = False
     order: Order = "none"
-    temporal: bool = False
+    #: For a point-in-time type, its value at an instant (filters' ``within`` compares with
+    #: it); None for other types.
+    at_instant: Callable[[datetime], object] | None = None
     #: A filter literal or claim as the Python value filters bind; raises BadValue.
     #: None for types filters cannot compare (null checks only).
     filter_value: Callable[[object], object] | None = None
@@ -92,7 +94,7 @@ class ColumnType:
     def __post_init__(self) -> None:
         if (self.order == "none") != (self.filter_value is None):
             raise RuntimeError(f"column type {self.name!r}: comparable exactly when filterable")
-        if self.temporal and self.order != "total":
+        if self.at_instant is not None and self.order != "total":
             raise RuntimeError(f"column type {self.name!r}: a point in time must be ordered")
         if self.key and self.order == "none":
             raise RuntimeError(f"column type {self.name!r}: a key must compare for equality")
@@ -306,7 +308,7 @@ COLUMN_TYPES: Mapping[str, ColumnType] = _registry(
             from_json=_json_timestamp,
             expected="an ISO-8601 string or integer microseconds since 1970-01-01 UTC",
             order="total",
-            temporal=True,
+            at_instant=lambda instant: instant,
             filter_value=_filter_timestamp,
         ),
         ColumnType(
@@ -316,7 +318,7 @@ COLUMN_TYPES: Mapping[str, ColumnType] = _registry(
             from_json=_json_date,
             expected="an ISO date string (YYYY-MM-DD) or integer days since 1970-01-01",
             order="total",
-            temporal=True,
+            at_instant=lambda instant: instant.date(),  # the instant's UTC date
             filter_value=_filter_date,
         ),
         # json and bytes have no order shared by PostgreSQL and Python: filters leave them to

@@ -2,9 +2,9 @@
 
 Strategy: an edit's changed columns are stored as one orjson document, in the wire encodings
 (so the upload path sends them back unchanged). JSON has no bytes, so a `bytes` column's value
-is stored as base64 text and decoded by column type when read back; every other wire encoding
-(str, int, float, bool) is native JSON. The schema says which columns are bytes, so the stored
-document needs no type tags.
+is stored as base64 text and decoded by column type when read back (any type whose msgpack kind
+is bin); every other wire encoding (str, int, float, bool) is native JSON. The schema says
+which columns are bytes, so the stored document needs no type tags.
 """
 
 from __future__ import annotations
@@ -17,16 +17,23 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from protocol import ErrorCode
+from protocol.coltypes import COLUMN_TYPES
 
 OpKind = Literal["insert", "update", "delete"]
 ResultStatus = Literal["applied", "conflict", "rejected"]
+
+
+def _is_bin(column_type: str | None) -> bool:
+    """Whether values of the type travel as msgpack bin, which JSON cannot hold."""
+    kind = COLUMN_TYPES.get(column_type) if column_type is not None else None
+    return kind is not None and kind.msgpack == "bin"
 
 
 def encode_values(values: Mapping[str, Any], types: Mapping[str, str]) -> bytes:
     """Serialize changed columns for `_syncd_outbox`; bytes columns become base64 text."""
     plain = {
         name: base64.b64encode(value).decode("ascii")
-        if types.get(name) == "bytes" and isinstance(value, bytes | bytearray)
+        if _is_bin(types.get(name)) and isinstance(value, bytes | bytearray)
         else value
         for name, value in values.items()
     }
@@ -37,7 +44,7 @@ def decode_values(document: bytes | str, types: Mapping[str, str]) -> dict[str, 
     """Inverse of `encode_values`."""
     plain: dict[str, Any] = orjson.loads(document)
     for name, value in plain.items():
-        if types.get(name) == "bytes" and isinstance(value, str):
+        if _is_bin(types.get(name)) and isinstance(value, str):
             plain[name] = base64.b64decode(value)
     return plain
 

@@ -43,6 +43,7 @@ from syncd.filters.bound import (
     BWithin,
 )
 from syncd.model import Column, Entity
+from syncd.store.coltypes import SQL_COLUMN_TYPES
 from syncd.store.sql import SQL_TYPES, ident
 
 __all__ = ["ColumnSql", "TableSql", "TouchedSql", "compile_moved", "compile_tree", "cutoff"]
@@ -60,7 +61,10 @@ def cutoff(node: BWithin, now: datetime) -> object:
     """The bound a ``within`` node compares with, for one fixed "now"."""
     delta = timedelta(seconds=node.seconds)
     edge = now - delta if node.direction == "last" else now + delta
-    return edge.date() if node.column.type == "date" else edge
+    at_instant = node.column.kind.at_instant
+    if at_instant is None:  # the parser admits ``within`` on point-in-time types only
+        raise ValueError(f"'within' on a {node.column.type} column")
+    return at_instant(edge)
 
 
 def compile_tree(
@@ -96,7 +100,7 @@ class _Compiler:
         return f"${len(self.params)}::{SQL_TYPES[col.type]}{'[]' if array else ''}"
 
     def collate(self, col: Column) -> str:
-        return ' COLLATE "C"' if col.type == "text" else ""
+        return SQL_COLUMN_TYPES[col.type].collate
 
     def node(self, n: BoundNode) -> str:
         # A column expression may append parameters of its own: each leaf spells its column

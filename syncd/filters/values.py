@@ -31,7 +31,9 @@ COMPARABLE_TYPES: frozenset[str] = frozenset(
 ORDERED_TYPES: frozenset[str] = frozenset(
     name for name, t in COLUMN_TYPES.items() if t.order == "total"
 )
-TIME_TYPES: frozenset[str] = frozenset(name for name, t in COLUMN_TYPES.items() if t.temporal)
+TIME_TYPES: frozenset[str] = frozenset(
+    name for name, t in COLUMN_TYPES.items() if t.at_instant is not None
+)
 
 _DURATION = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -49,6 +49,8 @@ class SqlColumnType:
     from_wire: Callable[[str], str] = lambda expr: f"({expr})"
     #: Whether a column a filter names gets a (column, key) b-tree index at provisioning.
     indexed: bool = True
+    #: Appended to the column in ordered comparisons, so SQL orders values as Python does.
+    collate: str = ""
 
 
 def _registry(types: Iterable[SqlColumnType]) -> Mapping[str, SqlColumnType]:
@@ -88,7 +90,7 @@ def _timestamp_from_wire(expr: str) -> str:
 SQL_COLUMN_TYPES: Mapping[str, SqlColumnType] = _registry(
     (
         SqlColumnType("uuid", "uuid", "uuid", to_wire=_text, from_wire=lambda e: f"({e})::uuid"),
-        SqlColumnType("text", "text", "text"),
+        SqlColumnType("text", "text", "text", collate=' COLLATE "C"'),
         SqlColumnType("integer", "bigint", "bigint"),
         SqlColumnType("float", "double precision", "double precision"),
         SqlColumnType("boolean", "boolean", "boolean"),

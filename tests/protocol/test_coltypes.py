@@ -60,7 +60,7 @@ def test_inconsistent_entries_are_refused() -> None:
     with pytest.raises(RuntimeError, match="comparable exactly when filterable"):
         ColumnType("blob", "bin", anything, bytes, "bytes", order="equality")
     with pytest.raises(RuntimeError, match="a point in time must be ordered"):
-        ColumnType("when", "int", anything, int, "an int", temporal=True)
+        ColumnType("when", "int", anything, int, "an int", at_instant=lambda t: t)
     with pytest.raises(RuntimeError, match="a key must compare"):
         ColumnType("k", "str", anything, str, "a string", key=True)
 
