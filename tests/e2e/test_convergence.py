@@ -220,7 +220,7 @@ class Run:
             teams = [1, 3] if user == "9" else []
             self.devices.append(Device(f"d{i}", user, teams, path, LocalDB.open(path)))
         self.n = 0  # numbers the devices' edit values
-        self.removed_keys: set[Any] = set()  # account keys of removed incarnations
+        self.removed_keys: set[tuple[str, str]] = set()  # (entity, key) of removed incarnations
         self.log: list[str] = []  # rare events, for the failure message
 
     # -- devices ------------------------------------------------------------------------
@@ -285,8 +285,9 @@ class Run:
         databases (same (server, org, user)) and must end with the new incarnation's rows."""
         await self.all_offline()
         await self.ledger.retire()
-        old = await self.history.store.fetch("SELECT id FROM account")
-        self.removed_keys |= {str(r[0]) for r in old}
+        for entity in ("account", "contact", "note", "team_member"):
+            old = await self.history.store.fetch(f"SELECT id FROM {entity}")
+            self.removed_keys |= {(entity, str(r[0])) for r in old}
         store = await readd_org(self.daemons.running, self.org, self.shape, self.profiles)
         accounts, contacts = self.history.accounts, self.history.contacts
         self.history = History(self.rng, store)
@@ -432,7 +433,7 @@ class Run:
                         "profile": profile,
                         "entity": entity,
                     }
-                    | self.diagnose(d, have - want, want - have),
+                    | self.diagnose(d, entity, have - want, want - have),
                     width=100,
                 )
         for d in self.devices:
@@ -443,15 +444,17 @@ class Run:
         assert any([await self.ledger.applied(d) for d in self.devices]), self.log
         assert outcomes, self.log
 
-    def diagnose(self, d: Device, extra: set[Any], missing: set[Any]) -> dict[str, Any]:
+    def diagnose(
+        self, d: Device, entity: str, extra: set[Any], missing: set[Any]
+    ) -> dict[str, Any]:
         """Name what diverged: the failure message of a seed is its bug report."""
         missing_keys = {r[0] for r in missing}
         stale = [r for r in extra if r[0] not in missing_keys]
         return {
             "extra": sorted(map(str, extra)),
             "missing": sorted(map(str, missing)),
-            "stale keys of a removed incarnation": [
-                r[0] for r in stale if str(r[0]) in self.removed_keys
+            "extra keys a removed incarnation had (stale rows or versions)": [
+                r[0] for r in extra if (entity, str(r[0])) in self.removed_keys
             ],
             "kept keys inserted and deleted in one batch": [
                 r[0] for r in stale if str(r[0]) in d.chain_keys
