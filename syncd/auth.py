@@ -7,10 +7,12 @@ only EdDSA), and PyJWT is told to accept exactly that one algorithm. "none" and 
 shared-secret HS* family are never accepted, so a token "signed" with our public key used
 as an HMAC secret (the classic algorithm-confusion attack) has nothing to match.
 
-Keys come from a JWKS document and/or PEM files (public keys or certificates). A token
+Keys come from a JWKS document, PEM files (public keys or certificates) and/or a `KeySource`
+whose keys change while the daemon runs (a JWKS URL, `syncd.jwks`). A token
 with a `kid` is checked against the keys with that id (plus PEM keys, which have no id);
 a token without one is tried against every compatible key, stopping at the first good
-signature. Claims are checked only after a signature verified.
+signature. Claims are checked only after a signature verified. A token whose `kid` no key
+has asks the key source to refresh first (`verify_async`; the source rate-limits that).
 
 Errors are `AuthError(kind, message)`; messages are fixed phrases chosen here, never
 PyJWT's text or anything quoted from the token, so a token can never reach a log line or a
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import jwt
 from cryptography import x509
@@ -36,9 +38,11 @@ __all__ = [
     "AuthError",
     "Claims",
     "KeyConfigError",
+    "KeySource",
     "TokenVerifier",
     "VerificationKey",
     "generate_signing_key",
+    "jwks_keys",
     "load_jwks",
     "load_public_key_pem",
     "mint_token",
@@ -134,14 +138,35 @@ def load_public_key_pem(
     return VerificationKey(key=key, kid=kid, algorithms=_algorithms_for(key))
 
 
+class KeySource(Protocol):
+    """Keys that may change while the daemon runs (`syncd.jwks.RemoteKeySet`)."""
+
+    keys: tuple[VerificationKey, ...]
+
+    def knows(self, kid: str) -> bool: ...
+
+    async def refresh_for_unknown_kid(self) -> None: ...
+
+
 def load_jwks(document: str | bytes, *, source: str = "JWKS") -> list[VerificationKey]:
     """Signature keys from a JWKS document; encryption and symmetric keys are skipped."""
     try:
         data = json.loads(document)
+    except ValueError:
+        raise KeyConfigError(
+            f"{source}: not a JWKS document (expected {{'keys': [...]}})"
+        ) from None
+    return jwks_keys(data, source=source)
+
+
+def jwks_keys(data: object, *, source: str = "JWKS") -> list[VerificationKey]:
+    """`load_jwks` for a document already parsed from JSON."""
+    try:
+        assert isinstance(data, dict)
         entries = data["keys"]
         if not isinstance(entries, list):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (AssertionError, KeyError, TypeError):
         raise KeyConfigError(
             f"{source}: not a JWKS document (expected {{'keys': [...]}})"
         ) from None
@@ -183,6 +208,7 @@ class TokenVerifier:
         algorithms: Iterable[str],
         keys: Sequence[VerificationKey],
         leeway_seconds: float = 30.0,
+        source: KeySource | None = None,
     ) -> None:
         allowed = frozenset(algorithms)
         refused = allowed & _NEVER_ALLOWED
@@ -190,20 +216,24 @@ class TokenVerifier:
             raise KeyConfigError(f"algorithms {sorted(refused or allowed)} are never accepted")
         if not issuer or not audience:
             raise KeyConfigError("issuer and audience must be set")
-        usable = tuple(
-            VerificationKey(k.key, k.kid, k.algorithms & allowed)
-            for k in keys
-            if k.algorithms & allowed
-        )
-        if not usable:
+        usable = _usable(keys, allowed)
+        if not usable and not (source is not None and _usable(source.keys, allowed)):
             raise KeyConfigError(
                 f"no configured key can verify any allowed algorithm {sorted(allowed)}"
             )
         self.issuer = issuer
         self.audience = audience
         self.algorithms = allowed
-        self.keys = usable
+        self.static_keys = usable
+        self.source = source
         self.leeway_seconds = leeway_seconds
+
+    @property
+    def keys(self) -> tuple[VerificationKey, ...]:
+        """The keys tokens are checked against now (a source's keys change over time)."""
+        if self.source is None:
+            return self.static_keys
+        return self.static_keys + _usable(self.source.keys, self.algorithms)
 
     @classmethod
     def from_files(
@@ -215,6 +245,7 @@ class TokenVerifier:
         jwks_file: Path | None = None,
         public_key_files: Sequence[Path] = (),
         leeway_seconds: float = 30.0,
+        source: KeySource | None = None,
     ) -> TokenVerifier:
         """Load keys from the files named in `[auth]` (read once, at startup)."""
         keys: list[VerificationKey] = []
@@ -231,11 +262,24 @@ class TokenVerifier:
             algorithms=algorithms,
             keys=keys,
             leeway_seconds=leeway_seconds,
+            source=source,
         )
 
     async def verify_async(self, token: str) -> Claims:
-        """`verify`, for callers on the event loop (sessions): keys fetched from a URL may
-        need a refresh first, which must never block the loop."""
+        """`verify`, for callers on the event loop (sessions): a token naming a key id that
+        the key source does not hold yet makes it refresh first (off the loop, rate-limited)
+        so a key the provider just rotated in verifies on first sight."""
+        source = self.source
+        if source is not None and isinstance(token, str) and len(token) <= MAX_TOKEN_LENGTH:
+            try:
+                kid = jwt.get_unverified_header(token).get("kid")
+            except jwt.PyJWTError:
+                kid = None  # verify() gives the refusal
+            known = isinstance(kid, str) and (
+                source.knows(kid) or any(key.kid == kid for key in self.static_keys)
+            )
+            if isinstance(kid, str) and not known:
+                await source.refresh_for_unknown_kid()
         return self.verify(token)
 
     def verify(self, token: str) -> Claims:
@@ -274,6 +318,16 @@ class TokenVerifier:
                 raise _translate(exc) from None
             return _claims(payload)
         raise AuthError("invalid", "signature verification failed")
+
+
+def _usable(
+    keys: Iterable[VerificationKey], allowed: frozenset[str]
+) -> tuple[VerificationKey, ...]:
+    return tuple(
+        VerificationKey(k.key, k.kid, k.algorithms & allowed)
+        for k in keys
+        if k.algorithms & allowed
+    )
 
 
 def _translate(exc: jwt.PyJWTError) -> AuthError:

@@ -101,12 +101,14 @@ class AdminConfig:
 @dataclass(frozen=True)
 class OpsConfig:
     listen: HostPort | None  # None: the metrics/health endpoint is disabled
+    health_interval_seconds: float
+    """How often the control database and every org's staging database are probed (and
+    the embedded PostgreSQL's process checked): readiness is at most this stale."""
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     dsn: str  # empty: run the embedded PostgreSQL under `embedded_dir`
-    pool_min: int
     pool_max: int
     embedded_dir: Path
 
@@ -121,9 +123,18 @@ class AuthConfig:
     audience: str
     algorithms: tuple[str, ...]
     jwks_file: Path | None
+    jwks_url: str  # empty: none (or found by OIDC discovery when oidc_discovery is set)
+    oidc_discovery: bool
+    jwks_ca_file: Path | None  # the CA that signs the key server's certificate, if private
+    jwks_refresh_seconds: float
+    jwks_min_refresh_seconds: float
     public_keys: tuple[Path, ...]
     leeway_seconds: float
-    dev_signing_key: Path
+
+    @property
+    def remote_keys(self) -> bool:
+        """True when keys are fetched over HTTPS (a JWKS URL or OIDC discovery)."""
+        return bool(self.jwks_url) or self.oidc_discovery
 
 
 @dataclass(frozen=True)
@@ -158,9 +169,20 @@ class Config:
     sync: SyncConfig
     logging: LoggingConfig
     source: Path | None  # the TOML file this came from, if any
+    explicit: frozenset[str] = frozenset()
+    """The `section.key` names set by the file, the environment or overrides (for the
+    warnings `check-config` gives about settings that have no effect)."""
 
 
 _SECTIONS: Final = ("server", "admin", "ops", "database", "auth", "sync", "logging")
+# Settings that existed and were removed: naming them beats "unknown key" for an operator
+# upgrading with an old file.
+_REMOVED: Final = {
+    "database.pool_min": "removed (it was never used: pools open connections on demand, "
+    "up to pool_max); delete it",
+    "auth.dev_signing_key": "removed (it was never used: dev mode keeps its token key at "
+    "dev-token.key beside server.tls_cert); delete it",
+}
 _Missing = object()
 
 
@@ -292,7 +314,8 @@ class _Section:
     def finish(self) -> None:
         unknown = sorted(set(self.values) - self.read)
         if unknown:
-            raise self.error(unknown[0], "unknown key (check the spelling)")
+            removed = _REMOVED.get(f"{self.name}.{unknown[0]}")
+            raise self.error(unknown[0], removed or "unknown key (check the spelling)")
 
 
 def parse_host_port(text: str) -> HostPort:
@@ -377,7 +400,10 @@ def load_config(
         server=server,
         admin=_admin(sections["admin"], server.data_dir),
         ops=OpsConfig(
-            listen=sections["ops"].host_port("listen", "127.0.0.1:9464", allow_empty=True)
+            listen=sections["ops"].host_port("listen", "127.0.0.1:9464", allow_empty=True),
+            health_interval_seconds=sections["ops"].number(
+                "health_interval_seconds", 1.0, 0.05, 60.0
+            ),
         ),
         database=_database(sections["database"], server.data_dir),
         auth=_auth(sections["auth"], server),
@@ -387,6 +413,7 @@ def load_config(
             format=sections["logging"].choice("format", "json", _LOG_FORMATS),
         ),
         source=path.resolve() if path is not None else None,
+        explicit=frozenset(f"{s.name}.{key}" for s in sections.values() for key in s.values),
     )
     for section in sections.values():
         section.finish()
@@ -434,16 +461,11 @@ def _admin(s: _Section, data_dir: Path) -> AdminConfig:
 
 
 def _database(s: _Section, data_dir: Path) -> DatabaseConfig:
-    pool_min = s.integer("pool_min", 1, 0, 1000)
     pool_max = s.integer("pool_max", 10, 1, 1000)
-    if pool_max < pool_min:
-        raise s.error("pool_max", f"must be >= pool_min ({pool_min}), got {pool_max}")
     dsn = s.string("dsn", "").strip()
     if dsn and not (dsn.startswith(("postgresql://", "postgres://")) or "=" in dsn):
         raise s.error("dsn", "must be a postgresql:// URL or libpq key=value string")
-    return DatabaseConfig(
-        dsn=dsn, pool_min=pool_min, pool_max=pool_max, embedded_dir=data_dir / "pg"
-    )
+    return DatabaseConfig(dsn=dsn, pool_max=pool_max, embedded_dir=data_dir / "pg")
 
 
 def _auth(s: _Section, server: ServerConfig) -> AuthConfig:
@@ -468,26 +490,46 @@ def _auth(s: _Section, server: ServerConfig) -> AuthConfig:
     issuer = s.string("issuer", dev_issuer).strip()
     audience = s.string("audience", dev_audience).strip()
     jwks_file = s.optional_path("jwks_file")
+    jwks_url = s.string("jwks_url", "").strip()
+    if jwks_url and not jwks_url.lower().startswith("https://"):
+        # Keys fetched over plain HTTP could be swapped by anyone on the path.
+        raise s.error("jwks_url", f"must be an https:// URL, got {jwks_url!r}")
+    discovery = s.boolean("oidc_discovery", False)
+    if discovery and jwks_url:
+        raise s.error("oidc_discovery", "set either jwks_url or oidc_discovery, not both")
+    if discovery and not issuer.lower().startswith("https://"):
+        raise s.error(
+            "oidc_discovery",
+            f"needs an https:// auth.issuer to find <issuer>/.well-known/openid-configuration, "
+            f"got {issuer!r}",
+        )
+    refresh = s.number("jwks_refresh_seconds", 3600.0, 1.0, 7 * 86400.0)
+    min_refresh = s.number("jwks_min_refresh_seconds", 30.0, 0.0, 86400.0)
     public_keys = s.path_list("public_keys")
     leeway = s.number("leeway_seconds", 30.0, 0.0, 600.0)
-    dev_key = s.path("dev_signing_key", server.data_dir / "certs" / "dev-token.key")
     if not server.dev_mode:
         if not issuer:
             raise s.error("issuer", "required unless server.dev_mode = true")
         if not audience:
             raise s.error("audience", "required unless server.dev_mode = true")
-        if jwks_file is None and not public_keys:
+        if jwks_file is None and not public_keys and not jwks_url and not discovery:
             raise s.error(
-                "jwks_file", "jwks_file or public_keys is required unless server.dev_mode = true"
+                "jwks_file",
+                "jwks_file, jwks_url, oidc_discovery or public_keys is required unless "
+                "server.dev_mode = true",
             )
     return AuthConfig(
         issuer=issuer,
         audience=audience,
         algorithms=algorithms,
         jwks_file=jwks_file,
+        jwks_url=jwks_url,
+        oidc_discovery=discovery,
+        jwks_ca_file=s.optional_path("jwks_ca_file"),
+        jwks_refresh_seconds=refresh,
+        jwks_min_refresh_seconds=min_refresh,
         public_keys=public_keys,
         leeway_seconds=leeway,
-        dev_signing_key=dev_key,
     )
 
 
@@ -544,4 +586,5 @@ def redacted(config: Config) -> dict[str, Any]:
     """
     result = _plain(config, "", _redact_leaf)
     assert isinstance(result, dict)
+    del result["explicit"]  # bookkeeping, not a setting
     return result

@@ -9,14 +9,28 @@ Names follow Prometheus conventions: `syncd_` prefix, base units (seconds, bytes
 on counters (prometheus_client appends it). Labels are bounded sets only (org, entity,
 state, error code name, command, outcome): never a device, session or user id, whose
 cardinality grows with the fleet and would take the metrics server down first.
+
+The registry also carries prometheus_client's `process_*` collector (CPU, memory, open file
+descriptors, start time) and `syncd_build_info`, so dashboards can tell instances and
+versions apart without another exporter.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -54,6 +68,38 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._refreshers: list[Callable[[], None]] = []
         r = self.registry
+        ProcessCollector(registry=r)
+        Info("syncd_build", "The syncd version and Python running this instance.", registry=r).info(
+            {"version": _version(), "python": platform.python_version()}
+        )
+        self.ready = Gauge(
+            "syncd_ready",
+            "1 while /readyz answers 200 (control database reachable, not starting or draining).",
+            registry=r,
+        )
+        self.control_database_up = Gauge(
+            "syncd_control_database_up",
+            "1 when the last probe of the control database succeeded.",
+            registry=r,
+        )
+        self.org_staging_up = Gauge(
+            "syncd_org_staging_up",
+            "1 when the last probe of the org's staging database succeeded; while 0 the org's"
+            " new sessions are refused with OVERLOADED and a retry-after.",
+            ["org"],
+            registry=r,
+        )
+        self.embedded_restarts = Counter(
+            "syncd_embedded_postgres_restarts",
+            "Times the embedded PostgreSQL was found dead and started again.",
+            registry=r,
+        )
+        self.jwks_fetches = Counter(
+            "syncd_jwks_fetches",
+            "Fetches of the JWKS URL, by outcome (ok, error); on error the keys held are kept.",
+            ["outcome"],
+            registry=r,
+        )
         self.sessions = Gauge(
             "syncd_sessions",
             "Device sessions now open, by state: handshake (TLS done, no Welcome yet; org is"
@@ -150,6 +196,7 @@ class Metrics:
             (self.live_drops, ("org",)),
             (self.upload_ops, ("org", "outcome")),
             (self.db_pool_connections, ("org", "state")),
+            (self.org_staging_up, ("org",)),
             (self.commit_to_send_seconds, ("org",)),
         ):
             children = {
@@ -173,3 +220,10 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition of every metric, for `GET /metrics`."""
         return generate_latest(self.registry)
+
+
+def _version() -> str:
+    try:
+        return version("syncd")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"

@@ -39,10 +39,11 @@ def test_defaults_in_dev_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert config.ops.listen == HostPort("127.0.0.1", 9464)
     assert config.database.embedded
     assert config.database.embedded_dir == tmp_path / "var" / "pg"
-    assert (config.database.pool_min, config.database.pool_max) == (1, 10)
+    assert config.database.pool_max == 10
+    assert config.ops.health_interval_seconds == 1.0
     assert config.auth.algorithms == ("ES256", "RS256", "EdDSA")
     assert config.auth.leeway_seconds == 30
-    assert config.auth.dev_signing_key == tmp_path / "var" / "certs" / "dev-token.key"
+    assert (config.auth.jwks_url, config.auth.oidc_discovery) == ("", False)
     assert config.sync.batch_size == 1000
     assert config.sync.max_frame_size == 4194304
     assert config.sync.heartbeat_interval_seconds == 30
@@ -154,7 +155,21 @@ def test_command_line_overrides_win_over_environment(tmp_path: Path) -> None:
         ({"SYNCD_AUTH__ALGORITHMS": "ES256,none"}, "auth.algorithms (from SYNCD_AUTH__ALG"),
         ({"SYNCD_AUTH__ALGORITHMS": "HS256"}, "'HS256' is refused"),
         ({"SYNCD_AUTH__ALGORITHMS": "XS256"}, "unknown algorithm 'XS256'"),
-        ({"SYNCD_DATABASE__POOL_MIN": "20"}, "database.pool_max: must be >= pool_min (20)"),
+        (
+            {"SYNCD_DATABASE__POOL_MIN": "1"},
+            "database.pool_min (from SYNCD_DATABASE__POOL_MIN): removed (it was never used",
+        ),
+        ({"SYNCD_AUTH__DEV_SIGNING_KEY": "k"}, "auth.dev_signing_key (from SYNCD_AUTH__DEV_SIG"),
+        (
+            {"SYNCD_AUTH__JWKS_URL": "http://idp/keys"},
+            "auth.jwks_url (from SYNCD_AUTH__JWKS_URL): must be an https:// URL",
+        ),
+        (
+            {"SYNCD_AUTH__JWKS_URL": "https://idp/k", "SYNCD_AUTH__OIDC_DISCOVERY": "true"},
+            "auth.oidc_discovery (from SYNCD_AUTH__OIDC_DISCOVERY): set either",
+        ),
+        ({"SYNCD_AUTH__OIDC_DISCOVERY": "true"}, "needs an https:// auth.issuer"),
+        ({"SYNCD_OPS__HEALTH_INTERVAL_SECONDS": "0"}, "ops.health_interval_seconds (from"),
         ({"SYNCD_DATABASE__DSN": "mysql:db"}, "database.dsn (from SYNCD_DATABASE__DSN)"),
         ({"SYNCD_LOGGING__LEVEL": "loud"}, "logging.level (from SYNCD_LOGGING__LEVEL)"),
         ({"SYNCD_ADMIN__TCP_LISTEN": "0.0.0.0:7444"}, "admin.tls_cert: required when"),
@@ -196,7 +211,7 @@ def test_production_requires_issuer_audience_and_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^auth\.issuer: required unless server\.dev_mode"):
         load_config(None, {})
     path = write(tmp_path, '[auth]\nissuer = "i"\naudience = "a"\n')
-    with pytest.raises(ConfigError, match=r"^auth\.jwks_file: jwks_file or public_keys"):
+    with pytest.raises(ConfigError, match=r"^auth\.jwks_file: jwks_file, jwks_url, oidc_disc"):
         load_config(path, {})
 
 

@@ -1,11 +1,24 @@
 """The daemon's lifecycle: start up, serve until told to stop, drain, shut down.
 
-Strategy (uvicorn's `Server.serve()`): signal handlers only set a flag; `serve` starts every
-part in dependency order (database, control store, org registry, listeners), waits for the
-flag, then stops in reverse order. Draining closes the device listener first so no new
-session starts, tells every session the server is going away (with a retry-after so devices
-reconnect to another instance), waits up to the grace period, then cancels what is left and
-logs how many sessions it had to cut.
+Strategy (uvicorn's `Server.serve()`): signal handlers only set a flag, and a second signal
+sets the force flag, which cuts every wait of the shutdown short. `startup` goes in the
+order that makes failures cheap and truthful:
+
+1. the ops listener, so `/livez` answers and `/readyz` says "starting" from the first second;
+2. the data-directory lock, before anything touches the database;
+3. every file the configuration names (certificates, keys, JWKS), the device listener's
+   port (bound, not yet accepting) and the token keys (a JWKS URL is fetched here);
+4. the database (the embedded PostgreSQL, or the DSN), the control store, the org registry,
+   the health probe and, for the embedded server, its supervisor;
+5. the caller's `prepare` step (the demo org in dev mode), the admin listener;
+6. accepting devices; only then "syncd serving" is logged and systemd is told READY=1.
+
+Every failure an operator can cause is a `StartupError` naming the setting (see
+`syncd.preflight`). Draining closes the device listener first so no new session starts,
+tells systemd STOPPING=1 and every session that the server is going away (with a
+retry-after so devices reconnect to another instance), waits up to the grace period, then
+cancels what is left and waits (bounded) for the cancelled sessions to finish their last
+writes before the pools they write to are closed.
 """
 
 from __future__ import annotations
@@ -17,21 +30,35 @@ import signal
 import ssl
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from syncd.auth import TokenVerifier
-from syncd.config import Config
+import asyncpg
+
+from syncd.auth import KeyConfigError, TokenVerifier
+from syncd.config import Config, HostPort
 from syncd.devcerts import ensure_dev_pki
+from syncd.jwks import JwksFetchError, RemoteKeySet, discover_jwks_uri
+from syncd.logs import scrub_text
 from syncd.metrics import Metrics
 from syncd.ops_http import start_ops_server
+from syncd.preflight import (
+    DataDirLock,
+    StartupError,
+    check_files,
+    listen_error,
+    server_tls_context,
+)
+from syncd.sdnotify import notify, watchdog_interval
 from syncd.server.admin import AdminService
 from syncd.server.admin_listener import start_admin_listener
+from syncd.server.health import EmbeddedSupervisor, HealthMonitor
 from syncd.server.orgs import OrgRegistry
 from syncd.server.session import DeviceSession, SessionSettings
-from syncd.store import ControlStore, EmbeddedPostgres, OrgStores
+from syncd.store import ControlStore, EmbeddedPostgres, EmbeddedPostgresError, OrgStores
 from syncd.store.staging import create_database
 
 __all__ = ["CONTROL_DATABASE", "Daemon"]
@@ -43,15 +70,23 @@ CONTROL_DATABASE = "syncd_control"
 #: How often change logs are trimmed: often enough that the log stays small, rarely enough
 #: that the DELETE's cost is noise.
 COMPACTION_INTERVAL_SECONDS = 3600
+#: How long cancelled sessions get to unwind (their last checkpoint write) before the pools
+#: close under them; a forced exit gives them this too, since it costs well under a second.
+CANCELLED_SESSIONS_SECONDS: Final = 2.0
+
+Prepare = Callable[[OrgRegistry], Awaitable[None]]
 
 
 @dataclass
 class _Running:
     """What startup created, in the order shutdown must undo it."""
 
+    lock: DataDirLock | None = None
     embedded: EmbeddedPostgres | None = None
     control: ControlStore | None = None
     registry: OrgRegistry | None = None
+    keys: RemoteKeySet | None = None
+    health: HealthMonitor | None = None
     device_server: asyncio.Server | None = None
     admin: Any = None
     ops: asyncio.Server | None = None
@@ -61,19 +96,26 @@ class _Running:
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, prepare: Prepare | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
         self.should_exit = asyncio.Event()
+        self.force_exit = asyncio.Event()
         self.started = asyncio.Event()
         self.draining = False
         self.device_port: int | None = None
         self.ops_port: int | None = None
+        self._prepare = prepare
+        self._verifier: TokenVerifier | None = None
         self._run = _Running()
 
     @property
     def registry(self) -> OrgRegistry | None:
         return self._run.registry
+
+    @property
+    def embedded(self) -> EmbeddedPostgres | None:
+        return self._run.embedded
 
     # --- the whole life -----------------------------------------------------------------
 
@@ -81,7 +123,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.should_exit.set)
+                loop.add_signal_handler(sig, self.handle_exit)
         try:
             await self.startup()
             await self.should_exit.wait()
@@ -91,18 +133,51 @@ class Daemon:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
+    def handle_exit(self) -> None:
+        """A signal: the first one drains, a second one cuts the drain short."""
+        if self.should_exit.is_set():
+            if not self.force_exit.is_set():
+                _log.warning("second signal: exiting without waiting for sessions")
+            self.force_exit.set()
+        self.should_exit.set()
+
     async def startup(self) -> None:
         cfg = self.config
         run = self._run
-        control_dsn = cfg.database.dsn
-        server_dsn = control_dsn
-        if cfg.database.embedded:
-            run.embedded = EmbeddedPostgres(cfg.database.embedded_dir)
-            await asyncio.to_thread(run.embedded.start)
-            server_dsn = run.embedded.dsn("postgres")
-            await create_database(server_dsn, CONTROL_DATABASE)
-            control_dsn = run.embedded.dsn(CONTROL_DATABASE)
-        run.control = await ControlStore.connect(control_dsn, max_size=cfg.database.pool_max)
+        if cfg.ops.listen is not None:
+            run.ops = await _listen(
+                "ops.listen",
+                cfg.ops.listen,
+                start_ops_server(
+                    cfg.ops.listen.host, cfg.ops.listen.port, self.metrics, self._ready
+                ),
+            )
+            self.ops_port = run.ops.sockets[0].getsockname()[1]
+
+        run.lock = DataDirLock(cfg.server.data_dir)
+        run.lock.acquire()
+        dev_key: Path | None = None
+        if cfg.server.dev_mode:
+            dev_key = ensure_dev_pki(cfg.server.tls_cert.parent).token_key
+        check_files(cfg)
+        tls = server_tls_context(cfg.server.tls_cert, cfg.server.tls_key, prefix="server")
+        run.device_server = await _listen(
+            "server.listen",
+            cfg.server.listen,
+            asyncio.start_server(
+                self._on_device,
+                cfg.server.listen.host,
+                cfg.server.listen.port,
+                ssl=tls,
+                ssl_handshake_timeout=cfg.sync.handshake_timeout_seconds,
+                backlog=4096,
+                start_serving=False,
+            ),
+        )
+        self.device_port = run.device_server.sockets[0].getsockname()[1]
+        self._verifier = await self._token_verifier()
+
+        run.control, server_dsn = await self._open_database()
         stores = OrgStores(server_dsn, pool_size=cfg.database.pool_max)
         run.registry = OrgRegistry(
             run.control,
@@ -112,62 +187,130 @@ class Daemon:
             max_frame_size=cfg.sync.max_frame_size,
         )
         await run.registry.start()
+        run.health = HealthMonitor(
+            control=run.control,
+            registry=run.registry,
+            metrics=self.metrics,
+            interval=cfg.ops.health_interval_seconds,
+            retry_ms=_retry_ms(cfg),
+        )
+        await run.health.check()
         self.metrics.on_scrape(self._sample_pools)
         self.metrics.on_scrape(self._sample_sessions)
+        self.metrics.on_scrape(lambda: self.metrics.ready.set(1 if self._ready()[0] else 0))
         run.maintenance = [
             asyncio.create_task(self._compact_forever(), name="compaction"),
+            asyncio.create_task(run.health.run(), name="health"),
         ]
-
-        dev_key: Path | None = None
-        public_keys = tuple(cfg.auth.public_keys)
-        if cfg.server.dev_mode:
-            pki = ensure_dev_pki(cfg.server.tls_cert.parent)
-            dev_key = pki.token_key
-            public_keys = (*public_keys, pki.token_public)
-        verifier = TokenVerifier.from_files(
-            issuer=cfg.auth.issuer,
-            audience=cfg.auth.audience,
-            algorithms=cfg.auth.algorithms,
-            jwks_file=cfg.auth.jwks_file,
-            public_key_files=public_keys,
-            leeway_seconds=cfg.auth.leeway_seconds,
-        )
-        settings = _session_settings(cfg)
-
-        async def on_device(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            assert run.registry is not None
-            session = DeviceSession(
-                reader,
-                writer,
-                registry=run.registry,
-                verifier=verifier,
-                settings=settings,
+        if run.embedded is not None:
+            supervisor = EmbeddedSupervisor(
+                run.embedded,
+                run.health,
                 metrics=self.metrics,
+                interval=cfg.ops.health_interval_seconds,
+                after_restart=self._expire_connections,
+                on_status=lambda text: notify(f"STATUS={text}"),
             )
-            if self.draining:
-                session.going_away(_retry_ms(cfg), "server is draining")
-            run.sessions.add(session)
-            task = asyncio.current_task()
-            if task is not None:
-                run.session_tasks.add(task)
-            try:
-                await session.run()
-            finally:
-                run.sessions.discard(session)
-                if task is not None:
-                    run.session_tasks.discard(task)
+            run.maintenance.append(asyncio.create_task(supervisor.run(), name="supervisor"))
 
-        tls = _device_tls_context(cfg.server.tls_cert, cfg.server.tls_key)
-        run.device_server = await asyncio.start_server(
-            on_device,
-            cfg.server.listen.host,
-            cfg.server.listen.port,
-            ssl=tls,
-            ssl_handshake_timeout=cfg.sync.handshake_timeout_seconds,
-            backlog=4096,
+        if self._prepare is not None:
+            await self._prepare(run.registry)
+        run.admin = await self._start_admin(dev_key)
+        await run.device_server.start_serving()
+        self.started.set()
+        _log.info(
+            "syncd serving",
+            extra={
+                "devices": f"{cfg.server.listen.host}:{self.device_port}",
+                "admin": str(cfg.admin.socket),
+                "orgs": len(run.registry.all()),
+            },
         )
-        self.device_port = run.device_server.sockets[0].getsockname()[1]
+        notify("READY=1", f"STATUS=serving {len(run.registry.all())} orgs")
+        watchdog = watchdog_interval()
+        if watchdog is not None:
+            run.maintenance.append(asyncio.create_task(_watchdog(watchdog), name="watchdog"))
 
+    async def _token_verifier(self) -> TokenVerifier:
+        auth = self.config.auth
+        public_keys = tuple(auth.public_keys)
+        if self.config.server.dev_mode:
+            public_keys = (
+                *public_keys,
+                ensure_dev_pki(self.config.server.tls_cert.parent).token_public,
+            )
+        source: RemoteKeySet | None = None
+        if auth.remote_keys:
+            context = ssl.create_default_context(
+                cafile=str(auth.jwks_ca_file) if auth.jwks_ca_file else None
+            )
+            url = auth.jwks_url
+            if auth.oidc_discovery:
+                try:
+                    url = await asyncio.to_thread(discover_jwks_uri, auth.issuer, context)
+                except JwksFetchError as exc:
+                    raise StartupError("auth.oidc_discovery", str(exc)) from None
+            source = RemoteKeySet(
+                url,
+                ssl_context=context,
+                refresh_seconds=auth.jwks_refresh_seconds,
+                min_refresh_seconds=auth.jwks_min_refresh_seconds,
+            )
+            source.on_fetch.append(
+                lambda outcome: self.metrics.jwks_fetches.labels(outcome=outcome).inc()
+            )
+            try:
+                await source.start()
+            except JwksFetchError as exc:
+                setting = "auth.oidc_discovery" if auth.oidc_discovery else "auth.jwks_url"
+                raise StartupError(setting, str(exc)) from None
+            self._run.keys = source
+        try:
+            return TokenVerifier.from_files(
+                issuer=auth.issuer,
+                audience=auth.audience,
+                algorithms=auth.algorithms,
+                jwks_file=auth.jwks_file,
+                public_key_files=public_keys,
+                leeway_seconds=auth.leeway_seconds,
+                source=source,
+            )
+        except KeyConfigError as exc:
+            raise StartupError("auth.algorithms", str(exc)) from None
+
+    async def _open_database(self) -> tuple[ControlStore, str]:
+        """The control store, and the DSN of the server where DSN-less orgs live."""
+        cfg = self.config
+        run = self._run
+        control_dsn = server_dsn = cfg.database.dsn
+        if cfg.database.embedded:
+            run.embedded = EmbeddedPostgres(cfg.database.embedded_dir)
+            try:
+                await asyncio.to_thread(run.embedded.start)
+            except EmbeddedPostgresError as exc:
+                run.embedded = None
+                raise StartupError(
+                    "server.data_dir",
+                    f"the embedded PostgreSQL did not start ({str(exc).splitlines()[0]}); "
+                    f"its log is {cfg.database.embedded_dir / 'log'}",
+                ) from None
+            server_dsn = run.embedded.dsn("postgres")
+            await create_database(server_dsn, CONTROL_DATABASE)
+            control_dsn = run.embedded.dsn(CONTROL_DATABASE)
+        try:
+            control = await ControlStore.connect(control_dsn, max_size=cfg.database.pool_max)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise StartupError(
+                "database.dsn",
+                f"cannot use the control database at {scrub_text(control_dsn)}: "
+                f"{_connect_error(exc)}",
+            ) from None
+        return control, server_dsn
+
+    async def _start_admin(self, dev_key: Path | None) -> Any:
+        cfg = self.config
+        run = self._run
+        assert run.registry is not None
         service = AdminService(
             registry=run.registry,
             metrics=self.metrics,
@@ -183,27 +326,56 @@ class Daemon:
             assert cfg.admin.tls_cert
             assert cfg.admin.tls_key
             assert cfg.admin.client_ca
-            admin_tls = _admin_tls_context(
-                cfg.admin.tls_cert, cfg.admin.tls_key, cfg.admin.client_ca
-            )
+            admin_tls = server_tls_context(cfg.admin.tls_cert, cfg.admin.tls_key, prefix="admin")
+            admin_tls.verify_mode = ssl.CERT_REQUIRED
+            admin_tls.load_verify_locations(cfg.admin.client_ca)
             tcp = (cfg.admin.tcp_listen.host, cfg.admin.tcp_listen.port)
-        run.admin = await start_admin_listener(
-            service, socket_path=cfg.admin.socket, tcp=tcp, tls=admin_tls
-        )
-        if cfg.ops.listen is not None:
-            run.ops = await start_ops_server(
-                cfg.ops.listen.host, cfg.ops.listen.port, self.metrics, self._ready
+        try:
+            return await start_admin_listener(
+                service, socket_path=cfg.admin.socket, tcp=tcp, tls=admin_tls
             )
-            self.ops_port = run.ops.sockets[0].getsockname()[1]
-        self.started.set()
-        _log.info(
-            "syncd serving",
-            extra={
-                "devices": f"{cfg.server.listen.host}:{self.device_port}",
-                "admin": str(cfg.admin.socket),
-                "orgs": len(run.registry.all()),
-            },
+        except RuntimeError as exc:  # the socket path is taken
+            raise StartupError("admin.socket", str(exc)) from None
+        except OSError as exc:
+            if tcp is not None and cfg.admin.tcp_listen is not None:
+                raise listen_error("admin.tcp_listen", str(cfg.admin.tcp_listen), exc) from None
+            raise StartupError("admin.socket", f"{cfg.admin.socket}: {exc.strerror}") from None
+
+    async def _on_device(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        run = self._run
+        cfg = self.config
+        assert run.registry is not None
+        assert self._verifier is not None
+        session = DeviceSession(
+            reader,
+            writer,
+            registry=run.registry,
+            verifier=self._verifier,
+            settings=_session_settings(cfg),
+            metrics=self.metrics,
         )
+        if self.draining:
+            session.going_away(_retry_ms(cfg), "server is draining")
+        run.sessions.add(session)
+        task = asyncio.current_task()
+        if task is not None:
+            run.session_tasks.add(task)
+        try:
+            await session.run()
+        finally:
+            run.sessions.discard(session)
+            if task is not None:
+                run.session_tasks.discard(task)
+
+    async def _expire_connections(self) -> None:
+        """After the embedded server restarted: no pooled connection of the dead one is
+        handed out again."""
+        run = self._run
+        if run.control is not None:
+            await run.control.expire_connections()
+        for org in run.registry.all() if run.registry is not None else ():
+            pool = await org.staging.pool()
+            await pool.expire_connections()
 
     def _sample_pools(self) -> None:
         """Set the pool gauges from each org's pool (asyncpg has no pool events)."""
@@ -264,13 +436,16 @@ class Daemon:
     def _ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
-        if not self.started.is_set() or self._run.registry is None:
+        health = self._run.health
+        if not self.started.is_set() or health is None:
             return False, "starting"
-        return True, "ready"
+        return health.readiness()
 
     async def shutdown(self) -> None:
         run = self._run
         self.draining = True
+        if self.started.is_set():
+            notify("STOPPING=1", "STATUS=draining")
         if run.device_server is not None:
             run.device_server.close()
         retry_ms = _retry_ms(self.config)
@@ -278,16 +453,18 @@ class Daemon:
             session.going_away(retry_ms, "server is shutting down")
         pending = list(run.session_tasks)
         if pending:
-            deadline = self.config.sync.shutdown_grace_seconds
             started = time.monotonic()
-            _done, still = await asyncio.wait(pending, timeout=deadline)
+            still = await self._wait(pending, self.config.sync.shutdown_grace_seconds)
             for task in still:
                 task.cancel()
+            unfinished = await self._wait(still, CANCELLED_SESSIONS_SECONDS, forced_too=True)
             _log.info(
                 "sessions drained",
                 extra={
                     "closed": len(pending) - len(still),
                     "cancelled": len(still),
+                    "unfinished": len(unfinished),
+                    "forced": self.force_exit.is_set(),
                     "seconds": round(time.monotonic() - started, 3),
                 },
             )
@@ -299,13 +476,71 @@ class Daemon:
             await run.admin.close()
         if run.ops is not None:
             run.ops.close()
+        if run.keys is not None:
+            await run.keys.close()
         if run.registry is not None:
             await run.registry.close()
         if run.control is not None:
             await run.control.close()
         if run.embedded is not None:
             await asyncio.to_thread(run.embedded.stop)
+        if run.lock is not None:
+            run.lock.release()
         self._run = _Running()
+
+    async def _wait(
+        self, tasks: Iterable[asyncio.Task[None]], seconds: float, *, forced_too: bool = False
+    ) -> set[asyncio.Task[None]]:
+        """Wait for `tasks` up to `seconds` (or until a second signal, unless `forced_too`);
+        return those still running."""
+        tasks = list(tasks)
+        waiting: set[asyncio.Future[Any]] = set(tasks)
+        if not waiting:
+            return set()
+        force: asyncio.Task[Any] | None = None
+        if not forced_too:
+            force = asyncio.create_task(self.force_exit.wait())
+            waiting.add(force)
+        try:
+            deadline = time.monotonic() + seconds
+            while (remaining := deadline - time.monotonic()) > 0:
+                done, _ = await asyncio.wait(
+                    waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiting -= done
+                if force is not None and force in done:
+                    break
+                if waiting <= {force}:
+                    break
+        finally:
+            if force is not None:
+                force.cancel()
+        return {task for task in tasks if not task.done()}
+
+
+async def _listen(
+    setting: str, address: HostPort, opening: Awaitable[asyncio.Server]
+) -> asyncio.Server:
+    try:
+        return await opening
+    except OSError as exc:
+        raise listen_error(setting, str(address), exc) from None
+
+
+async def _watchdog(interval: float) -> None:
+    """WATCHDOG=1 while the event loop runs (what /livez says): systemd restarts a daemon
+    whose loop is stuck, not one whose database is down (readiness reports that)."""
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def _connect_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer (timed out)"
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)).lower()
+    return str(exc).splitlines()[0] or type(exc).__name__
 
 
 def _retry_ms(cfg: Config) -> int:
@@ -325,17 +560,3 @@ def _session_settings(cfg: Config) -> SessionSettings:
         checkpoint_rows=s.checkpoint_rows,
         checkpoint_bytes=s.checkpoint_bytes,
     )
-
-
-def _device_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-def _admin_tls_context(cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
-    ctx = _device_tls_context(cert, key)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(client_ca)
-    return ctx

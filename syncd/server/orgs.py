@@ -114,6 +114,10 @@ class OrgRegistry:
         for name in names:
             self._spawn(self.reload(name))
 
+    def reload_soon(self, name: str) -> None:
+        """Reload `name` in the background (the health probe found its database back)."""
+        self._spawn(self.reload(name))
+
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(work)
         self._pending.add(task)

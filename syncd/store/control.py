@@ -149,6 +149,19 @@ class ControlStore:
     async def close(self) -> None:
         await self._pool.close()
 
+    async def ping(self) -> None:
+        """One round trip on a pooled connection (the daemon's health probe)."""
+        await self._pool.fetchval("SELECT 1")
+
+    def pool_saturated(self) -> bool:
+        """True when every connection is in use (a probe would only wait in line)."""
+        pool = self._pool
+        return bool(pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0)
+
+    async def expire_connections(self) -> None:
+        """Replace pooled connections on next use (after the server restarted)."""
+        await self._pool.expire_connections()
+
     async def connect_listener(self) -> asyncpg.Connection:
         """A dedicated (unpooled) connection, for LISTEN on CONFIG_CHANNEL via ``Listener``."""
         return await asyncpg.connect(self._dsn)

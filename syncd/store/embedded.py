@@ -11,15 +11,23 @@ to a server that a dead owner left running. Three things it does not do for us, 
   one goes; PIDs of owners that died stay in that list forever and would keep our ``stop()``
   from stopping anything, so dead PIDs are pruned before attaching.
 
-Starting blocks for about a second (``pg_ctl -w``); async callers run it in a thread.
+* When the server dies under us (``kill -9``, the OOM killer), ``alive()`` says so and
+  ``restart()`` starts it again on the same data directory and socket, so DSNs stay valid;
+  PostgreSQL's crash recovery replays the WAL, so every committed transaction is kept. The
+  daemon's supervisor (``syncd.server.health``) calls them with a bounded backoff.
+
+Starting blocks for about a second (``pg_ctl -w``); async callers run it in a thread. A lock
+keeps ``stop()`` from racing a ``restart()`` still running in another thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +51,42 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path | str) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self._server: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's PID, while started."""
+        server = self._server
+        if server is None:
+            return None
+        pid: int | None = server.get_pid()
+        return pid
+
+    def alive(self) -> bool:
+        """True when the server we started is still running (a quick /proc lookup)."""
+        pid = self.pid
+        return pid is not None and _is_postmaster(pid, self.data_dir)
+
+    def restart(self) -> None:
+        """Start the server again after it died (EmbeddedPostgresError if it cannot yet:
+        backends of the dead server may hold its shared memory for a moment)."""
+        with self._lock:
+            server = self._server
+            if server is None:
+                raise EmbeddedPostgresError("the embedded server is not started")
+            if _is_postmaster(server.get_pid(), self.data_dir):
+                return
+            _clear_pid_file_of_dead_server(self.data_dir)
+            try:
+                server.ensure_postgres_running()
+            except (
+                subprocess.CalledProcessError,
+                subprocess.TimeoutExpired,
+                AssertionError,
+            ) as e:
+                raise EmbeddedPostgresError(
+                    f"cannot restart PostgreSQL in {self.data_dir}: {e}"
+                ) from e
 
     @property
     def running(self) -> bool:
@@ -50,6 +94,10 @@ class EmbeddedPostgres:
 
     def start(self) -> None:
         """Start the server, or reattach to one already running on this data directory."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
         if self._server is not None:
             return
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -73,11 +121,12 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server and wait until it is gone (no-op when not started)."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        pid = server.get_pid()
-        server.cleanup()
+        with self._lock:
+            server, self._server = self._server, None
+            if server is None:
+                return
+            pid = server.get_pid()
+            server.cleanup()
         # The wheel does not stop a server that other live processes still hold a handle to;
         # that is its contract. Report what happened rather than guessing.
         if pid is not None and _is_postmaster(pid, self.data_dir):
@@ -112,6 +161,51 @@ def _remove_stale_pid_file(data_dir: Path) -> None:
     if not _is_postmaster(pid, data_dir):
         _log.warning("removing stale %s (pid %d is not our server)", pid_file, pid)
         pid_file.unlink(missing_ok=True)
+
+
+def _clear_pid_file_of_dead_server(data_dir: Path) -> None:
+    """Remove the dead server's ``postmaster.pid`` once nothing of it is left.
+
+    The file is PostgreSQL's interlock against starting a second server beside backends of
+    the first one, which may outlive a killed postmaster for a moment: while any process
+    is still attached to the shared memory segment the file names, we refuse (the caller
+    retries). The file must then go, because a postmaster killed under a parent that does
+    not reap it stays a zombie whose PID still "exists", which makes both the wheel and
+    PostgreSQL believe a server is running.
+    """
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        pid = int(lines[0].strip())
+    except (OSError, IndexError, ValueError):
+        return
+    if _is_postmaster(pid, data_dir):
+        return
+    attached = _shm_attachments(lines[6].split()[-1] if len(lines) > 6 else "")
+    if attached:
+        raise EmbeddedPostgresError(
+            f"{attached} process(es) of the dead server in {data_dir} still hold its shared memory"
+        )
+    if len(lines) > 4 and lines[3].strip().isdigit() and lines[4].strip():
+        # The socket's lock file names the dead PID too, with the same zombie problem.
+        socket_lock = Path(lines[4].strip()) / f".s.PGSQL.{lines[3].strip()}.lock"
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(socket_lock.read_text().splitlines()[0].strip()) == pid:
+                socket_lock.unlink()
+    pid_file.unlink(missing_ok=True)
+
+
+def _shm_attachments(shmid: str) -> int:
+    """How many processes are attached to System V segment ``shmid`` (0 if none/unknown)."""
+    try:
+        table = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    for row in table:
+        fields = row.split()
+        if len(fields) > 6 and fields[1] == shmid:
+            return int(fields[6])
+    return 0
 
 
 def _prune_dead_handles(data_dir: Path) -> None:

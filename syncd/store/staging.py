@@ -100,6 +100,12 @@ class StagingStore:
         idle = pool.get_idle_size()
         return pool.get_size() - idle, idle
 
+    def pool_saturated(self) -> bool:
+        """True when every connection of the pool is in use (a health probe would only wait
+        in line behind the sessions, and they are evidence enough that the server answers)."""
+        in_use, idle = self.pool_usage()
+        return in_use >= self._max_size and idle == 0
+
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
