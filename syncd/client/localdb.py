@@ -93,6 +93,9 @@ _META_DDL = (
     "CREATE TABLE IF NOT EXISTS _syncd_errors (id INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
     " entity TEXT NOT NULL, key ANY, op TEXT NOT NULL, code ANY, reason TEXT,"
     ' at INTEGER NOT NULL, "values" BLOB, row BLOB) STRICT',
+    # Keys the feed deleted while the device had edits of them queued (see _applied_to_base).
+    "CREATE TABLE IF NOT EXISTS _syncd_gone (entity TEXT NOT NULL, key ANY NOT NULL,"
+    " PRIMARY KEY (entity, key)) STRICT",
 )
 
 _CHECKPOINT = "checkpoint"
@@ -461,12 +464,22 @@ class LocalDB:
             cur.executemany(entity.upsert_sql(entity.table), direct)
         if held:
             cur.executemany(entity.upsert_sql(entity.base), held)
+            cur.executemany(
+                "DELETE FROM _syncd_gone WHERE entity = ? AND key = ?",
+                ((entity.name, row[index]) for row in held),
+            )
         touched = {row[index] for row in held}
         for key in deletes:
             if key in pending:
                 # Held, not applied: the visible row keeps the user's edit on screen until
-                # the upload's conflict result removes it.
+                # the upload's result settles it. The server deleted the row (or it left the
+                # filters) after what this device last heard: an applied result of an edit
+                # already sent must not bring it back (_applied_to_base).
                 cur.execute(entity.delete_sql(entity.base), (key,))
+                cur.execute(
+                    "INSERT OR IGNORE INTO _syncd_gone (entity, key) VALUES (?, ?)",
+                    (entity.name, key),
+                )
                 touched.discard(key)
             else:
                 cur.execute(entity.delete_sql(entity.table), (key,))
@@ -639,6 +652,7 @@ class LocalDB:
             self._replay(cur, entity, entity.table, op, key, decode_values(document, types), 0)
         if not queued:
             cur.execute(entity.delete_sql(entity.base), (key,))
+            cur.execute("DELETE FROM _syncd_gone WHERE entity = ? AND key = ?", (entity.name, key))
 
     # -- uploads ------------------------------------------------------------------------
 
@@ -784,6 +798,14 @@ class LocalDB:
         """
         if op == "delete":
             cur.execute(entity.delete_up_to_sql(entity.base), (key, version))
+            return
+        gone = cur.execute(
+            "SELECT 1 FROM _syncd_gone WHERE entity = ? AND key = ?", (entity.name, key)
+        ).fetchone()
+        if gone is not None:
+            # The feed said the row is gone from this device after the edit was sent: the
+            # server's own-writes pass (PROTOCOL.md, "Uploads") sends that delete only for a
+            # row the device wrote and that left its filters or was deleted since. It stands.
             return
         if row is not None:
             cur.execute(entity.upsert_sql(entity.base), row)

@@ -52,6 +52,8 @@ from syncd.store.feed import (
     WindowTimes,
     dependencies,
     incremental_pages,
+    origins_in_window,
+    own_leavers,
     touched_since,
     written_since,
 )
@@ -90,6 +92,8 @@ class LiveMember:
     """Called once if the hub drops the member, with the checkpoint it last received whole."""
     checkpoint_frame: Callable[[Checkpoint, datetime], PreparedFrame]
     """The member's Checkpoint frame for a snapshot: tokens are sealed for one device each."""
+    origin: str | None = None
+    """How the change log names this device's own writes (``uploads.origin_of``)."""
 
 
 @dataclass(eq=False)
@@ -233,7 +237,9 @@ class LiveHub:
         try:
             first = await self._staging.changes(since, (), batch_size=self._batch_size)
             until, until_at = first.checkpoint, self.clock()
-            reads = await self._read_window(since, until, WindowTimes(self._position_at, until_at))
+            times = WindowTimes(self._position_at, until_at)
+            reads = await self._read_window(since, until, times)
+            own = await self._own_leavers(since, until, times)
         except ResyncRequired:
             # The history behind the hub's position is gone (compaction raced us): every
             # member re-downloads on its own.
@@ -241,7 +247,7 @@ class LiveHub:
             self._position = await self._staging.current_checkpoint()
             self._position_at = self.clock()
             return
-        self._deliver(reads, until, until_at)
+        self._deliver(reads, own, until, until_at)
         self._position, self._position_at = until, until_at
 
     async def _read_window(
@@ -282,6 +288,41 @@ class LiveHub:
                 raise ResyncRequired(f"checkpoint xmin {since.xmin} is older than {horizon}")
         return reads
 
+    async def _own_leavers(
+        self, since: Checkpoint, until: Checkpoint, times: WindowTimes
+    ) -> dict[LiveMember, list[PreparedFrame]]:
+        """Per member that uploaded in the window: deletes of the rows it wrote that no
+        longer match its filters (``feed.own_leavers``). Shared partitions cannot say so:
+        they know what a device held at the window's start, not what it wrote since. One
+        statement per window, and a read per filtered entity of each member that wrote."""
+        if until == since:
+            return {}
+        origins = await origins_in_window(self._staging.fetch, since, until)
+        writers = [m for m in self._members if m.origin is not None and m.origin in origins]
+        own: dict[LiveMember, list[PreparedFrame]] = {}
+        for member in writers:
+            assert member.origin is not None
+            frames: list[PreparedFrame] = []
+            for sub in member.plan.subscriptions:
+                if sub.filter is None:
+                    continue  # unfiltered: the window's deletes pass covers every key
+                pages = own_leavers(
+                    self._staging.fetch,
+                    sub.at(times),
+                    since,
+                    until,
+                    member.origin,
+                    self._batch_size,
+                    times.until,
+                )
+                async for batch in pages:
+                    frames.extend(
+                        encode_changes_within(batch.entity, (), batch.deletes, self._max_frame_size)
+                    )
+            if frames:
+                own[member] = frames
+        return own
+
     async def _touched(self, since: Checkpoint, partitions: list[Partition]) -> list[Partition]:
         """The partitions a window since ``since`` may have rows for: every whole partition,
         and the pieces of split ones whose value a written row held (one statement per split
@@ -317,9 +358,16 @@ class LiveHub:
         written = await written_since(self._staging.fetch, since, names)
         return [p for p in whole if p.time_relative or tables[p] & written]
 
-    def _deliver(self, reads: dict[str, _Read], until: Checkpoint, until_at: datetime) -> None:
-        """Offer every member with something in ``reads`` its frames and a checkpoint."""
-        mine: dict[LiveMember, list[_Read]] = {}
+    def _deliver(
+        self,
+        reads: dict[str, _Read],
+        own: dict[LiveMember, list[PreparedFrame]],
+        until: Checkpoint,
+        until_at: datetime,
+    ) -> None:
+        """Offer every member with something in ``reads`` or ``own`` its frames and a
+        checkpoint."""
+        mine: dict[LiveMember, list[_Read]] = {m: [] for m in own if m in self._members}
         for key, read in reads.items():
             live = self._partitions.get(key)
             if live is None:
@@ -330,6 +378,7 @@ class LiveHub:
         for member, parts in mine.items():
             frames = [f for r in parts for f in r.deletes]
             frames.extend(f for r in parts for f in r.upserts)
+            frames.extend(own.get(member, ()))
             frames.append(member.checkpoint_frame(until, until_at))
             if member.offer(frames):
                 member.checkpoint, member.checkpoint_at = until, until_at

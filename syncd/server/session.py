@@ -83,6 +83,7 @@ from syncd.server.sync_token import (
 from syncd.server.uploads import apply_upload_batch
 from syncd.store import ChangeBatch, ChangeStream, Checkpoint, CheckpointAhead, ResyncRequired
 from syncd.store.feed import WindowTimes
+from syncd.store.uploads import origin_of
 
 __all__ = ["DeviceSession", "SessionSettings"]
 
@@ -289,7 +290,13 @@ class DeviceSession:
             else:
                 await self._outbox.put(CheckpointMsg(token=token_bytes))
             member = LiveMember(
-                plan, until, until_at, self._outbox.offer, self._on_dropped, self._live_checkpoint
+                plan,
+                until,
+                until_at,
+                self._outbox.offer,
+                self._on_dropped,
+                self._live_checkpoint,
+                self._origin(),
             )
             self._dropped, self._replan = None, False
             await self.org.hub.join(member, self._send_gap)
@@ -391,7 +398,14 @@ class DeviceSession:
             incremental, initial = [], list(plan.subscriptions)
         until, until_at = window.checkpoint, self.org.hub.clock()
         times = WindowTimes(resume.at, until_at)
-        stream = ChangeStream(staging, window.since, until, timed(incremental, times), batch_size)
+        stream = ChangeStream(
+            staging,
+            window.since,
+            until,
+            timed(incremental, times),
+            batch_size,
+            origin=self._origin(),
+        )
         async for batch, size in self._batches(stream):
             meter.add(batch, size)
         done = {s.entity.name for s in incremental}
@@ -473,6 +487,11 @@ class DeviceSession:
     def _live_checkpoint(self, until: Checkpoint, at: datetime) -> PreparedFrame:
         return prepare(CheckpointMsg(token=self._seal(until, at)))
 
+    def _origin(self) -> str:
+        """How the change log names this device's own uploads."""
+        assert self._claims is not None
+        return origin_of(self._claims.subject, self.device_id)
+
     def _binding(self) -> Binding:
         assert self.org is not None
         assert self._claims is not None
@@ -489,7 +508,9 @@ class DeviceSession:
         if since == until and times.since == times.until:
             return
         subs = timed(self._plan.subscriptions, times)
-        stream = ChangeStream(self.org.staging, since, until, subs, self._settings.batch_size)
+        stream = ChangeStream(
+            self.org.staging, since, until, subs, self._settings.batch_size, origin=self._origin()
+        )
         async for _batch in self._batches(stream, wait=False):
             pass
         if self._conn.state is not State.SYNCING:

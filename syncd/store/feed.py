@@ -324,8 +324,15 @@ def _window(x: str, p: int) -> str:
 
 
 async def incremental_pages(
-    fetch: Fetch, sub: Subscription, since: Checkpoint, snapshot: Checkpoint, batch_size: int
+    fetch: Fetch,
+    sub: Subscription,
+    since: Checkpoint,
+    snapshot: Checkpoint,
+    batch_size: int,
+    origin: str | None = None,
 ) -> AsyncIterator[ChangeBatch]:
+    """The window (since, snapshot] of one subscription, for a device that held its rows as
+    of `since` plus, when `origin` names it, the rows it wrote itself in the window."""
     now = sub.times.until if sub.times is not None else datetime.now(UTC)
     then = sub.times.since if sub.times is not None and sub.times.since is not None else now
     async for batch in _window_upserts(fetch, sub, since, snapshot, batch_size, now):
@@ -336,6 +343,9 @@ async def incremental_pages(
         return
     async for batch in _window_leavers(fetch, sub, since, snapshot, batch_size, then, now):
         yield batch
+    if origin is not None:
+        async for batch in own_leavers(fetch, sub, since, snapshot, origin, batch_size, now):
+            yield batch
     deps = dependencies(sub)
     timed = then != now and time_relative(sub)
     if timed or (deps and await _changed_in_window(fetch, deps, since, snapshot)):
@@ -495,6 +505,57 @@ async def _window_leavers(
         if len(rows) < batch_size:
             return
         rows = await fetch(f"{select} AND {cursor} {order}", *params, rows[-1][0], rows[-1][1])
+
+
+async def origins_in_window(fetch: Fetch, since: Checkpoint, snapshot: Checkpoint) -> set[str]:
+    """The devices (``uploads.origin_of``) that wrote anything in the window."""
+    sql = (
+        "SELECT DISTINCT c.origin FROM _syncd_changes c"
+        f" WHERE c.origin IS NOT NULL AND {_window('c.txid', 1)}"
+    )
+    return {r[0] for r in await fetch(sql, *_window_params(since, snapshot))}
+
+
+async def own_leavers(
+    fetch: Fetch,
+    sub: Subscription,
+    since: Checkpoint,
+    snapshot: Checkpoint,
+    origin: str,
+    batch_size: int,
+    now: datetime,
+) -> AsyncIterator[ChangeBatch]:
+    """Tombstones of keys the device itself wrote in the window that have no matching row
+    in S.
+
+    The other passes know what a device holds from the window's start: a row it uploaded
+    after that (an insert, or an update of a row it had) is on the device at the state it
+    wrote, whatever the before-image says. If the row then left the device's filter, or was
+    deleted, in the same window, only this pass says so. The keys are the device's own, so
+    sending them reveals nothing (DESIGN.md, decision 3).
+    """
+    e = sub.entity
+    k = ident(e.key)
+    params: list[object] = [e.name, *_window_params(since, snapshot), origin, batch_size]
+    now_in = _filter_at(sub, row_column("r"), params, snapshot, now)
+    key_wire = {"integer": "c.key::bigint"}.get(e.key_column.type, "c.key")
+    select = f"""
+        SELECT DISTINCT c.key, {key_wire}
+        FROM _syncd_changes c
+        WHERE c.origin = $6 AND c.entity = $1 AND {_window("c.txid", 2)}
+          AND NOT EXISTS (
+              SELECT 1 FROM {ident(e.name)} r
+              WHERE r.{k} = {from_wire(e.key_column, "c.key")}
+                AND pg_visible_in_snapshot(r._txid, $5::pg_snapshot) AND ({now_in})
+              OFFSET 0)"""
+    order = "ORDER BY c.key LIMIT $7"
+    rows = await fetch(f"{select} {order}", *params)
+    while rows:
+        yield ChangeBatch(e.name, (), [r[1] for r in rows])
+        if len(rows) < batch_size:
+            return
+        after = f"AND c.key > ${len(params) + 1}"
+        rows = await fetch(f"{select} {after} {order}", *params, rows[-1][0])
 
 
 async def _changed_in_window(

@@ -40,6 +40,13 @@ CREATE TABLE IF NOT EXISTS _syncd_changes (
     old    jsonb,
     at     timestamptz NOT NULL DEFAULT now()
 );
+-- The device whose upload made the change (NULL for the ingest role and everyone else):
+-- a device holds the rows it wrote, so a window must account for them (syncd/store/feed.py).
+ALTER TABLE _syncd_changes ADD COLUMN IF NOT EXISTS origin text;
+CREATE INDEX IF NOT EXISTS _syncd_changes_origin ON _syncd_changes (origin, entity, txid)
+    WHERE origin IS NOT NULL;
+CREATE INDEX IF NOT EXISTS _syncd_changes_uploads ON _syncd_changes (txid)
+    WHERE origin IS NOT NULL;
 CREATE INDEX IF NOT EXISTS _syncd_changes_window ON _syncd_changes (entity, txid, seq);
 CREATE INDEX IF NOT EXISTS _syncd_changes_key ON _syncd_changes (entity, key, seq);
 CREATE INDEX IF NOT EXISTS _syncd_changes_deletes ON _syncd_changes (entity, txid, seq)
@@ -123,27 +130,31 @@ def _log_functions(e: Entity) -> str:
     GET DIAGNOSTICS n_rows = ROW_COUNT;
     IF n_rows > 0 THEN PERFORM pg_notify('{NOTIFY_CHANNEL}', TG_TABLE_NAME); END IF;
     RETURN NULL;"""
-    head = "RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE n_rows bigint; BEGIN"
+    # ``syncd.origin`` is set (transaction-local) by an upload; read once per statement.
+    head = (
+        "RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE n_rows bigint;"
+        " origin text := nullif(current_setting('syncd.origin', true), ''); BEGIN"
+    )
     return f"""
 CREATE OR REPLACE FUNCTION {_fn("ins", e)}() {head}
-    INSERT INTO _syncd_changes (txid, seq, entity, key, op)
-    SELECT pg_current_xact_id(), nextval('_syncd_seq'), TG_TABLE_NAME, n.{k}::text, 'u'
+    INSERT INTO _syncd_changes (txid, seq, entity, key, op, origin)
+    SELECT pg_current_xact_id(), nextval('_syncd_seq'), TG_TABLE_NAME, n.{k}::text, 'u', origin
     FROM _new n;{notify}
 END $$;
 CREATE OR REPLACE FUNCTION {_fn("upd", e)}() {head}
     EXECUTE $q$
-    INSERT INTO _syncd_changes (txid, seq, entity, key, op, old)
-    SELECT pg_current_xact_id(), nextval('_syncd_seq'), $1, n.{k}::text, 'u', to_jsonb(o)
+    INSERT INTO _syncd_changes (txid, seq, entity, key, op, old, origin)
+    SELECT pg_current_xact_id(), nextval('_syncd_seq'), $1, n.{k}::text, 'u', to_jsonb(o), $2
     FROM _new n LEFT JOIN _old o ON o.{k} = n.{k}
     UNION ALL
-    SELECT pg_current_xact_id(), nextval('_syncd_seq'), $1, o.{k}::text, 'd', to_jsonb(o)
+    SELECT pg_current_xact_id(), nextval('_syncd_seq'), $1, o.{k}::text, 'd', to_jsonb(o), $2
     FROM _old o WHERE NOT EXISTS (SELECT 1 FROM _new n WHERE n.{k} = o.{k})
-    $q$ USING TG_TABLE_NAME;{notify}
+    $q$ USING TG_TABLE_NAME, origin;{notify}
 END $$;
 CREATE OR REPLACE FUNCTION {_fn("del", e)}() {head}
-    INSERT INTO _syncd_changes (txid, seq, entity, key, op, old)
+    INSERT INTO _syncd_changes (txid, seq, entity, key, op, old, origin)
     SELECT pg_current_xact_id(), nextval('_syncd_seq'), TG_TABLE_NAME, o.{k}::text, 'd',
-           to_jsonb(o)
+           to_jsonb(o), origin
     FROM _old o;{notify}
 END $$;
 CREATE OR REPLACE TRIGGER _syncd_stamp BEFORE INSERT OR UPDATE ON {t}

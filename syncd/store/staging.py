@@ -239,7 +239,10 @@ class ChangeStream:
         batch_size: int,
         *,
         initial_after: Mapping[str, Any] | None = None,
+        origin: str | None = None,
     ) -> None:
+        """`origin` names the device the window is for (``uploads.origin_of``): rows it
+        wrote itself in the window are accounted for as rows it holds."""
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
         self._store = store
@@ -248,6 +251,7 @@ class ChangeStream:
         self._subscriptions = subscriptions
         self._batch_size = batch_size
         self._initial_after = dict(initial_after or {})
+        self._origin = origin
 
     async def __aiter__(self) -> AsyncGenerator[ChangeBatch, None]:
         fetch = self._store.fetch
@@ -263,7 +267,7 @@ class ChangeStream:
                         yield batch
             else:
                 window = incremental_pages(
-                    fetch, sub, self.since, self.checkpoint, self._batch_size
+                    fetch, sub, self.since, self.checkpoint, self._batch_size, self._origin
                 )
                 async for batch in window:
                     yield batch

@@ -59,6 +59,7 @@ __all__ = [
     "UploadIdentity",
     "apply_upload",
     "key_text",
+    "origin_of",
 ]
 
 _log = logging.getLogger(__name__)
@@ -82,6 +83,12 @@ class UploadIdentity:
     user_id: str
     device_id: str
     batch_id: str
+
+
+def origin_of(user_id: str, device_id: str) -> str:
+    """How the change log names a device's own writes: user and device, unambiguously (a
+    device id is only unique per user)."""
+    return f"{len(user_id)}:{user_id}{device_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +141,16 @@ async def apply_upload(
     path the caller takes when the set-based path hit such an error.
     """
     async with conn.transaction():
+        # The claim also marks every change this transaction logs as the device's own
+        # (``_syncd_changes.origin``): the device holds what it wrote (feed.own_leavers).
         claimed = await conn.fetchval(
             "INSERT INTO _syncd_upload_batches (user_id, batch_id, device_id)"
-            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1",
+            " SELECT $1, $2, $3 FROM (SELECT set_config('syncd.origin', $4, true)) o"
+            " ON CONFLICT DO NOTHING RETURNING 1",
             who.user_id,
             who.batch_id,
             who.device_id,
+            origin_of(who.user_id, who.device_id),
         )
         if claimed is None:
             stored = await conn.fetchval(

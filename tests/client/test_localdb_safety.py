@@ -249,3 +249,31 @@ def test_resync_of_everything_keeps_the_outbox(db: LocalDB) -> None:
     assert sorted(r[1] for r in db.rows("account")) == ["edited", "new"]
     db.apply_batch([("account", [account("a1", "A", 1), account("a2", "B", 1)], [])], b"cp-2")
     assert sorted(r[1] for r in db.rows("account")) == ["B", "edited", "new"]
+
+
+def test_a_feed_delete_of_a_row_in_flight_is_not_undone_by_its_result(db: LocalDB) -> None:
+    """The device inserts a row; while the upload is in flight the feed says the row left
+    this device (the server's own-writes pass: it left the user's filters right after the
+    insert committed). The applied result, arriving after, must not bring it back."""
+    db.insert("account", {"id": NEW, "name": "new"})
+    batch = db.next_upload_batch(10)
+    assert batch is not None
+    db.apply_batch([("account", [], [NEW])], b"cp-after-the-move")
+    db.complete_upload(batch.batch_id, [UploadResult("applied", 11, row=_new_row("new", 11))])
+    assert db.rows("account") == []
+    assert db.pending_count() == 0
+    # and the mark is gone with the edit: the key may come back through the feed later
+    db.apply_batch([("account", [_new_row("back", 20)], [])], None)
+    assert db.rows("account") == [stored(_new_row("back", 20))]
+
+
+def test_a_row_the_feed_brings_back_after_its_delete_is_kept(db: LocalDB) -> None:
+    db.apply_batch([("account", [account("a1", "Acme", 4)], [])], b"cp")
+    db.update("account", "a1", {"name": "mine"})
+    batch = db.next_upload_batch(10)
+    assert batch is not None
+    db.apply_batch([("account", [], ["a1"])], None)  # left the filters...
+    db.apply_batch([("account", [account("a1", "Acme", 9)], [])], None)  # ...and came back
+    server = account("a1", "mine", 10)
+    db.complete_upload(batch.batch_id, [UploadResult("applied", 10, row=server)])
+    assert db.rows("account") == [stored(server)]

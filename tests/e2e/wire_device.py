@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +67,20 @@ class WireDevice:
     rows: Rows = field(default_factory=dict)
     _pending: list[Changes] = field(default_factory=list)
 
-    async def sync(self, *, cut_after_changes: int | None = None, ack: bool = True) -> Session:
+    async def sync(
+        self,
+        *,
+        cut_after_changes: int | None = None,
+        ack: bool = True,
+        live: asyncio.Event | None = None,
+        until: Callable[[WireDevice], bool] | None = None,
+    ) -> Session:
         """Connect, send Hello with the stored token and read until caught_up (or until
         `cut_after_changes` Changes frames arrived: then the link is dropped, as a phone
-        losing signal would, and everything not yet checkpointed is lost)."""
+        losing signal would, and everything not yet checkpointed is lost).
+
+        With `until`, stay live after caught_up (setting `live`) and keep applying what the
+        server sends until ``until(self)`` holds after a checkpoint."""
         session = Session()
         self._pending.clear()
         reader, writer = await asyncio.open_connection(
@@ -84,6 +95,7 @@ class WireDevice:
         try:
             writer.write(conn.send(hello))
             changes = 0
+            caught_up = False
             while True:
                 event = conn.next_event()
                 if event is NEED_DATA:
@@ -112,6 +124,10 @@ class WireDevice:
                     if ack:
                         writer.write(conn.send(Ack(checkpoint=event.token)))
                     if isinstance(event, CaughtUp):
+                        caught_up = True
+                        if live is not None:
+                            live.set()
+                    if caught_up and (until is None or until(self)):
                         writer.write(conn.send(Goodbye(reason="caught up")))
                         return session
         except Cut:
