@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, assert_never
 from typing import Literal as TypingLiteral
-from typing import assert_never
 
 from syncd.filters.nodes import (
     AllRows,
@@ -60,9 +60,32 @@ class BindError(ValueError):
     """A device's parameters do not fit a filter (missing claim, wrong type)."""
 
 
+# Every bound node answers three questions about itself, which the plan, the feed and the
+# live hub ask of a whole tree: ``identity`` (equal exactly when two nodes select the same
+# rows: plans hash it, the hub groups devices by it), ``tables`` (the other staging tables
+# whose writes can move rows in or out) and ``reads_clock`` (whether the passing of time can).
+# A node that depends on neither moves only when its own row is written, which is what lets a
+# filter split into partitions (``syncd.filters.partition``).
+
+
+def _v(value: object) -> Any:
+    """A bound value in identity form: JSON scalars as is, others tagged with their type."""
+    return value if isinstance(value, bool | int | str) else [type(value).__name__, str(value)]
+
+
+_NONE: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class BAll:
-    pass
+    def identity(self) -> Any:
+        return ["all"]
+
+    def tables(self) -> frozenset[str]:
+        return _NONE
+
+    def reads_clock(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +94,31 @@ class BCompare:
     op: CompareOp
     value: object
 
+    def identity(self) -> Any:
+        return [self.op, self.column.name, _v(self.value)]
+
+    def tables(self) -> frozenset[str]:
+        return _NONE
+
+    def reads_clock(self) -> bool:
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class BIn:
     column: Column
     values: tuple[object, ...]
     negated: bool
+
+    def identity(self) -> Any:
+        op = "not_in" if self.negated else "in"
+        return [op, self.column.name, [_v(v) for v in self.values]]
+
+    def tables(self) -> frozenset[str]:
+        return _NONE
+
+    def reads_clock(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +129,30 @@ class BMember:
     user: object  # the user id, typed like the membership table's user column
     negated: bool
 
+    def identity(self) -> Any:
+        op = "not_member" if self.negated else "member"
+        return [op, self.column.name, self.membership.name, _v(self.user)]
+
+    def tables(self) -> frozenset[str]:
+        return frozenset((self.table.name,))
+
+    def reads_clock(self) -> bool:
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class BIsNull:
     column: Column
     negated: bool
+
+    def identity(self) -> Any:
+        return ["not_null" if self.negated else "is_null", self.column.name]
+
+    def tables(self) -> frozenset[str]:
+        return _NONE
+
+    def reads_clock(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +161,15 @@ class BBetween:
     low: object
     high: object
 
+    def identity(self) -> Any:
+        return ["between", self.column.name, _v(self.low), _v(self.high)]
+
+    def tables(self) -> frozenset[str]:
+        return _NONE
+
+    def reads_clock(self) -> bool:
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class BWithin:
@@ -107,30 +177,75 @@ class BWithin:
     direction: TypingLiteral["last", "next"]
     seconds: int
 
+    def identity(self) -> Any:
+        return ["within", self.column.name, self.direction, self.seconds]
+
+    def tables(self) -> frozenset[str]:
+        return _NONE
+
+    def reads_clock(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True, slots=True)
 class BRelated:
     via: Column
     parent: BoundTree
 
+    def identity(self) -> Any:
+        return ["related", self.via.name, self.parent.identity()]
+
+    def tables(self) -> frozenset[str]:
+        return frozenset((self.parent.entity.name,)) | self.parent.tables()
+
+    def reads_clock(self) -> bool:
+        return self.parent.reads_clock()
+
 
 @dataclass(frozen=True, slots=True)
 class BAnd:
     items: tuple[BoundNode, ...]
+
+    def identity(self) -> Any:
+        return ["and", [i.identity() for i in self.items]]
+
+    def tables(self) -> frozenset[str]:
+        return frozenset().union(*(i.tables() for i in self.items))
+
+    def reads_clock(self) -> bool:
+        return any(i.reads_clock() for i in self.items)
 
 
 @dataclass(frozen=True, slots=True)
 class BOr:
     items: tuple[BoundNode, ...]
 
+    def identity(self) -> Any:
+        return ["or", [i.identity() for i in self.items]]
+
+    def tables(self) -> frozenset[str]:
+        return frozenset().union(*(i.tables() for i in self.items))
+
+    def reads_clock(self) -> bool:
+        return any(i.reads_clock() for i in self.items)
+
 
 @dataclass(frozen=True, slots=True)
 class BNot:
     item: BoundNode
 
+    def identity(self) -> Any:
+        return ["not", self.item.identity()]
 
-#: The closed unions of bound nodes: every compiler matches over them and ends in
-#: ``assert_never``, so mypy names each place a new kind must be handled.
+    def tables(self) -> frozenset[str]:
+        return self.item.tables()
+
+    def reads_clock(self) -> bool:
+        return self.item.reads_clock()
+
+
+#: The closed unions of bound nodes: the compilers (``syncd.filters.sql``, ``memory``) match
+#: over them and end in ``assert_never``, so mypy names each place a new kind must be handled.
 BoundLeaf = BAll | BCompare | BIn | BMember | BIsNull | BBetween | BWithin | BRelated
 BoundNode = BoundLeaf | BAnd | BOr | BNot
 
@@ -142,6 +257,15 @@ class BoundTree:
     entity: Entity
     root: BoundNode | None
     depth: int  # 0 for the subscribed entity, +1 per related parent (SQL alias names)
+
+    def identity(self) -> list[Any]:
+        return [self.entity.name, None if self.root is None else self.root.identity()]
+
+    def tables(self) -> frozenset[str]:
+        return _NONE if self.root is None else self.root.tables()
+
+    def reads_clock(self) -> bool:
+        return self.root is not None and self.root.reads_clock()
 
 
 def bind_tree(

@@ -8,7 +8,8 @@ by it, so users whose filters bind to the same values share one query and one en
 
 ``dependencies`` names the other staging tables whose writes can move rows in or out
 (related parents, membership tables) and ``time_relative`` says whether the passing of time
-can: the feed needs both to widen a window beyond the rows that changed themselves.
+can: the feed needs both to widen a window beyond the rows that changed themselves. Each bound
+node answers these three questions of itself (``syncd.filters.bound``).
 """
 
 from __future__ import annotations
@@ -16,25 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, assert_never
+from typing import Any
 
-from syncd.filters.bound import (
-    BAll,
-    BAnd,
-    BBetween,
-    BCompare,
-    BIn,
-    BindError,
-    BIsNull,
-    BMember,
-    BNot,
-    BOr,
-    BoundNode,
-    BoundTree,
-    BRelated,
-    BWithin,
-    bind_tree,
-)
+from syncd.filters.bound import BindError, BoundTree, bind_tree
 from syncd.filters.memory import Lookup, matches
 from syncd.filters.sql import ColumnSql, TableSql, TouchedSql, compile_moved, compile_tree
 from syncd.model import ClientModel, Entity, Profile
@@ -99,15 +84,15 @@ class BoundFilter:
 
     @property
     def identity(self) -> list[Any]:
-        return _tree_identity(self.tree)
+        return self.tree.identity()
 
     @property
     def dependencies(self) -> frozenset[str]:
-        return _dependencies(self.tree)
+        return self.tree.tables()
 
     @property
     def time_relative(self) -> bool:
-        return _any_within(self.tree)
+        return self.tree.reads_clock()
 
 
 def bind_filter(
@@ -120,95 +105,3 @@ def bind_filter(
     """The bound filter of ``entity`` in ``profile``; None when the profile takes all rows."""
     tree = bind_tree(model, profile, entity, params, user)
     return None if tree.root is None else BoundFilter(tree)
-
-
-def _nodes(n: BoundNode) -> list[BoundNode]:
-    match n:
-        case BAnd() | BOr():
-            return [n, *(m for i in n.items for m in _nodes(i))]
-        case BNot():
-            return [n, *_nodes(n.item)]
-        case BAll() | BCompare() | BIn() | BMember() | BIsNull() | BBetween() | BWithin():
-            return [n]
-        case BRelated():
-            return [n]  # the parent's filter is a tree of its own
-        case _:
-            assert_never(n)
-
-
-def _dependencies(tree: BoundTree) -> frozenset[str]:
-    """Other staging tables whose writes can move rows of ``tree``'s entity."""
-    if tree.root is None:
-        return frozenset()
-    out: set[str] = set()
-    for n in _nodes(tree.root):
-        match n:
-            case BMember():
-                out.add(n.table.name)
-            case BRelated():
-                out.add(n.parent.entity.name)
-                out |= _dependencies(n.parent)
-            case BAll() | BCompare() | BIn() | BIsNull() | BBetween() | BWithin():
-                pass  # reads the row itself (and the clock)
-            case BAnd() | BOr() | BNot():
-                pass  # their items are in the list too
-            case _:
-                assert_never(n)
-    return frozenset(out)
-
-
-def _any_within(tree: BoundTree) -> bool:
-    """Whether the passing of time alone can move rows of ``tree``'s entity."""
-    if tree.root is None:
-        return False
-    for n in _nodes(tree.root):
-        match n:
-            case BWithin():
-                return True
-            case BRelated():
-                if _any_within(n.parent):
-                    return True
-            case BAll() | BCompare() | BIn() | BMember() | BIsNull() | BBetween():
-                pass
-            case BAnd() | BOr() | BNot():
-                pass  # their items are in the list too
-            case _:
-                assert_never(n)
-    return False
-
-
-def _v(value: object) -> Any:
-    return value if isinstance(value, bool | int | str) else [type(value).__name__, str(value)]
-
-
-def _tree_identity(tree: BoundTree) -> list[Any]:
-    return [tree.entity.name, None if tree.root is None else _identity(tree.root)]
-
-
-def _identity(n: BoundNode) -> Any:
-    match n:
-        case BAll():
-            return ["all"]
-        case BAnd():
-            return ["and", [_identity(i) for i in n.items]]
-        case BOr():
-            return ["or", [_identity(i) for i in n.items]]
-        case BNot():
-            return ["not", _identity(n.item)]
-        case BRelated():
-            return ["related", n.via.name, _tree_identity(n.parent)]
-        case BCompare():
-            return [n.op, n.column.name, _v(n.value)]
-        case BIn():
-            return ["not_in" if n.negated else "in", n.column.name, [_v(v) for v in n.values]]
-        case BMember():
-            op = "not_member" if n.negated else "member"
-            return [op, n.column.name, n.membership.name, _v(n.user)]
-        case BIsNull():
-            return ["not_null" if n.negated else "is_null", n.column.name]
-        case BBetween():
-            return ["between", n.column.name, _v(n.low), _v(n.high)]
-        case BWithin():
-            return ["within", n.column.name, n.direction, n.seconds]
-        case _:
-            assert_never(n)

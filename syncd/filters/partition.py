@@ -29,23 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import assert_never
 
-from syncd.filters.bound import (
-    BAll,
-    BAnd,
-    BBetween,
-    BCompare,
-    BIn,
-    BIsNull,
-    BMember,
-    BNot,
-    BOr,
-    BoundNode,
-    BoundTree,
-    BRelated,
-    BWithin,
-)
+from syncd.filters.bound import BAnd, BCompare, BIn, BoundNode, BoundTree
 from syncd.filters.nodes import And, Compare, FilterNode, InList, Param
 from syncd.filters.sql import TouchedSql
 from syncd.model import Column, Entity
@@ -122,17 +107,7 @@ def _with(tree: BoundTree, root: BoundNode) -> BoundTree:
 
 def _plain(n: BoundNode) -> bool:
     """True when ``n`` depends only on the row's own columns (no other table, no clock)."""
-    match n:
-        case BMember() | BRelated() | BWithin():
-            return False
-        case BAnd() | BOr():
-            return all(_plain(i) for i in n.items)
-        case BNot():
-            return _plain(n.item)
-        case BAll() | BCompare() | BIn() | BIsNull() | BBetween():
-            return True
-        case _:
-            assert_never(n)
+    return not n.tables() and not n.reads_clock()
 
 
 def touched_sql(

@@ -1,8 +1,9 @@
 """Every filter node class is in its closed union, which the compilers match over.
 
-The compilers (bind, SQL, in-memory, identity, dependencies, partitions) end each ``match``
-in ``assert_never``, so mypy names every one a new kind must handle, but only for kinds in
-the union: a node class defined and left out of it would slip past. These tests close that.
+The compilers (bind, SQL, moved rows, in-memory) end each ``match`` in ``assert_never``, and
+the plan calls each bound node's ``identity``/``tables``/``reads_clock`` through the union, so
+mypy names every place a new kind must be handled, but only for kinds in the union: a node
+class defined and left out of it would slip past. These tests close that.
 """
 
 from __future__ import annotations
