@@ -76,6 +76,9 @@ class HealthMonitor:
         self._retry_ms = retry_ms
         self.control_error: str | None = None
         self.org_errors: dict[str, str] = {}
+        # Which runtime each org's result is about: an org removed and added again while
+        # a probe ran has a new runtime (and database) the old result says nothing of.
+        self._probed: dict[str, object] = {}
         self.restarting: str | None = None  # set by EmbeddedSupervisor
         self._wake = asyncio.Event()
 
@@ -111,7 +114,9 @@ class HealthMonitor:
     async def check(self) -> None:
         """Probe every database once and publish the result."""
         control_error = await self._probe(self._control.ping, self._control.pool_saturated)
-        orgs = self._registry.all()
+        # An org without a model has no staging database yet (it is created with the
+        # first model) and nothing to serve: probing it would only mark it down.
+        orgs = [org for org in self._registry.all() if org.model is not None]
         results = await asyncio.gather(
             *(
                 self._probe(
@@ -123,6 +128,7 @@ class HealthMonitor:
         org_errors = {
             org.name: error for org, error in zip(orgs, results, strict=True) if error is not None
         }
+        self._probed = {org.name: org for org in orgs}
         self._publish(control_error, org_errors)
 
     async def _probe(
@@ -172,7 +178,7 @@ class HealthMonitor:
             0 if self.control_error is not None or self.restarting else 1
         )
         for org in self._registry.all():
-            error = self.org_errors.get(org.name)
+            error = self.org_errors.get(org.name) if self._probed.get(org.name) is org else None
             if everything_down is not None:
                 org.unavailable = f"org {org.name!r} cannot be served now: {everything_down}"
             elif error is not None:

@@ -736,9 +736,10 @@ class DeviceSession:
         except (ConnectionError, OSError):
             self._finish_with(_End(None))
         except LocalProtocolError:
-            if conn.state is State.CLOSED:
-                # The device ended the session (goodbye, error, end of stream) while a ping or
-                # a result was queued: nothing more may be sent, nothing went wrong.
+            if conn.state in (State.CLOSING, State.CLOSED):
+                # The session was ending (going_away sent, or the device said goodbye, erred or
+                # hung up) while sync frames or a ping were queued: they may no longer be
+                # sent, and nothing went wrong.
                 self._finish_with(_End(None))
                 return
             # Our bug, not the device's (a frame we could not send): end the session with a

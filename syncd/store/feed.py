@@ -538,7 +538,7 @@ async def own_leavers(
     k = ident(e.key)
     params: list[object] = [e.name, *_window_params(since, snapshot), origin, batch_size]
     now_in = _filter_at(sub, row_column("r"), params, snapshot, now)
-    key_wire = {"integer": "c.key::bigint"}.get(e.key_column.type, "c.key")
+    key_wire = key_text_to_wire(e.key_column, "c.key")
     select = f"""
         SELECT DISTINCT c.key, {key_wire}
         FROM _syncd_changes c

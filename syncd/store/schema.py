@@ -38,11 +38,19 @@ CREATE TABLE IF NOT EXISTS _syncd_changes (
     key    text        NOT NULL,
     op     "char"      NOT NULL,
     old    jsonb,
-    at     timestamptz NOT NULL DEFAULT now()
+    at     timestamptz NOT NULL DEFAULT now(),
+    -- The device whose upload made the change (NULL for the ingest role and everyone
+    -- else): a device holds the rows it wrote, so a window accounts for them (feed.py).
+    origin text
 );
--- The device whose upload made the change (NULL for the ingest role and everyone else):
--- a device holds the rows it wrote, so a window must account for them (syncd/store/feed.py).
-ALTER TABLE _syncd_changes ADD COLUMN IF NOT EXISTS origin text;
+-- Databases made before the column existed get it once; checked first, so that a model
+-- push never takes ALTER TABLE's exclusive lock on the change log when it need not.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = '_syncd_changes'::regclass AND attname = 'origin') THEN
+        ALTER TABLE _syncd_changes ADD COLUMN origin text;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS _syncd_changes_origin ON _syncd_changes (origin, entity, txid)
     WHERE origin IS NOT NULL;
 CREATE INDEX IF NOT EXISTS _syncd_changes_uploads ON _syncd_changes (txid)

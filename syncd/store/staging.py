@@ -37,6 +37,8 @@ __all__ = ["ChangeStream", "StagingStore", "create_database", "drop_database"]
 # Settings for every staging connection: custom plans because a generic plan for a filtered
 # page query can be 30x slower (CEILINGS.md); JIT only adds compile time to short pages.
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
+#: How often a model's DDL is tried when it deadlocks with live uploads (see provision).
+PROVISION_ATTEMPTS = 5
 #: A snapshot with too many running transactions is taken again, this often and this many
 #: times (1 s in all) before the caller is told the database is too busy to checkpoint.
 SNAPSHOT_ATTEMPTS = 50
@@ -112,10 +114,22 @@ class StagingStore:
             await pool.close()
 
     async def provision(self, model: ClientModel) -> None:
-        """Create or evolve the tables for ``model`` (adds only; see schema.py)."""
+        """Create or evolve the tables for ``model`` (adds only; see schema.py).
+
+        The DDL takes a lock on every entity table, in model order, while live uploads
+        lock the tables they write in op order: PostgreSQL may break such a cycle by
+        aborting either side. Both retry (uploads in ``server.uploads``); the schema
+        transaction is all or nothing, so running it again is safe.
+        """
         pool = await self.pool()
-        async with pool.acquire() as conn:
-            await ensure_schema(conn, model)
+        for attempt in range(1, PROVISION_ATTEMPTS + 1):
+            try:
+                async with pool.acquire() as conn:
+                    await ensure_schema(conn, model)
+                return
+            except asyncpg.DeadlockDetectedError:
+                if attempt == PROVISION_ATTEMPTS:
+                    raise
 
     async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
         """One read statement on a borrowed connection, retried once if it was lost."""

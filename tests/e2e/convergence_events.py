@@ -39,8 +39,6 @@ from syncd.client import LocalDB
 from syncd.client.localdb import InvalidEdit, UnknownEntity
 from syncd.client.session import SyncClient
 from syncd.ctl import AdminClient
-from syncd.server.admin_wire import AdminError
-from syncd.server.admin_wire import ErrorCode as AdminErrorCode
 from syncd.store import StagingStore
 from tests.e2e.conftest import RunningDaemon, run_daemon
 from tests.filters.model import field_model
@@ -48,11 +46,6 @@ from tests.filters.model import field_model
 USERS = ("7", "8", "9")
 TEAMS = (1, 2, 3)
 PROFILES = ("sales", "owners", "custom", "claims")
-#: Work-around for a known bug: `model.put` can fail with "internal error" when its
-#: provisioning DDL deadlocks with an upload transaction of a live device (PostgreSQL
-#: DeadlockDetectedError in ensure_schema). The ingest role would retry; so does the test,
-#: so that the bug does not hide every later divergence of the seed. Set to 1 once fixed.
-MODEL_PUT_ATTEMPTS = 3
 #: Codes an edit may legitimately end with in `db.errors()`.
 REFUSALS = frozenset(
     {"CONFLICT", "OUTSIDE_FILTER", "VALIDATION_FAILED", "NOT_WRITABLE", "UNKNOWN_ENTITY"}
@@ -291,13 +284,9 @@ async def push_model(
 ) -> None:
     """What the ingest role does through the admin socket: the model, then assignments."""
     async with await AdminClient.open_unix(running.base / "admin.sock") as admin:
-        for attempt in range(MODEL_PUT_ATTEMPTS):
-            try:
-                await admin.call("model.put", {"org": org, "model": shape.json()})
-                break
-            except AdminError as exc:
-                if exc.code is not AdminErrorCode.INTERNAL or attempt + 1 == MODEL_PUT_ATTEMPTS:
-                    raise
+        # model.put once: its DDL used to deadlock with live uploads ("internal error");
+        # the store retries that itself now (StagingStore.provision).
+        await admin.call("model.put", {"org": org, "model": shape.json()})
         for user, profile in profiles.items():
             await admin.call("profile.assign", {"org": org, "user": user, "profile": profile})
 

@@ -80,11 +80,6 @@ KINDS = (
 #: Events every run holds at least once, each at a seeded step.
 RARE = ("readd", "restart", "borrow", "drop_note", "chain")
 BOUND_S = 30
-#: Work-around for a known bug (tests/e2e/test_convergence_found.py, strict xfail): a
-#: session that uploads ends with a token taken before its uploads committed, so a row the
-#: device inserted, that then leaves its filter before the next session, is never removed.
-#: A device that uploaded syncs once more. Set to False once that test passes.
-SYNC_AGAIN_AFTER_UPLOADS = True
 
 
 def acc(n: int) -> uuid.UUID:
@@ -235,8 +230,6 @@ class Run:
         async with asyncio.timeout(BOUND_S):
             client = self.client(d)
             await client.sync_once()
-            if client.uploads_completed and SYNC_AGAIN_AFTER_UPLOADS:
-                await self.client(d).sync_once()
 
     def go_live(self, d: Device) -> None:
         d.client = self.client(d)
@@ -247,11 +240,7 @@ class Run:
             d.stop.set()
             async with asyncio.timeout(BOUND_S):
                 await d.live
-            uploaded = d.client is not None and d.client.uploads_completed
             d.live, d.client, d.stop = None, None, asyncio.Event()
-            if uploaded and SYNC_AGAIN_AFTER_UPLOADS:
-                async with asyncio.timeout(BOUND_S):
-                    await self.client(d).sync_once()
 
     async def all_offline(self) -> list[Device]:
         """Take every device offline; returns those that were live."""
