@@ -410,7 +410,7 @@ class DeviceSession:
             meter.add(batch, size)
         done = {s.entity.name for s in incremental}
         for sub in timed(initial, times):
-            stream = ChangeStream(staging, None, until, (sub,), batch_size)
+            stream = ChangeStream(staging, None, until, (sub,), batch_size, origin=self._origin())
             await self._send_initial(stream, sub.entity.name, (until, until_at), done, meter)
             done.add(sub.entity.name)
         return until, until_at
@@ -443,6 +443,7 @@ class DeviceSession:
                 (sub,),
                 self._settings.batch_size,
                 initial_after=None if after is None else {name: after},
+                origin=self._origin(),
             )
             await self._send_initial(stream, name, (snapshot, at), done, meter)
             done.add(name)

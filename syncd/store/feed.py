@@ -537,7 +537,9 @@ async def own_leavers(
     e = sub.entity
     k = ident(e.key)
     params: list[object] = [e.name, *_window_params(since, snapshot), origin, batch_size]
-    now_in = _filter_at(sub, row_column("r"), params, snapshot, now)
+    now_in = "true"  # unfiltered: only a row that is gone leaves
+    if sub.filter is not None:
+        now_in = _filter_at(sub, row_column("r"), params, snapshot, now)
     key_wire = key_text_to_wire(e.key_column, "c.key")
     select = f"""
         SELECT DISTINCT c.key, {key_wire}

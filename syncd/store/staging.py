@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,7 +26,7 @@ from syncd.store.checkpoint import (
     ResyncRequired,
     SnapshotBusy,
 )
-from syncd.store.feed import ChangeBatch, Subscription, incremental_pages
+from syncd.store.feed import ChangeBatch, Subscription, incremental_pages, own_leavers
 from syncd.store.initial import initial_pages
 from syncd.store.listen import Listener
 from syncd.store.schema import NOTIFY_CHANNEL, ensure_schema
@@ -234,6 +234,10 @@ def _check_horizon(since: Checkpoint, horizon: int) -> None:
         )
 
 
+#: A snapshot that sees no transaction: the window (it, S] is everything S sees.
+_BEFORE_EVERYTHING = Checkpoint(1, 1)
+
+
 class ChangeStream:
     """Batches of the window (since, checkpoint]; ``checkpoint`` is known from the start and
     is what the device stores once it has applied every batch.
@@ -278,6 +282,22 @@ class ChangeStream:
                     initial_pages(fetch, sub, self.checkpoint, self._batch_size, after=after)
                 ) as pages:
                     async for batch in pages:
+                        yield batch
+                if self._origin is not None:
+                    # A device downloading an entity anew may still hold rows it wrote
+                    # itself (kept through a Resync as edits, then settled): those with no
+                    # matching row at the snapshot go, deleted ones included (no window's
+                    # deletes pass runs here). Everything retained up to it counts.
+                    own = own_leavers(
+                        fetch,
+                        sub,
+                        _BEFORE_EVERYTHING,
+                        self.checkpoint,
+                        self._origin,
+                        self._batch_size,
+                        sub.times.until if sub.times is not None else datetime.now(UTC),
+                    )
+                    async for batch in own:
                         yield batch
             else:
                 window = incremental_pages(

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from protocol import Changes, Resync
 from syncd.client import LocalDB
+from syncd.ctl import AdminClient
 from tests.e2e.conftest import RunningDaemon, org_name
 from tests.e2e.wire_device import WireDevice
 
@@ -106,3 +108,76 @@ async def test_live_hub_removes_an_own_insert_that_left_the_filter_in_the_same_w
     await asyncio.wait_for(deleted.wait(), 20)
     await asyncio.wait_for(session, 20)
     assert writer.keys("account") == set()
+
+
+RANGED: dict[str, Any] = {
+    "entities": {
+        "account": {
+            "key": "id",
+            "columns": {"id": "uuid", "name": "text", "owner_id": "integer"},
+            "writable": ["name", "owner_id"],
+        }
+    },
+    "profiles": {
+        "mine": {
+            "offline": True,
+            "entities": {
+                "account": {"filter": {"column": "owner_id", "op": "between", "value": [1, 9]}}
+            },
+        }
+    },
+    "default_profile": "mine",
+}
+
+
+async def test_a_download_anew_removes_own_rows_the_new_filter_excludes(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    """The SDK keeps a row whose upload is unanswered through a Resync (nothing a user wrote
+    is dropped) and may settle it afterwards; so when a model change makes the device
+    download an entity anew, the server deletes the device's own rows the new filter
+    excludes (the SDK keeps that delete over a late result: tests/client)."""
+    org = org_name()
+    await running.add_org(org, RANGED)
+    phone = WireDevice(running, org, device_id="phone")
+    await phone.sync()
+    key = str(uuid.uuid4())
+    await upload_as(running, org, tmp_path, "phone", key)  # owner 7: inside 1..9
+    narrowed = {
+        **RANGED,
+        "profiles": {
+            "mine": {
+                "offline": True,
+                "entities": {
+                    "account": {"filter": {"column": "owner_id", "op": "between", "value": [1, 5]}}
+                },
+            }
+        },
+    }
+    async with await AdminClient.open_unix(running.base / "admin.sock") as admin:
+        await admin.call("model.put", {"org": org, "model": narrowed})
+    session = await phone.sync()
+    assert [r.entities for r in session.of(Resync)] == [("account",)]
+    assert key in [d for c in session.of(Changes) for d in c.deletes]
+
+
+async def test_a_download_anew_removes_own_rows_deleted_meanwhile_unfiltered_too(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    org = org_name()
+    unfiltered = {**MODEL, "profiles": {"mine": {"offline": True, "entities": {"account": {}}}}}
+    store = await running.add_org(org, unfiltered)
+    phone = WireDevice(running, org, device_id="phone")
+    await phone.sync()
+    key = str(uuid.uuid4())
+    await upload_as(running, org, tmp_path, "phone", key)
+    await store.fetch("DELETE FROM account WHERE id = $1", uuid.UUID(key))
+    renamed = {
+        **unfiltered,
+        "entities": {"account": {**MODEL["entities"]["account"], "writable": ["name"]}},
+    }
+    async with await AdminClient.open_unix(running.base / "admin.sock") as admin:
+        await admin.call("model.put", {"org": org, "model": renamed})
+    session = await phone.sync()
+    assert [r.entities for r in session.of(Resync)] == [("account",)]
+    assert key in [d for c in session.of(Changes) for d in c.deletes]
