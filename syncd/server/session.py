@@ -81,7 +81,14 @@ from syncd.server.sync_token import (
     progress_fits,
 )
 from syncd.server.uploads import apply_upload_batch
-from syncd.store import ChangeBatch, ChangeStream, Checkpoint, CheckpointAhead, ResyncRequired
+from syncd.store import (
+    ChangeBatch,
+    ChangeStream,
+    Checkpoint,
+    CheckpointAhead,
+    ResyncRequired,
+    StoreClosed,
+)
 from syncd.store.feed import WindowTimes
 from syncd.store.uploads import origin_of
 
@@ -193,6 +200,10 @@ class DeviceSession:
             self._metrics.errors.labels(code=exc.code.name).inc()
         except (ConnectionError, asyncio.IncompleteReadError):
             end = None
+        except StoreClosed:
+            # The org was removed (and maybe added again) while this session was starting:
+            # the device reconnects and meets whatever the org is now.
+            end = _End.code(ErrorCode.GOING_AWAY, "the org was reloaded", retry_after_ms=100)
         except Exception:
             _log.exception("session failed")
             end = _End.code(ErrorCode.INTERNAL_ERROR, "internal error", retry_after_ms=1000)

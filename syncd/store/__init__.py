@@ -15,7 +15,7 @@ from syncd.store.ingest import Changeset, apply_changeset, bulk_load
 from syncd.store.listen import Listener
 from syncd.store.orgs import OrgStores
 from syncd.store.schema import NOTIFY_CHANNEL, ProvisionError
-from syncd.store.staging import ChangeStream, StagingStore
+from syncd.store.staging import ChangeStream, StagingStore, StoreClosed
 
 __all__ = [
     "CONFIG_CHANNEL",
@@ -39,6 +39,7 @@ __all__ = [
     "RowFilter",
     "RowPredicate",
     "StagingStore",
+    "StoreClosed",
     "StoredModel",
     "Subscription",
     "TokenKey",

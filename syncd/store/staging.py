@@ -63,6 +63,10 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
+class StoreClosed(Exception):
+    """A query on a staging store that was closed: its org was removed or reloaded."""
+
+
 class StagingStore:
     """The staging database of one org."""
 
@@ -73,6 +77,7 @@ class StagingStore:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        self._closed = False
 
     async def connect(self, **settings: Any) -> asyncpg.Connection:
         """A dedicated connection (not pooled), e.g. for LISTEN or long ingest work."""
@@ -81,6 +86,10 @@ class StagingStore:
         )
 
     async def pool(self) -> asyncpg.Pool:
+        if self._closed:
+            # Closed for good (the org was unloaded): a database of the same name may be
+            # another incarnation's by now, which a lazily reopened pool would silently read.
+            raise StoreClosed(f"the staging store of org {self.org!r} was closed")
         if self._pool is None:
             async with self._pool_lock:
                 if self._pool is None:
@@ -109,6 +118,8 @@ class StagingStore:
         return in_use >= self._max_size and idle == 0
 
     async def close(self) -> None:
+        """Close the pool for good; a later query raises StoreClosed."""
+        self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
