@@ -140,7 +140,8 @@ class LocalDB:
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
-        self._lock = threading.Lock()
+        # Re-entrant: apply_schema swaps the entity cache under the same hold as its commit.
+        self._lock = threading.RLock()
         self._entities: dict[str, Entity] = {}
 
     @classmethod
@@ -233,41 +234,45 @@ class LocalDB:
                 raise InvalidSchema(f"entity {entity.name} appears twice in the model")
             wanted[entity.name] = entity
         recreated: list[str] = []
-        with self._write() as cur:
-            for name, old in self._entities.items():
-                if name not in wanted:
-                    self._withdraw_edits(cur, old)
-                    cur.execute(f"DROP TABLE IF EXISTS {old.table}")
-                    cur.execute(f"DROP TABLE IF EXISTS {old.base}")
-                    cur.execute("DELETE FROM _syncd_schema WHERE entity = ?", (name,))
-            for name, new in wanted.items():
-                old_entity = self._entities.get(name)
-                if old_entity is None:
-                    self._create_tables(cur, new)
-                elif self._needs_recreate(old_entity, new):
-                    cur.execute(f"DROP TABLE {old_entity.table}")
-                    cur.execute(f"DROP TABLE {old_entity.base}")
-                    self._create_tables(cur, new)
-                    recreated.append(name)
-                else:
-                    self._evolve_columns(cur, old_entity, new)
-                cur.execute(
-                    "INSERT OR REPLACE INTO _syncd_schema (entity, key, columns, writable)"
-                    " VALUES (?, ?, ?, ?)",
-                    (
-                        name,
-                        new.key,
-                        orjson.dumps(new.columns).decode(),
-                        orjson.dumps(sorted(new.writable)).decode(),
-                    ),
-                )
-            self._set_meta(cur, _FINGERPRINT, fingerprint)
-            for name in recreated:
-                # Queued edits survive a recreate: replay them onto the empty table now;
-                # rows they edit come back under them as the re-download arrives.
-                for key in self._pending_keys(cur, wanted[name]):
-                    self._settle(cur, wanted[name], key)
-        self._entities = wanted
+        # The table set and the entity cache change under one hold of the lock: a reader
+        # in another thread (the app, while the sync runs) never sees a cached entity whose
+        # table this transaction dropped ("no such table", found by the convergence test).
+        with self._lock:
+            with self._write() as cur:
+                for name, old in self._entities.items():
+                    if name not in wanted:
+                        self._withdraw_edits(cur, old)
+                        cur.execute(f"DROP TABLE IF EXISTS {old.table}")
+                        cur.execute(f"DROP TABLE IF EXISTS {old.base}")
+                        cur.execute("DELETE FROM _syncd_schema WHERE entity = ?", (name,))
+                for name, new in wanted.items():
+                    old_entity = self._entities.get(name)
+                    if old_entity is None:
+                        self._create_tables(cur, new)
+                    elif self._needs_recreate(old_entity, new):
+                        cur.execute(f"DROP TABLE {old_entity.table}")
+                        cur.execute(f"DROP TABLE {old_entity.base}")
+                        self._create_tables(cur, new)
+                        recreated.append(name)
+                    else:
+                        self._evolve_columns(cur, old_entity, new)
+                    cur.execute(
+                        "INSERT OR REPLACE INTO _syncd_schema (entity, key, columns, writable)"
+                        " VALUES (?, ?, ?, ?)",
+                        (
+                            name,
+                            new.key,
+                            orjson.dumps(new.columns).decode(),
+                            orjson.dumps(sorted(new.writable)).decode(),
+                        ),
+                    )
+                self._set_meta(cur, _FINGERPRINT, fingerprint)
+                for name in recreated:
+                    # Queued edits survive a recreate: replay them onto the empty table now;
+                    # rows they edit come back under them as the re-download arrives.
+                    for key in self._pending_keys(cur, wanted[name]):
+                        self._settle(cur, wanted[name], key)
+            self._entities = wanted
         return recreated
 
     def _withdraw_edits(self, cur: sqlite3.Cursor, entity: Entity) -> None:
@@ -505,58 +510,68 @@ class LocalDB:
 
     # -- reads --------------------------------------------------------------------------
 
+    # Each read looks the entity up under the same hold of the lock as its query: a model
+    # change in another thread drops tables and swaps the cache under that lock, so a read
+    # finds its table or UnknownEntity, never a table dropped in between.
+
     def count(self, entity: str) -> int:
-        ent = self._entity(entity)
-        return int(self._read(f"SELECT count(*) FROM {ent.table}")[0][0])
+        with self._lock:
+            ent = self._entity(entity)
+            return int(self._read(f"SELECT count(*) FROM {ent.table}")[0][0])
 
     def rows(self, entity: str) -> list[tuple[Any, ...]]:
         """All visible rows of an entity in key order: columns in wire order, then version."""
-        ent = self._entity(entity)
-        return [tuple(r) for r in self._read(ent.select_sql(ent.table, where_key=False))]
+        with self._lock:
+            ent = self._entity(entity)
+            return [tuple(r) for r in self._read(ent.select_sql(ent.table, where_key=False))]
 
     def get(self, entity: str, key: Any) -> tuple[Any, ...] | None:
-        ent = self._entity(entity)
-        found = self._read(ent.select_sql(ent.table, where_key=True), (key,))
+        with self._lock:
+            ent = self._entity(entity)
+            found = self._read(ent.select_sql(ent.table, where_key=True), (key,))
         return tuple(found[0]) if found else None
 
     # -- local edits --------------------------------------------------------------------
 
     def insert(self, entity: str, values: Mapping[str, Any]) -> None:
         """Create a row on the device; `values` must include the key (a client uuid)."""
-        ent = self._entity(entity)
-        self._check_columns(ent, values, allow_key=True)
-        if values.get(ent.key) is None:
-            raise InvalidEdit(f"insert into {entity} needs its key column {ent.key}")
-        key = values[ent.key]
-        with self._write() as cur:
-            if self._version_of(cur, ent, key) is not None:
-                raise InvalidEdit(f"{entity} already has a row with key {key!r}")
-            self._replay(cur, ent, ent.table, "insert", key, dict(values), version=0)
-            self._enqueue(cur, ent, "insert", key, None, values)
+        with self._lock:  # the entity looked up and edited under one hold
+            ent = self._entity(entity)
+            self._check_columns(ent, values, allow_key=True)
+            if values.get(ent.key) is None:
+                raise InvalidEdit(f"insert into {entity} needs its key column {ent.key}")
+            key = values[ent.key]
+            with self._write() as cur:
+                if self._version_of(cur, ent, key) is not None:
+                    raise InvalidEdit(f"{entity} already has a row with key {key!r}")
+                self._replay(cur, ent, ent.table, "insert", key, dict(values), version=0)
+                self._enqueue(cur, ent, "insert", key, None, values)
 
     def update(self, entity: str, key: Any, values: Mapping[str, Any]) -> None:
         """Change writable columns of one row."""
-        ent = self._entity(entity)
-        self._check_columns(ent, values, allow_key=False)
-        if not values:
-            raise InvalidEdit(f"update of {entity} {key!r} changes no column")
-        with self._write() as cur:
-            version = self._version_of(cur, ent, key)
-            if version is None:
-                raise InvalidEdit(f"{entity} has no row with key {key!r}")
-            self._keep_base(cur, ent, key)
-            self._replay(cur, ent, ent.table, "update", key, dict(values), version=0)
-            self._enqueue(cur, ent, "update", key, version, values)
+        with self._lock:  # the entity looked up and edited under one hold
+            ent = self._entity(entity)
+            self._check_columns(ent, values, allow_key=False)
+            if not values:
+                raise InvalidEdit(f"update of {entity} {key!r} changes no column")
+            with self._write() as cur:
+                version = self._version_of(cur, ent, key)
+                if version is None:
+                    raise InvalidEdit(f"{entity} has no row with key {key!r}")
+                self._keep_base(cur, ent, key)
+                self._replay(cur, ent, ent.table, "update", key, dict(values), version=0)
+                self._enqueue(cur, ent, "update", key, version, values)
 
     def delete(self, entity: str, key: Any) -> None:
-        ent = self._entity(entity)
-        with self._write() as cur:
-            version = self._version_of(cur, ent, key)
-            if version is None:
-                raise InvalidEdit(f"{entity} has no row with key {key!r}")
-            self._keep_base(cur, ent, key)
-            self._replay(cur, ent, ent.table, "delete", key, {}, version=0)
-            self._enqueue(cur, ent, "delete", key, version, {})
+        with self._lock:  # the entity looked up and edited under one hold
+            ent = self._entity(entity)
+            with self._write() as cur:
+                version = self._version_of(cur, ent, key)
+                if version is None:
+                    raise InvalidEdit(f"{entity} has no row with key {key!r}")
+                self._keep_base(cur, ent, key)
+                self._replay(cur, ent, ent.table, "delete", key, {}, version=0)
+                self._enqueue(cur, ent, "delete", key, version, {})
 
     @staticmethod
     def _check_columns(entity: Entity, values: Mapping[str, Any], allow_key: bool) -> None:

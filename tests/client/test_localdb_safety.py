@@ -6,12 +6,14 @@ hands every unsent edit back (and exports it) before it clears anything.
 """
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import orjson
 import pytest
 
 from syncd.client import Binding, DatabaseBindingError, LocalDB, UploadResult
+from syncd.client.localdb import UnknownEntity
 from tests.client.crm import ACCOUNT, MODEL, account, stored
 
 NEW = "5b1c8a52-7a5e-4f8e-8d1e-0e4cf6f1a001"
@@ -277,3 +279,31 @@ def test_a_row_the_feed_brings_back_after_its_delete_is_kept(db: LocalDB) -> Non
     server = account("a1", "mine", 10)
     db.complete_upload(batch.batch_id, [UploadResult("applied", 10, row=server)])
     assert db.rows("account") == [stored(server)]
+
+
+def test_reads_in_another_thread_never_see_a_dropped_table(db: LocalDB) -> None:
+    """The app reads while the sync applies model changes that drop and bring back an
+    entity: a read finds the rows or UnknownEntity, never sqlite's 'no such table' (the
+    entity cache used to change only after the transaction's lock was released)."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                db.rows("contact")
+            except UnknownEntity:
+                pass
+            except BaseException as exc:  # what the test is about: anything else
+                failures.append(exc)
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(300):
+            db.apply_schema([ACCOUNT] if i % 2 == 0 else MODEL, f"fp-{i}")
+    finally:
+        stop.set()
+        reader.join(timeout=10)
+    assert failures == []

@@ -226,9 +226,10 @@ def single_edit(
         entity = rng.choice(
             [e for e in ("account", "contact", "note") if e in db.entities()] or [""]
         )
-    if entity not in db.entities():
-        return
-    rows = db.rows(entity)
+    try:
+        rows = db.rows(entity)
+    except UnknownEntity:
+        return  # not in the device's model, or a live model change took it just now
     what = rng.random()
     if entity == "account":
         if what < 0.25 or not rows:
