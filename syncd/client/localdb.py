@@ -267,6 +267,12 @@ class LocalDB:
                         ),
                     )
                 self._set_meta(cur, _FINGERPRINT, fingerprint)
+                if any(name not in wanted for name in self._entities):
+                    # The stored token still says this device holds the dropped entities:
+                    # if the model gives them back before a new token is stored, the server
+                    # would resume them instead of downloading them anew. Without a token
+                    # the next session starts from scratch (see forget_unanchored_rows).
+                    cur.execute("DELETE FROM _syncd_meta WHERE name = ?", (_CHECKPOINT,))
                 for name in recreated:
                     # Queued edits survive a recreate: replay them onto the empty table now;
                     # rows they edit come back under them as the re-download arrives.
@@ -507,6 +513,17 @@ class LocalDB:
                 )
                 cur.execute(f"DELETE FROM {entity.base}")
             cur.execute("DELETE FROM _syncd_meta WHERE name = ?", (_CHECKPOINT,))
+
+    def forget_unanchored_rows(self) -> None:
+        """Before a Hello without a checkpoint: drop the server rows the device holds.
+
+        PROTOCOL.md ("Checkpoints"): a device that sends no token holds no server rows, since
+        the server then sends what exists now and no delete of what went meanwhile. Rows come
+        without a token after a cut before the first checkpoint, or after a model change
+        that dropped an entity (``apply_schema``). Rows with queued edits stay, as on Resync.
+        """
+        if self.checkpoint() is None and self._entities:
+            self.reset()
 
     # -- reads --------------------------------------------------------------------------
 

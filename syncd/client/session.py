@@ -280,6 +280,7 @@ class SyncClient:
         """Open the session; `DatabaseBindingError` first if the database is someone else's."""
         if self.binding is not None:
             await asyncio.to_thread(self.db.check_binding, self.binding)
+        await asyncio.to_thread(self.db.forget_unanchored_rows)
         self._conn = Connection(Role.DEVICE)
         self.caught_up.clear()
         self._reader, self._writer = await asyncio.open_connection(

@@ -307,3 +307,30 @@ def test_reads_in_another_thread_never_see_a_dropped_table(db: LocalDB) -> None:
         stop.set()
         reader.join(timeout=10)
     assert failures == []
+
+
+def test_a_model_that_drops_an_entity_also_drops_the_token(db: LocalDB) -> None:
+    """The stored token says the device holds contact; once contact's rows are gone, a
+    session cut before its next checkpoint must not resume contact if the model gives it
+    back (convergence seed 11: its rows were never sent again)."""
+    db.apply_batch([("account", [account("a1", "Acme", 4)], [])], b"token-with-contact")
+    db.apply_schema([ACCOUNT], "fp-2")
+    assert db.checkpoint() is None
+    db.apply_schema(MODEL, "fp-3")  # adding one back keeps whatever token there is
+    db.apply_batch([], b"next")
+    db.apply_schema(MODEL, "fp-4")
+    assert db.checkpoint() == b"next"
+
+
+def test_rows_without_a_token_are_forgotten_before_a_fresh_hello(db: LocalDB) -> None:
+    """No token means 'I hold nothing of yours': the server sends what exists now and no
+    delete of what went meanwhile, so rows it has no record of sending must go first.
+    The user's queued edits stay."""
+    db.apply_batch([("account", [account("a1", "Acme", 4), account("a2", "Beta", 5)], [])], None)
+    db.update("account", "a2", {"name": "mine"})
+    db.forget_unanchored_rows()
+    assert [r[0] for r in db.rows("account")] == ["a2"]
+    assert db.pending_count() == 1
+    db.apply_batch([("account", [account("a3", "Gamma", 6)], [])], b"token")
+    db.forget_unanchored_rows()  # with a token: nothing is forgotten
+    assert [r[0] for r in db.rows("account")] == ["a2", "a3"]
