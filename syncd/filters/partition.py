@@ -20,23 +20,20 @@ filters move without a write of their own, which a piece keyed by one column val
 see. Everything else stays one piece: the whole bound filter, as before.
 
 Because a piece's rows move only by their own writes, a window has something for a piece only
-if a row written in it held the piece's value: ``touched_sql`` asks that of the change log for
-all live pieces of a column in one statement, so the pieces a change does not touch cost
-nothing.
+if a row written in it held the piece's value: the store's ``touched_values`` asks that of the
+change log for all live pieces of a column in one statement, so the pieces a change does not
+touch cost nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from syncd.filters.bound import BAnd, BCompare, BIn, BoundNode, BoundTree
 from syncd.filters.nodes import And, Compare, FilterNode, InList, Param
-from syncd.filters.sql import TouchedSql
-from syncd.model import Column, Entity
-from syncd.store.sql import SQL_TYPES
+from syncd.model import Column
 
-__all__ = ["Piece", "split_claim_list", "touched_sql"]
+__all__ = ["Piece", "split_claim_list"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,24 +105,3 @@ def _with(tree: BoundTree, root: BoundNode) -> BoundTree:
 def _plain(n: BoundNode) -> bool:
     """True when ``n`` depends only on the row's own columns (no other table, no clock)."""
     return not n.tables() and not n.reads_clock()
-
-
-def touched_sql(
-    entity: Entity,
-    column: Column,
-    values: Sequence[object],
-    touched: TouchedSql,
-    params: list[object],
-) -> str:
-    """A statement giving the 1-based positions in ``values`` of the values that rows written
-    in a window held in ``column``, before or after the write (``touched`` spells those).
-
-    A piece of a split filter can have rows in a window, as upserts or as tombstones, only if
-    a row written in it held the piece's value in one of its states: without dependencies or
-    time no row moves otherwise. So the other pieces need not be read at all; ``touched`` may
-    spell a superset (writes after the window too), which only reads a piece for nothing.
-    """
-    inner = touched(entity, column, params)
-    params.append(list(values))
-    array = f"${len(params)}::{SQL_TYPES[column.type]}[]"
-    return f"SELECT _p.i FROM unnest({array}) WITH ORDINALITY AS _p(v, i) WHERE _p.v IN ({inner})"

@@ -39,14 +39,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from protocol import DEFAULT_MAX_FRAME_SIZE, PreparedFrame, encode_changes_within
-from syncd.filters.partition import touched_sql
 from syncd.metrics import Metrics
 from syncd.model import Column, Entity
 from syncd.server.plan import DevicePlan, Partition
 from syncd.store import Checkpoint, ResyncRequired, StagingStore
-
-# touched_since: the store's spelling of "values a column held in rows written since a
-# checkpoint", which tells the hub which partitions a window touched (see _touched_pieces).
 from syncd.store.feed import (
     Subscription,
     WindowTimes,
@@ -54,8 +50,6 @@ from syncd.store.feed import (
     incremental_pages,
     origins_in_window,
     own_leavers,
-    touched_since,
-    written_since,
 )
 
 __all__ = ["TIME_TICK_SECONDS", "LiveHub", "LiveMember", "wall_clock"]
@@ -281,11 +275,7 @@ class LiveHub:
             if read.rows:
                 reads[partition.key] = read
         if until != since:
-            # Compaction may have run while we read; the horizon only grows, so checking it
-            # after the last statement proves no row of this window was deleted under us.
-            horizon = await self._staging.horizon()
-            if since.xmin < horizon:
-                raise ResyncRequired(f"checkpoint xmin {since.xmin} is older than {horizon}")
+            await self._staging.ensure_history(since)  # no row of the window compacted away
         return reads
 
     async def _own_leavers(
@@ -340,9 +330,7 @@ class LiveHub:
         due.extend(await self._whole_touched(since, whole))
         for entity, column, pieces in split.values():
             values = list(dict.fromkeys(p.value for p in pieces))
-            params: list[object] = []
-            sql = touched_sql(entity, column, values, touched_since(since), params)
-            hit = {values[int(r[0]) - 1] for r in await self._staging.fetch(sql, *params)}
+            hit = await self._staging.touched_values(entity, column, values, since)
             due.extend(p for p in pieces if p.value in hit)
         return due
 
@@ -355,7 +343,7 @@ class LiveHub:
             return []
         tables = {p: {p.subscription.entity.name, *dependencies(p.subscription)} for p in whole}
         names = sorted(set().union(*tables.values()))
-        written = await written_since(self._staging.fetch, since, names)
+        written = await self._staging.written_tables(since, names)
         return [p for p in whole if p.time_relative or tables[p] & written]
 
     def _deliver(

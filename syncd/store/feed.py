@@ -507,6 +507,26 @@ async def _window_leavers(
         rows = await fetch(f"{select} AND {cursor} {order}", *params, rows[-1][0], rows[-1][1])
 
 
+async def touched_values(
+    fetch: Fetch, entity: Entity, column: Column, values: Sequence[object], since: Checkpoint
+) -> set[object]:
+    """Which of `values` rows written since `since` held in `column`, before or after the
+    write: the pieces of a split filter (``filters.partition``) a window can have rows for.
+
+    A piece's rows move only by their own writes, so the other pieces need not be read at
+    all; a superset (writes after the window too) only reads a piece for nothing. One
+    statement for all the pieces of a column.
+    """
+    if not values:
+        return set()
+    params: list[object] = []
+    inner = touched_since(since)(entity, column, params)
+    params.append(list(values))
+    array = f"${len(params)}::{SQL_TYPES[column.type]}[]"
+    sql = f"SELECT _p.i FROM unnest({array}) WITH ORDINALITY AS _p(v, i) WHERE _p.v IN ({inner})"
+    return {values[int(r[0]) - 1] for r in await fetch(sql, *params)}
+
+
 async def origins_in_window(fetch: Fetch, since: Checkpoint, snapshot: Checkpoint) -> set[str]:
     """The devices (``uploads.origin_of``) that wrote anything in the window."""
     sql = (

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from syncd.model import ClientModel
+from syncd.model import ClientModel, Column, Entity
 from syncd.store.checkpoint import (
     MAX_RUNNING,
     Checkpoint,
@@ -26,7 +26,14 @@ from syncd.store.checkpoint import (
     ResyncRequired,
     SnapshotBusy,
 )
-from syncd.store.feed import ChangeBatch, Subscription, incremental_pages, own_leavers
+from syncd.store.feed import (
+    ChangeBatch,
+    Subscription,
+    incremental_pages,
+    own_leavers,
+    touched_values,
+    written_since,
+)
 from syncd.store.initial import initial_pages
 from syncd.store.listen import Listener
 from syncd.store.schema import NOTIFY_CHANNEL, ensure_schema
@@ -190,6 +197,23 @@ class StagingStore:
         rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
         _check_resumable(since, Checkpoint.from_pg(rows[0][0]), int(rows[0][1]))
 
+    # -- what the live hub asks (so that it composes no SQL) -----------------------------
+
+    async def touched_values(
+        self, entity: Entity, column: Column, values: Sequence[object], since: Checkpoint
+    ) -> set[object]:
+        """Which `values` rows written since `since` held in `column` (``feed.touched_values``)."""
+        return await touched_values(self.fetch, entity, column, values, since)
+
+    async def written_tables(self, since: Checkpoint, tables: Sequence[str]) -> set[str]:
+        """Which of `tables` were written since `since`."""
+        return await written_since(self.fetch, since, tables)
+
+    async def ensure_history(self, since: Checkpoint) -> None:
+        """ResyncRequired unless the change log still reaches `since`: checked after a
+        window's last read, since compaction may run meanwhile and the horizon only grows."""
+        _check_horizon(since, await self.horizon())
+
     async def listen(self, callback: Callable[[str], None]) -> Listener:
         """Call ``callback(entity_name)`` after each committed write ('' after a reconnect)."""
         listener = Listener(self.connect, NOTIFY_CHANNEL, callback)
@@ -319,7 +343,7 @@ class ChangeStream:
         if self.since is not None:
             # Compaction may have run while we paged; the horizon only grows, so checking it
             # after the last page proves no row of this window was deleted under us.
-            _check_horizon(self.since, await self._store.horizon())
+            await self._store.ensure_history(self.since)
 
 
 async def create_database(dsn: str, database: str) -> bool:
