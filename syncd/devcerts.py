@@ -243,14 +243,19 @@ def ensure_dev_pki(
     wanted: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     wanted += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     server = _load_pair(pki.server_cert, pki.server_key)
-    # A certificate that already covers more names (e.g. a wildcard for SNI routing) is kept.
+    # A certificate that already covers more names (e.g. a wildcard for SNI routing) is kept;
+    # one that lacks some is reissued with its names and the missing ones, so two callers
+    # asking for different names (a test's routing domain, then the daemon's defaults) both
+    # keep theirs.
     if server is None or not _signed_by(server[0], ca[0]) or not set(wanted) <= _sans(server[0]):
+        kept = [] if server is None or not _signed_by(server[0], ca[0]) else _sans(server[0])
+        names = wanted + [n for n in kept if n not in wanted]
         _make_leaf(
             pki.server_cert,
             pki.server_key,
             subject=hostnames[0] if hostnames else "syncd",
             usage=ExtendedKeyUsageOID.SERVER_AUTH,
-            names=wanted,
+            names=names,
             ca=ca,
         )
 

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from syncd.auth import TokenVerifier, load_public_key_pem, mint_token
 from syncd.devcerts import DevPKI, ensure_dev_pki
@@ -141,3 +142,14 @@ async def test_new_hostname_reissues_the_server_cert(tmp_path: Path) -> None:
     ensure_dev_pki(tmp_path, hostnames=("localhost", "syncd.test"))
     assert pki.server_cert.read_bytes() != before
     assert await echo_once(server_context(pki), client_context(pki), "syncd.test") == b"ping\n"
+
+
+def test_names_asked_for_by_different_callers_are_all_kept(tmp_path: Path) -> None:
+    """A test asks for its SNI routing domain, then the daemon starting on the same
+    directory asks for the defaults: the certificate must name both (the HAProxy test lost
+    its `*.syncd.test` when the reissue kept only the second caller's names)."""
+    ensure_dev_pki(tmp_path, hostnames=("localhost", "*.syncd.test"))
+    pki = ensure_dev_pki(tmp_path)  # the defaults: localhost, *.syncd.localhost
+    cert = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
+    names = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    assert {x509.DNSName("*.syncd.test"), x509.DNSName("*.syncd.localhost")} <= names
