@@ -3,7 +3,7 @@
 Strategy: build 1,000-row batches of CRM-like primitive rows (uuid str, two texts,
 numeric-as-str, timestamp int microseconds, owner and status ints, version int) once,
 then time each path over the same batches and print rows/s, MB/s and the ratio to plain
-msgpack. Ratios within one run are what matter (CEILINGS.md: run-to-run noise 15-50%).
+msgpack. Ratios within one run are what matter (ARCHITECTURE.md, ceilings: run-to-run noise 15-50%).
 
 Run: `python -m bench.codec [--batches N] [--repeat R]`.
 """

@@ -70,7 +70,8 @@ START_DEADLINE_S: Final = 60.0
 STOP_DEADLINE_S: Final = 30.0
 OWNERS: Final = 1000
 
-# The CRM entity of CEILINGS.md: uuid key, owner, two short texts, numeric, timestamptz, int.
+# The CRM entity of the measured ceilings (docs/ARCHITECTURE.md): uuid key, owner, two
+# short texts, numeric, timestamptz, int.
 # No filters: every device of the org sees every row, the heaviest case for the feed.
 CRM_MODEL: Final[dict[str, Any]] = {
     "entities": {

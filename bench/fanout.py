@@ -67,8 +67,9 @@ LIVE_PREFIX: Final = "fan "
 WARM_UP: Final = -1
 # How long the last change may take to reach every device before it counts as lost.
 GRACE_S: Final = 30.0
-# Connecting is paced (TLS handshakes cost ~1 ms of CPU each, CEILINGS.md) so a thousand
-# devices do not arrive as one storm; the figure measured is live delivery, not connecting.
+# Connecting is paced (TLS handshakes cost ~1 ms of CPU each, ARCHITECTURE.md, ceilings)
+# so a thousand devices do not arrive as one storm; the figure measured is live delivery,
+# not connecting.
 CONNECT_CONCURRENCY: Final = 50
 
 

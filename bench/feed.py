@@ -5,7 +5,7 @@ filter and with owner filters of 1, 10 and 100 owners, then an incremental windo
 updating 10% of the rows) against one plain fetch of the same rows with the same columns, casts
 and WHERE. Each case runs ``--rounds`` times, feed and ceiling alternating which goes first,
 and reports medians: a 1,000-row case takes milliseconds, so one timing of it is mostly noise
-on a shared 2-core machine. Ratios within one run are what to compare (CEILINGS.md).
+on a shared 2-core machine. Ratios within one run are what to compare (ARCHITECTURE.md, ceilings).
 
     python -m bench.feed [--rows 1000000] [--rounds 3] [--dsn postgresql://...]
 """

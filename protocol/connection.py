@@ -9,7 +9,7 @@ leaves the connection broken: the caller sends `error_frame_for(exc)` and closes
 
 `prepare`/`encode_changes` build a `PreparedFrame` once; `send_prepared` applies the state
 transition and returns the same bytes to every session, so a batch that fans out to 500
-devices is encoded once (DESIGN.md, decision 4).
+devices is encoded once (ARCHITECTURE.md decision 4).
 
 PROTOCOL.md, "Limits": before the handshake completes (the server has sent, the device has
 received Welcome) frames are limited to 64 KiB in both directions; afterwards to the

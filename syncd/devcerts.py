@@ -5,7 +5,7 @@ Strategy: every artifact is a pair of files checked independently, so a second c
 what is there and rebuilds only what is missing, expired (or about to be), or no longer
 matching: a leaf signed by a different CA, a server cert without a requested hostname.
 Rebuilding the CA therefore rebuilds both leaves. Everything is ECDSA P-256: the cheapest
-handshake measured on this machine (CEILINGS.md) and what production will use.
+handshake measured on this machine (ARCHITECTURE.md, ceilings) and what production will use.
 
 Private keys are written 0600 through a temporary file and an atomic rename, so a reader
 never sees half a key and the key is never briefly world-readable.

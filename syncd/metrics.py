@@ -37,7 +37,7 @@ __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
-# Commit-to-send spans a NOTIFY wakeup (sub-millisecond, CEILINGS.md) up to a device
+# Commit-to-send spans a NOTIFY wakeup (sub-millisecond, ARCHITECTURE.md, ceilings) up to a device
 # catching up behind a long backlog, so buckets run from 1 ms to 1 minute.
 _LATENCY_BUCKETS: Final = (
     0.001,

@@ -34,7 +34,7 @@ Conflicts and rejections are recorded with their code name, a reason, the device
 and the server's row (`errors`). In every case the op leaves the outbox and the key is
 settled again.
 
-Nothing is dropped silently (DESIGN.md decision 9): the database is bound to one (server,
+Nothing is dropped silently (ARCHITECTURE.md decision 9): the database is bound to one (server,
 org, user) on first sync (`bind`), a sync for anyone else is refused, and `start_over`
 hands back (and can export) every queued edit before it clears anything; queued edits of an
 entity the model no longer has become recorded rejections (UNKNOWN_ENTITY).

@@ -1,6 +1,6 @@
 """The sync filter language: which rows of an entity a profile's devices receive.
 
-Strategy: a filter is JSON data (DESIGN.md decision 2). ``parse`` validates it against the
+Strategy: a filter is JSON data (ARCHITECTURE.md decision 2). ``parse`` validates it against the
 model's schema into immutable nodes (``syncd.filters.nodes``); ``bind`` attaches a device's
 parameter values; the bound filter compiles to parameterized SQL for the feed
 (``syncd.filters.sql``) and evaluates rows in memory (``syncd.filters.memory``). This package

@@ -1,4 +1,4 @@
-"""Splitting a bound filter into partitions that many devices share (DESIGN.md, decision 4).
+"""Splitting a bound filter into partitions that many devices share (ARCHITECTURE.md decision 4).
 
 Strategy: a filter ``column in <list from the token's claims>`` (the ``team`` shorthand over
 ``user.teams`` is one) is the union of the filters ``column = v`` for each value of the list,

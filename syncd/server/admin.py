@@ -1,6 +1,6 @@
 """The admin commands: validate whole, persist, then apply in memory.
 
-Strategy (DESIGN.md decision 6). Every command that changes configuration validates its whole
+Strategy (ARCHITECTURE.md decision 6). Every command that changes configuration validates its whole
 input first, writes the control database, and only then calls ``registry.reload(org)``, which
 rebuilds the org's in-memory state from the control database exactly as a NOTIFY from another
 instance would. So an acknowledged command survives a restart, and this instance and its peers

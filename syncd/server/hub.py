@@ -1,6 +1,6 @@
 """Live fan-out: one read and one encoding per window per partition, whatever the devices.
 
-Strategy (DESIGN.md, decisions 4 and 5). Every org has one hub. Sessions that have caught up
+Strategy (ARCHITECTURE.md decisions 4 and 5). Every org has one hub. Sessions that have caught up
 join it as members of every partition of their plan (``DevicePlan.partitions``: the rows of
 one entity that many plans share, such as one team's accounts or all of an entity). When the
 org's staging database signals a commit, the hub takes one snapshot S, asks the change log

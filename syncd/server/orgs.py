@@ -1,6 +1,6 @@
 """Every org's live state in memory: its client model, assignments, staging store and hub.
 
-Strategy: the control database is the truth (DESIGN.md, decision 6); this registry is a
+Strategy: the control database is the truth (ARCHITECTURE.md decision 6); this registry is a
 cache of it. Each org is (re)loaded whole from the control database, at start and whenever
 the `syncd_config` channel says the org changed, whichever instance made the change, so
 several daemons over one control database converge without talking to each other.

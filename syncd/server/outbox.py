@@ -1,10 +1,10 @@
 """A session's outgoing queue: bounded for producers that can wait, all-or-nothing for the
 live hub, drained whole by the writer.
 
-Strategy (DESIGN.md, decision 5; CEILINGS.md on write coalescing): the catch-up path waits
-for room, so backpressure reaches the database reads; the hub never waits (`offer` takes a
-whole window or nothing, and a refusal marks the device as slow); the writer takes every
-queued frame at once and joins them into one TLS write.
+Strategy (ARCHITECTURE.md, decision 5, and the ceilings on write coalescing): the
+catch-up path waits for room, so backpressure reaches the database reads; the hub never
+waits (`offer` takes a whole window or nothing, and a refusal marks the device as slow);
+the writer takes every queued frame at once and joins them into one TLS write.
 """
 
 from __future__ import annotations

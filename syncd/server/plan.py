@@ -16,7 +16,7 @@ What the live hub shares is finer than a whole plan: each entity's bound filter 
 more `Partition`s (``syncd.filters.partition``: ``team in user.teams`` is one partition per
 team, anything else one partition), keyed by the entity's schema and the partition's bound
 filter only, so devices of different users, team sets or profiles that follow the same rows of
-an entity share one read and one encoding of them per window (DESIGN.md, decision 4). Hashes,
+an entity share one read and one encoding of them per window (ARCHITECTURE.md decision 4). Hashes,
 tokens and catch-up stay per entity: partitions are the live hub's business alone.
 """
 

@@ -6,12 +6,12 @@ share a session:
 
 * the main task runs the handshake, then the sync loop: catch up from the device's
   checkpoint in batches (each batch fetched on a pooled connection that is released
-  before the frame is queued, DESIGN.md decision 5), then join the org's live hub and wait
+  before the frame is queued, ARCHITECTURE.md decision 5), then join the org's live hub and wait
   until the hub drops us (slow device), the configuration changes, or the session ends;
 * the reader task decodes what the device sends (acks, pings, uploads, token refreshes)
   and enforces the idle timeout;
 * the writer task drains the bounded outgoing queue, joining every queued frame into one
-  TLS write (CEILINGS.md: one write per small frame caps fan-out at ~60k frames/s).
+  TLS write (ARCHITECTURE.md, ceilings: one write per small frame caps fan-out at ~60k frames/s).
 
 Whatever ends the session (a protocol error, an auth failure, the daemon draining, the
 device leaving) is funnelled into `_End`, which carries the Error code to send, if any.

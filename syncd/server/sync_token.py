@@ -1,6 +1,6 @@
 """The token a device stores and sends back: the server's word on where the device is.
 
-Strategy (DESIGN.md, decision 8). A token says *where* the device is in the feed (the store's
+Strategy (ARCHITECTURE.md decision 8). A token says *where* the device is in the feed (the store's
 checkpoint, a PostgreSQL snapshot), *what* it follows there (the digest of the plan's
 entity -> subscription-hash map, whose full text the control database keeps, see
 ``syncd.server.tokens``), how far an interrupted initial download got, and the wall time

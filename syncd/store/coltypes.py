@@ -4,8 +4,9 @@ Strategy: ``protocol.coltypes.COLUMN_TYPES`` registers every column type with al
 not spell SQL (wire encoding and checks, order, JSON forms). SQL text lives only in the store,
 so each type's SQL facts are one entry here, keyed by the same name: its staging column type,
 the spelling ``format_type()`` reports for it (to compare an existing table with the model),
-the cast the feed's SELECT applies so asyncpg decodes a cheap wire primitive (CEILINGS.md: 2x
-the rows/s), and the inverse, from a wire value to the column's type (uploads, key cursors).
+the cast the feed's SELECT applies so asyncpg decodes a cheap wire primitive
+(ARCHITECTURE.md, ceilings: 2x the rows/s), and the inverse, from a wire value to the
+column's type (uploads, key cursors).
 Importing this module fails when the two registries do not name the same types, so a type
 cannot be added to one half only.
 

@@ -79,7 +79,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 2: sync tokens are sealed with keys kept here and bound to an org's incarnation; the
-    # entity -> hash map a token names by digest is kept here too (DESIGN.md, decision 8).
+    # entity -> hash map a token names by digest is kept here too (ARCHITECTURE.md decision 8).
     """
     ALTER TABLE orgs ADD COLUMN incarnation uuid NOT NULL DEFAULT gen_random_uuid();
     CREATE TABLE token_keys (

@@ -552,7 +552,7 @@ async def own_leavers(
     after that (an insert, or an update of a row it had) is on the device at the state it
     wrote, whatever the before-image says. If the row then left the device's filter, or was
     deleted, in the same window, only this pass says so. The keys are the device's own, so
-    sending them reveals nothing (DESIGN.md, decision 3).
+    sending them reveals nothing (ARCHITECTURE.md decision 3).
     """
     e = sub.entity
     k = ident(e.key)

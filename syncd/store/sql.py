@@ -80,8 +80,9 @@ def database_name(org: str) -> str:
 
 def to_wire(column: Column, expr: str) -> str:
     """``expr`` cast so asyncpg decodes a cheap primitive, the column's wire encoding (see
-    CEILINGS.md): uuid, numeric and json as text, timestamps as integer microseconds since
-    the epoch, dates as integer days since 1970-01-01 (``syncd.store.coltypes``)."""
+    ARCHITECTURE.md, ceilings): uuid, numeric and json as text, timestamps as integer
+    microseconds since the epoch, dates as integer days since 1970-01-01
+    (``syncd.store.coltypes``)."""
     return SQL_COLUMN_TYPES[column.type].to_wire(expr)
 
 

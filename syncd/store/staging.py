@@ -42,7 +42,8 @@ from syncd.store.sql import ident
 __all__ = ["ChangeStream", "StagingStore", "create_database", "drop_database"]
 
 # Settings for every staging connection: custom plans because a generic plan for a filtered
-# page query can be 30x slower (CEILINGS.md); JIT only adds compile time to short pages.
+# page query can be 30x slower (ARCHITECTURE.md, ceilings); JIT only adds compile time
+# to short pages.
 SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
 #: How often a model's DDL is tried when it deadlocks with live uploads (see provision).
 PROVISION_ATTEMPTS = 5

@@ -1,4 +1,5 @@
-"""Nothing a device holds is destroyed or stranded (DESIGN.md decision 9), at the LocalDB level.
+"""Nothing a device holds is destroyed or stranded (ARCHITECTURE.md, decision 9), at the
+LocalDB level.
 
 Upload results settle the local copy to exactly what the server did, op by op; edits the model
 drops become recorded rejections; the database belongs to one (server, org, user) and a reset

@@ -1,5 +1,5 @@
 """Several instances behind a real HAProxy that routes devices by org in the TLS SNI
-(DESIGN.md, "Going past one machine"): each org's devices land on their instance, and
+(ARCHITECTURE.md, "Several instances"): each org's devices land on their instance, and
 configuration made on one instance serves devices on the other."""
 
 from __future__ import annotations

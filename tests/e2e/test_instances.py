@@ -1,5 +1,5 @@
 """Two daemons over one control database: configuration pushed to one reaches the other,
-and devices sync from either (DESIGN.md, "Going past one machine")."""
+and devices sync from either (ARCHITECTURE.md, "Several instances")."""
 
 from __future__ import annotations
 

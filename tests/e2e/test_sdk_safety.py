@@ -1,4 +1,4 @@
-"""The device SDK never destroys or strands data (DESIGN.md decision 9), on the real daemon.
+"""The device SDK never destroys or strands data (ARCHITECTURE.md decision 9), on the real daemon.
 
 Each test edits a real device database offline, syncs it with the real SDK over real TLS,
 and checks what a user would: the device holds exactly the rows staging holds for its user

@@ -1,4 +1,4 @@
-"""Sync tokens are the server's word, bound to whom it was given (DESIGN.md, decision 8).
+"""Sync tokens are the server's word, bound to whom it was given (ARCHITECTURE.md decision 8).
 
 Every token that is not one this server sealed for this org incarnation, user and device is
 answered after Welcome with `resync` of everything (CHECKPOINT_INVALID), and the device ends
