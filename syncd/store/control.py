@@ -96,6 +96,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (org, digest)
     );
     """,
+    # 3: upload idempotency records live in each org's staging database, in the transaction
+    # of the rows they record (store/uploads.py); this table of migration 1 was never used.
+    """
+    DROP TABLE IF EXISTS upload_batches;
+    """,
 )
 
 

@@ -93,3 +93,14 @@ async def test_config_changes_are_notified(control: ControlStore) -> None:
             assert await got.get() == "acme"
     finally:
         await listener.close()
+
+
+async def test_the_unused_upload_table_of_migration_1_is_gone(control: ControlStore) -> None:
+    """Upload idempotency lives in each org's staging database (issue 15: dead schema)."""
+    assert await control.migrate() == 3
+    tables = await control._pool.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
+    )
+    names = [t[0] for t in tables]
+    assert "upload_batches" not in names
+    assert {"orgs", "client_models", "devices", "token_keys", "sync_plans"} <= set(names)
