@@ -20,6 +20,25 @@ from tests.e2e.test_sync import accounts
 ROWS = 60_000
 
 
+async def sync_until_cut(
+    running: RunningDaemon, db: LocalDB, org: str, proxy: CuttingProxy
+) -> None:
+    """A first sync through `proxy`, which cuts the link part way: it must fail as a drop."""
+    port = await proxy.start()
+    client = SyncClient(
+        db,
+        host="127.0.0.1",
+        port=port,
+        ssl_context=running.client_ssl(),
+        server_hostname="localhost",
+        token=running.token(org),
+        org=org,
+    )
+    with pytest.raises((ConnectionError, OSError, asyncio.IncompleteReadError)):
+        async with asyncio.timeout(30):
+            await client.sync_once()
+
+
 async def test_cut_off_mid_download_resumes(running: RunningDaemon, tmp_path: Path) -> None:
     org = org_name()
     store = await running.add_org(org)
@@ -30,20 +49,8 @@ async def test_cut_off_mid_download_resumes(running: RunningDaemon, tmp_path: Pa
         await bulk_load(conn, entity, rows)
     db = LocalDB.open(tmp_path / "device.sqlite")
     proxy = CuttingProxy(running.port, cut_after_bytes=3_500_000)  # about 2/3 of the ~5 MB download
-    port = await proxy.start()
     try:
-        first = SyncClient(
-            db,
-            host="127.0.0.1",
-            port=port,
-            ssl_context=running.client_ssl(),
-            server_hostname="localhost",
-            token=running.token(org),
-            org=org,
-        )
-        with pytest.raises((ConnectionError, OSError, asyncio.IncompleteReadError)):
-            async with asyncio.timeout(30):
-                await first.sync_once()
+        await sync_until_cut(running, db, org, proxy)
         assert proxy.cut.is_set()
         assert db.checkpoint() is not None  # a mid-download checkpoint was stored
         kept = db.count("account")
@@ -93,20 +100,8 @@ async def test_sdk_cut_off_anywhere_in_a_multi_entity_download_resumes(
         db = LocalDB.open(tmp_path / "device.sqlite")
         cut_after = int(whole.bytes_received * cut_fraction)
         proxy = CuttingProxy(running.port, cut_after_bytes=cut_after)
-        port = await proxy.start()
         try:
-            first = SyncClient(
-                db,
-                host="127.0.0.1",
-                port=port,
-                ssl_context=running.client_ssl(),
-                server_hostname="localhost",
-                token=running.token(org),
-                org=org,
-            )
-            with pytest.raises((ConnectionError, OSError, asyncio.IncompleteReadError)):
-                async with asyncio.timeout(30):
-                    await first.sync_once()
+            await sync_until_cut(running, db, org, proxy)
         finally:
             await proxy.close()
         kept = sum(db.count(e) for e in MANAGER["entities"])
