@@ -53,6 +53,7 @@ __all__ = [
     "SyncToken",
     "SyncTokenError",
     "TokenTooLarge",
+    "UnknownTokenKey",
 ]
 
 _FORMAT = 1
@@ -75,6 +76,10 @@ _MAX_TOKEN_BYTES = 1024
 
 class SyncTokenError(ValueError):
     """Bytes that are not a token this server issued for this device (the peer's doing)."""
+
+
+class UnknownTokenKey(SyncTokenError):
+    """Sealed with a key id this server does not hold (retired, or not loaded yet)."""
 
 
 class TokenTooLarge(ValueError):
@@ -200,7 +205,7 @@ class Keyring:
         """The token in `data`, if this server sealed it for `binding`; else SyncTokenError."""
         key_id, payload, mac = split(data)
         if key_id not in self._keys:
-            raise SyncTokenError("the sync token was sealed with a key this server does not hold")
+            raise UnknownTokenKey("the sync token was sealed with a key this server does not hold")
         if not hmac.compare_digest(mac, self._mac(key_id, binding, payload)):
             raise SyncTokenError(
                 "the sync token was not issued by this server for this device, user and org"

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import timedelta
 
-from syncd.server.sync_token import Binding, Keyring, SyncToken, split
+from syncd.server.sync_token import Binding, Keyring, SyncToken, UnknownTokenKey
 from syncd.store import ControlStore
 
 __all__ = ["TokenService"]
@@ -78,11 +78,12 @@ class TokenService:
 
     async def open(self, data: bytes, binding: Binding) -> SyncToken:
         """The token, if this server sealed it for `binding`; else SyncTokenError."""
-        key_id, _, _ = split(data)
-        if key_id not in self._keyring and time.monotonic() - self._keys_loaded > (
-            KEY_RELOAD_SECONDS
-        ):
-            await self.reload_keys()
+        try:
+            return self._keyring.open(data, binding)
+        except UnknownTokenKey:
+            if time.monotonic() - self._keys_loaded <= KEY_RELOAD_SECONDS:
+                raise
+        await self.reload_keys()  # another instance may have rotated: look once more
         return self._keyring.open(data, binding)
 
     async def plan(self, org: str, digest: bytes) -> Mapping[str, str] | None:
