@@ -126,6 +126,11 @@ class LiveHub:
         self._partitions: dict[str, _Live] = {}
         self._position: Checkpoint | None = None
         self._position_at: datetime | None = None
+        # Uploads applied by this instance's sessions: only windows that can hold one ask the
+        # change log whose writes they hold (see _own_leavers), so the common window costs
+        # no statement for it.
+        self._uploading = 0
+        self._windows_to_check = 0
         self.clock: Callable[[], datetime] = wall_clock
         """The wall time assigned to each new snapshot; tests set it to move time."""
         self._lock = asyncio.Lock()
@@ -231,9 +236,14 @@ class LiveHub:
         try:
             first = await self._staging.changes(since, (), batch_size=self._batch_size)
             until, until_at = first.checkpoint, self.clock()
+            # Read after the snapshot: an upload committed before it is still in flight now,
+            # or finished within the last two windows (one may have read its flag between
+            # the snapshot before the commit and the finish).
+            writers = self._uploading > 0 or self._windows_to_check > 0
+            self._windows_to_check = max(self._windows_to_check - 1, 0)
             times = WindowTimes(self._position_at, until_at)
             reads = await self._read_window(since, until, times)
-            own = await self._own_leavers(since, until, times)
+            own = await self._own_leavers(since, until, times) if writers else {}
         except ResyncRequired:
             # The history behind the hub's position is gone (compaction raced us): every
             # member re-downloads on its own.
@@ -277,6 +287,14 @@ class LiveHub:
         if until != since:
             await self._staging.ensure_history(since)  # no row of the window compacted away
         return reads
+
+    def upload_started(self) -> None:
+        """A session of this org is applying an upload batch."""
+        self._uploading += 1
+
+    def upload_finished(self) -> None:
+        self._uploading -= 1
+        self._windows_to_check = 2
 
     async def _own_leavers(
         self, since: Checkpoint, until: Checkpoint, times: WindowTimes

@@ -639,6 +639,8 @@ class DeviceSession:
         assert self.org is not None
         assert self._plan is not None
         assert self._claims is not None
+        hub = self.org.hub
+        hub.upload_started()
         try:
             return await apply_upload_batch(
                 self.org.staging,
@@ -654,6 +656,8 @@ class DeviceSession:
             raise _End.code(
                 ErrorCode.INTERNAL_ERROR, "the upload could not be applied", retry_after_ms=1000
             ) from None
+        finally:
+            hub.upload_finished()
 
     def _result_frame(self, result: UploadResult) -> PreparedFrame:
         """PROTOCOL.md, OpResult: an applied op's row is left out when the whole result would
