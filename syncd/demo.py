@@ -198,7 +198,7 @@ async def ensure_demo_org(
     model = ClientModel.parse(DEMO_MODEL)
     store = await stores.provision(name, model, record.staging_dsn)
     loaded = {e.name: 0 for e in model.entities}
-    if not await store.fetch('SELECT 1 FROM "account" LIMIT 1'):
+    if not await store.has_rows("account"):
         loaded = await load_demo_data(store, **sizes)
     await control.put_model(name, model)
     await registry.reload(name)

@@ -1,11 +1,11 @@
-"""The sync filter language: which rows of an entity a profile's devices receive.
+"""The sync filter language's syntax: which rows of an entity a profile's devices receive.
 
 Strategy: a filter is JSON data (ARCHITECTURE.md decision 2). ``parse`` validates it against the
-model's schema into immutable nodes (``syncd.filters.nodes``); ``bind`` attaches a device's
-parameter values; the bound filter compiles to parameterized SQL for the feed
-(``syncd.filters.sql``) and evaluates rows in memory (``syncd.filters.memory``). This package
-init imports only the modules that do not depend on ``syncd.model``, so the model can
-validate filters while it is being parsed.
+model's schema into immutable nodes (``syncd.filters.nodes``) and ``values`` coerces literals
+to their column's type. This package imports nothing of ``syncd`` but itself, so the client
+model (``syncd.model``) can validate filters while it is being parsed. Binding a device's
+values and evaluating rows in memory is one layer up (``syncd.predicates``); the SQL form is
+the store's (``syncd.store.filter_sql``).
 """
 
 from syncd.filters.nodes import (

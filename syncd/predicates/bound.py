@@ -4,8 +4,8 @@ Strategy: everything that depends on who the device is happens here, once per pl
 values are coerced to the type of the column they are compared with (a claim ``"7"`` against
 an integer column becomes ``7``), memberships get the user id in the membership table's type,
 and each ``related`` node gets its parent entity's own bound filter (so a chain of three is
-three nested bound trees). The result is all a compiler needs: ``syncd.filters.sql`` and
-``syncd.filters.memory`` read these trees and never look at claims or JSON again. A value that
+three nested bound trees). The result is all a compiler needs: ``syncd.store.filter_sql`` and
+``syncd.predicates.memory`` read these trees and never look at claims or JSON again. A value that
 cannot fit raises ``BindError``, which the plan reports to the device as "filter cannot apply".
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, assert_never
 from typing import Literal as TypingLiteral
 
@@ -53,6 +54,7 @@ __all__ = [
     "BoundNode",
     "BoundTree",
     "bind_tree",
+    "cutoff",
 ]
 
 
@@ -65,7 +67,7 @@ class BindError(ValueError):
 # rows: plans hash it, the hub groups devices by it), ``tables`` (the other staging tables
 # whose writes can move rows in or out) and ``reads_clock`` (whether the passing of time can).
 # A node that depends on neither moves only when its own row is written, which is what lets a
-# filter split into partitions (``syncd.filters.partition``).
+# filter split into partitions (``syncd.predicates.partition``).
 
 
 def _v(value: object) -> Any:
@@ -244,7 +246,7 @@ class BNot:
         return self.item.reads_clock()
 
 
-#: The closed unions of bound nodes: the compilers (``syncd.filters.sql``, ``memory``) match
+#: The closed unions of bound nodes: the compilers (``syncd.store.filter_sql``, ``memory``) match
 #: over them and end in ``assert_never``, so mypy names each place a new kind must be handled.
 BoundLeaf = BAll | BCompare | BIn | BMember | BIsNull | BBetween | BWithin | BRelated
 BoundNode = BoundLeaf | BAnd | BOr | BNot
@@ -368,3 +370,13 @@ class _Binder:
             return coerce(col.type, value)
         except BadValue as exc:
             raise BindError(f"{what} for column {col.name!r}: {exc}") from None
+
+
+def cutoff(node: BWithin, now: datetime) -> object:
+    """The bound a ``within`` node compares with, for one fixed "now"."""
+    delta = timedelta(seconds=node.seconds)
+    edge = now - delta if node.direction == "last" else now + delta
+    at_instant = node.column.kind.at_instant
+    if at_instant is None:  # the parser admits ``within`` on point-in-time types only
+        raise ValueError(f"'within' on a {node.column.type} column")
+    return at_instant(edge)

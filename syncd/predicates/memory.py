@@ -14,7 +14,8 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol, assert_never
 
-from syncd.filters.bound import (
+from syncd.model import MembershipSpec
+from syncd.predicates.bound import (
     BAll,
     BAnd,
     BBetween,
@@ -28,9 +29,8 @@ from syncd.filters.bound import (
     BoundTree,
     BRelated,
     BWithin,
+    cutoff,
 )
-from syncd.filters.sql import cutoff
-from syncd.model import MembershipSpec
 
 __all__ = ["Lookup", "matches"]
 

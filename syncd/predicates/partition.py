@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from syncd.filters.bound import BAnd, BCompare, BIn, BoundNode, BoundTree
 from syncd.filters.nodes import And, Compare, FilterNode, InList, Param
 from syncd.model import Column
+from syncd.predicates.bound import BAnd, BCompare, BIn, BoundNode, BoundTree
 
 __all__ = ["Piece", "split_claim_list"]
 

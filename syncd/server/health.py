@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -118,12 +117,7 @@ class HealthMonitor:
         # first model) and nothing to serve: probing it would only mark it down.
         orgs = [org for org in self._registry.all() if org.model is not None]
         results = await asyncio.gather(
-            *(
-                self._probe(
-                    functools.partial(org.staging.fetch, "SELECT 1"), org.staging.pool_saturated
-                )
-                for org in orgs
-            )
+            *(self._probe(org.staging.ping, org.staging.pool_saturated) for org in orgs)
         )
         org_errors = {
             org.name: error for org, error in zip(orgs, results, strict=True) if error is not None

@@ -5,7 +5,7 @@ from the org's live client model and the verified token claims, into a `DevicePl
 is immutable; a model change or profile reassignment produces a new plan, and comparing the
 per-entity hashes of the old and new plans tells which entities must be re-downloaded.
 
-Filters are bound here (``syncd.filters.compiled.bind_filter``): claim values are coerced to
+Filters are bound here (``syncd.store.bound_filter.bind_filter``): claim values are coerced to
 the compared columns' types and every entity's hash covers its bound filter's identity (the
 tree and its values, parents' filters included). So membership that comes from token claims
 (``user.teams``, ``user.roles``, ``claims.*``) is part of the hash: a refreshed token with
@@ -13,7 +13,7 @@ other teams re-downloads exactly the entities whose filters use them. Membership
 staging tables is data, not plan: it moves rows through the feed instead.
 
 What the live hub shares is finer than a whole plan: each entity's bound filter becomes one or
-more `Partition`s (``syncd.filters.partition``: ``team in user.teams`` is one partition per
+more `Partition`s (``syncd.predicates.partition``: ``team in user.teams`` is one partition per
 team, anything else one partition), keyed by the entity's schema and the partition's bound
 filter only, so devices of different users, team sets or profiles that follow the same rows of
 an entity share one read and one encoding of them per window (ARCHITECTURE.md decision 4). Hashes,
@@ -31,11 +31,11 @@ import orjson
 
 from protocol import ColumnSchema, EntitySchema, ErrorCode, ModelSummary
 from syncd.auth import Claims
-from syncd.filters.compiled import BindError, BoundFilter, bind_filter
-from syncd.filters.partition import split_claim_list
 from syncd.model import AccessSpec, ClientModel, Column, Entity
+from syncd.predicates.partition import split_claim_list
 from syncd.server.sync_token import plan_digest
 from syncd.store import Subscription
+from syncd.store.bound_filter import BindError, BoundFilter, bind_filter
 from syncd.store.feed import time_relative
 
 __all__ = ["DevicePlan", "Partition", "PlanError", "filter_params", "plan_for"]

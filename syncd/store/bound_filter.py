@@ -9,7 +9,7 @@ by it, so users whose filters bind to the same values share one query and one en
 ``dependencies`` names the other staging tables whose writes can move rows in or out
 (related parents, membership tables) and ``time_relative`` says whether the passing of time
 can: the feed needs both to widen a window beyond the rows that changed themselves. Each bound
-node answers these three questions of itself (``syncd.filters.bound``).
+node answers these three questions of itself (``syncd.predicates.bound``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from syncd.filters.bound import BindError, BoundTree, bind_tree
-from syncd.filters.memory import Lookup, matches
-from syncd.filters.sql import ColumnSql, TableSql, TouchedSql, compile_moved, compile_tree
 from syncd.model import ClientModel, Entity, Profile
+from syncd.predicates.bound import BindError, BoundTree, bind_tree
+from syncd.predicates.memory import Lookup, matches
+from syncd.store.filter_sql import ColumnSql, TableSql, TouchedSql, compile_moved, compile_tree
 
 __all__ = ["BindError", "BoundFilter", "bind_filter"]
 
@@ -72,7 +72,7 @@ class BoundFilter:
         now: datetime,
     ) -> str | None:
         """Rows, unchanged themselves, whose match may differ between ``then`` and ``now``
-        (``syncd.filters.sql.compile_moved``); None when none can."""
+        (``syncd.store.filter_sql.compile_moved``); None when none can."""
         if entity.name != self.tree.entity.name:
             raise ValueError(f"filter of {self.tree.entity.name!r} applied to {entity.name!r}")
         return compile_moved(self.tree, column, params, touched, table, then, now)

@@ -511,7 +511,7 @@ async def touched_values(
     fetch: Fetch, entity: Entity, column: Column, values: Sequence[object], since: Checkpoint
 ) -> set[object]:
     """Which of `values` rows written since `since` held in `column`, before or after the
-    write: the pieces of a split filter (``filters.partition``) a window can have rows for.
+    write: the pieces of a split filter (``predicates.partition``) a window can have rows for.
 
     A piece's rows move only by their own writes, so the other pieces need not be read at
     all; a superset (writes after the window too) only reads a piece for nothing. One

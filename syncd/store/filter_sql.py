@@ -23,10 +23,11 @@ the whole entity to the rows that join what changed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import assert_never
 
-from syncd.filters.bound import (
+from syncd.model import Column, Entity
+from syncd.predicates.bound import (
     BAll,
     BAnd,
     BBetween,
@@ -41,12 +42,12 @@ from syncd.filters.bound import (
     BoundTree,
     BRelated,
     BWithin,
+    cutoff,
 )
-from syncd.model import Column, Entity
 from syncd.store.coltypes import SQL_COLUMN_TYPES
 from syncd.store.sql import SQL_TYPES, ident
 
-__all__ = ["ColumnSql", "TableSql", "TouchedSql", "compile_moved", "compile_tree", "cutoff"]
+__all__ = ["ColumnSql", "TableSql", "TouchedSql", "compile_moved", "compile_tree"]
 
 ColumnSql = Callable[[Column], str]
 # Spells a staging table as a FROM item; may append parameters of its own.
@@ -55,16 +56,6 @@ TableSql = Callable[[Entity, list[object]], str]
 
 def _current_table(entity: Entity, _params: list[object]) -> str:
     return ident(entity.name)
-
-
-def cutoff(node: BWithin, now: datetime) -> object:
-    """The bound a ``within`` node compares with, for one fixed "now"."""
-    delta = timedelta(seconds=node.seconds)
-    edge = now - delta if node.direction == "last" else now + delta
-    at_instant = node.column.kind.at_instant
-    if at_instant is None:  # the parser admits ``within`` on point-in-time types only
-        raise ValueError(f"'within' on a {node.column.type} column")
-    return at_instant(edge)
 
 
 def compile_tree(

@@ -111,6 +111,14 @@ class StagingStore:
                     )
         return self._pool
 
+    async def ping(self) -> None:
+        """One round trip on a pooled connection (the daemon's health probe)."""
+        await self.fetch("SELECT 1")
+
+    async def has_rows(self, entity: str) -> bool:
+        """Whether the staging table of ``entity`` holds any row (the demo loads data once)."""
+        return bool(await self.fetch(f"SELECT 1 FROM {ident(entity)} LIMIT 1"))
+
     def pool_usage(self) -> tuple[int, int]:
         """(connections in use, idle connections) of the pool; (0, 0) before it opens."""
         pool = self._pool

@@ -38,9 +38,9 @@ import pytest
 
 from syncd.client import LocalDB
 from syncd.client.session import SyncClient
-from syncd.filters.compiled import bind_filter
 from syncd.model import ClientModel
 from syncd.store import StagingStore
+from syncd.store.bound_filter import bind_filter
 from syncd.store.feed import wire_select_list
 from syncd.store.sql import ident
 from tests.e2e.conftest import org_name

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from syncd.auth import Claims
-from syncd.filters.compiled import BindError, BoundFilter, bind_filter
 from syncd.model import ClientModel, MembershipSpec
 from syncd.server.plan import PlanError, plan_for
 from syncd.store import Changeset, OrgStores, StagingStore, apply_changeset
+from syncd.store.bound_filter import BindError, BoundFilter, bind_filter
 from syncd.store.sql import ident
 from tests.conftest import unique_name
 from tests.filters.model import field_model, with_filter

@@ -13,7 +13,8 @@ import inspect
 from types import ModuleType
 from typing import get_args
 
-from syncd.filters import bound, nodes
+from syncd.filters import nodes
+from syncd.predicates import bound
 
 
 def _dataclasses(module: ModuleType) -> set[type]:

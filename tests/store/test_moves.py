@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from syncd.filters.compiled import bind_filter
 from syncd.model import ClientModel
 from syncd.store import OrgStores, StagingStore, Subscription
+from syncd.store.bound_filter import bind_filter
 from tests.conftest import unique_name
 from tests.filters.model import field_model
 from tests.store.feed_helpers import Replica

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from syncd.filters.compiled import bind_filter
 from syncd.model import ClientModel
 from syncd.store import ChangeStream, Checkpoint, OrgStores, StagingStore, Subscription
+from syncd.store.bound_filter import bind_filter
 from syncd.store.feed import WindowTimes
 from tests.conftest import unique_name
 from tests.filters.model import field_model

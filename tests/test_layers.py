@@ -1,0 +1,140 @@
+"""Imports point down the layer table of docs/ARCHITECTURE.md ("Layout"), never up.
+
+Every module of ``protocol`` and ``syncd`` belongs to one unit (a package, or a group of
+top-level helper modules); a unit may import itself and the units listed as below it. A new
+module inherits its package's place; a new top-level module must be placed here, so a change
+of layering is a reviewed edit of this table, not an accident.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Top-level modules of syncd/ that support every layer: configuration, logs, auth, metrics.
+SUPPORT = frozenset(
+    {
+        "syncd.auth",
+        "syncd.config",
+        "syncd.devcerts",
+        "syncd.jwks",
+        "syncd.logs",
+        "syncd.metrics",
+        "syncd.ops_http",
+        "syncd.preflight",
+        "syncd.sdnotify",
+    }
+)
+# The processes' entry points, above everything.
+ENTRY = frozenset({"syncd", "syncd.__main__", "syncd.cli", "syncd.ctl", "syncd.demo"})
+
+BELOW: dict[str, frozenset[str]] = {
+    "protocol": frozenset(),
+    "support": frozenset({"protocol"}),
+    "syncd.filters": frozenset({"protocol"}),
+    "syncd.model": frozenset({"protocol", "syncd.filters"}),
+    "syncd.predicates": frozenset({"protocol", "syncd.filters", "syncd.model"}),
+    "syncd.store": frozenset(
+        {"protocol", "support", "syncd.filters", "syncd.model", "syncd.predicates"}
+    ),
+    "syncd.server": frozenset(
+        {"protocol", "support", "syncd.filters", "syncd.model", "syncd.predicates", "syncd.store"}
+    ),
+    # The device SDK shares only the wire format (and config's address parsing) with the daemon.
+    "syncd.client": frozenset({"protocol", "support"}),
+    # The ingest role is its own process: it talks to the daemon over the admin socket.
+    "syncd.ingest": frozenset(
+        {"protocol", "support", "syncd.filters", "syncd.model", "syncd.store", "syncd.server"}
+    ),
+    "entry": frozenset(
+        {
+            "protocol",
+            "support",
+            "syncd.filters",
+            "syncd.model",
+            "syncd.predicates",
+            "syncd.store",
+            "syncd.server",
+            "syncd.client",
+            "syncd.ingest",
+        }
+    ),
+}
+
+
+def unit_of(module: str) -> str:
+    """The layer unit a dotted module name belongs to."""
+    parts = module.split(".")
+    if parts[0] == "protocol":
+        return "protocol"
+    if module in ENTRY:
+        return "entry"
+    if module in SUPPORT:
+        return "support"
+    if len(parts) >= 2 and f"syncd.{parts[1]}" in BELOW:
+        return f"syncd.{parts[1]}"
+    raise AssertionError(f"{module} has no place in the layer table of tests/test_layers.py")
+
+
+def module_name(path: Path) -> str:
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    return name.removesuffix(".__init__")
+
+
+def project_imports(path: Path) -> set[str]:
+    """Names of protocol/syncd modules imported by the file, at any depth of the code."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found.update(n for n in names if n.split(".")[0] in ("protocol", "syncd"))
+    return found
+
+
+def sources() -> list[Path]:
+    return sorted([*(ROOT / "protocol").rglob("*.py"), *(ROOT / "syncd").rglob("*.py")])
+
+
+def test_every_import_points_down() -> None:
+    upward = []
+    for path in sources():
+        here = unit_of(module_name(path))
+        for imported in sorted(project_imports(path)):
+            there = unit_of(imported)
+            if there != here and there not in BELOW[here]:
+                upward.append(f"{path.relative_to(ROOT)} ({here}) imports {imported} ({there})")
+    assert upward == [], "\n".join(upward)
+
+
+def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
+    """The walk finds imports inside functions too (a lazy import is still a dependency)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from syncd.server.session import DeviceSession\n")
+    assert project_imports(probe) == {"syncd.server.session"}
+    assert unit_of("syncd.server.session") not in BELOW["syncd.store"]
+
+
+SQL_TEXT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE|DROP|ALTER|LISTEN|NOTIFY)\s")
+
+
+def test_only_the_store_writes_sql_text() -> None:
+    """No string that starts a SQL statement appears outside the store (ARCHITECTURE.md,
+    "Layout"): other layers ask the store questions instead of composing statements. The
+    device SDK keeps its own SQLite database and the ingest role writes to its sources, so
+    both are outside this rule."""
+    found = []
+    for path in sources():
+        if unit_of(module_name(path)) in ("syncd.store", "syncd.client", "syncd.ingest"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and SQL_TEXT.match(text):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {text[:40]!r}")
+    assert found == [], "\n".join(found)
