@@ -11,6 +11,10 @@ to a server that a dead owner left running. Three things it does not do for us, 
   one goes; PIDs of owners that died stay in that list forever and would keep our ``stop()``
   from stopping anything, so dead PIDs are pruned before attaching.
 
+* Logical decoding is enabled (``wal_level = logical``, set once per data directory with a
+  restart right after the first start), so the ingest role can follow a source database in
+  the same server (docs/ARCHITECTURE.md, "Ingest role (issue 13)").
+
 * When the server dies under us (``kill -9``, the OOM killer), ``alive()`` says so and
   ``restart()`` starts it again on the same data directory and socket, so DSNs stay valid;
   PostgreSQL's crash recovery replays the WAL, so every committed transaction is kept. The
@@ -109,8 +113,26 @@ class EmbeddedPostgres:
 
         try:
             self._server = get_server(self.data_dir, cleanup_mode="stop")
+            if not self._allows_logical_decoding():
+                # Once per data directory: wal_level is read only at server start.
+                self._server.psql("ALTER SYSTEM SET wal_level = 'logical';")
+                self._server.cleanup()  # stops it: no other process holds a handle yet
+                self._server = get_server(self.data_dir, cleanup_mode="stop")
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, AssertionError) as e:
             raise EmbeddedPostgresError(f"cannot start PostgreSQL in {self.data_dir}: {e}") from e
+
+    def _allows_logical_decoding(self) -> bool:
+        """True when ``wal_level`` is ``logical``, as the ingest role's PostgreSQL source needs
+        (a logical replication slot on a source database in this server, e.g. the demo's).
+        Also True, with a warning, when another process holds the server: we must not
+        restart it under them."""
+        others = _live_handles(self.data_dir)
+        if "logical" in self._server.psql("SHOW wal_level;"):
+            return True
+        if others:
+            _log.warning("embedded PostgreSQL %s: wal_level is not logical", self.data_dir)
+            return True
+        return False
 
     def dsn(self, database: str = "postgres") -> str:
         """A libpq URI for ``database`` over the server's unix socket."""
@@ -206,6 +228,17 @@ def _shm_attachments(shmid: str) -> int:
         if len(fields) > 6 and fields[1] == shmid:
             return int(fields[6])
     return 0
+
+
+def _live_handles(data_dir: Path) -> list[int]:
+    """PIDs of other live processes holding a handle on the server (the wheel's list)."""
+    try:
+        pids = json.loads((data_dir / ".handle_pids.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(pids, list):
+        return []
+    return [p for p in pids if isinstance(p, int) and p != os.getpid() and psutil.pid_exists(p)]
 
 
 def _prune_dead_handles(data_dir: Path) -> None:
