@@ -19,34 +19,10 @@ import pytest
 
 from syncd.model import ClientModel
 from syncd.store import ControlStore, EmbeddedPostgres, OrgStores, StagingStore
+from tests.support.crm import CRM_MODEL
+from tests.support.pg import with_database
 
-CRM_MODEL = {
-    "entities": {
-        "account": {
-            "key": "id",
-            "columns": {
-                "id": "uuid",
-                "name": "text",
-                "owner_id": "integer",
-                "amount": "numeric",
-                "modified_at": "timestamp",
-                "status": "integer",
-            },
-            "writable": ["name", "status"],
-        },
-        "note": {"key": "id", "columns": {"id": "integer", "body": "text", "day": "date"}},
-    },
-    "profiles": {
-        "field_sales": {
-            "offline": True,
-            "entities": {
-                "account": {"filter": {"column": "owner_id", "op": "=", "param": "user.id"}},
-                "note": {},
-            },
-        }
-    },
-    "default_profile": "field_sales",
-}
+__all__ = ["CRM_MODEL", "unique_name"]
 
 
 @pytest.fixture(scope="session")
@@ -99,18 +75,11 @@ async def fresh_database(pg_dsn: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def control(pg_dsn: str, fresh_database: str) -> AsyncIterator[ControlStore]:
     """A migrated control store on a database of its own."""
-    store = await ControlStore.connect(_with_database(pg_dsn, fresh_database))
+    store = await ControlStore.connect(with_database(pg_dsn, fresh_database))
     try:
         yield store
     finally:
         await store.close()
-
-
-def _with_database(dsn: str, database: str) -> str:
-    # Embedded DSNs look like postgresql://postgres:@/postgres?host=/socket/dir
-    head, _, query = dsn.partition("?")
-    base = head.rsplit("/", 1)[0]
-    return f"{base}/{database}?{query}" if query else f"{base}/{database}"
 
 
 @pytest.fixture

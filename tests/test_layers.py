@@ -138,3 +138,23 @@ def test_only_the_store_writes_sql_text() -> None:
             if isinstance(text, str) and SQL_TEXT.match(text):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {text[:40]!r}")
     assert found == [], "\n".join(found)
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test helpers live in tests/support/ or a directory's helpers and conftest."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        for imported in sorted(project_imports_of_tests(path)):
+            if imported.rsplit(".", 1)[-1].startswith("test_"):
+                offenders.append(f"{path.relative_to(ROOT)} imports {imported}")
+    assert offenders == [], "\n".join(offenders)
+
+
+def project_imports_of_tests(path: Path) -> set[str]:
+    """Names of ``tests`` modules imported by the file."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        module = node.module if isinstance(node, ast.ImportFrom) else None
+        if module is not None and module.split(".")[0] == "tests":
+            found.add(module)
+    return found

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from syncd.auth import Claims
 from syncd.model import ClientModel
 from syncd.server.plan import DevicePlan, Partition, plan_for
-from tests.filters.model import field_model
+from tests.support.field_model import field_model
 
 CLAIM_TEAMS = {"column": "team_id", "op": "in", "param": "user.teams"}
 

@@ -3,7 +3,6 @@ own event loop), output captured from the streams it is given."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import ssl
@@ -18,13 +17,7 @@ from syncd.devcerts import ensure_dev_pki
 from syncd.server.admin_listener import start_admin_listener
 from tests.admin.conftest import AUDIENCE, AdminStack
 from tests.conftest import CRM_MODEL, unique_name
-
-
-async def syncctl(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    async with asyncio.timeout(60):
-        code = await asyncio.to_thread(ctl.run, list(argv), out, err)
-    return code, out.getvalue(), err.getvalue()
+from tests.support.ctl import syncctl
 
 
 async def test_full_workflow(admin: AdminStack, short_dir: Path) -> None:

@@ -12,8 +12,8 @@ import pytest
 from syncd.ctl import AdminClient
 from syncd.server.admin_wire import AdminError, ErrorCode
 from tests.admin.conftest import AdminStack
-from tests.admin.test_ctl import syncctl
 from tests.conftest import CRM_MODEL, unique_name
+from tests.support.ctl import syncctl
 
 DNS_LABEL = (
     "an org name is a DNS label (devices reach it as <org>.<domain> by TLS SNI):"

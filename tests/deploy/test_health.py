@@ -31,7 +31,7 @@ from tests.deploy.support import (
 )
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name
 from tests.e2e.helpers import device_rows, staging_rows
-from tests.e2e.test_sync import accounts
+from tests.support.crm import accounts
 
 
 async def until_rows(client_db: LocalDB, checkpoint: asyncio.Event, count: int) -> None:

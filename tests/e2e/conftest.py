@@ -28,29 +28,8 @@ from syncd.devcerts import DevPKI, ensure_dev_pki
 from syncd.model import ClientModel
 from syncd.server.app import Daemon
 from syncd.store import Changeset, StagingStore, apply_changeset
-
-CRM: dict[str, Any] = {
-    "entities": {
-        "account": {
-            "key": "id",
-            "columns": {
-                "id": "uuid",
-                "name": "text",
-                "owner_id": "integer",
-                "amount": "numeric",
-                "modified_at": "timestamp",
-                "status": "integer",
-            },
-            "writable": ["name", "status"],
-        },
-        "note": {"key": "id", "columns": {"id": "integer", "body": "text", "day": "date"}},
-    },
-    "profiles": {
-        "field_sales": {"offline": True, "entities": {"account": {}, "note": {}}},
-        "office": {"offline": False, "entities": {"account": {}}},
-    },
-    "default_profile": "field_sales",
-}
+from tests.support.crm import CRM
+from tests.support.pg import with_database
 
 
 @dataclass
@@ -163,8 +142,7 @@ async def control_dsn(pg_dsn: str) -> AsyncIterator[str]:
     conn = await asyncpg.connect(pg_dsn)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
-        head, _, query = pg_dsn.partition("?")
-        yield f"{head.rsplit('/', 1)[0]}/{name}?{query}"
+        yield with_database(pg_dsn, name)
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()

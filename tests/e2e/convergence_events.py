@@ -41,7 +41,7 @@ from syncd.client.session import SyncClient
 from syncd.ctl import AdminClient
 from syncd.store import StagingStore
 from tests.e2e.conftest import RunningDaemon, run_daemon
-from tests.filters.model import field_model
+from tests.support.field_model import field_model
 
 USERS = ("7", "8", "9")
 TEAMS = (1, 2, 3)

@@ -9,6 +9,7 @@ from syncd.model import ClientModel
 from syncd.store import StagingStore
 from syncd.store.feed import wire_select_list
 from syncd.store.sql import ident
+from tests.e2e.conftest import RunningDaemon
 
 
 async def staging_rows(
@@ -27,3 +28,13 @@ def device_rows(db: LocalDB, entity: str) -> set[tuple[Any, ...]]:
 def _normalize(row: tuple[Any, ...]) -> tuple[Any, ...]:
     # SQLite hands booleans back as 0/1; the wire and staging say True/False.
     return tuple(int(v) if isinstance(v, bool) else v for v in row)
+
+
+async def put_model(running: RunningDaemon, org: str, model: dict[str, Any]) -> None:
+    """Provision and apply ``model`` for ``org`` as a model push would, without the socket."""
+    registry = running.daemon.registry
+    assert registry is not None
+    parsed = ClientModel.parse(model)
+    await registry.stores.provision(org, parsed)
+    await registry.control.put_model(org, parsed)
+    await registry.reload(org)

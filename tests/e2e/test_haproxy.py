@@ -20,7 +20,7 @@ from syncd.devcerts import ensure_dev_pki
 from syncd.store import Changeset
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
 from tests.e2e.helpers import device_rows, staging_rows
-from tests.e2e.test_sync import accounts
+from tests.support.crm import accounts
 
 HAPROXY = shutil.which("haproxy") or (
     "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None

@@ -9,9 +9,8 @@ from pathlib import Path
 from syncd.client import LocalDB
 from syncd.store import Changeset
 from tests.e2e.conftest import CRM, ingest, org_name, run_daemon
-from tests.e2e.helpers import device_rows, staging_rows
-from tests.e2e.test_lifecycle import put_model, with_task_entity
-from tests.e2e.test_sync import accounts
+from tests.e2e.helpers import device_rows, put_model, staging_rows
+from tests.support.crm import accounts, with_task_entity
 
 
 async def test_config_made_on_one_instance_serves_devices_on_another(

@@ -6,7 +6,6 @@ import asyncio
 import copy
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,26 +14,8 @@ from syncd.client import LocalDB
 from syncd.client.session import ServerError
 from syncd.store import Changeset
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
-from tests.e2e.helpers import device_rows, staging_rows
-from tests.e2e.test_sync import accounts, notes
-
-
-def with_task_entity() -> dict[str, Any]:
-    model = copy.deepcopy(CRM)
-    model["entities"]["task"] = {"key": "id", "columns": {"id": "integer", "title": "text"}}
-    model["profiles"]["field_sales"]["entities"]["task"] = {}
-    return model
-
-
-async def put_model(running: RunningDaemon, org: str, model: dict[str, Any]) -> None:
-    from syncd.model import ClientModel
-
-    registry = running.daemon.registry
-    assert registry is not None
-    parsed = ClientModel.parse(model)
-    await registry.stores.provision(org, parsed)
-    await registry.control.put_model(org, parsed)
-    await registry.reload(org)
+from tests.e2e.helpers import device_rows, put_model, staging_rows
+from tests.support.crm import accounts, notes, with_task_entity
 
 
 async def test_model_change_reaches_live_device_and_touches_only_new_entity(

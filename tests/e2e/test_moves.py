@@ -9,18 +9,13 @@ filter ever reaches it.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
 from protocol import Changes
 from syncd.client import LocalDB
 from tests.e2e.conftest import RunningDaemon, org_name
-from tests.e2e.test_filters import keys, seed, sync
-
-
-def acc(n: int) -> str:
-    return str(uuid.UUID(int=n))
+from tests.e2e.field_org import acc, keys, seed, sync
 
 
 async def test_owner_change_on_reconnect(running: RunningDaemon, tmp_path: Path) -> None:

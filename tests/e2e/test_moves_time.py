@@ -16,8 +16,8 @@ from typing import Any
 from syncd.client import LocalDB
 from syncd.store import Changeset
 from tests.e2e.conftest import RunningDaemon, ingest, org_name
-from tests.e2e.test_filters import keys, sync
-from tests.filters.model import field_model
+from tests.e2e.field_org import keys, sync
+from tests.support.field_model import field_model
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

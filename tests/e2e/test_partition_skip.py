@@ -18,7 +18,7 @@ from typing import Any
 from syncd.client import LocalDB
 from syncd.store import Changeset
 from tests.e2e.conftest import RunningDaemon, ingest, org_name
-from tests.e2e.test_filters import MODEL, account, keys
+from tests.e2e.field_org import MODEL, account, keys
 
 PROFILE: dict[str, Any] = {
     "offline": True,

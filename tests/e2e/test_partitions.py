@@ -22,8 +22,7 @@ from syncd.client import LocalDB
 from syncd.client.session import SyncClient
 from syncd.store import Changeset, StagingStore
 from tests.e2e.conftest import RunningDaemon, ingest, org_name
-from tests.e2e.test_filters import MODEL, account, keys
-from tests.e2e.test_moves import acc
+from tests.e2e.field_org import MODEL, acc, account, keys
 
 TEAMS = {"a": ["1", "2"], "b": ["2", "3"]}
 NAME, TEAM = 1, 3  # wire positions of account columns (model order: id, name, owner_id, team_id)

@@ -15,7 +15,7 @@ from syncd.store import Changeset, bulk_load
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
 from tests.e2e.helpers import device_rows, staging_rows
 from tests.e2e.proxy import CuttingProxy
-from tests.e2e.test_sync import accounts
+from tests.support.crm import accounts
 
 ROWS = 60_000
 

@@ -25,7 +25,7 @@ from syncd.model import ClientModel
 from syncd.store import Changeset, StagingStore
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
 from tests.e2e.helpers import device_rows, staging_rows
-from tests.e2e.test_sync import accounts as crm_accounts
+from tests.support.crm import accounts as crm_accounts
 
 BOUND_S = 60
 USER = "7"

@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, date, datetime
-from decimal import Decimal
 from pathlib import Path
 
 from syncd.client import LocalDB
 from syncd.store import Changeset
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
 from tests.e2e.helpers import device_rows, staging_rows
-
-
-def accounts(n: int, owner: int = 1, start: int = 0) -> list[dict[str, object]]:
-    return [
-        {
-            "id": uuid.UUID(int=start + i + 1),
-            "name": f"Account {start + i}",
-            "owner_id": owner + (i % 3),
-            "amount": Decimal(f"{i}.25"),
-            "modified_at": datetime(2026, 1, 1, 12, 0, i % 60, tzinfo=UTC),
-            "status": i % 4,
-        }
-        for i in range(n)
-    ]
-
-
-def notes(n: int) -> list[dict[str, object]]:
-    return [{"id": i, "body": f"note {i}", "day": date(2026, 1, 1 + i % 28)} for i in range(n)]
+from tests.support.crm import accounts, notes
 
 
 async def test_initial_sync_equals_staging(running: RunningDaemon, tmp_path: Path) -> None:

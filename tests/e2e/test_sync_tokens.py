@@ -38,8 +38,8 @@ from syncd.server.sync_token import Binding, SyncToken
 from syncd.store import Changeset, Checkpoint, StagingStore
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
 from tests.e2e.helpers import device_rows, staging_rows
-from tests.e2e.test_sync import accounts
 from tests.e2e.wire_device import Session, WireDevice
+from tests.support.crm import accounts
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -24,7 +24,7 @@ from syncd.store import Changeset, OrgStores, StagingStore, apply_changeset
 from syncd.store.bound_filter import BindError, BoundFilter, bind_filter
 from syncd.store.sql import ident
 from tests.conftest import unique_name
-from tests.filters.model import field_model, with_filter
+from tests.support.field_model import field_model, with_filter
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 USER = "u1"

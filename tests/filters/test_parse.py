@@ -8,7 +8,7 @@ import pytest
 
 from syncd.filters import Compare, InList, Membership, Param
 from syncd.model import ClientModel, ModelError
-from tests.filters.model import field_model, with_filter
+from tests.support.field_model import field_model, with_filter
 
 ACC = "profiles.sales.entities.account.filter"
 CON = "profiles.sales.entities.contact.filter"

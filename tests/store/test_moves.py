@@ -18,8 +18,8 @@ from syncd.model import ClientModel
 from syncd.store import OrgStores, StagingStore, Subscription
 from syncd.store.bound_filter import bind_filter
 from tests.conftest import unique_name
-from tests.filters.model import field_model
 from tests.store.feed_helpers import Replica
+from tests.support.field_model import field_model
 
 MODEL = field_model()
 MODEL["profiles"]["custom"] = {

@@ -22,7 +22,7 @@ from syncd.store import ChangeStream, Checkpoint, OrgStores, StagingStore, Subsc
 from syncd.store.bound_filter import bind_filter
 from syncd.store.feed import WindowTimes
 from tests.conftest import unique_name
-from tests.filters.model import field_model
+from tests.support.field_model import field_model
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
