@@ -11,6 +11,12 @@ leaves the connection broken: the caller sends `error_frame_for(exc)` and closes
 transition and returns the same bytes to every session, so a batch that fans out to 500
 devices is encoded once (ARCHITECTURE.md decision 4).
 
+Compression (PROTOCOL.md, "Compression"): the device lists codecs in Hello, the server
+picks one in Welcome; from then on `send`/`send_prepared` return a frame compressed when
+its payload is at least MIN_COMPRESSED_PAYLOAD bytes and compressing makes it smaller, and
+the frame decoder takes compressed frames in. A `PreparedFrame` keeps its compressed form
+once made, so a batch shared by many sessions is compressed once, like it is encoded once.
+
 PROTOCOL.md, "Limits": before the handshake completes (the server has sent, the device has
 received Welcome) frames are limited to 64 KiB in both directions; afterwards to the
 max_frame_size announced in Welcome.
@@ -19,17 +25,19 @@ max_frame_size announced in Welcome.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgpack
 
+from protocol.compression import CODECS, MIN_COMPRESSED_PAYLOAD, compress, pick_codec
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
     MAX_UNAUTHENTICATED_FRAME_SIZE,
     FrameDecoder,
+    compressed_frame_header,
     frame_header,
 )
 from protocol.messages import Changes, Error, Hello, Message, Welcome
@@ -45,6 +53,7 @@ __all__ = [
     "ConnectionClosed",
     "NeedData",
     "PreparedFrame",
+    "compressed_frame",
     "encode_changes",
     "encode_changes_within",
     "error_frame_for",
@@ -84,15 +93,41 @@ class ConnectionClosed:
     """The byte stream ended cleanly (or we already closed); no more messages will come."""
 
 
+def compressed_frame(codec: str, data: bytes) -> bytes:
+    """The frame `data` (prefix and payload) as sent on a connection that negotiated
+    `codec`: compressed when the payload is big enough and compressing shrinks it, else as
+    it is (PROTOCOL.md, "Compression": a sender never sends a frame larger for compressing)."""
+    if len(data) - HEADER_SIZE < MIN_COMPRESSED_PAYLOAD:
+        return data
+    packed = compress(codec, data[HEADER_SIZE:])
+    if len(packed) >= len(data) - HEADER_SIZE:
+        return data
+    return compressed_frame_header(len(packed)) + packed
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedFrame:
-    """A complete frame encoded once, sendable on many connections via send_prepared."""
+    """A complete frame encoded once, sendable on many connections via send_prepared.
+
+    Its compressed form is made the first time a connection with that codec sends it and
+    kept, so every session after the first gets the same bytes for free.
+    """
 
     message_type: type[Message]
     data: bytes
+    _compressed: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def for_codec(self, codec: str | None) -> bytes:
+        """The bytes to send on a connection that negotiated `codec` (None: `data`)."""
+        if codec is None:
+            return self.data
+        found = self._compressed.get(codec)
+        if found is None:
+            found = self._compressed[codec] = compressed_frame(codec, self.data)
+        return found
 
 
 def negotiate(device_versions: Sequence[int], supported: Sequence[int]) -> int:
@@ -195,7 +230,10 @@ class Connection:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_unauthenticated_frame_size: int = MAX_UNAUTHENTICATED_FRAME_SIZE,
         supported_versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+        codecs: tuple[str, ...] = CODECS,
     ) -> None:
+        """`codecs`: the compression codecs this endpoint implements. A device offers the
+        ones it lists in its Hello (which must be among these); a server picks from these."""
         if max_unauthenticated_frame_size > max_frame_size:
             raise LocalProtocolError("the unauthenticated limit exceeds max_frame_size")
         self.our_role = role
@@ -203,6 +241,15 @@ class Connection:
         self.max_frame_size = max_frame_size
         self.supported_versions = supported_versions
         self.negotiated_version: int | None = None
+        unknown = set(codecs) - set(CODECS)
+        if unknown:
+            raise LocalProtocolError(f"unknown compression codecs {sorted(unknown)}")
+        self.codecs = codecs
+        #: Server: what Welcome may pick, from the Hello's list (None: no compression).
+        self.offered_codec: str | None = None
+        #: The codec in force once Welcome is sent (server) or received (device).
+        self.codec: str | None = None
+        self._hello_codecs: tuple[str, ...] = ()
         self._state = ConnectionState()
         self._decoder = FrameDecoder(max_unauthenticated_frame_size)
         self._hello_versions: tuple[int, ...] = ()
@@ -264,6 +311,7 @@ class Connection:
         if isinstance(message, Hello):
             # The server answers with Welcome(version=negotiated_version) or fails here.
             self.negotiated_version = negotiate(message.versions, self.supported_versions)
+            self.offered_codec = pick_codec(message.compression, self.codecs)
         elif isinstance(message, Welcome):
             self._accept_welcome(message)
 
@@ -279,8 +327,13 @@ class Connection:
                 f"this device accepts at most {self.max_frame_size}",
                 ErrorCode.FRAME_TOO_LARGE,
             )
+        if welcome.compression is not None and welcome.compression not in self._hello_codecs:
+            raise RemoteProtocolError(
+                f"server chose compression {welcome.compression!r}, not offered in Hello"
+            )
         self.negotiated_version = welcome.version
         self._decoder.max_frame_size = welcome.max_frame_size
+        self.codec = self._decoder.codec = welcome.compression
 
     # --- sending ------------------------------------------------------------------------
 
@@ -294,11 +347,17 @@ class Connection:
         """Like send, for a frame encoded once by prepare() or encode_changes()."""
         if frame.message_type in (Hello, Welcome):
             raise LocalProtocolError("Hello and Welcome are sent with send(), not prepared")
-        return self._send_frame(frame.message_type, frame.data, None)
+        return self._send_frame(frame.message_type, frame.data, None, frame)
 
     def _send_frame(
-        self, message_type: type[Message], data: bytes, message: Message | None
+        self,
+        message_type: type[Message],
+        data: bytes,
+        message: Message | None,
+        prepared: PreparedFrame | None = None,
     ) -> bytes:
+        """Check and record sending `data`; return it as it goes on the wire (compressed
+        when a codec is in force: the limit bounds the payload before compression)."""
         if self._error is not None:
             raise LocalProtocolError(
                 "the connection is broken; send error_frame_for(exc) and close"
@@ -310,12 +369,24 @@ class Connection:
             )
         if isinstance(message, Welcome) and self.state is State.AUTHENTICATING:
             self._check_welcome(message)
+        if isinstance(message, Hello) and set(message.compression or ()) - set(self.codecs):
+            raise LocalProtocolError(
+                f"Hello lists codecs {list(message.compression or ())}; this connection"
+                f" implements {list(self.codecs)}"
+            )
         self._state.process(self.our_role, message_type)
         if isinstance(message, Hello):
             self._hello_versions = message.versions
+            self._hello_codecs = message.compression or ()
         elif isinstance(message, Welcome):
             self._decoder.max_frame_size = message.max_frame_size
-        return data
+            self.codec = self._decoder.codec = message.compression
+            return data
+        if self.codec is None:
+            return data
+        if prepared is not None:
+            return prepared.for_codec(self.codec)
+        return compressed_frame(self.codec, data)
 
     def _check_welcome(self, welcome: Welcome) -> None:
         if welcome.version != self.negotiated_version:
@@ -324,3 +395,8 @@ class Connection:
             )
         if welcome.max_frame_size > self.max_frame_size:
             raise LocalProtocolError("Welcome.max_frame_size exceeds this connection's limit")
+        if welcome.compression is not None and welcome.compression != self.offered_codec:
+            raise LocalProtocolError(
+                f"Welcome.compression must be None or {self.offered_codec!r}, the codec picked"
+                " from the Hello's list (offered_codec)"
+            )

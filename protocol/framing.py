@@ -9,20 +9,28 @@ PROTOCOL.md, "Framing":
     Each frame is a 4-byte unsigned big-endian payload length N followed by N bytes that
     hold exactly one msgpack object. A receiver closes the connection with
     FRAME_TOO_LARGE as soon as it reads a length above the limit in force.
+
+PROTOCOL.md, "Compression": once a codec is negotiated, a prefix with its top bit set
+(COMPRESSED_FLAG) carries in its other 31 bits the length of a compressed payload. Both that
+length and the decompressed size are bounded by the limit in force; the second is checked
+before any output is allocated (`protocol.compression.decompress`).
 """
 
 from __future__ import annotations
 
 import struct
 
+from protocol.compression import decompress
 from protocol.errors import ErrorCode, RemoteProtocolError
 
 __all__ = [
     "ABSOLUTE_MAX_FRAME_SIZE",
+    "COMPRESSED_FLAG",
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER_SIZE",
     "MAX_UNAUTHENTICATED_FRAME_SIZE",
     "FrameDecoder",
+    "compressed_frame_header",
     "frame_header",
 ]
 
@@ -43,6 +51,11 @@ DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
 #: daemon's event loop for too long and a phone's memory for too much.
 ABSOLUTE_MAX_FRAME_SIZE = 64 * 1024 * 1024
 
+#: Top bit of the length prefix: the payload is compressed with the negotiated codec. No
+#: limit comes near 2**31, so the bit is free; without a negotiated codec a prefix with it
+#: set is just a length above every limit (FRAME_TOO_LARGE), as it always was.
+COMPRESSED_FLAG = 0x8000_0000
+
 _HEADER = struct.Struct(">I")
 
 
@@ -51,11 +64,19 @@ def frame_header(payload_size: int) -> bytes:
     return _HEADER.pack(payload_size)
 
 
+def compressed_frame_header(compressed_size: int) -> bytes:
+    """The length prefix of a compressed payload of this size (COMPRESSED_FLAG set)."""
+    return _HEADER.pack(COMPRESSED_FLAG | compressed_size)
+
+
 class FrameDecoder:
     """Accumulates received bytes and cuts them into payloads, enforcing a size limit."""
 
     def __init__(self, max_frame_size: int) -> None:
         self.max_frame_size = max_frame_size
+        #: The negotiated codec once the handshake chose one: only then does
+        #: COMPRESSED_FLAG mean a compressed payload.
+        self.codec: str | None = None
         self._buffer = bytearray()
         self._eof = False
 
@@ -92,6 +113,9 @@ class FrameDecoder:
                 raise RemoteProtocolError("connection closed inside a frame header")
             return None
         (size,) = _HEADER.unpack_from(buffer)
+        compressed = self.codec is not None and size & COMPRESSED_FLAG
+        if compressed:
+            size &= ~COMPRESSED_FLAG
         if size > self.max_frame_size:
             raise RemoteProtocolError(
                 f"frame of {size} bytes exceeds the limit of {self.max_frame_size}",
@@ -106,4 +130,7 @@ class FrameDecoder:
             return None
         payload = bytes(buffer[HEADER_SIZE:end])
         del buffer[:end]
+        if compressed:
+            assert self.codec is not None
+            return decompress(self.codec, payload, self.max_frame_size)
         return payload

@@ -73,6 +73,13 @@ MAX_VERSIONS = 16
 MAX_VERSION = 0xFFFF
 
 _OPTIONAL: dict[str, Any] = {"optional": True}
+#: Optional fields added after version 1 shipped: the reference encoder leaves them out when
+#: nil, so a peer that uses none of them sends exactly the bytes it always did.
+_ADDED: dict[str, Any] = {"optional": True, "omit_nil": True}
+
+#: Codecs a Hello may list (PROTOCOL.md, "Compression"); names are short identifiers.
+MAX_CODECS = 8
+MAX_CODEC_NAME = 32
 
 _ROW_TYPES: frozenset[type] = frozenset({list, tuple})
 _VALUE_TYPES: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes})
@@ -119,8 +126,18 @@ class Hello(Message):
     app_version: str
     checkpoint: bytes | None = field(default=None, metadata=_OPTIONAL)
     schema_fingerprint: str | None = field(default=None, metadata=_OPTIONAL)
+    compression: tuple[str, ...] | None = field(default=None, metadata=_ADDED)
+    """Codecs the device accepts for frames, most preferred first (PROTOCOL.md,
+    "Compression"); nil or absent: none, and the server sends every frame uncompressed."""
 
     def __post_init__(self) -> None:
+        if self.compression is not None:
+            codecs = to_tuple("Hello", "compression", self.compression)
+            if len(codecs) > MAX_CODECS:
+                raise fail("Hello", "compression", f"must list at most {MAX_CODECS} codecs")
+            for codec in codecs:
+                check_str("Hello", "compression", codec, max_len=MAX_CODEC_NAME)
+            object.__setattr__(self, "compression", codecs)
         versions = to_tuple("Hello", "versions", self.versions)
         if not 1 <= len(versions) <= MAX_VERSIONS:
             raise fail("Hello", "versions", f"must list 1 to {MAX_VERSIONS} versions")
@@ -268,8 +285,13 @@ class Welcome(Message):
     sent since the previous one to this many, or"""
     checkpoint_bytes: int | None = field(default=None, metadata=_OPTIONAL)
     """the frame that brings the Changes bytes sent since the previous one to this many."""
+    compression: str | None = field(default=None, metadata=_ADDED)
+    """The codec, one the Hello listed, the server may compress frames with from now on;
+    nil or absent: none (PROTOCOL.md, "Compression")."""
 
     def __post_init__(self) -> None:
+        if self.compression is not None:
+            check_str("Welcome", "compression", self.compression, max_len=MAX_CODEC_NAME)
         check_int("Welcome", "version", self.version, low=1, high=MAX_VERSION)
         for name in ("idle_timeout_ms", "checkpoint_rows", "checkpoint_bytes"):
             value = getattr(self, name)

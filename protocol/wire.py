@@ -35,7 +35,12 @@ def _encode_value(value: object) -> object:
 
 
 def _struct_to_map(struct: object) -> dict[str, object]:
-    return {f.name: _encode_value(getattr(struct, f.name)) for f in fields(struct)}  # type: ignore[arg-type]
+    # Fields marked omit_nil (added after version 1 shipped) are left out when nil.
+    return {
+        f.name: _encode_value(value)
+        for f in fields(struct)  # type: ignore[arg-type]
+        if (value := getattr(struct, f.name)) is not None or not f.metadata.get("omit_nil")
+    }
 
 
 def to_wire(message: Message) -> dict[str, object]:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import zstandard
 
+from protocol.compression import ZSTD, compress
 from protocol.connection import encode_changes
 from protocol.errors import ErrorCode
-from protocol.framing import frame_header
+from protocol.framing import compressed_frame_header, frame_header
 from protocol.messages import (
     Ack,
     CaughtUp,
@@ -65,7 +67,11 @@ ROW_ID = "0b7e3c1a-9f2d-4c5e-8a61-3d2f1e0c9b8a"
 SAMPLES: dict[str, Message] = {
     "hello": Hello((1,), "eyJ0eXAiOiJKV1QifQ.e30.sig", "acme", "dev-1", "2.3.0", None, None),
     "hello_reconnect": Hello((2, 1), "tok", "acme", "dev-1", "2.3.0", b"\x01\x02", "m1"),
+    "hello_compression": Hello((1,), "tok", "acme", "dev-1", "2.3.0", None, None, ("zstd",)),
     "welcome": Welcome(1, "s-42", 4194304, 1000, 30000, 1767225600, MODEL, 90000, 20000, 4194304),
+    "welcome_compression": Welcome(
+        1, "s-42", 4194304, 1000, 30000, 1767225600, MODEL, 90000, 20000, 4194304, "zstd"
+    ),
     "changes": Changes(
         "account",
         upserts=[[ROW_ID, "Acme", "12.50", 1767225600000000, 7]],
@@ -258,6 +264,14 @@ BAD_FRAMES: list[dict[str, str]] = [
         ),
         "code": "PROTOCOL_VIOLATION",
     },
+    # a compressed-frame prefix (top bit set) on a connection that negotiated no codec: a
+    # length above every limit, as it always was
+    {
+        "name": "compressed_without_negotiation",
+        "role": "device",
+        "hex": "80000010" + "00" * 16,
+        "code": "FRAME_TOO_LARGE",
+    },
     # Hello offering only version 9
     {
         "name": "unsupported_version",
@@ -266,6 +280,68 @@ BAD_FRAMES: list[dict[str, str]] = [
         "code": "UNSUPPORTED_VERSION",
     },
 ]
+
+
+#: A Changes frame of 20 rows, compressed: what a device that negotiated zstd receives.
+COMPRESSED_CHANGES = Changes(
+    "account",
+    upserts=[
+        [f"0b7e3c1a-9f2d-4c5e-8a61-3d2f1e0c9b{i:02x}", f"Acme {i}", "12.50", 1767225600000000, 7]
+        for i in range(20)
+    ],
+    deletes=[],
+)
+
+
+def _compressed(payload: bytes) -> str:
+    body = compress(ZSTD, payload)
+    return (compressed_frame_header(len(body)) + body).hex()
+
+
+def _zstd_frames() -> list[dict[str, str]]:
+    """Compressed frames a device must decode (`payload`) or refuse (`code`) after a
+    handshake that negotiated zstd (hello_compression, then welcome_compression: frames of
+    at most 4 MiB)."""
+    payload = encode_frame(COMPRESSED_CHANGES)[4:]
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(payload)
+    return [
+        {"name": "changes_zstd", "hex": _compressed(payload), "payload": payload.hex()},
+        # 5 MiB of zero bytes: a 175-byte frame that declares more than the 4 MiB limit
+        {
+            "name": "zstd_bomb_declared",
+            "hex": _compressed(bytes(5 * 1024 * 1024)),
+            "code": "PROTOCOL_VIOLATION",
+        },
+        # the same payload without Frame_Content_Size: its size could only be learnt by
+        # decompressing it
+        {
+            "name": "zstd_without_content_size",
+            "hex": (compressed_frame_header(len(unsized)) + unsized).hex(),
+            "code": "PROTOCOL_VIOLATION",
+        },
+        # one zstd frame and then bytes that are not part of it
+        {
+            "name": "zstd_trailing_bytes",
+            "hex": _compressed_raw(compress(ZSTD, payload) + b"\x00\x00"),
+            "code": "PROTOCOL_VIOLATION",
+        },
+        # a compressed prefix whose payload is plain msgpack, not a zstd frame
+        {
+            "name": "zstd_not_a_zstd_frame",
+            "hex": _compressed_raw(payload),
+            "code": "PROTOCOL_VIOLATION",
+        },
+        # the compressed length itself above the limit: refused from the prefix alone
+        {
+            "name": "zstd_prefix_over_limit",
+            "hex": compressed_frame_header(4 * 1024 * 1024 + 1).hex(),
+            "code": "FRAME_TOO_LARGE",
+        },
+    ]
+
+
+def _compressed_raw(body: bytes) -> str:
+    return (compressed_frame_header(len(body)) + body).hex()
 
 
 def json_form(value: Any) -> Any:
@@ -295,7 +371,12 @@ def build() -> dict[str, Any]:
         {"name": name, "hex": encode_frame(message).hex(), "message": json_form(to_wire(message))}
         for name, message in SAMPLES.items()
     ]
-    return {"protocol_version": 1, "messages": messages, "errors": BAD_FRAMES}
+    return {
+        "protocol_version": 1,
+        "messages": messages,
+        "errors": BAD_FRAMES,
+        "compressed": _zstd_frames(),
+    }
 
 
 def main() -> None:
