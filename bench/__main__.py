@@ -5,7 +5,8 @@ chooses arguments. The quick sizes finish in a few minutes together and keep the
 meaningful (each bench compares against a ceiling measured in the same run); `--full` passes
 the issue's sizes (1M rows, 100 devices x 100k rows), which takes tens of minutes. Benches
 run one at a time so none steals the others' cores, and a failing bench does not stop the
-rest: the runner reports it and exits non-zero at the end.
+rest: the runner reports it and exits non-zero at the end. All benches of one run write
+into one JSON document (bench/record.py) whose path is printed at the end.
 
     python -m bench [--full] [--only codec,localdb,feed,upload,sync,fanout]
 """
@@ -19,6 +20,8 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Final
+
+from bench import record
 
 BENCHES: Final = ("codec", "localdb", "feed", "upload", "sync", "fanout")
 QUICK: Final[dict[str, list[str]]] = {
@@ -57,20 +60,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown bench {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
     sizes = FULL if args.full else QUICK
     failed: list[str] = []
-    for name in chosen:
-        command = " ".join(["python -m bench." + name, *sizes[name]])
-        print(f"\n=== {name}: {command}", flush=True)
-        started = time.perf_counter()
-        try:
-            _run(name, list(sizes[name]))
-        except Exception:
-            traceback.print_exc()
-            failed.append(name)
-        print(f"=== {name}: {time.perf_counter() - started:.0f} s", flush=True)
+    with record.runner(["python -m bench", *(argv if argv is not None else sys.argv[1:])]):
+        for name in chosen:
+            if not _one(name, sizes[name]):
+                failed.append(name)
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one(name: str, argv: list[str]) -> bool:
+    """Run one bench; False when it raised (reported, and the next bench still runs)."""
+    command = " ".join(["python -m bench." + name, *argv])
+    print(f"\n=== {name}: {command}", flush=True)
+    started = time.perf_counter()
+    try:
+        _run(name, list(argv))
+    except Exception:
+        traceback.print_exc()
+        return False
+    finally:
+        print(f"=== {name}: {time.perf_counter() - started:.0f} s", flush=True)
+    return True
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Strategy: build 1,000-row batches of CRM-like primitive rows (uuid str, two texts,
 numeric-as-str, timestamp int microseconds, owner and status ints, version int) once,
-then time each path over the same batches and print rows/s, MB/s and the ratio to plain
-msgpack. Ratios within one run are what matter (ARCHITECTURE.md, ceilings: run-to-run noise 15-50%).
+then time each path over the same batches, alternating with plain msgpack, and print
+median rows/s, MB/s and the ratio to plain msgpack. Ratios within one run are what matter
+(ARCHITECTURE.md, ceilings: run-to-run noise 15-50%).
 
 Run: `python -m bench.codec [--batches N] [--repeat R]`.
 """
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import msgpack
 
+from bench import record
 from protocol import Changes, Connection, Role, encode_changes
 from protocol.wire import decode_payload
 
@@ -44,22 +48,34 @@ def make_rows(count: int, seed: int = 7) -> list[tuple[object, ...]]:
     ]
 
 
-def _time(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
-def run(batches: int, repeat: int) -> list[tuple[str, float, float, float]]:
-    """(path, rows/s, MB/s, ratio to the plain msgpack baseline) for each path."""
+@dataclass(frozen=True)
+class Timed:
+    """One timed path: rows/s of each repeat, beside the baseline timed right before it."""
+
+    name: str
+    baseline: str
+    rows_per_s: list[float]
+    baseline_rows_per_s: list[float]
+    mb_per_s: float
+
+    @property
+    def time_vs_baseline(self) -> float:
+        """Median time of this path over the baseline's (1.0 = as fast as plain msgpack)."""
+        return statistics.median(self.baseline_rows_per_s) / statistics.median(self.rows_per_s)
+
+
+def run(batches: int, repeat: int) -> list[Timed]:
+    """Each path `repeat` times, alternating with its plain msgpack baseline."""
     row_batches = [make_rows(ROWS_PER_BATCH, seed) for seed in range(batches)]
     plain = [msgpack.packb(rows) for rows in row_batches]
     frames = [encode_changes("account", rows, []).data for rows in row_batches]
     total_rows = batches * ROWS_PER_BATCH
-    plain_bytes = sum(map(len, plain))
     frame_bytes = sum(map(len, frames))
 
     def pack_plain() -> None:
@@ -86,17 +102,19 @@ def run(batches: int, repeat: int) -> list[tuple[str, float, float, float]]:
             assert isinstance(event, Changes)
 
     results = []
-    enc_base = _time(pack_plain, repeat)
-    dec_base = _time(unpack_plain, repeat)
-    for name, fn, size, base in (
-        ("msgpack.packb (baseline)", pack_plain, plain_bytes, enc_base),
-        ("encode_changes", pack_changes, frame_bytes, enc_base),
-        ("msgpack.unpackb (baseline)", unpack_plain, plain_bytes, dec_base),
-        ("decode Changes payload", decode_changes, frame_bytes, dec_base),
-        ("Connection.next_event", connection_receive, frame_bytes, dec_base),
+    for name, fn, base_name, base in (
+        ("encode_changes", pack_changes, "msgpack.packb", pack_plain),
+        ("decode Changes payload", decode_changes, "msgpack.unpackb", unpack_plain),
+        ("Connection.next_event", connection_receive, "msgpack.unpackb", unpack_plain),
     ):
-        elapsed = base if fn in (pack_plain, unpack_plain) else _time(fn, repeat)
-        results.append((name, total_rows / elapsed, size / elapsed / 1e6, elapsed / base))
+        mine: list[float] = []
+        theirs: list[float] = []
+        for _ in range(repeat):
+            theirs.append(_time(base))
+            mine.append(_time(fn))
+        rows_s = [total_rows / t for t in mine]
+        mb_s = frame_bytes / statistics.median(mine) / 1e6
+        results.append(Timed(name, base_name, rows_s, [total_rows / t for t in theirs], mb_s))
     return results
 
 
@@ -118,13 +136,30 @@ def _live_device() -> Connection:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=50, help="1,000-row batches per pass")
-    parser.add_argument("--repeat", type=int, default=5, help="passes; the best is reported")
+    parser.add_argument("--repeat", type=int, default=5, help="passes; medians are reported")
     args = parser.parse_args(argv)
     rows = args.batches * ROWS_PER_BATCH
-    print(f"{args.batches} batches x {ROWS_PER_BATCH} rows, best of {args.repeat} ({rows} rows)")
-    print(f"{'path':<28} {'rows/s':>12} {'MB/s':>9} {'time vs baseline':>17}")
-    for name, rows_per_s, mb_per_s, ratio in run(args.batches, args.repeat):
-        print(f"{name:<28} {rows_per_s:>12,.0f} {mb_per_s:>9.1f} {ratio:>16.2f}x")
+    with record.bench_run("codec", argv) as results:
+        print(
+            f"{args.batches} batches x {ROWS_PER_BATCH} rows, median of {args.repeat}"
+            f" alternating with the baseline ({rows} rows)"
+        )
+        print(f"{'path':<24} {'rows/s':>12} {'MB/s':>9} {'baseline rows/s':>16} {'time vs it':>11}")
+        for p in run(args.batches, args.repeat):
+            base = statistics.median(p.baseline_rows_per_s)
+            print(
+                f"{p.name:<24} {statistics.median(p.rows_per_s):>12,.0f} {p.mb_per_s:>9.1f}"
+                f" {base:>16,.0f} {p.time_vs_baseline:>10.2f}x"
+            )
+            results.figure(
+                p.name,
+                "rows/s",
+                p.rows_per_s,
+                ceiling_samples=p.baseline_rows_per_s,
+                ceiling_name=f"{p.baseline} (baseline)",
+                params={"rows": rows, "mb_per_s": p.mb_per_s},
+                phase="codec",
+            )
 
 
 if __name__ == "__main__":

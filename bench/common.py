@@ -37,6 +37,7 @@ from typing import Any, Final
 import orjson
 import psutil
 
+from bench import progress, record
 from syncd.auth import mint_token
 from syncd.config import load_config
 from syncd.devcerts import ensure_dev_pki
@@ -57,6 +58,7 @@ __all__ = [
     "load_org",
     "postgres_cpu_seconds",
     "print_table",
+    "rss_bytes",
     "with_database",
 ]
 
@@ -161,8 +163,11 @@ async def load_org(
         entity = parsed.entity("account")
         started = time.perf_counter()
         async with pool.acquire() as conn:
-            async with conn.transaction():
-                await bulk_load(conn, entity, crm_rows(rows, seed))
+            version = conn.get_server_version()
+            record.current().note("postgresql", f"{version.major}.{version.minor}")
+            with progress.bar(f"loading org {org!r} by COPY", rows) as bar:
+                async with conn.transaction():
+                    await bulk_load(conn, entity, progress.counted(crm_rows(rows, seed), bar))
             await conn.execute("ANALYZE account")
         loaded = time.perf_counter() - started
         await control.put_model(org, parsed)
@@ -317,6 +322,16 @@ async def in_process_daemon(pg: PgServer, *, batch_size: int = 1000) -> AsyncIte
         yield Endpoint("127.0.0.1", daemon.device_port, pki.ca_cert, pki.token_key)
     finally:
         await daemon.shutdown()
+
+
+def rss_bytes(pid: int | None) -> int | None:
+    """Resident memory of a process (None when unknown or gone)."""
+    if pid is None:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None
 
 
 def cpu_seconds(pid: int | None) -> float | None:

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import random
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,6 +42,7 @@ from typing import Any, Final
 import asyncpg
 import uvloop
 
+from bench import progress, record
 from bench.common import (
     CRM_MODEL,
     DEV_AUDIENCE,
@@ -55,6 +55,7 @@ from bench.common import (
     print_table,
     with_database,
 )
+from bench.latency import CELL_HEADERS, summarize
 from bench.sync import NAME_INDEX, READ_CHUNK, Countdown, WireDevice, WireError
 from protocol import Changes, Hello, Welcome
 from syncd.auth import mint_token
@@ -131,14 +132,28 @@ class Result:
     expected_pairs: int
 
     def row(self) -> list[object]:
-        lat = sorted(self.latencies_ms)
-        p50 = statistics.median(lat) if lat else float("nan")
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+        lat = summarize(self.latencies_ms)
         return [
             self.scenario, self.devices, self.partitions, self.changes,
             f"{self.queries / self.changes:.1f}", f"{self.encodings / self.changes:.1f}",
-            f"{p50:.1f}", f"{p99:.1f}", f"{len(lat)}/{self.expected_pairs}",
+            *lat.cells(), f"{lat.count}/{self.expected_pairs}",
         ]  # fmt: skip
+
+    def record(self) -> None:
+        """Statements and encodings per change, and the latency, as figures of the run."""
+        run = record.current()
+        params = {"scenario": self.scenario, "devices": self.devices,
+                  "partitions": self.partitions, "changes": self.changes,
+                  "delivered": len(self.latencies_ms), "expected": self.expected_pairs}  # fmt: skip
+        for name, count in (("statements", self.queries), ("encodings", self.encodings)):
+            run.figure(f"{name} per change, {self.scenario}", f"{name}/change",
+                       [count / self.changes], higher_is_better=False, params=params,
+                       phase="fanout")  # fmt: skip
+        lat = summarize(self.latencies_ms)
+        if lat.count:
+            run.figure(f"commit-to-device p99, {self.scenario}", "ms", [lat.p99],
+                       higher_is_better=False, latency=lat, params=params,
+                       phase="fanout")  # fmt: skip
 
 
 class Counted:
@@ -227,25 +242,35 @@ async def run_scenario(
 
     listeners: list[asyncio.Task[None]] = []
     try:
-        await asyncio.gather(*(catch_up(d) for d in devices))
+        connected = [0]
+
+        async def counted_catch_up(device: TeamDevice) -> None:
+            await catch_up(device)
+            connected[0] += 1
+
+        what = f"{scenario.name}: devices caught up"
+        async with progress.polled(what, lambda: connected[0], len(devices), "devices"):
+            await asyncio.gather(*(counted_catch_up(d) for d in devices))
         listeners = [asyncio.create_task(listen(d)) for d in devices]
         # One change every device receives (a row of every team would do; the warm-up row
         # is sent per team) proves all sessions joined the hub.
         warm_owners = args.devices if scenario.owner else args.teams
-        for t in range(warm_owners if scenario.teams_per_user or scenario.owner else 1):
-            await commit(WARM_UP, t)
+        for owner in range(warm_owners if scenario.teams_per_user or scenario.owner else 1):
+            await commit(WARM_UP, owner)
         async with asyncio.timeout(GRACE_S):
             await warm.done.wait()
         queries0, encoded0 = counted.count, encoded._value.get()
         start = time.perf_counter()
-        for n in range(args.changes):
-            delay = start + n / args.rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)  # pacing the load, not synchronizing
-            committed[n] = await commit(n, change_team[n])
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(GRACE_S):
-                await measured.done.wait()
+        what = f"{scenario.name}: deliveries"
+        async with progress.polled(what, lambda: len(arrivals), expected, "deliveries"):
+            for n in range(args.changes):
+                delay = start + n / args.rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # pacing the load, not synchronizing
+                committed[n] = await commit(n, change_team[n])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(GRACE_S):
+                    await measured.done.wait()
         queries, encodings = counted.count - queries0, int(encoded._value.get() - encoded0)
         partitions = counted.partitions
     finally:
@@ -283,9 +308,11 @@ async def run(pg: PgServer, args: argparse.Namespace, scenarios: Sequence[Scenar
     )
     print_table(
         ["scenario", "devices", "partitions", "changes", "queries/change", "encodings/change",
-         "p50 ms", "p99 ms", "delivered"],
+         *CELL_HEADERS, "delivered"],
         [r.row() for r in results],
     )  # fmt: skip
+    for r in results:
+        r.record()
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -306,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         Scenario(f"{args.teams} teams, pairs", "fan-pairs", 2),
         Scenario("owner per user", "fan-owner", 0, owner=True),
     ]
-    with embedded_server("syncd-fan-") as pg:
+    with record.bench_run("fanout", argv), embedded_server("syncd-fan-") as pg:
         uvloop.run(run(pg, args, scenarios))
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import uvloop
 
+from bench import progress, record
 from syncd.model import ClientModel
 from syncd.store import (
     Checkpoint,
@@ -145,6 +146,15 @@ def report(label: str, feeds: list[Timing], ceilings: list[Timing]) -> None:
         f"  (rounds: {each})",
         flush=True,
     )
+    record.current().figure(
+        f"feed, {label}",
+        "rows/s",
+        [n / s for n, s in feeds],
+        ceiling_samples=[n / s for n, s in ceilings],
+        ceiling_name="one asyncpg fetch, same casts and WHERE",
+        params={"rows": feeds[0][0], "ceiling_rows": ceilings[0][0]},
+        phase="feed",
+    )
 
 
 async def run(rows: int, dsn: str, rounds: int) -> None:
@@ -157,7 +167,10 @@ async def run(rows: int, dsn: str, rounds: int) -> None:
         data = records(rows)
         t = time.perf_counter()
         async with pool.acquire() as conn:
-            await bulk_load(conn, entity, data)
+            version = conn.get_server_version()
+            record.current().note("postgresql", f"{version.major}.{version.minor}")
+            with progress.bar("loading by COPY", rows) as bar:
+                await bulk_load(conn, entity, progress.counted(data, bar))
             # What autovacuum does within a minute of a bulk load anyway: hint bits and the
             # visibility map set, so no timed pass pays for them alone.
             await conn.execute("VACUUM ANALYZE account")
@@ -168,6 +181,10 @@ async def run(rows: int, dsn: str, rounds: int) -> None:
         del data
         gc.collect()
         print(f"COPY load {rows:,} rows: {rows / load:,.0f} rows/s (triggers + change log)")
+        record.current().figure(
+            "COPY load (triggers + change log)", "rows/s", [rows / load],
+            params={"rows": rows}, phase="feed",
+        )  # fmt: skip
 
         visible = "pg_visible_in_snapshot(t._txid, $1::pg_snapshot)"
         cp = await store.current_checkpoint()
@@ -227,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--dsn", help="PostgreSQL server (default: a temporary embedded one)")
     args = parser.parse_args(argv)
+    with record.bench_run("feed", argv):
+        _main(args)
+
+
+def _main(args: argparse.Namespace) -> None:
     if args.dsn:
         uvloop.run(run(args.rows, args.dsn, args.rounds))
         return

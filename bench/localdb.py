@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import progress, record
 from syncd.client import EntitySchema, LocalDB
 
 CRM = EntitySchema(
@@ -134,17 +135,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = crm_rows(args.rows, version=1)
     chunks = batches(rows, args.batch)
     newer = batches([[*r[:-1], 2] for r in rows], args.batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        rounds = [one_round(Path(tmp), chunks, newer) for _ in range(args.rounds)]
-    medians = [statistics.median(times) for times in zip(*rounds, strict=True)]
-    n = args.rows
-    print(
-        f"{n:,} CRM rows in {len(chunks):,} batches of {args.batch:,}, one commit per batch,"
-        f" median of {args.rounds} rounds"
-    )
-    print(f"{'path':<54} {'rows/s':>10} {'vs raw':>7}")
-    for label, seconds in zip(LABELS, medians, strict=True):
-        print(f"{label:<54} {n / seconds:>10,.0f} {medians[0] / seconds:>7.2f}")
+    with record.bench_run("localdb", argv) as results:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            progress.bar("SQLite rounds", args.rounds, "rounds") as bar,
+        ):
+            rounds = []
+            for _ in range(args.rounds):
+                rounds.append(one_round(Path(tmp), chunks, newer))
+                bar.advance()
+        per_path = list(zip(*rounds, strict=True))
+        medians = [statistics.median(times) for times in per_path]
+        n = args.rows
+        print(
+            f"{n:,} CRM rows in {len(chunks):,} batches of {args.batch:,}, one commit per batch,"
+            f" median of {args.rounds} rounds"
+        )
+        print(f"{'path':<54} {'rows/s':>10} {'vs raw':>7}")
+        for label, seconds in zip(LABELS, medians, strict=True):
+            print(f"{label:<54} {n / seconds:>10,.0f} {medians[0] / seconds:>7.2f}")
+        raw = [n / t for t in per_path[0]]
+        for label, times in zip(LABELS[1:], per_path[1:], strict=True):
+            results.figure(
+                label,
+                "rows/s",
+                [n / t for t in times],
+                ceiling_samples=raw,
+                ceiling_name=LABELS[0],
+                params={"rows": n, "batch": args.batch},
+                phase="localdb",
+            )
 
 
 if __name__ == "__main__":

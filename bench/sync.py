@@ -31,7 +31,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -41,6 +41,7 @@ from typing import Final
 import asyncpg
 import uvloop
 
+from bench import progress, record
 from bench.common import (
     CRM_MODEL,
     DaemonProcess,
@@ -52,8 +53,10 @@ from bench.common import (
     load_org,
     postgres_cpu_seconds,
     print_table,
+    rss_bytes,
     with_database,
 )
+from bench.latency import CELL_HEADERS, summarize
 from protocol import (
     NEED_DATA,
     Ack,
@@ -72,7 +75,7 @@ from protocol import (
     Welcome,
 )
 from syncd.client import LocalDB
-from syncd.client.session import SyncClient
+from syncd.client.session import SyncClient, SyncStats
 from syncd.model import ClientModel
 from syncd.store.feed import wire_select_list
 from syncd.store.sql import database_name
@@ -193,6 +196,19 @@ class Cpu:
         daemon = "-" if self.daemon is None else f"{self.daemon:.0%}"
         return [daemon, f"{self.bench:.0%}", f"{self.postgres:.0%}"]
 
+    def as_dict(self) -> dict[str, float | None]:
+        return {"daemon": self.daemon, "bench": self.bench, "postgres": self.postgres}
+
+    @staticmethod
+    def median(cpus: Sequence[Cpu]) -> Cpu:
+        """Each process's median share over repeats of one phase."""
+        daemons = [c.daemon for c in cpus if c.daemon is not None]
+        return Cpu(
+            statistics.median(daemons) if daemons else None,
+            statistics.median(c.bench for c in cpus),
+            statistics.median(c.postgres for c in cpus),
+        )
+
 
 CPU_HEADERS: Final = ["daemon CPU", "bench CPU", "pg CPU"]
 
@@ -240,8 +256,9 @@ async def ceiling(pg: PgServer, org: str) -> Rate:
 
 
 async def wire_download(
-    endpoint: Endpoint, pg: PgServer, org: str, devices: int, pid: int | None
-) -> Rate:
+    endpoint: Endpoint, pg: PgServer, org: str, devices: int, pid: int | None,
+    total_rows: int | None = None,
+) -> Rate:  # fmt: skip
     """`devices` protocol-level devices download the whole org at once; aggregate rows/s."""
     clients = [WireDevice(endpoint, org, user=str(i)) for i in range(devices)]
 
@@ -252,8 +269,10 @@ async def wire_download(
         finally:
             await device.close()
 
-    with Phase(pg, pid) as phase:
-        counts = await asyncio.gather(*(one(d) for d in clients))
+    what = f"{devices} wire device{'s' if devices > 1 else ''} receiving"
+    async with progress.polled(what, lambda: sum(d.rows for d in clients), total_rows):
+        with Phase(pg, pid) as phase:
+            counts = await asyncio.gather(*(one(d) for d in clients))
     label = f"received, {devices} wire device{'s' if devices > 1 else ''}"
     return Rate(label, sum(counts), phase.seconds, phase.cpu)
 
@@ -277,8 +296,18 @@ async def sqlite_download(
                 )
                 for i, db in enumerate(dbs)
             ]
-            with Phase(pg, pid) as phase:
-                stats = await asyncio.gather(*(c.sync_once() for c in clients))
+            done = [0]
+
+            async def one(client: SyncClient) -> SyncStats:
+                try:
+                    return await client.sync_once()
+                finally:
+                    done[0] += 1
+
+            what = f"{devices} SyncClient{'s' if devices > 1 else ''} committing into SQLite"
+            async with progress.polled(what, lambda: done[0], devices, "devices done"):
+                with Phase(pg, pid) as phase:
+                    stats = await asyncio.gather(*(one(c) for c in clients))
             committed = sum(s.rows_applied for s in stats)
             stored = sum(db.count("account") for db in dbs)
             if stored != committed:
@@ -294,26 +323,32 @@ async def sqlite_download(
 class LiveResult:
     devices: int
     changes: int
-    pairs: list[tuple[int, float]]
-    """(change number, milliseconds from its COMMIT returning to its arrival) per delivery."""
+    """Changes committed per round."""
+    rounds: list[list[float]]
+    """Per round: milliseconds from a change's COMMIT returning to its arrival, per delivery."""
     cpu: Cpu
 
     @property
     def latencies_ms(self) -> list[float]:
-        return [ms for _, ms in self.pairs]
+        return [ms for one in self.rounds for ms in one]
 
 
 async def live_latency(
     endpoint: Endpoint, pg: PgServer, org: str, devices: int, rate: float, seconds: float,
-    pid: int | None,
+    pid: int | None, rounds: int = 1,
 ) -> LiveResult:  # fmt: skip
-    """Connected devices, a steady single-row writer, arrival minus COMMIT-returned."""
+    """Connected devices, a steady single-row writer, arrival minus COMMIT-returned.
+
+    The devices connect once; the writer then runs `rounds` times, each round waiting until
+    every device saw every change of the round (or the grace ran out), so each round's
+    percentiles are one sample of the figure's spread."""
     total = int(rate * seconds)
     committed: dict[int, float] = {}
     arrivals: list[tuple[int, float]] = []
     warm = Countdown(devices)
     measured = Countdown(total * devices)
     clients = [WireDevice(endpoint, org, user=str(i)) for i in range(devices)]
+    caught_up = [0]
 
     async def listen(device: WireDevice) -> None:
         while True:
@@ -333,11 +368,22 @@ async def live_latency(
     async def catch_up(device: WireDevice) -> None:
         await device.connect()
         await device.download()
+        caught_up[0] += 1
 
     listeners: list[asyncio.Task[None]] = []
     writer = await Writer.connect(pg, org)
+    cpus: list[Cpu] = []
+    rss0 = rss_bytes(pid)
     try:
-        await asyncio.gather(*(catch_up(d) for d in clients))
+        async with progress.polled("live devices caught up", lambda: caught_up[0], devices,
+                                   "devices"):  # fmt: skip
+            await asyncio.gather(*(catch_up(d) for d in clients))
+        rss1 = rss_bytes(pid)
+        if rss0 is not None and rss1 is not None:
+            record.current().figure(
+                "daemon memory per live device", "KiB", [(rss1 - rss0) / devices / 1024],
+                higher_is_better=False, params={"devices": devices}, phase="live",
+            )  # fmt: skip
         listeners = [asyncio.create_task(listen(d)) for d in clients]
         # A device has CaughtUp before its session has joined the live hub; one change that
         # every device receives proves all of them are live, so the figure is live delivery
@@ -345,20 +391,30 @@ async def live_latency(
         await writer.insert(WARM_UP)
         async with asyncio.timeout(LIVE_GRACE_S):
             await warm.done.wait()
-        with Phase(pg, pid) as phase:
-            await writer.steadily(total, rate, committed)
-            # Every device must see every change; the bound only cuts a lost delivery short.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LIVE_GRACE_S):
-                    await measured.done.wait()
+        for r in range(rounds):
+            measured.reset(total * devices)
+            what = f"live round {r + 1}/{rounds}: deliveries"
+            async with progress.polled(what, lambda: len(arrivals), total * devices * rounds,
+                                       "deliveries"):  # fmt: skip
+                with Phase(pg, pid) as phase:
+                    await writer.steadily(total, rate, committed, first=r * total)
+                    # Every device must see every change; the bound only cuts a lost
+                    # delivery short.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(LIVE_GRACE_S):
+                            await measured.done.wait()
+            cpus.append(phase.cpu)
     finally:
         await writer.close()
         for task in listeners:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
         await asyncio.gather(*(d.close() for d in clients))
-    pairs = [(n, (at - committed[n]) * 1000) for n, at in arrivals if n in committed]
-    return LiveResult(devices, total, pairs, phase.cpu)
+    per_round: list[list[float]] = [[] for _ in range(rounds)]
+    for n, at in arrivals:
+        if n in committed:
+            per_round[n // total].append((at - committed[n]) * 1000)
+    return LiveResult(devices, total, per_round, Cpu.median(cpus))
 
 
 class Countdown:
@@ -373,6 +429,12 @@ class Countdown:
     def tick(self) -> None:
         self.left -= 1
         if self.left <= 0:
+            self.done.set()
+
+    def reset(self, count: int) -> None:
+        self.left = count
+        self.done = asyncio.Event()
+        if count <= 0:
             self.done.set()
 
 
@@ -398,14 +460,17 @@ class Writer:
         await self._insert.fetch(uuid.uuid4(), 1, f"{LIVE_PREFIX}{n}", "Oslo", Decimal(1), now, 0)
         return time.perf_counter()
 
-    async def steadily(self, total: int, rate: float, committed: dict[int, float]) -> None:
-        """`total` changes on a fixed schedule of `rate` per second (not back to back)."""
+    async def steadily(
+        self, total: int, rate: float, committed: dict[int, float], first: int = 0
+    ) -> None:
+        """`total` changes (numbered from `first`) on a fixed schedule of `rate` per second
+        (not back to back)."""
         start = time.perf_counter()
-        for n in range(total):
-            delay = start + n / rate - time.perf_counter()
+        for i in range(total):
+            delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing the load, not synchronizing
-            committed[n] = await self.insert(n)
+            committed[first + i] = await self.insert(first + i)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -431,64 +496,143 @@ FULL = Sizes(rows=1_000_000, devices=100, device_rows=100_000, live_devices=100,
              seconds=10, sqlite_devices=100)  # fmt: skip
 
 
-def _rate_rows(rates: Sequence[Rate], ceiling_rate: Rate) -> list[list[object]]:
+def record_rates(
+    phase: str, rounds: list[tuple[Rate, list[Rate]]], params: Mapping[str, object]
+) -> list[record.Figure]:
+    """One figure per path of a phase: its rows/s in every round against the ceiling's."""
+    run = record.current()
+    tops = [top for top, _ in rounds]
+    figures = []
+    for i, first in enumerate(rounds[0][1]):
+        paths = [rates[i] for _, rates in rounds]
+        cpus = [r.cpu for r in paths if r.cpu is not None]
+        figures.append(
+            run.figure(
+                first.label,
+                "rows/s",
+                [r.per_second for r in paths],
+                ceiling_samples=[t.per_second for t in tops],
+                ceiling_name=tops[0].label,
+                cpu=Cpu.median(cpus).as_dict() if cpus else {},
+                params={**params, "rows": first.rows},
+                phase=phase,
+            )
+        )
+    return figures
+
+
+def _rate_rows(figures: Sequence[record.Figure]) -> list[list[object]]:
+    """Median rows/s, its spread over the rounds, and the ratio to the median ceiling."""
     table: list[list[object]] = []
-    for r in [ceiling_rate, *rates]:
-        cpu = ["", "", ""] if r.cpu is None else r.cpu.cells()
-        ratio = f"{r.per_second / ceiling_rate.per_second:.0%}"
-        table.append([r.label, r.rows, r.seconds, r.per_second, ratio, *cpu])
+    top = figures[0]
+    assert top.ceiling is not None
+    spread = f"{min(top.ceiling_samples):,.0f}-{max(top.ceiling_samples):,.0f}"
+    table.append([top.ceiling_name, top.params["rows"], top.ceiling, spread, "100%", "", "", ""])
+    for f in figures:
+        cpu = Cpu(f.cpu.get("daemon"), f.cpu.get("bench") or 0.0, f.cpu.get("postgres") or 0.0)
+        spread = f"{min(f.samples):,.0f}-{max(f.samples):,.0f}"
+        table.append([f.name, f.params["rows"], f.value, spread, f"{f.ratio:.0%}", *cpu.cells()])
     return table
 
 
-HEADERS: Final = ["path", "rows", "seconds", "rows/s", "vs ceiling", *CPU_HEADERS]
+HEADERS: Final = ["path", "rows", "rows/s (median)", "min-max", "vs ceiling", *CPU_HEADERS]
 
 
 def _deadline(rows: int) -> float:
     return 60 + rows / MIN_RATE
 
 
+async def _rounds(
+    count: int,
+    ceiling_of: Callable[[], Awaitable[Rate]],
+    paths: Sequence[Callable[[], Awaitable[Rate]]],
+) -> list[tuple[Rate, list[Rate]]]:
+    """`count` rounds of the ceiling and the paths, alternating which goes first, so neither
+    always finds the other's pages in the cache."""
+    out = []
+    for r in range(count):
+        if r % 2:
+            rates = [await p() for p in paths]
+            top = await ceiling_of()
+        else:
+            top = await ceiling_of()
+            rates = [await p() for p in paths]
+        out.append((top, rates))
+    return out
+
+
 async def run(pg: PgServer, endpoint: Endpoint, sizes: Sizes, pid: int | None,
-              phases: set[str]) -> None:  # fmt: skip
+              phases: set[str], rounds: int = 3) -> None:  # fmt: skip
     if "one" in phases:
-        async with asyncio.timeout(_deadline(sizes.rows * 2)):
-            top = await ceiling(pg, "one")
-            wire = await wire_download(endpoint, pg, "one", 1, pid)
-            local = await sqlite_download(endpoint, pg, "one", 1, pid)
-        print(f"\nInitial sync, {sizes.rows:,} rows to 1 device")
-        print_table(HEADERS, _rate_rows([wire, local], top))
+        async with asyncio.timeout(_deadline(sizes.rows * 2) * rounds):
+            measured = await _rounds(
+                rounds,
+                lambda: ceiling(pg, "one"),
+                [
+                    lambda: wire_download(endpoint, pg, "one", 1, pid, sizes.rows),
+                    lambda: sqlite_download(endpoint, pg, "one", 1, pid),
+                ],
+            )
+        figures = record_rates("one", measured, {"devices": 1})
+        print(f"\nInitial sync, {sizes.rows:,} rows to 1 device, {rounds} rounds")
+        print_table(HEADERS, _rate_rows(figures))
     if "many" in phases:
         moved = sizes.device_rows * (sizes.devices + sizes.sqlite_devices)
-        async with asyncio.timeout(_deadline(moved)):
-            top = await ceiling(pg, "many")
-            wire = await wire_download(endpoint, pg, "many", sizes.devices, pid)
-            rates = [wire]
-            if sizes.sqlite_devices:
-                rates.append(await sqlite_download(endpoint, pg, "many", sizes.sqlite_devices, pid))
-        print(f"\nInitial sync, {sizes.device_rows:,} rows to each of N concurrent devices")
-        print_table(HEADERS, _rate_rows(rates, top))
-    if "live" in phases:
-        async with asyncio.timeout(120 + sizes.seconds):
-            live = await live_latency(
-                endpoint, pg, "live", sizes.live_devices, sizes.rate, sizes.seconds, pid
+        paths = [
+            lambda: wire_download(
+                endpoint, pg, "many", sizes.devices, pid, sizes.devices * sizes.device_rows
             )
-        _print_live(live, sizes)
+        ]
+        if sizes.sqlite_devices:
+            paths.append(lambda: sqlite_download(endpoint, pg, "many", sizes.sqlite_devices, pid))
+        async with asyncio.timeout(_deadline(moved) * rounds):
+            measured = await _rounds(rounds, lambda: ceiling(pg, "many"), paths)
+        counts = {"devices": sizes.devices, "sqlite_devices": sizes.sqlite_devices}
+        figures = record_rates("many", measured, counts)
+        print(
+            f"\nInitial sync, {sizes.device_rows:,} rows to each of N concurrent devices,"
+            f" {rounds} rounds"
+        )
+        print_table(HEADERS, _rate_rows(figures))
+    if "live" in phases:
+        async with asyncio.timeout((120 + sizes.seconds) * rounds):
+            live = await live_latency(
+                endpoint, pg, "live", sizes.live_devices, sizes.rate, sizes.seconds, pid, rounds
+            )
+        _record_live(live, sizes)
 
 
-def _print_live(live: LiveResult, sizes: Sizes) -> None:
-    expected = live.devices * live.changes
+def _record_live(live: LiveResult, sizes: Sizes) -> None:
+    expected = live.devices * live.changes * len(live.rounds)
     print(
         f"\nCommit-to-device latency: {live.devices} live devices, {live.changes} single-row"
-        f" commits at {sizes.rate:g}/s"
+        f" commits at {sizes.rate:g}/s, {len(live.rounds)} rounds"
     )
-    lat = sorted(live.latencies_ms)
-    if not lat:
-        print(f"no deliveries (expected {expected:,})")
+    each = [summarize(r) for r in live.rounds]
+    whole = summarize(live.latencies_ms)
+    rows: list[list[object]] = [
+        [f"round {i + 1}", lat.count, live.devices * live.changes, *lat.cells(), *live.cpu.cells()]
+        for i, lat in enumerate(each)
+    ]
+    rows.append(["all", whole.count, expected, *whole.cells(), *live.cpu.cells()])
+    print_table(["", "deliveries", "expected", *CELL_HEADERS, *CPU_HEADERS], rows)
+    if whole.count == 0:
         return
-    p50 = statistics.median(lat)
-    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    print_table(
-        ["deliveries", "expected", "p50 ms", "p99 ms", "max ms", *CPU_HEADERS],
-        [[len(lat), expected, f"{p50:.1f}", f"{p99:.1f}", f"{lat[-1]:.1f}", *live.cpu.cells()]],
+    record.current().figure(
+        f"commit-to-device p99, {live.devices} live devices",
+        "ms",
+        [lat.p99 for lat in each if lat.count],
+        higher_is_better=False,
+        cpu=live.cpu.as_dict(),
+        latency=whole,
+        params={
+            "devices": live.devices,
+            "changes": live.changes,
+            "rate": sizes.rate,
+            "deliveries": whole.count,
+            "expected": expected,
+        },
+        phase="live",
     )
 
 
@@ -513,6 +657,9 @@ def parse(argv: Sequence[str] | None) -> tuple[Sizes, argparse.Namespace]:
     parser.add_argument("--seconds", type=float, help="live writer duration")
     parser.add_argument("--batch-size", type=int, default=1000, help="daemon sync.batch_size")
     parser.add_argument("--phases", default="one,many,live", help="subset of one,many,live")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="repeats of each phase (alternating with its ceiling)"
+    )
     parser.add_argument("--in-process", action="store_true", help="daemon in this process")
     parser.add_argument("--profile-daemon", type=Path, help="cProfile the daemon into FILE")
     args = parser.parse_args(argv)
@@ -532,7 +679,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Sizes, argparse.Namespace]:
 def main(argv: Sequence[str] | None = None) -> None:
     sizes, args = parse(argv)
     phases = set(args.phases.split(","))
-    with embedded_server() as pg:
+    with record.bench_run("sync", argv), embedded_server() as pg:
         uvloop.run(prepare(pg, sizes, phases))
         where = "in this process" if args.in_process else "in a subprocess"
         print(f"daemon {where}; devices, ceiling and writer in this process; loopback TLS")
@@ -540,14 +687,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             async def inline() -> None:
                 async with in_process_daemon(pg, batch_size=args.batch_size) as endpoint:
-                    await run(pg, endpoint, sizes, None, phases)
+                    await run(pg, endpoint, sizes, None, phases, args.rounds)
 
             uvloop.run(inline())
             return
         daemon = DaemonProcess(pg, batch_size=args.batch_size, profile=args.profile_daemon)
         with daemon as endpoint:
             try:
-                uvloop.run(run(pg, endpoint, sizes, daemon.pid, phases))
+                uvloop.run(run(pg, endpoint, sizes, daemon.pid, phases, args.rounds))
             except BaseException:
                 print(f"--- daemon log tail ---\n{daemon.log_tail()}")
                 raise

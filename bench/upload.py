@@ -37,6 +37,7 @@ from syncd.server.plan import plan_for
 from syncd.server.uploads import apply_upload_batch
 from syncd.store import OrgStores, StagingStore
 
+from . import record
 from .common import (
     DaemonProcess,
     Endpoint,
@@ -46,6 +47,7 @@ from .common import (
     load_org,
     postgres_cpu_seconds,
 )
+from .latency import summarize
 from .sync import WireDevice
 
 MODEL_SPEC: dict[str, Any] = {
@@ -148,8 +150,10 @@ class _UploadingDevice(WireDevice):
 
 
 async def _scenario(
-    senders: list[Send], pg: PgServer | None, batches: int, ops: int, daemon: int | None = None
-) -> None:
+    senders: list[Send], pg: PgServer | None, batches: int, ops: int, daemon: int | None = None,
+    path: str | None = None,
+) -> None:  # fmt: skip
+    """Run the devices; `path` names the figure to record (None: a warm-up, not recorded)."""
     latencies: list[float] = []
     own0 = cpu_seconds(os.getpid()) or 0.0
     daemon0 = cpu_seconds(daemon) or 0.0
@@ -161,19 +165,30 @@ async def _scenario(
     elapsed = time.perf_counter() - started
     own = (cpu_seconds(os.getpid()) or 0.0) - own0
     pg_cpu = postgres_cpu_seconds(pg) - pg0 if pg is not None else float("nan")
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2]
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    lat = summarize(t * 1000 for t in latencies)
     total = sum(counts)
+    cpus: dict[str, float | None] = {"bench": own / elapsed, "postgres": pg_cpu / elapsed}
     cpu = f"cpu: bench {own / elapsed:.0%}"
     if daemon is not None:
-        cpu += f" daemon {((cpu_seconds(daemon) or 0.0) - daemon0) / elapsed:.0%}"
+        cpus["daemon"] = ((cpu_seconds(daemon) or 0.0) - daemon0) / elapsed
+        cpu += f" daemon {cpus['daemon']:.0%}"
     print(
-        f"devices={len(senders):4d} ops/batch={ops} batches={len(latencies)} ops={total}"
+        f"devices={len(senders):4d} ops/batch={ops} batches={lat.count} ops={total}"
         f" elapsed={elapsed:.2f}s ops/s={total / elapsed:,.0f}"
-        f" batch p50={p50 * 1000:.1f}ms p99={p99 * 1000:.1f}ms"
+        f" batch p50={lat.p50:.1f}ms p90={lat.p90:.1f}ms p99={lat.p99:.1f}ms"
+        f" p99.9={lat.p999:.1f}ms max={lat.max:.1f}ms"
         f" {cpu} postgres {pg_cpu / elapsed:.0%}"
     )
+    if path is not None:
+        record.current().figure(
+            f"upload, {len(senders)} device{'s' if len(senders) > 1 else ''} ({path})",
+            "ops/s",
+            [total / elapsed],
+            cpu=cpus,
+            latency=lat,
+            params={"devices": len(senders), "ops_per_batch": ops, "batches": lat.count},
+            phase="upload",
+        )
 
 
 async def _ingest_update(store: StagingStore, rows: int) -> None:
@@ -216,7 +231,8 @@ async def run(
             await _ingest_update(store, ingest_rows)
         await _scenario([_direct(store, "user0")], pg, 2, ops)  # warm-up: pool, statements
         for n in devices:
-            await _scenario([_direct(store, f"user{d}") for d in range(n)], pg, batches, ops)
+            senders = [_direct(store, f"user{d}") for d in range(n)]
+            await _scenario(senders, pg, batches, ops, path="in process")
     finally:
         await stores.deprovision(org)
         await stores.close_all()
@@ -234,7 +250,10 @@ async def run_daemon(
                 await w.connect()
                 while not isinstance(await w.next(), CaughtUp):
                     pass
-            await _scenario([w.upload for w in wires], pg, 2 if i == 0 else batches, ops, pid)
+            await _scenario(
+                [w.upload for w in wires], pg, 2 if i == 0 else batches, ops, pid,
+                path=None if i == 0 else "daemon over TLS",
+            )  # fmt: skip
         finally:
             await asyncio.gather(*(w.close() for w in wires))
 
@@ -251,6 +270,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--ingest-rows", type=int, default=0, help="first time a bulk UPDATE of this many rows"
     )
     args = parser.parse_args(argv)
+    with record.bench_run("upload", argv):
+        _main(args)
+
+
+def _main(args: argparse.Namespace) -> None:
     devices = [int(n) for n in args.devices.split(",")]
     if args.dsn:
         uvloop.run(
