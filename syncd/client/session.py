@@ -76,6 +76,7 @@ from protocol import (
     error_frame_for,
     sent_by_server,
 )
+from protocol.compression import CODECS
 from syncd.client.localdb import LocalDB
 from syncd.client.localschema import EntitySchema
 from syncd.client.outbox import Binding
@@ -161,7 +162,10 @@ class SyncClient:
         on_live_change: Callable[[Changes], None] | None = None,
         upload_batch_ops: int = UPLOAD_BATCH_OPS,
         user: str | None = None,
+        compression: tuple[str, ...] = CODECS,
     ) -> None:
+        """`compression`: the codecs to offer in Hello, most preferred first (PROTOCOL.md,
+        "Compression"); () asks for none, and the server then compresses nothing."""
         self.db = db
         self.host, self.port = host, port
         self._ssl = ssl_context
@@ -173,6 +177,7 @@ class SyncClient:
         if stored != self.device_id:
             db.set_meta("device_id", self.device_id)
         self.app_version = app_version
+        self.compression = compression
         subject = user or token_subject(token)
         #: Whose data this sync is for; None when the token names no user (the server will
         #: refuse such a token), and then nothing is checked or recorded.
@@ -299,6 +304,7 @@ class SyncClient:
                 app_version=self.app_version,
                 checkpoint=self.db.checkpoint(),
                 schema_fingerprint=self.db.schema_fingerprint(),
+                compression=self.compression or None,
             )
         )
         message = await self._next()

@@ -266,6 +266,8 @@ class DeviceSession:
             idle_timeout_ms=int(self._settings.idle_timeout * 1000),
             checkpoint_rows=self._settings.checkpoint_rows,
             checkpoint_bytes=self._settings.checkpoint_bytes,
+            # PROTOCOL.md, "Compression": the first codec the Hello listed that we have.
+            compression=self._conn.offered_codec,
         )
         await self._write_now(self._conn.send(welcome))
         org.watchers.add(self._on_config_change)
