@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import jwt
@@ -60,7 +61,7 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def handmade(header: dict[str, object], payload: dict[str, object], signature: bytes) -> str:
+def handmade(header: Mapping[str, object], payload: Mapping[str, object], signature: bytes) -> str:
     head = b64(json.dumps(header).encode()) + "." + b64(json.dumps(payload).encode())
     return head + "." + b64(signature)
 

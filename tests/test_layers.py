@@ -134,9 +134,10 @@ def test_only_the_store_writes_sql_text() -> None:
         if unit_of(module_name(path)) in ("syncd.store", "syncd.client", "syncd.ingest"):
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            text = node.value if isinstance(node, ast.Constant) else None
-            if isinstance(text, str) and SQL_TEXT.match(text):
-                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {text[:40]!r}")
+            if not isinstance(node, ast.Constant) or not isinstance(node.value, str):
+                continue
+            if SQL_TEXT.match(node.value):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value[:40]!r}")
     assert found == [], "\n".join(found)
 
 

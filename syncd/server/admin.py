@@ -396,7 +396,8 @@ class AdminService:
         changes = args.get("changes")
         if not isinstance(changes, list):
             raise AdminError(ErrorCode.BAD_REQUEST, "must be a list", "changes")
-        changeset = Changeset()
+        upserts_of: dict[str, list[Mapping[str, Any]]] = {}
+        deletes_of: dict[str, list[Any]] = {}
         counts = {"upserts": 0, "deletes": 0}
         for i, change in enumerate(changes):
             path = f"changes[{i}]"
@@ -420,11 +421,12 @@ class AdminService:
                 for j, k in enumerate(_list(change, "deletes", path))
             ]
             if upserts:
-                changeset.upserts.setdefault(name, []).extend(upserts)
+                upserts_of.setdefault(name, []).extend(upserts)
             if deletes:
-                changeset.deletes.setdefault(name, []).extend(deletes)
+                deletes_of.setdefault(name, []).extend(deletes)
             counts["upserts"] += len(upserts)
             counts["deletes"] += len(deletes)
+        changeset = Changeset(upserts=upserts_of, deletes=deletes_of)
         runtime = self._registry.get(record.name)
         if runtime is None:
             raise AdminError(ErrorCode.UNKNOWN_ORG, f"org {record.name!r} is not loaded")

@@ -28,8 +28,8 @@ __all__ = ["Changeset", "apply_changeset", "bulk_load"]
 class Changeset:
     """Rows to upsert (column -> value dicts, key required) and keys to delete, per entity."""
 
-    upserts: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
-    deletes: dict[str, list[Any]] = field(default_factory=dict)
+    upserts: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    deletes: Mapping[str, Sequence[Any]] = field(default_factory=dict)
 
 
 async def apply_changeset(

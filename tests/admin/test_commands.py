@@ -122,12 +122,13 @@ async def test_invalid_model_is_refused_and_previous_stays_live(
 
 
 async def test_model_commands_on_unknown_org(client: AdminClient) -> None:
-    for command, args in [
+    cases: list[tuple[str, dict[str, Any]]] = [
         ("model.put", {"org": "nosuch", "model": CRM_MODEL}),
         ("model.get", {"org": "nosuch"}),
         ("profile.list", {"org": "nosuch"}),
         ("org.remove", {"name": "nosuch"}),
-    ]:
+    ]
+    for command, args in cases:
         err = await refused(client, command, args)
         assert err.code is ErrorCode.UNKNOWN_ORG, command
 
@@ -301,10 +302,18 @@ async def test_concurrent_model_puts_get_dense_versions(
 ) -> None:
     org = await new_org(client)
     clients = [await AdminClient.open_unix(admin.socket) for _ in range(4)]
+    # Four different models: pushing the live model again is a no-op (issue 11).
+    profile: dict[str, Any] = {"offline": True, "entities": {"note": {}}}
+    models = [
+        {**CRM_MODEL, "profiles": {**CRM_MODEL["profiles"], f"extra{i}": profile}} for i in range(4)
+    ]
     try:
         async with asyncio.timeout(30):
             results = await asyncio.gather(
-                *(c.call("model.put", {"org": org, "model": CRM_MODEL}) for c in clients)
+                *(
+                    c.call("model.put", {"org": org, "model": m})
+                    for c, m in zip(clients, models, strict=True)
+                )
             )
     finally:
         for c in clients:

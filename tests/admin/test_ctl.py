@@ -60,7 +60,7 @@ async def test_full_workflow(admin: AdminStack, short_dir: Path) -> None:
     )
     assert (claims["sub"], claims["org"], claims["teams"]) == ("u1", org, ["t1"])
 
-    assert (await syncctl("--socket", sock, "org", "remove", org))[0] == 0
+    assert (await syncctl("--socket", sock, "org", "remove", org, "--yes"))[0] == 0
     assert (await syncctl("--socket", sock, "org", "list"))[1] == "no orgs\n"
 
 

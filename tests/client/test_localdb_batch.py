@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from syncd.client import LocalDB, UnknownEntity
+from syncd.client.localdb import Changes
 from tests.client.crm import account, stored
 
 
@@ -31,7 +32,7 @@ def test_batch_stores_rows_and_checkpoint(db: LocalDB) -> None:
 )
 def test_failing_row_rolls_back_batch_and_checkpoint(db: LocalDB, bad_row: list[object]) -> None:
     db.apply_batch([("account", [account("a1", "Acme", 1)], [])], b"cp-1")
-    batch = [
+    batch: Changes = [
         ("account", [account("a1", "Acme renamed", 2), account("a2", "Beta", 2)], []),
         ("contact", [["c1", "a1", "x@y.z", 2], bad_row], []),
     ]

@@ -29,6 +29,8 @@ from syncd.model import ClientModel
 from syncd.server.app import Daemon
 from syncd.store import Changeset, StagingStore, apply_changeset
 from tests.support.crm import CRM
+
+__all__ = ["CRM"]
 from tests.support.pg import with_database
 
 

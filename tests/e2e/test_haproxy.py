@@ -74,7 +74,8 @@ def client_via(proxy_port: int, running: RunningDaemon, db: LocalDB, org: str) -
 
 
 def opened(running: RunningDaemon, org: str) -> float:
-    return running.daemon.metrics.sessions_opened.labels(org=org)._value.get()
+    value: float = running.daemon.metrics.sessions_opened.labels(org=org)._value.get()
+    return value
 
 
 async def test_haproxy_routes_each_org_to_its_instance(

@@ -37,7 +37,7 @@ class Device:
     def received(self) -> set[tuple[str, str]]:
         """(op, key) of every account row and tombstone since the last call."""
         out = {
-            ("d" if k in f.deletes else "u", k)
+            ("d" if k in f.deletes else "u", str(k))
             for f in self.frames
             if f.entity == "account"
             for k in [*f.deletes, *(r[0] for r in f.upserts)]

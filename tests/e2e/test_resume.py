@@ -88,7 +88,7 @@ async def test_sdk_cut_off_anywhere_in_a_multi_entity_download_resumes(
     async with run_daemon(workdir, control_dsn, batch_size=500, checkpoint_rows=2_000) as running:
         org = org_name()
         store = await running.add_org(org, MANAGER)
-        changes = {
+        changes: dict[str, list[dict[str, Any]]] = {
             "account": accounts(PER_ENTITY),
             "note": [{"id": i, "body": f"note {i}"} for i in range(PER_ENTITY)],
             "task": [{"code": f"t{i:06d}", "title": "call back"} for i in range(PER_ENTITY)],

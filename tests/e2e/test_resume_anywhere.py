@@ -120,12 +120,12 @@ async def test_resumed_download_catches_up_with_writes_made_meanwhile(
     for cut in (3, 12, 13, 19, 27):  # inside entities, around their ends, in the last page
         device = WireDevice(small_pages, org, device_id=f"busy-{cut}")
         await device.sync(cut_after_changes=cut)
-        deletes = {
+        deletes: dict[str, list[Any]] = {
             "account": [uuid.UUID(int=cut)],
             "contact": [cut],
             "task": [f"t-{SIZES['task'] - cut:05d}"],
         }
-        upserts = {
+        upserts: dict[str, list[dict[str, Any]]] = {
             "account": [{"id": uuid.UUID(int=cut + 1), "name": "renamed"}],
             "task": [{"code": f"t-new-{cut}", "title": "added while offline"}],
         }

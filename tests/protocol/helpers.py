@@ -27,6 +27,10 @@ class Link:
             return self.device, self.server
         return self.server, self.device
 
+    def states(self) -> tuple[State, State]:
+        """(device state, server state), read fresh (not narrowed by an earlier assert)."""
+        return self.device.state, self.server.state
+
     def deliver(self, sender: Role, message: Message) -> object:
         """Send `message` from `sender`; return what the peer's next_event produces."""
         source, sink = self._pair(sender)

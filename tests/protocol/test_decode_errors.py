@@ -30,7 +30,8 @@ def _pairs(*pairs: tuple[object, bytes]) -> bytes:
 
 
 def _p(value: object) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
 
 
 def refusal(payload: bytes, role: Role = Role.DEVICE) -> RemoteProtocolError:

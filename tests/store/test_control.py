@@ -39,7 +39,7 @@ async def test_models_are_versioned_and_keep_column_order(control: ControlStore)
     assert await control.get_model("acme") is None
     first = ClientModel.parse(CRM_MODEL)
     doc = copy.deepcopy(CRM_MODEL)
-    doc["entities"]["note"]["columns"] = {"body": "text", "id": "integer"}  # type: ignore[index]
+    doc["entities"]["note"]["columns"] = {"body": "text", "id": "integer"}
     second = ClientModel.parse(doc)
     assert await control.put_model("acme", first) == 1
     assert await control.put_model("acme", second) == 2

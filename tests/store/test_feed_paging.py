@@ -162,7 +162,7 @@ async def test_unfiltered_scan_resumes_from_every_cursor_with_exactly_the_rest(
                 staging,
                 None,
                 stream.checkpoint,
-                [Subscription(note)],
+                (Subscription(note),),
                 8,
                 initial_after={"note": batch.last_key},
             )

@@ -21,10 +21,10 @@ async def test_evolution_adds_entities_and_columns_without_losing_rows(
     key = uuid.uuid4()
     await pool.execute("INSERT INTO account (id, name, owner_id) VALUES ($1, 'kept', 1)", key)
     doc = copy.deepcopy(CRM_MODEL)
-    doc["entities"]["account"]["columns"]["region"] = "text"  # type: ignore[index]
-    del doc["entities"]["account"]["columns"]["status"]  # type: ignore[attr-defined]
-    doc["entities"]["account"]["writable"] = ["name"]  # type: ignore[index]
-    doc["entities"]["task"] = {"key": "id", "columns": {"id": "integer", "done": "boolean"}}  # type: ignore[index]
+    doc["entities"]["account"]["columns"]["region"] = "text"
+    del doc["entities"]["account"]["columns"]["status"]
+    doc["entities"]["account"]["writable"] = ["name"]
+    doc["entities"]["task"] = {"key": "id", "columns": {"id": "integer", "done": "boolean"}}
     evolved = ClientModel.parse(doc)
     await org_stores.provision(staging.org, evolved)
     await org_stores.provision(staging.org, evolved)  # idempotent
@@ -44,7 +44,7 @@ async def test_evolution_adds_entities_and_columns_without_losing_rows(
 
 async def test_type_change_is_refused(staging: StagingStore, org_stores: OrgStores) -> None:
     doc = copy.deepcopy(CRM_MODEL)
-    doc["entities"]["account"]["columns"]["status"] = "text"  # type: ignore[index]
+    doc["entities"]["account"]["columns"]["status"] = "text"
     with pytest.raises(ProvisionError, match=r"account\.columns\.status: type change"):
         await org_stores.provision(staging.org, ClientModel.parse(doc))
 

@@ -57,7 +57,9 @@ async def test_conflicts_say_why_with_the_server_row(org: Org) -> None:
         ErrorCode.CONFLICT,
         "a row with this key already exists on the server",
     )
-    await phone.upload(dele("account", key, stale.row[-1]))
+    version = stale.row[-1]
+    assert isinstance(version, int)  # a row ends with its version
+    await phone.upload(dele("account", key, version))
     (orphan,) = await tablet.upload(upd("account", key, made.version, name="e"))
     assert (orphan.code, orphan.row) == (ErrorCode.CONFLICT, None)
     assert orphan.reason is not None
