@@ -57,6 +57,7 @@ __all__ = [
     "in_process_daemon",
     "load_org",
     "postgres_cpu_seconds",
+    "postgres_processes",
     "print_table",
     "rss_bytes",
     "with_database",
@@ -346,18 +347,27 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def postgres_processes(pg: PgServer) -> list[psutil.Process]:
+    """The server's live processes: the postmaster and its children."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or ())
+        with contextlib.suppress(psutil.Error):
+            if proc.info.get("name") == "postgres" and (
+                str(pg.base) in cmdline or proc.ppid() in _postmasters(pg)
+            ):
+                found.append(proc)
+    return found
+
+
 def postgres_cpu_seconds(pg: PgServer) -> float:
     """CPU seconds used so far by the server's live processes (backends that already exited
     are missed, so keep connections pooled across a measured phase)."""
     total = 0.0
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or ())
-        if proc.info.get("name") == "postgres" and (
-            str(pg.base) in cmdline or proc.ppid() in _postmasters(pg)
-        ):
-            with contextlib.suppress(psutil.Error):
-                times = proc.cpu_times()
-                total += times.user + times.system
+    for proc in postgres_processes(pg):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
     return total
 
 

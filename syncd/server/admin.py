@@ -122,7 +122,11 @@ class AdminService:
             self._metrics.admin_commands.labels(label, exc.code.value).inc()
             return error_response(request.id, exc)
         except Exception:
-            _log.exception("admin command failed", extra={"command": request.command})
+            # The command's one line, with the traceback: outcome "internal" is our bug.
+            _log.exception(
+                "admin command", extra={**_command_fields(request), "outcome": "internal"}
+            )
+            _log_command(request, exc.code.value, None, exc.message)
             self._metrics.admin_commands.labels(label, "internal").inc()
             error = AdminError(ErrorCode.INTERNAL, "internal error (see the daemon log)")
             return error_response(request.id, error)
@@ -130,6 +134,7 @@ class AdminService:
         return ok_response(request.id, result)
 
     def _lock(self, org: str) -> asyncio.Lock:
+        _log_command(request, "ok", result)
         return self._org_locks.setdefault(org, asyncio.Lock())
 
     async def _org(self, args: Mapping[str, Any], key: str = "org") -> OrgRecord:
@@ -518,6 +523,40 @@ def _id_list(args: Mapping[str, Any]) -> list[int]:
             "ids",
         )
     return value
+# -- the log line of each command ----------------------------------------------------------
+
+#: Commands that change nothing are logged at debug: monitoring polls them.
+_READ_ONLY: Final = frozenset(
+    {"org.list", "model.get", "profile.list", "status", "token-key.list", "devices.list"}
+)
+
+
+def _command_fields(request: Request) -> dict[str, Any]:
+    """The command and the org it names (never its other arguments: a DSN, a token)."""
+    args = request.args
+    org = args.get("org", args.get("name")) if isinstance(args, dict) else None
+    return {"command": request.command, "org": org if isinstance(org, str) else None}
+
+
+def _log_command(request: Request, outcome: str, result: Any, message: str | None = None) -> None:
+    """One line per admin command: command, org, outcome, and what it changed in a word
+    (the model version a push made live, the entries a write-back claim leased)."""
+    fields = _command_fields(request)
+    fields["outcome"] = outcome
+    if message is not None:
+        fields["reason"] = message
+    if isinstance(result, dict):
+        if "version" in result:
+            fields["model_version"] = result["version"]
+        if isinstance(result.get("entries"), list):
+            fields["claimed"] = len(result["entries"])
+        for key in ("upserts", "deletes", "done", "failed"):
+            if isinstance(result.get(key), int):
+                fields[key] = result[key]
+    level = logging.DEBUG if request.command in _READ_ONLY and outcome == "ok" else logging.INFO
+    _log.log(level, "admin command", extra=fields)
+
+
 
 
 def _where(path: str, key: str) -> str:

@@ -423,7 +423,15 @@ class Daemon:
                 except Exception:
                     _log.exception("compaction failed", extra={"org": org.name})
                 else:
-                    _log.info("change log compacted", extra={"org": org.name, "rows": removed})
+                    # The horizon: the xid below which history is gone (older checkpoints
+                    # resync); None if it could not be read back.
+                    horizon: int | None = None
+                    with contextlib.suppress(Exception):
+                        horizon = await org.staging.horizon()
+                    _log.info(
+                        "change log compacted",
+                        extra={"org": org.name, "rows_removed": removed, "horizon": horizon},
+                    )
             if registry is not None:
                 # A plan no token named for longer than the retention can only be named by
                 # a token past the horizon, which resyncs anyway; the margin covers how

@@ -88,6 +88,8 @@ class LiveMember:
     """The member's Checkpoint frame for a snapshot: tokens are sealed for one device each."""
     origin: str | None = None
     """How the change log names this device's own writes (``uploads.origin_of``)."""
+    rows_sent: int = 0
+    """Rows the hub queued for this member (the session's closing log line reports them)."""
 
 
 @dataclass(eq=False)
@@ -390,6 +392,7 @@ class LiveHub:
                 member.checkpoint, member.checkpoint_at = until, until_at
                 for r in parts:
                     sent[r.entity] = sent.get(r.entity, 0) + r.rows
+                    member.rows_sent += r.rows
             else:
                 self.leave(member)
                 member.on_dropped(member.checkpoint)

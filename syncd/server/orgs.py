@@ -157,9 +157,11 @@ class OrgRegistry:
             # Removed, or removed and added again under the same name: nothing of the old
             # incarnation (its hub, its sessions, its tokens) carries over.
             await self._unload(runtime)
+            _log.info("org unloaded", extra={"org": name, "removed": record is None})
             runtime = None
         if record is None:
             return None
+        loaded = runtime is None
         if runtime is None:
             staging = self.stores.get(name, record.staging_dsn)
             hub = LiveHub(name, staging, self._batch_size, self._metrics, self._max_frame_size)
@@ -180,6 +182,16 @@ class OrgRegistry:
             runtime.listener = await runtime.staging.listen(runtime.hub.signal)
         if changed:
             runtime.notify_watchers()
+        if changed or loaded:
+            _log.info(
+                "org loaded" if loaded else "org reloaded",
+                extra={
+                    "org": name,
+                    "model_version": runtime.model.version if runtime.model else None,
+                    "assignments": len(assignments),
+                    "sessions_told": len(runtime.watchers) if changed else 0,
+                },
+            )
         return runtime
 
     async def _unload(self, runtime: OrgRuntime) -> None:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -33,6 +34,7 @@ from protocol import (
     NEED_DATA,
     Ack,
     CaughtUp,
+    CodedError,
     Connection,
     ConnectionClosed,
     Error,
@@ -65,13 +67,14 @@ from protocol import (
 from protocol import Checkpoint as CheckpointMsg
 from protocol.framing import HEADER_SIZE
 from syncd.auth import AuthError, Claims, TokenVerifier
-from syncd.logs import log_context
+from syncd.logs import bind_log_context, log_context
 from syncd.metrics import Metrics
 from syncd.server.hub import LiveMember, timed
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.server.outbox import Outbox
 from syncd.server.plan import DevicePlan, PlanError, plan_for
 from syncd.server.resume import CheckpointInterval, Resume
+from syncd.server.session_log import SessionStats
 from syncd.server.sync_token import (
     Binding,
     Progress,
@@ -118,14 +121,23 @@ class SessionSettings:
 class _End(Exception):
     """The session is over; `error` is the frame to send first, if any."""
 
-    def __init__(self, error: Error | None = None, raw: bytes | None = None) -> None:
+    def __init__(
+        self, error: Error | None = None, raw: bytes | None = None, *, why: str = "closed"
+    ) -> None:
         super().__init__(error.message if error else "session ended")
         self.error = error
         self.raw = raw
+        self.why = error.code.name if error is not None else why
+        """Why the session ended, for its last log line: a code name or what happened."""
 
     @classmethod
     def code(cls, code: ErrorCode, message: str, retry_after_ms: int | None = None) -> _End:
         return cls(Error(code=code, message=message, retry_after_ms=retry_after_ms))
+
+    @classmethod
+    def of(cls, exc: CodedError) -> _End:
+        """The session's end for any failure with a wire code: its Error frame goes first."""
+        return cls.code(exc.code, exc.message, exc.retry_after_ms)
 
 
 class DeviceSession:
@@ -158,45 +170,52 @@ class DeviceSession:
         self._replan = False
         self._acked: SyncToken | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._member: LiveMember | None = None
         self.state = "handshake"
+        self.stats = SessionStats()
 
     # --- entry points -------------------------------------------------------------------
 
     async def run(self) -> None:
+        # The whole session, its failure and its last line included, logs in its context.
+        with log_context(session=self.session_id):
+            await self._run()
+
+    async def _run(self) -> None:
         started = time.monotonic()
         end: _End | None = None
         try:
             hello = await asyncio.wait_for(self._receive_hello(), self._settings.handshake_timeout)
-            with log_context(session=self.session_id, device=hello.device_id, org=hello.org):
-                await self._welcome(hello)
-                self._metrics.handshake_seconds.observe(time.monotonic() - started)
-                self._tasks = [
-                    asyncio.create_task(self._write_loop()),
-                    asyncio.create_task(self._read_loop()),
-                    asyncio.create_task(self._heartbeat_loop()),
-                ]
-                sync = asyncio.create_task(self._sync(hello))
-                try:
-                    waiters: list[asyncio.Future[Any]] = [sync, self._end]
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    sync.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, _End):
-                        await sync
-                if sync.done() and not sync.cancelled() and sync.exception() is not None:
-                    exc = sync.exception()
-                    if isinstance(exc, _End):
-                        end = exc
-                    else:
-                        raise exc  # type: ignore[misc]
-                if end is None and self._end.done():
-                    end = self._end.result()
+            bind_log_context(device=hello.device_id, org=hello.org)
+            await self._welcome(hello)
+            self._metrics.handshake_seconds.observe(time.monotonic() - started)
+            self._tasks = [
+                asyncio.create_task(self._write_loop()),
+                asyncio.create_task(self._read_loop()),
+                asyncio.create_task(self._heartbeat_loop()),
+            ]
+            sync = asyncio.create_task(self._sync(hello))
+            try:
+                waiters: list[asyncio.Future[Any]] = [sync, self._end]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sync.cancel()
+                with contextlib.suppress(asyncio.CancelledError, _End):
+                    await sync
+            if sync.done() and not sync.cancelled() and sync.exception() is not None:
+                exc = sync.exception()
+                if isinstance(exc, _End):
+                    end = exc
+                else:
+                    raise exc  # type: ignore[misc]
+            if end is None and self._end.done():
+                end = self._end.result()
         except TimeoutError:
             end = _End.code(ErrorCode.HANDSHAKE_TIMEOUT, "no Hello within the handshake timeout")
         except _End as exc:
             end = exc
         except RemoteProtocolError as exc:
-            end = _End(raw=error_frame_for(exc))
+            end = _End(raw=error_frame_for(exc), why=exc.code.name)
             self._metrics.errors.labels(code=exc.code.name).inc()
         except (ConnectionError, asyncio.IncompleteReadError):
             end = None
@@ -209,11 +228,15 @@ class DeviceSession:
             end = _End.code(ErrorCode.INTERNAL_ERROR, "internal error", retry_after_ms=1000)
         finally:
             await self._finish(end)
+            self.stats.log_end(end.why if end is not None else "connection lost")
 
     def going_away(self, retry_after_ms: int, reason: str) -> None:
         """The daemon is draining: tell the device and end the session."""
         if self._conn.state in (State.SYNCING, State.LIVE):
-            self._finish_with(_End(None), GoingAway(retry_after_ms=retry_after_ms, reason=reason))
+            self._finish_with(
+                _End(None, why="going-away"),
+                GoingAway(retry_after_ms=retry_after_ms, reason=reason),
+            )
         else:
             self._finish_with(
                 _End.code(ErrorCode.GOING_AWAY, reason, retry_after_ms=retry_after_ms)
@@ -240,12 +263,8 @@ class DeviceSession:
         try:
             claims = await self._verifier.verify_async(hello.token)
         except AuthError as exc:
-            code = (
-                ErrorCode.TOKEN_EXPIRED
-                if exc.kind == "expired"
-                else ErrorCode.AUTHENTICATION_FAILED
-            )
-            raise _End.code(code, str(exc)) from None
+            raise _End.of(exc) from None
+        bind_log_context(user=claims.subject)
         if claims.org != hello.org:
             raise _End.code(ErrorCode.UNKNOWN_ORG, "the token is not valid for this org")
         org = self._registry.get(hello.org)
@@ -270,6 +289,11 @@ class DeviceSession:
             compression=self._conn.offered_codec,
         )
         await self._write_now(self._conn.send(welcome))
+        self.stats.log_opened(
+            app_version=hello.app_version,
+            protocol_version=welcome.version,
+            resumed=hello.checkpoint is not None,
+        )
         org.watchers.add(self._on_config_change)
         self._metrics.sessions_opened.labels(org=org.name).inc()
         self._set_state("syncing")
@@ -286,7 +310,7 @@ class DeviceSession:
                 org.model.model, org.model.version, org.assignments.get(claims.subject), claims
             )
         except PlanError as exc:
-            raise _End.code(exc.code, exc.message) from None
+            raise _End.of(exc) from None
 
     # --- sync loop ----------------------------------------------------------------------
 
@@ -312,12 +336,15 @@ class DeviceSession:
                 self._origin(),
             )
             self._dropped, self._replan = None, False
+            self._member = member
             await self.org.hub.join(member, self._send_gap)
             self._set_state("live")
             while self._dropped is None and not self._replan:
                 self._wake.clear()
                 await self._wake.wait()
             self.org.hub.leave(member)
+            self._member = None
+            self.stats.rows_sent += member.rows_sent
             self._set_state("syncing")
             resume = Resume(self._dropped or member.checkpoint, member.checkpoint_at)
             if self._replan:
@@ -555,11 +582,32 @@ class DeviceSession:
                         self._outbox.push(frame)
                 count = len(batch.upserts) + len(batch.deletes)
                 rows.labels(org=org, entity=batch.entity).inc(count)
+                self.stats.rows_sent += count
+                if _log.isEnabledFor(logging.DEBUG):
+                    _log.debug(
+                        "changes sent",
+                        extra={
+                            "entity": batch.entity,
+                            "upserts": len(batch.upserts),
+                            "deletes": len(batch.deletes),
+                            "frames": len(frames),
+                        },
+                    )
                 yield batch, sum(map(len, frames))
 
     def _on_dropped(self, checkpoint: Checkpoint) -> None:
         if self.org is not None:
             self._metrics.live_drops.labels(org=self.org.name).inc()
+            # Called from the hub's task, outside this session's log context: name it.
+            _log.warning(
+                "device dropped from live sync; it catches up from its last checkpoint",
+                extra={
+                    "org": self.org.name,
+                    "session": self.session_id,
+                    "device": self.device_id,
+                    "user": self._claims.subject if self._claims is not None else None,
+                },
+            )
         self._dropped = checkpoint
         self._wake.set()
 
@@ -576,23 +624,24 @@ class DeviceSession:
                 if isinstance(event, NeedData):
                     async with asyncio.timeout(self._settings.idle_timeout):
                         data = await self._reader.read(READ_CHUNK)
+                    self.stats.bytes_received += len(data)
                     if self.org is not None:
                         self._metrics.bytes_received.labels(org=self.org.name).inc(len(data))
                     self._conn.receive_data(data)
                     continue
                 if isinstance(event, ConnectionClosed):
-                    self._finish_with(_End(None))
+                    self._finish_with(_End(None, why="device closed the connection"))
                     return
                 await self._handle(event)
         except TimeoutError:
             self._finish_with(_End.code(ErrorCode.IDLE_TIMEOUT, "no data within the idle timeout"))
         except RemoteProtocolError as exc:
             self._metrics.errors.labels(code=exc.code.name).inc()
-            self._finish_with(_End(raw=error_frame_for(exc)))
+            self._finish_with(_End(raw=error_frame_for(exc), why=exc.code.name))
         except _End as end:
             self._finish_with(end)
         except (ConnectionError, OSError):
-            self._finish_with(_End(None))
+            self._finish_with(_End(None, why="connection lost"))
 
     async def _handle(self, message: Message) -> None:
         """Act on one message from the device: every type a device sends is a case, which
@@ -610,10 +659,10 @@ class DeviceSession:
             case RefreshToken():
                 await self._on_refresh(received)
             case Goodbye():
-                self._finish_with(_End(None))
+                self._finish_with(_End(None, why="goodbye"))
             case Error():
-                _log.info("device reported an error", extra={"code": int(received.code)})
-                self._finish_with(_End(None))
+                _log.info("device reported an error", extra={"code": received.code.name})
+                self._finish_with(_End(None, why=f"device sent {received.code.name}"))
             case Hello():
                 # The state table refuses a second Hello (UNEXPECTED_MESSAGE) before this.
                 raise LocalProtocolError("a Hello reached a running session")
@@ -644,7 +693,7 @@ class DeviceSession:
         hub = self.org.hub
         hub.upload_started()
         try:
-            return await apply_upload_batch(
+            result = await apply_upload_batch(
                 self.org.staging,
                 self._plan,
                 self._claims.subject,
@@ -661,6 +710,13 @@ class DeviceSession:
         finally:
             hub.upload_finished()
 
+        outcomes = Counter(r.status for r in result.results)
+        self.stats.upload_batches += 1
+        self.stats.upload_ops.update(outcomes)
+        _log.debug(
+            "upload applied", extra={"batch_id": upload.batch_id, "outcomes": dict(outcomes)}
+        )
+        return result
     def _result_frame(self, result: UploadResult) -> PreparedFrame:
         """PROTOCOL.md, OpResult: an applied op's row is left out when the whole result would
         not fit the frame limit (the device then keeps its own values at the new version);
@@ -679,12 +735,7 @@ class DeviceSession:
         try:
             claims = await self._verifier.verify_async(message.token)
         except AuthError as exc:
-            code = (
-                ErrorCode.TOKEN_EXPIRED
-                if exc.kind == "expired"
-                else ErrorCode.AUTHENTICATION_FAILED
-            )
-            raise _End.code(code, str(exc)) from None
+            raise _End.of(exc) from None
         current = self._claims
         assert current is not None
         if (claims.org, claims.subject) != (current.org, current.subject):
@@ -748,11 +799,12 @@ class DeviceSession:
                 data = b"".join(chunks)
                 writer.write(data)
                 if self.org is not None:
+                self.stats.bytes_sent += len(data)
                     sent.labels(org=self.org.name).inc(len(data))
                     batches.labels(org=self.org.name).inc(frames)
                 await writer.drain()
         except (ConnectionError, OSError):
-            self._finish_with(_End(None))
+            self._finish_with(_End(None, why="connection lost"))
         except LocalProtocolError:
             if conn.state in (State.CLOSING, State.CLOSED):
                 # The session was ending (going_away sent, or the device said goodbye, erred or
@@ -791,6 +843,8 @@ class DeviceSession:
         if self.org is not None:
             self.org.watchers.discard(self._on_config_change)
         data = b""
+        if self._member is not None:
+            self.stats.rows_sent += self._member.rows_sent
         if end is not None:
             if end.raw is not None:
                 data = end.raw

