@@ -31,9 +31,13 @@ user of the CRM would; those bump versions and feed the change log exactly like 
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import base64
 import json
+import os
 import re
+import signal
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -703,3 +707,101 @@ def _parse_delta_token(token: str) -> tuple[int, int]:
         return int(since), int(generation)
     except ValueError:
         raise _ODataFailure(400, EXPIRED_CODE, EXPIRED_MESSAGE) from None
+
+
+# -- the demo: python -m syncd.ingest.odata.service ------------------------------------------
+
+#: A small CRM for the demo: accounts and contacts, with the Edm types the source maps.
+DEMO_SETS: Final = (
+    EntitySetSpec(
+        "accounts",
+        "account",
+        "accountid",
+        (
+            PropertySpec("accountid", "Edm.Guid", nullable=False),
+            PropertySpec("name", "Edm.String", max_length=160),
+            PropertySpec("revenue", "Edm.Decimal"),
+            PropertySpec("numberofemployees", "Edm.Int32"),
+            PropertySpec("modifiedon", "Edm.DateTimeOffset"),
+            PropertySpec("donotemail", "Edm.Boolean"),
+        ),
+    ),
+    EntitySetSpec(
+        "contacts",
+        "contact",
+        "contactid",
+        (
+            PropertySpec("contactid", "Edm.Guid", nullable=False),
+            PropertySpec("fullname", "Edm.String", max_length=160),
+            PropertySpec("birthdate", "Edm.Date"),
+            PropertySpec("_parentcustomerid_value", "Edm.Guid"),
+        ),
+    ),
+)
+
+
+def demo_service(token: str, *, rows: int = 3) -> ODataService:
+    """The demo CRM with ``rows`` accounts, each with one contact."""
+    service = ODataService(DEMO_SETS, tokens=[token])
+    for i in range(rows):
+        account = str(uuid.UUID(int=i + 1))
+        service.insert(
+            "accounts",
+            {
+                "accountid": account,
+                "name": f"Account {i + 1}",
+                "revenue": Decimal(1000 * (i + 1)),
+                "numberofemployees": 10 * (i + 1),
+                "modifiedon": "2026-01-01T09:00:00Z",
+                "donotemail": False,
+            },
+        )
+        service.insert(
+            "contacts",
+            {
+                "contactid": str(uuid.UUID(int=1000 + i)),
+                "fullname": f"Contact {i + 1}",
+                "birthdate": "1990-01-01",
+                "_parentcustomerid_value": account,
+            },
+        )
+    return service
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the demo CRM until SIGINT/SIGTERM; prints the service root on stdout."""
+    parser = argparse.ArgumentParser(
+        prog="python -m syncd.ingest.odata.service",
+        description="A local OData v4 service standing in for the Dataverse Web API (demo only).",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--token-env",
+        default="SYNCD_ODATA_TOKEN",
+        help="environment variable holding the bearer token to accept (default: %(default)s)",
+    )
+    parser.add_argument("--rows", type=int, default=3, help="demo accounts to start with")
+    args = parser.parse_args(argv)
+    token = os.environ.get(args.token_env)
+    if not token:
+        parser.error(f"environment variable {args.token_env} holds no token")
+
+    async def serve() -> None:
+        service = demo_service(token, rows=args.rows)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(await service.start(args.host, args.port), flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await service.close()
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

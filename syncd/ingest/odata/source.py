@@ -35,6 +35,7 @@ Positions are JSON text: ``{"odata": 1, "links": {entity set: link}}``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -62,7 +63,7 @@ from syncd.ingest.source import (
     WriteResult,
 )
 
-__all__ = ["EntitySetConfig", "ODataSource", "ODataSourceConfig"]
+__all__ = ["EntitySetConfig", "ODataSource", "ODataSourceConfig", "open_odata_source"]
 
 _log = logging.getLogger(__name__)
 
@@ -139,6 +140,14 @@ class ODataSourceConfig:
         if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
             raise SourceError("odata source: page_size must be a positive integer")
         return cls(url, token, tuple(sets), page_size)
+
+
+def open_odata_source(org: str, config: Mapping[str, Any]) -> ODataSource:
+    """An org's stored source configuration (``{"kind": "odata", ...}``) opened: the opener
+    for ``syncd.ingest.sources.SOURCE_KINDS``. With ``token_env`` the token is read from this
+    process's environment, so it never sits in the control database."""
+    del org  # one service per org: nothing in the URL or token depends on syncd's org name
+    return ODataSource(ODataSourceConfig.from_mapping(config, env=os.environ))
 
 
 class ODataSource:
