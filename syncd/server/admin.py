@@ -120,21 +120,21 @@ class AdminService:
             result = await handler(request.args)
         except AdminError as exc:
             self._metrics.admin_commands.labels(label, exc.code.value).inc()
+            _log_command(request, exc.code.value, None, exc.message)
             return error_response(request.id, exc)
         except Exception:
             # The command's one line, with the traceback: outcome "internal" is our bug.
             _log.exception(
                 "admin command", extra={**_command_fields(request), "outcome": "internal"}
             )
-            _log_command(request, exc.code.value, None, exc.message)
             self._metrics.admin_commands.labels(label, "internal").inc()
             error = AdminError(ErrorCode.INTERNAL, "internal error (see the daemon log)")
             return error_response(request.id, error)
         self._metrics.admin_commands.labels(label, "ok").inc()
+        _log_command(request, "ok", result)
         return ok_response(request.id, result)
 
     def _lock(self, org: str) -> asyncio.Lock:
-        _log_command(request, "ok", result)
         return self._org_locks.setdefault(org, asyncio.Lock())
 
     async def _org(self, args: Mapping[str, Any], key: str = "org") -> OrgRecord:
@@ -506,23 +506,6 @@ class AdminService:
         return {"org": org, "failed": await writeback.mark_failed(pool, ids, error)}
 
 
-# -- argument helpers -----------------------------------------------------------------------
-
-
-def _id_list(args: Mapping[str, Any]) -> list[int]:
-    value = args.get("ids")
-    if (
-        not isinstance(value, list)
-        or not value
-        or len(value) > MAX_CLAIM_LIMIT
-        or not all(type(v) is int and 0 < v < 2**63 for v in value)
-    ):
-        raise AdminError(
-            ErrorCode.BAD_REQUEST,
-            f"must be a list of 1 to {MAX_CLAIM_LIMIT} write-back entry ids",
-            "ids",
-        )
-    return value
 # -- the log line of each command ----------------------------------------------------------
 
 #: Commands that change nothing are logged at debug: monitoring polls them.
@@ -557,6 +540,23 @@ def _log_command(request: Request, outcome: str, result: Any, message: str | Non
     _log.log(level, "admin command", extra=fields)
 
 
+# -- argument helpers -----------------------------------------------------------------------
+
+
+def _id_list(args: Mapping[str, Any]) -> list[int]:
+    value = args.get("ids")
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > MAX_CLAIM_LIMIT
+        or not all(type(v) is int and 0 < v < 2**63 for v in value)
+    ):
+        raise AdminError(
+            ErrorCode.BAD_REQUEST,
+            f"must be a list of 1 to {MAX_CLAIM_LIMIT} write-back entry ids",
+            "ids",
+        )
+    return value
 
 
 def _where(path: str, key: str) -> str:

@@ -709,7 +709,6 @@ class DeviceSession:
             ) from None
         finally:
             hub.upload_finished()
-
         outcomes = Counter(r.status for r in result.results)
         self.stats.upload_batches += 1
         self.stats.upload_ops.update(outcomes)
@@ -717,6 +716,7 @@ class DeviceSession:
             "upload applied", extra={"batch_id": upload.batch_id, "outcomes": dict(outcomes)}
         )
         return result
+
     def _result_frame(self, result: UploadResult) -> PreparedFrame:
         """PROTOCOL.md, OpResult: an applied op's row is left out when the whole result would
         not fit the frame limit (the device then keeps its own values at the new version);
@@ -798,8 +798,8 @@ class DeviceSession:
                         chunks.append(conn.send(item))
                 data = b"".join(chunks)
                 writer.write(data)
-                if self.org is not None:
                 self.stats.bytes_sent += len(data)
+                if self.org is not None:
                     sent.labels(org=self.org.name).inc(len(data))
                     batches.labels(org=self.org.name).inc(frames)
                 await writer.drain()
@@ -842,9 +842,9 @@ class DeviceSession:
                 await task
         if self.org is not None:
             self.org.watchers.discard(self._on_config_change)
-        data = b""
         if self._member is not None:
             self.stats.rows_sent += self._member.rows_sent
+        data = b""
         if end is not None:
             if end.raw is not None:
                 data = end.raw
