@@ -296,10 +296,10 @@ def _record_pair(
     """The peer's figure and syncd's, whose ceiling is the peer: ratio = syncd / peer."""
     run = record.current()
     params = {"rows": rows, "kind": kind}
+    cpu = Cpu.median([r.cpu for r in theirs if r.cpu])
     other = run.figure(
         f"{kind}: {theirs[0].label}", "rows/s", [r.per_second for r in theirs],
-        cpu=Cpu.median([r.cpu for r in theirs if r.cpu]).as_dict(), params=params,
-        phase=kind, peer=peer,
+        cpu={peer: cpu.daemon, "client": cpu.bench}, params=params, phase=kind, peer=peer,
     )  # fmt: skip
     ours = run.figure(
         f"{kind}: syncd, {mine[0].label}", "rows/s", [r.per_second for r in mine],
@@ -569,7 +569,7 @@ def _record_held(h: Held) -> None:
                    cpu={"server": h.server_cpu}, params=params, phase="held live",
                    peer=peer)  # fmt: skip
     if h.memory_per_device_kib is not None:
-        run.figure(f"held live: {h.side}, memory per device", "KiB",
+        run.figure(f"held live: {h.side}, memory per device, {h.devices} devices", "KiB",
                    [h.memory_per_device_kib], higher_is_better=False, params=params,
                    phase="memory per device", peer=peer)  # fmt: skip
     run.figure(f"held live: {h.side}, devices refused, {h.devices} devices", "devices",

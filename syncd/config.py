@@ -151,6 +151,8 @@ class SyncConfig:
     change_retention_hours: int
     checkpoint_rows: int
     checkpoint_bytes: int
+    error_retention_rows: int
+    error_retention_days: int
 
 
 @dataclass(frozen=True)
@@ -557,6 +559,9 @@ def _sync(s: _Section) -> SyncConfig:
         checkpoint_bytes=s.integer(
             "checkpoint_bytes", 4 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024
         ),
+        # The sync error table (issue 11), per org: at most this many, none older.
+        error_retention_rows=s.integer("error_retention_rows", 10_000, 1, 10_000_000),
+        error_retention_days=s.integer("error_retention_days", 30, 1, 3650),
     )
 
 

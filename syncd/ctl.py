@@ -19,6 +19,7 @@ import os
 import ssl
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TextIO
@@ -160,6 +161,21 @@ def _org_add(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
 
 
 def _org_remove(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    # It drops a database: asked at a terminal, refused in a script without --yes.
+    if not ns.yes:
+        stdin: TextIO = ns.stdin
+        if not stdin.isatty():
+            raise UsageError(
+                f"org remove drops org {ns.name!r} and its staging database: pass --yes to confirm"
+            )
+        print(
+            f"remove org {ns.name!r}, end its sessions and drop its staging database? [y/N] ",
+            end="",
+            file=ns.stderr,
+            flush=True,
+        )
+        if stdin.readline().strip().lower() not in ("y", "yes"):
+            raise UsageError(f"org {ns.name!r} not removed")
     return "org.remove", {"name": ns.name}, lambda r: f"removed org {r['name']}"
 
 
@@ -175,6 +191,8 @@ def _org_list(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
 
 def _model_put(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
     def fmt(r: dict[str, Any]) -> str:
+        if r.get("unchanged"):
+            return f"org {r['org']}: model unchanged, version {r['version']} stays live"
         return f"org {r['org']}: model version {r['version']} is live ({r['fingerprint'][:12]})"
 
     return "model.put", {"org": ns.org, "model": _read_json(ns.file)}, fmt
@@ -311,6 +329,183 @@ def _writeback_fail(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Format
     return "writeback.fail", {"org": ns.org, "ids": ns.ids, "error": ns.error}, fmt
 
 
+# -- the operator's commands (issue 11): sync errors, model history, diff, rollback, plan --
+
+
+def _since(text: str) -> str:
+    """``--since``: an ISO-8601 time (naive is UTC) or a duration back from now (30m, 2h, 7d)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].isdigit():
+        seconds = int(text[:-1]) * units[text[-1]]
+        return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO-8601 time or a duration like 30m, 2h, 7d; got {text!r}"
+        ) from None
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).isoformat()
+
+
+def _short_json(value: object, width: int = 40) -> str:
+    if value is None:
+        return "-"
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _errors_list(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    args: dict[str, Any] = {"limit": ns.limit, "include_dismissed": ns.all}
+    for name, value in (("org", ns.org), ("user", ns.user), ("since", ns.since)):
+        if value is not None:
+            args[name] = value
+
+    def fmt(r: dict[str, Any]) -> str:
+        errors = r["errors"]
+        if not errors:
+            return "no sync errors"
+        rows = [
+            (
+                e["id"],
+                e["at"][:19],
+                e["org"],
+                e["user"],
+                e["device"],
+                e["entity"],
+                e["key"],
+                e["op"],
+                e["code"],
+                _short_json(_without_key(e["values"], e["key"]), 60),
+                e["reason"],
+            )
+            for e in errors
+        ]
+        header = ("ID", "AT", "ORG", "USER", "DEVICE", "ENTITY", "KEY", "OP", "CODE")
+        return _table((*header, "VALUES", "REASON"), rows)
+
+    return "errors.list", args, fmt
+
+
+def _without_key(values: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
+    """An insert's values repeat its key, which the KEY column already shows."""
+    if values is None:
+        return None
+    return {k: v for k, v in values.items() if str(v) != key}
+
+
+def _errors_dismiss(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        line = f"dismissed {len(r['dismissed'])} sync errors"
+        if r["not_open"]:
+            line += f"; not open (unknown or dismissed already): {_ids(r['not_open'])}"
+        return line
+
+    return "errors.dismiss", {"ids": ns.ids}, fmt
+
+
+def _ids(ids: Sequence[object]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+def _model_history(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        if not r["versions"]:
+            return f"org {r['org']} has no client model yet"
+        rows = [
+            (v["version"], v["created_at"][:19], v["fingerprint"][:12], "live" if v["live"] else "")
+            for v in r["versions"]
+        ]
+        return _table(("VERSION", "CREATED", "FINGERPRINT", ""), rows)
+
+    return "model.history", {"org": ns.org}, fmt
+
+
+def diff_lines(diff: dict[str, Any]) -> list[str]:
+    """A model diff (``syncd.server.model_diff``) as lines: + added, - removed, ~ changed."""
+    lines = [f"+ entity {e}" for e in diff.get("entities_added", [])]
+    lines += [f"- entity {e}" for e in diff.get("entities_removed", [])]
+    for name, d in diff.get("entities", {}).items():
+        parts = [f"+ column {c} ({t})" for c, t in d.get("columns_added", {}).items()]
+        parts += [f"- column {c}" for c in d.get("columns_removed", [])]
+        parts += [
+            f"column {c}: {t['old']} -> {t['new']}" for c, t in d.get("columns_retyped", {}).items()
+        ]
+        parts += [
+            f"{k}: {_short_json(d[k]['old'])} -> {_short_json(d[k]['new'])}"
+            for k in ("key", "writable", "conflict")
+            if k in d
+        ]
+        lines.append(f"~ entity {name}: " + "; ".join(parts))
+    lines += [f"+ profile {p}" for p in diff.get("profiles_added", [])]
+    lines += [f"- profile {p}" for p in diff.get("profiles_removed", [])]
+    for name, d in diff.get("profiles", {}).items():
+        parts = [f"+ entity {e}" for e in d.get("entities_added", [])]
+        parts += [f"- entity {e}" for e in d.get("entities_removed", [])]
+        if "offline" in d:
+            parts.append(f"offline: {d['offline']['old']} -> {d['offline']['new']}")
+        for e, f in d.get("filters", {}).items():
+            parts.append(
+                f"filter of {e}: {_short_json(f['old'], 60)} -> {_short_json(f['new'], 60)}"
+            )
+        lines.append(f"~ profile {name}: " + "; ".join(parts))
+    for part in ("default_profile", "memberships"):
+        if part in diff:
+            old, new = diff[part]["old"], diff[part]["new"]
+            lines.append(f"~ {part}: {_short_json(old, 60)} -> {_short_json(new, 60)}")
+    return lines or ["no difference"]
+
+
+def _model_diff(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        head = f"org {r['org']}: model version {r['from']} -> {r['to']}"
+        return "\n".join([head, *diff_lines(r["diff"])])
+
+    return "model.diff", {"org": ns.org, "from": ns.a, "to": ns.b}, fmt
+
+
+def _model_rollback(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        org, version, to = r["org"], r["version"], r["rolled_back_to"]
+        if r["unchanged"]:
+            return f"org {org}: the live model (version {version}) is version {to} already"
+        return f"org {org}: model version {version} (= version {to}) is live"
+
+    return "model.rollback", {"org": ns.org, "to": ns.to}, fmt
+
+
+def _model_plan(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    def fmt(r: dict[str, Any]) -> str:
+        live = r["live_version"]
+        lines = [f"org {r['org']}: plan against live model version {live} (nothing applied)"]
+        if r["unchanged"]:
+            return lines[0] + "\nno difference: a push would be a no-op"
+        lines += diff_lines(r["diff"])
+        rows = [
+            (
+                g["profile"] or "(refused)",
+                g["from_profile"] or "-",
+                g["users"],
+                g["devices"],
+                ", ".join(g["redownload"]) or "-",
+                ", ".join(g["dropped"]) or "-",
+                g["rows_per_device"],
+                g["bytes_per_device"],
+            )
+            for g in r["profiles"]
+        ]
+        header = ("PROFILE", "FROM", "USERS", "DEVICES", "RE-DOWNLOAD", "DROPPED")
+        lines += ["", _table((*header, "ROWS/DEVICE", "BYTES/DEVICE"), rows)]
+        t = r["totals"]
+        lines.append(
+            f"touches {t['users']} users on {t['devices']} devices:"
+            f" ~{t['rows']} rows, ~{t['bytes']} bytes to download"
+        )
+        lines.append(f"sizes: {r['sizes']}")
+        return "\n".join(lines)
+
+    return "model.plan", {"org": ns.org, "model": _read_json(ns.file)}, fmt
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -341,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(build=_org_add)
     p = org_cmds.add_parser("remove", help="remove an org and drop its staging database")
     p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(build=_org_remove)
     org_cmds.add_parser("list", help="list orgs").set_defaults(build=_org_list)
 
@@ -354,6 +550,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--org", required=True)
     p.add_argument("--version", type=int)
     p.set_defaults(build=_model_get)
+    p = model_cmds.add_parser("history", help="every stored version of the org's model")
+    p.add_argument("--org", required=True)
+    p.set_defaults(build=_model_history)
+    p = model_cmds.add_parser("diff", help="what differs from version A to version B")
+    p.add_argument("--org", required=True)
+    p.add_argument("a", type=int, metavar="A")
+    p.add_argument("b", type=int, metavar="B")
+    p.set_defaults(build=_model_diff)
+    p = model_cmds.add_parser("rollback", help="push a stored version again, as a new version")
+    p.add_argument("--org", required=True)
+    p.add_argument("--to", type=int, required=True, metavar="N")
+    p.set_defaults(build=_model_rollback)
+    p = model_cmds.add_parser("plan", help="what pushing FILE would change and cost (dry run)")
+    p.add_argument("--org", required=True)
+    p.add_argument("file", help="the model JSON file ('-' for stdin)")
+    p.set_defaults(build=_model_plan)
 
     profile = topics.add_parser("profile", help="assign users to profiles")
     profile_cmds = profile.add_subparsers(dest="action", required=True)
@@ -413,7 +625,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error", required=True)
     p.add_argument("ids", type=int, nargs="+")
     p.set_defaults(build=_writeback_fail)
+
+    errors = topics.add_parser("errors", help="upload ops the server refused or conflicted")
+    _json_here(errors)
+    errors.add_argument("--org")
+    errors.add_argument("--user")
+    errors.add_argument("--since", type=_since, help="ISO-8601 time, or back from now: 30m, 2h, 7d")
+    errors.add_argument("--all", action="store_true", help="include dismissed errors")
+    errors.add_argument("--limit", type=int, default=100, help="newest N (default 100, max 1000)")
+    errors.set_defaults(build=_errors_list)
+    error_cmds = errors.add_subparsers(dest="action", required=False)
+    p = error_cmds.add_parser("dismiss", help="mark sync errors settled")
+    _json_here(p)
+    p.add_argument("ids", type=int, nargs="+", metavar="ID")
+    p.set_defaults(build=_errors_dismiss)
     return parser
+
+
+def _json_here(parser: argparse.ArgumentParser) -> None:
+    """``--json`` after the command too (``syncctl errors --json``); SUPPRESS keeps the global
+    flag's value when it is not repeated here."""
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
 async def _connect(ns: argparse.Namespace) -> AdminClient:
@@ -429,8 +661,10 @@ async def _call(ns: argparse.Namespace, command: str, args: dict[str, Any]) -> A
         return await client.call(command, args)
 
 
-def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
-    """Run one syncctl invocation, writing to the given streams; returns the exit code."""
+def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO, stdin: TextIO | None = None) -> int:
+    """Run one syncctl invocation, writing to the given streams; returns the exit code.
+
+    ``stdin`` (default ``sys.stdin``) answers confirmations, only when it is a terminal."""
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)
@@ -441,6 +675,7 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO) -> int:
         return EXIT_USAGE
     if ns.socket is None:
         ns.socket = Path(os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET)
+    ns.stdin, ns.stderr = (sys.stdin if stdin is None else stdin), stderr
     try:
         command, args, fmt = ns.build(ns)
         result = asyncio.run(_call(ns, command, args))

@@ -29,6 +29,7 @@ import orjson
 from syncd.auth import mint_token
 from syncd.metrics import Metrics
 from syncd.model import ClientModel, Column, Entity, ModelError
+from syncd.server.admin_ops import OperatorCommands
 from syncd.server.admin_wire import AdminError, ErrorCode, Request, error_response, ok_response
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.store import Changeset, OrgRecord, ProvisionError, apply_changeset, writeback
@@ -102,6 +103,8 @@ class AdminService:
             "writeback.done": self.writeback_done,
             "writeback.fail": self.writeback_fail,
         }
+        # The operator's commands (issue 11): sync errors, model history, diff, rollback, plan.
+        self._handlers.update(OperatorCommands(self).handlers())
 
     @property
     def commands(self) -> list[str]:
@@ -215,6 +218,15 @@ class AdminService:
         except ModelError as exc:
             raise AdminError(ErrorCode.INVALID_MODEL, exc.message, exc.path) from None
         async with self._lock(record.name):
+            live = await self._control.get_model(record.name)
+            if live is not None and live.model.to_json() == model.to_json():
+                # The same model again changes nothing: no new version, no reload.
+                return {
+                    "org": record.name,
+                    "version": live.version,
+                    "fingerprint": model.fingerprint,
+                    "unchanged": True,
+                }
             try:
                 await self._stores.provision(record.name, model, record.staging_dsn)
             except ProvisionError as exc:
@@ -229,7 +241,12 @@ class AdminService:
                     ErrorCode.UNKNOWN_ORG, f"org {record.name!r} was removed"
                 ) from None
             await self._registry.reload(record.name)
-        return {"org": record.name, "version": version, "fingerprint": model.fingerprint}
+        return {
+            "org": record.name,
+            "version": version,
+            "fingerprint": model.fingerprint,
+            "unchanged": False,
+        }
 
     async def model_get(self, args: dict[str, Any]) -> dict[str, Any]:
         _only(args, {"org", "version"})

@@ -178,6 +178,8 @@ class Daemon:
         self._verifier = await self._token_verifier()
 
         run.control, server_dsn = await self._open_database()
+        run.control.sync_errors.retain_rows = cfg.sync.error_retention_rows
+        run.control.sync_errors.retain_days = cfg.sync.error_retention_days
         stores = OrgStores(server_dsn, pool_size=cfg.database.pool_max)
         run.registry = OrgRegistry(
             run.control,

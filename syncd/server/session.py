@@ -701,6 +701,7 @@ class DeviceSession:
                 upload,
                 metrics=self._metrics,
                 org=self.org.name,
+                errors=self._registry.control.sync_errors,
             )
         except Exception:
             _log.exception("upload batch failed", extra={"batch_id": upload.batch_id})

@@ -28,8 +28,10 @@ import asyncpg
 from protocol import ErrorCode, OpResult, Upload, UploadOp, UploadResult
 from syncd.metrics import Metrics
 from syncd.model import Entity
+from syncd.server.error_table import record_batch
 from syncd.server.plan import DevicePlan
 from syncd.store import RowPredicate, StagingStore
+from syncd.store.sync_errors import SyncErrors
 from syncd.store.uploads import PlannedOp, StoredResult, UploadIdentity, apply_upload
 
 __all__ = ["MAX_UPLOAD_OPS", "UploadRejected", "apply_upload_batch", "validate_op"]
@@ -135,11 +137,14 @@ async def apply_upload_batch(
     *,
     metrics: Metrics | None = None,
     org: str = "",
+    errors: SyncErrors | None = None,
 ) -> UploadResult:
     """Validate and apply `upload` for this user and device; one OpResult per op, in order.
 
     With ``metrics``, ops are counted in ``syncd_upload_ops_total`` under ``org`` by outcome:
     applied, conflict, rejected, or replayed (every op of a batch answered from its record).
+    With ``errors``, the batch's rejected and conflicted ops are recorded in the sync error
+    table under ``org`` (one statement per batch that has any; a replay records nothing).
     """
     if len(upload.ops) > MAX_UPLOAD_OPS:
         # Not recorded: the device may split the batch and send it again under a new id.
@@ -147,6 +152,9 @@ async def apply_upload_batch(
             ErrorCode.BATCH_TOO_LARGE, f"at most {MAX_UPLOAD_OPS} ops per upload batch"
         )
         _count(metrics, org, [refusal] * len(upload.ops), False)
+        everything = {s.entity.name: s.entity for s in plan.subscriptions}
+        verdicts = [refusal] * len(upload.ops)
+        await record_batch(errors, org, user_id, device_id, upload, everything, verdicts)
         return _to_message(upload.batch_id, [refusal] * len(upload.ops))
     entities = {s.entity.name: s.entity for s in plan.subscriptions}
     filters: dict[str, RowPredicate | None] = {s.entity.name: s.filter for s in plan.subscriptions}
@@ -167,6 +175,8 @@ async def apply_upload_batch(
                     conn, who, len(upload.ops), planned, early, filters, isolate=isolate
                 )
             _count(metrics, org, results, replayed)
+            if not replayed:
+                await record_batch(errors, org, user_id, device_id, upload, entities, results)
             return _to_message(upload.batch_id, results)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == MAX_ATTEMPTS:

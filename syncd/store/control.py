@@ -22,6 +22,7 @@ import orjson
 from syncd.model import ClientModel
 from syncd.store.checkpoint import Checkpoint
 from syncd.store.sql import ORG_RE
+from syncd.store.sync_errors import SyncErrors
 
 __all__ = [
     "CONFIG_CHANNEL",
@@ -101,6 +102,30 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP TABLE IF EXISTS upload_batches;
     """,
+    # 4 (issue 11): the sync error table, every upload op refused or answered with a
+    # conflict, for the operator (store/sync_errors.py); trimmed per org by id and age.
+    """
+    CREATE TABLE sync_errors (
+        id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        org           text NOT NULL REFERENCES orgs ON DELETE CASCADE,
+        user_id       text NOT NULL,
+        device_id     text NOT NULL,
+        batch_id      text NOT NULL,
+        op_index      integer NOT NULL,
+        entity        text NOT NULL,
+        key           text NOT NULL,
+        op            text NOT NULL,
+        status        text NOT NULL,
+        code          text NOT NULL,
+        reason        text,
+        device_values json,
+        server_row    json,
+        created_at    timestamptz NOT NULL DEFAULT now(),
+        dismissed_at  timestamptz,
+        UNIQUE (org, user_id, batch_id, op_index)
+    );
+    CREATE INDEX sync_errors_org_id ON sync_errors (org, id);
+    """,
 )
 
 
@@ -138,6 +163,8 @@ class ControlStore:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._dsn = dsn
+        #: The sync error table (issue 11), on the same pool.
+        self.sync_errors = SyncErrors(pool)
 
     @classmethod
     async def connect(cls, dsn: str, *, max_size: int = 4, migrate: bool = True) -> ControlStore:
@@ -254,6 +281,22 @@ class ControlStore:
             return None
         model = ClientModel.from_json_bytes(row["model"])
         return StoredModel(row["org"], row["version"], model, row["created_at"])
+
+    async def list_models(self, org: str) -> list[tuple[int, str, datetime]]:
+        """Every stored version of the org's model, oldest first: (version, fingerprint, at)."""
+        rows = await self._pool.fetch(
+            "SELECT version, fingerprint, created_at FROM client_models WHERE org = $1"
+            " ORDER BY version",
+            org,
+        )
+        return [(r["version"], r["fingerprint"], r["created_at"]) for r in rows]
+
+    async def device_users(self, org: str) -> dict[str, int]:
+        """Users of the org's known devices, with how many devices each has."""
+        rows = await self._pool.fetch(
+            "SELECT user_id, count(*) FROM devices WHERE org = $1 GROUP BY user_id", org
+        )
+        return {r[0]: r[1] for r in rows}
 
     # -- profile assignments ------------------------------------------------------------------
 
