@@ -3,9 +3,13 @@
 Strategy: the same sans-IO `protocol.Connection` the server uses, in the DEVICE role, wrapped
 in asyncio streams. Changes frames are buffered and applied to SQLite in one transaction per
 group (up to `APPLY_ROWS` rows, or at each Checkpoint/CaughtUp together with its token, so
-rows and checkpoint commit atomically). Applying runs in a worker thread, so SQLite commits
-overlap with reading the next frames from the network. After a checkpoint is durable the
-client acknowledges it.
+rows and checkpoint commit atomically). Applying runs in a worker thread while the pump goes
+on reading and decoding the next group (issue 16: the two used to take turns, so a first
+sync ran at the sum of their costs instead of the larger one); a group waits for the one
+before it, so at most two groups are held at once (the device's memory stays bounded by
+twice the checkpoint interval) and commits stay in order. After a checkpoint is durable
+the client acknowledges it. Whatever must see every row applied first (caught_up, resync,
+a model change, an upload result, going_away) waits for the group in flight.
 
 `sync_once` uploads the whole outbox and downloads until caught up, on one connection, and
 returns when both are done; `run_live` stays connected and reconnects after drops and
@@ -86,6 +90,22 @@ __all__ = ["ServerError", "SyncClient", "SyncStats", "token_subject"]
 #: Rows buffered before one SQLite transaction when no checkpoint comes sooner: large enough
 #: to amortize the commit, small enough to bound the client's memory during a 1M-row sync.
 APPLY_ROWS = 20_000
+
+
+def apply_threshold(welcome: Welcome) -> int:
+    """Rows buffered before committing without waiting for a checkpoint.
+
+    A server whose checkpoints come at least every APPLY_ROWS rows sends one after the frame
+    that reaches its interval (PROTOCOL.md, "Checkpoints"): waiting one frame more for it
+    makes each interval one transaction, rows and token together, instead of a commit of
+    the rows and a second one of the token alone. Otherwise APPLY_ROWS bounds memory.
+    """
+    interval = welcome.checkpoint_rows
+    if interval is not None and interval <= APPLY_ROWS:
+        return interval + welcome.batch_size
+    return APPLY_ROWS
+
+
 READ_CHUNK = 256 * 1024
 #: Ops per Upload: big enough to amortize the server's transaction, small enough that one
 #: batch's frame stays far below the default 4 MiB frame limit for ordinary rows.
@@ -197,6 +217,9 @@ class SyncClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.StreamReader | None = None
         self._buffer = _Buffered()
+        #: The group being committed in a worker thread, if any (see the module docstring).
+        self._applying: asyncio.Task[None] | None = None
+        self._apply_rows = APPLY_ROWS
         self.upload_batch_ops = upload_batch_ops
         self.uploads_completed = 0
         #: Set each time an upload result has been settled into the database.
@@ -311,6 +334,7 @@ class SyncClient:
         if not isinstance(message, Welcome):
             raise ServerError(ErrorCode.UNEXPECTED_MESSAGE, f"expected Welcome, got {message!r}")
         self.welcome = message
+        self._apply_rows = apply_threshold(message)
         if self.binding is not None:
             # Recorded once the server has accepted this org and user, so a refused first
             # attempt (a typo in the org) does not bind the database to the wrong account.
@@ -319,6 +343,10 @@ class SyncClient:
         return message
 
     async def close(self) -> None:
+        # A group in flight commits whole (rows and token) before the link is closed: it was
+        # received, and a thread cannot be stopped halfway anyway.
+        with contextlib.suppress(Exception):
+            await self._settled()
         for waiter in self._results.values():
             waiter.cancel()
         self._results.clear()
@@ -336,6 +364,8 @@ class SyncClient:
         checks (``ServerMessage``), so a new one cannot be ignored by omission."""
         while True:
             message = sent_by_server(await self._next())
+            if self._applying is not None and self._applying.done():
+                self._applying.result()  # a failed commit ends the session here
             match message:
                 case Changes():
                     self._buffer.changes.append((message.entity, message.upserts, message.deletes))
@@ -343,26 +373,26 @@ class SyncClient:
                     self._buffer.rows += count
                     self.stats.rows_received += count
                     self.stats.frames += 1
-                    if self._buffer.rows >= APPLY_ROWS:
+                    if self._buffer.rows >= self._apply_rows:
                         await self._flush(None)
                     if self._on_live_change is not None and self.caught_up.is_set():
                         self._on_live_change(message)
                 case Checkpoint() | CaughtUp():
                     await self._flush(message.token)
-                    await self._send(Ack(checkpoint=message.token))
-                    self.stats.checkpoints += 1
-                    self.checkpoint_applied.set()
                     if isinstance(message, CaughtUp):
+                        await self._settled()
                         self.stats.caught_up_after = self.stats.elapsed
                         self.caught_up.set()
                         if until_caught_up:
                             return
                 case Resync():
                     await self._flush(None)
+                    await self._settled()
                     await asyncio.to_thread(self.db.reset, message.entities)
                     self.caught_up.clear()
                 case ModelChanged():
                     await self._flush(None)
+                    await self._settled()
                     await self._apply_model(message.model)
                     if message.resync:
                         await asyncio.to_thread(self.db.reset, message.resync)
@@ -375,8 +405,13 @@ class SyncClient:
                         await self._send(RefreshToken(token=self.token))
                 case GoingAway():
                     await self._flush(None)
+                    await self._settled()
                     raise ServerError(ErrorCode.GOING_AWAY, message.reason, message.retry_after_ms)
                 case UploadResult():
+                    # Rows that came before the result are settled under it, as they were
+                    # sent (an applied result must see the feed's delete that preceded it).
+                    await self._flush(None)
+                    await self._settled()
                     waiter = self._results.pop(message.batch_id, None)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(message)
@@ -448,14 +483,36 @@ class SyncClient:
         raise ConnectionResetError("the connection ended before the uploads completed")
 
     async def _flush(self, token: bytes | None) -> None:
-        """Apply the buffered frames (and `token`, if given) in one SQLite transaction."""
+        """Start applying the buffered frames (and `token`, if given) in one SQLite
+        transaction, once the group before them is committed; does not wait for this one."""
         buffered, self._buffer = self._buffer, _Buffered()
         if not buffered.changes and token is None:
             return
+        await self._settled()
+        self._applying = asyncio.create_task(self._commit(buffered, token))
+
+    async def _settled(self) -> None:
+        """Wait until the group in flight, if any, is committed (raising if it failed)."""
+        applying = self._applying
+        if applying is None:
+            return
+        try:
+            # Shielded: a pump cancelled while it waits leaves the commit to finish (and
+            # close() waits for it).
+            await asyncio.shield(applying)
+        finally:
+            if applying.done():
+                self._applying = None
+
+    async def _commit(self, buffered: _Buffered, token: bytes | None) -> None:
         await asyncio.to_thread(self.db.apply_batch, buffered.changes, token)
         for _entity, upserts, deletes in buffered.changes:
             self.stats.rows_applied += len(upserts)
             self.stats.deletes_applied += len(deletes)
+        if token is not None:
+            await self._send(Ack(checkpoint=token))
+            self.stats.checkpoints += 1
+            self.checkpoint_applied.set()
         if self._on_progress is not None:
             self._on_progress(self.stats)
 
