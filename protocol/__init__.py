@@ -22,7 +22,13 @@ from protocol.connection import (
     negotiate,
     prepare,
 )
-from protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.errors import (
+    CodedError,
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from protocol.framing import (
     ABSOLUTE_MAX_FRAME_SIZE,
     DEFAULT_MAX_FRAME_SIZE,
@@ -71,6 +77,7 @@ __all__ = [
     "CaughtUp",
     "Changes",
     "Checkpoint",
+    "CodedError",
     "ColumnSchema",
     "ColumnType",
     "Connection",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["ErrorCode", "LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+__all__ = ["CodedError", "ErrorCode", "LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
 
 
 class ErrorCode(IntEnum):
@@ -48,6 +48,9 @@ class ErrorCode(IntEnum):
     NOT_ALLOWED_OFFLINE = 203
     #: The user has no profile, or the requested entity is not permitted.
     FORBIDDEN = 204
+    #: An operator revoked this device, or its user, in this org: the token no longer
+    #: matters. Do not reconnect until an operator restores it (``syncctl unrevoke``).
+    REVOKED = 205
 
     #: The checkpoint in Hello or Ack was not issued by this server for this device.
     CHECKPOINT_INVALID = 300
@@ -75,6 +78,8 @@ class ErrorCode(IntEnum):
     OVERLOADED = 501
     #: The server is shutting down or draining; reconnect (to another instance) later.
     GOING_AWAY = 502
+    #: An operator ended this session (``syncctl kick``); reconnect after retry_after_ms.
+    KICKED = 503
 
     @property
     def retryable(self) -> bool:
@@ -89,21 +94,42 @@ _RETRYABLE = frozenset(
         ErrorCode.INTERNAL_ERROR,
         ErrorCode.OVERLOADED,
         ErrorCode.GOING_AWAY,
+        ErrorCode.KICKED,
     }
 )
+
+
+class CodedError(Exception):
+    """A failure that has a wire code: what an Error frame or an upload's OpResult says.
+
+    The one base of every such failure in the daemon and the SDK (a refused token, a user who
+    may not sync, a refused upload op, a protocol violation, an Error frame received), so one
+    place turns any of them into a frame and a caller can catch them by code or by range.
+    ``message`` is the text for the peer (never a secret); ``retry_after_ms`` is the minimum
+    wait the server asks for before a reconnect, when it asks for one.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+    @property
+    def retryable(self) -> bool:
+        """Whether reconnecting later may succeed without changing anything."""
+        return self.code.retryable
 
 
 class ProtocolError(Exception):
     """Base of both kinds, so a caller may catch 'anything the protocol refused'."""
 
 
-class RemoteProtocolError(ProtocolError):
+class RemoteProtocolError(ProtocolError, CodedError):
     """The peer misbehaved. Only this kind is turned into an Error frame for the peer."""
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL_VIOLATION) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+        CodedError.__init__(self, code, message)
 
     def __repr__(self) -> str:
         return f"RemoteProtocolError({self.message!r}, code={self.code.name})"

@@ -14,7 +14,7 @@ a token without one is tried against every compatible key, stopping at the first
 signature. Claims are checked only after a signature verified. A token whose `kid` no key
 has asks the key source to refresh first (`verify_async`; the source rate-limits that).
 
-Errors are `AuthError(kind, message)`; messages are fixed phrases chosen here, never
+Errors are `AuthError(message, code)`; messages are fixed phrases chosen here, never
 PyJWT's text or anything quoted from the token, so a token can never reach a log line or a
 wire error through an exception.
 """
@@ -27,12 +27,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from protocol import CodedError, ErrorCode
 
 __all__ = [
     "AuthError",
@@ -49,7 +51,6 @@ __all__ = [
     "public_key_pem",
 ]
 
-AuthErrorKind = Literal["invalid", "expired", "not_yet_valid"]
 PublicKey = (
     ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
 )
@@ -68,13 +69,13 @@ _EC_ALGORITHMS: Final = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1"
 _RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 
 
-class AuthError(Exception):
-    """A token was refused. `kind` tells the session which wire error to send."""
+class AuthError(CodedError):
+    """A token was refused: TOKEN_EXPIRED when a fresh token would do, else
+    AUTHENTICATION_FAILED (a token that is not valid yet included: a clock skew beyond the
+    leeway is the issuer's problem, not a reason to retry)."""
 
-    def __init__(self, kind: AuthErrorKind, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind: AuthErrorKind = kind
-        self.message = message
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.AUTHENTICATION_FAILED) -> None:
+        super().__init__(code, message)
 
 
 class KeyConfigError(ValueError):
@@ -285,14 +286,14 @@ class TokenVerifier:
     def verify(self, token: str) -> Claims:
         """Return the token's claims, or raise AuthError saying why it was refused."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-            raise AuthError("invalid", "malformed token")
+            raise AuthError("malformed token")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise AuthError("invalid", "malformed token") from None
+            raise AuthError("malformed token") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
-            raise AuthError("invalid", "token algorithm is not allowed")
+            raise AuthError("token algorithm is not allowed")
         kid = header.get("kid")
         candidates = [
             k
@@ -300,7 +301,7 @@ class TokenVerifier:
             if alg in k.algorithms and (kid is None or k.kid is None or k.kid == kid)
         ]
         if not candidates:
-            raise AuthError("invalid", "no configured key matches the token's key id")
+            raise AuthError("no configured key matches the token's key id")
         for key in candidates:
             try:
                 payload = jwt.decode(
@@ -317,7 +318,7 @@ class TokenVerifier:
             except jwt.PyJWTError as exc:
                 raise _translate(exc) from None
             return _claims(payload)
-        raise AuthError("invalid", "signature verification failed")
+        raise AuthError("signature verification failed")
 
 
 def _usable(
@@ -332,38 +333,38 @@ def _usable(
 
 def _translate(exc: jwt.PyJWTError) -> AuthError:
     if isinstance(exc, jwt.ExpiredSignatureError):
-        return AuthError("expired", "token has expired")
+        return AuthError("token has expired", ErrorCode.TOKEN_EXPIRED)
     if isinstance(exc, jwt.ImmatureSignatureError):
-        return AuthError("not_yet_valid", "token is not yet valid")
+        return AuthError("token is not yet valid")
     if isinstance(exc, jwt.MissingRequiredClaimError):
-        return AuthError("invalid", f"token lacks required claim {exc.claim!r}")
+        return AuthError(f"token lacks required claim {exc.claim!r}")
     if isinstance(exc, jwt.InvalidIssuerError):
-        return AuthError("invalid", "token issuer is not accepted")
+        return AuthError("token issuer is not accepted")
     if isinstance(exc, jwt.InvalidAudienceError):
-        return AuthError("invalid", "token audience is not accepted")
+        return AuthError("token audience is not accepted")
     if isinstance(exc, jwt.DecodeError):
-        return AuthError("invalid", "malformed token")
-    return AuthError("invalid", f"token refused ({type(exc).__name__})")
+        return AuthError("malformed token")
+    return AuthError(f"token refused ({type(exc).__name__})")
 
 
 def _identity(payload: Mapping[str, Any], claim: str) -> str:
     value = payload.get(claim)
     if not isinstance(value, str) or not value or len(value) > MAX_IDENTITY_LENGTH:
-        raise AuthError("invalid", f"claim {claim!r} must be a non-empty string")
+        raise AuthError(f"claim {claim!r} must be a non-empty string")
     return value
 
 
 def _string_tuple(payload: Mapping[str, Any], claim: str) -> tuple[str, ...]:
     value = payload.get(claim, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise AuthError("invalid", f"claim {claim!r} must be a list of strings")
+        raise AuthError(f"claim {claim!r} must be a list of strings")
     return tuple(value)
 
 
 def _claims(payload: Mapping[str, Any]) -> Claims:
     exp = payload["exp"]
     if not isinstance(exp, int | float) or isinstance(exp, bool):
-        raise AuthError("invalid", "claim 'exp' must be a number")
+        raise AuthError("claim 'exp' must be a number")
     extra = {k: v for k, v in payload.items() if k not in _NAMED_CLAIMS}
     return Claims(
         subject=_identity(payload, "sub"),

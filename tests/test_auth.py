@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from protocol import ErrorCode
 from syncd.auth import (
     AuthError,
     KeyConfigError,
@@ -89,19 +90,26 @@ def test_valid_token_yields_claims(verifier: TokenVerifier, signing_key: bytes) 
 
 def test_expired_token(verifier: TokenVerifier, signing_key: bytes) -> None:
     token = mint(signing_key, now=int(time.time()) - 3600, ttl_seconds=60)
-    assert refused(verifier, token).kind == "expired"
+    assert refused(verifier, token).code is ErrorCode.TOKEN_EXPIRED
 
 
 def test_not_yet_valid_token(verifier: TokenVerifier, signing_key: bytes) -> None:
     token = mint(signing_key, now=int(time.time()) + 600)
-    assert refused(verifier, token).kind == "not_yet_valid"
+    error = refused(verifier, token)
+    assert (error.code, error.message) == (
+        ErrorCode.AUTHENTICATION_FAILED,
+        "token is not yet valid",
+    )
 
 
 def test_leeway_accepts_small_clock_skew_only(verifier: TokenVerifier, signing_key: bytes) -> None:
     now = int(time.time())
     verifier.verify(mint(signing_key, now=now - 70, ttl_seconds=60))  # expired 10 s ago
     verifier.verify(mint(signing_key, now=now + 10))  # issued 10 s in the future
-    assert refused(verifier, mint(signing_key, now=now - 120, ttl_seconds=60)).kind == "expired"
+    assert (
+        refused(verifier, mint(signing_key, now=now - 120, ttl_seconds=60)).code
+        is ErrorCode.TOKEN_EXPIRED
+    )
     strict = TokenVerifier(
         issuer=ISSUER,
         audience=AUDIENCE,
@@ -109,7 +117,10 @@ def test_leeway_accepts_small_clock_skew_only(verifier: TokenVerifier, signing_k
         keys=verifier.keys,
         leeway_seconds=0,
     )
-    assert refused(strict, mint(signing_key, now=now - 70, ttl_seconds=60)).kind == "expired"
+    assert (
+        refused(strict, mint(signing_key, now=now - 70, ttl_seconds=60)).code
+        is ErrorCode.TOKEN_EXPIRED
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,13 +134,16 @@ def test_wrong_issuer_or_audience(
     verifier: TokenVerifier, signing_key: bytes, override: dict[str, str], message: str
 ) -> None:
     error = refused(verifier, mint(signing_key, **override))
-    assert error.kind == "invalid"
+    assert error.code is ErrorCode.AUTHENTICATION_FAILED
     assert message in error.message
 
 
 def test_signature_from_another_key(verifier: TokenVerifier) -> None:
     error = refused(verifier, mint(generate_signing_key()))
-    assert (error.kind, error.message) == ("invalid", "signature verification failed")
+    assert (error.code, error.message) == (
+        ErrorCode.AUTHENTICATION_FAILED,
+        "signature verification failed",
+    )
 
 
 def test_tampered_payload(verifier: TokenVerifier, signing_key: bytes) -> None:
@@ -175,7 +189,7 @@ def test_missing_required_claims(verifier: TokenVerifier, signing_key: bytes, cl
     key = serialization.load_pem_private_key(signing_key, password=None)
     token = jwt.encode(payload, key, algorithm="ES256")  # type: ignore[arg-type]
     error = refused(verifier, token)
-    assert error.kind == "invalid"
+    assert error.code is ErrorCode.AUTHENTICATION_FAILED
     assert repr(claim) in error.message
 
 
@@ -186,7 +200,7 @@ def test_malformed_claims_and_garbage(verifier: TokenVerifier, signing_key: byte
     assert "roles" in refused(verifier, as_string).message
     assert "'org'" in refused(verifier, mint(signing_key, org="")).message
     for garbage in ("", "not-a-token", "a.b.c", "eyJ" + "A" * 20_000):
-        assert refused(verifier, garbage).kind == "invalid"
+        assert refused(verifier, garbage).code is ErrorCode.AUTHENTICATION_FAILED
 
 
 def test_jwks_with_several_keys_selects_by_kid(tmp_path: Path) -> None:

@@ -4,11 +4,20 @@
 summary, change batches, checkpoints and upload results.
 """
 
+from syncd.client.errors import (
+    AuthenticationRefused,
+    ProtocolMismatch,
+    ServerBusy,
+    ServerError,
+    SyncStateRefused,
+    TokenExpired,
+)
 from syncd.client.localdb import DatabaseBindingError, InvalidEdit, LocalDB, UnknownEntity
 from syncd.client.localschema import EntitySchema, EntitySchemaLike, InvalidSchema
 from syncd.client.outbox import Binding, SyncError, Unsent, UploadBatch, UploadOp, UploadResult
 
 __all__ = [
+    "AuthenticationRefused",
     "Binding",
     "DatabaseBindingError",
     "EntitySchema",
@@ -16,7 +25,12 @@ __all__ = [
     "InvalidEdit",
     "InvalidSchema",
     "LocalDB",
+    "ProtocolMismatch",
+    "ServerBusy",
+    "ServerError",
     "SyncError",
+    "SyncStateRefused",
+    "TokenExpired",
     "UnknownEntity",
     "Unsent",
     "UploadBatch",

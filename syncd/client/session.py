@@ -81,11 +81,12 @@ from protocol import (
     sent_by_server,
 )
 from protocol.compression import CODECS
+from syncd.client.errors import ServerError, server_error
 from syncd.client.localdb import LocalDB
 from syncd.client.localschema import EntitySchema
 from syncd.client.outbox import Binding
 
-__all__ = ["ServerError", "SyncClient", "SyncStats", "token_subject"]
+__all__ = ["ServerError", "SyncClient", "SyncStats", "reconnect_delay", "token_subject"]
 
 #: Rows buffered before one SQLite transaction when no checkpoint comes sooner: large enough
 #: to amortize the commit, small enough to bound the client's memory during a 1M-row sync.
@@ -114,20 +115,6 @@ UPLOAD_BATCH_OPS = 1000
 UPLOAD_POLL_SECONDS = 5.0
 
 
-class ServerError(Exception):
-    """The server ended the session with an Error frame (or the link broke)."""
-
-    def __init__(self, code: ErrorCode, message: str, retry_after_ms: int | None = None) -> None:
-        super().__init__(f"{code.name} ({int(code)}): {message}")
-        self.code = code
-        self.message = message
-        self.retry_after_ms = retry_after_ms
-
-    @property
-    def retryable(self) -> bool:
-        return self.code.retryable
-
-
 @dataclass
 class SyncStats:
     rows_received: int = 0
@@ -142,6 +129,13 @@ class SyncStats:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+
+def reconnect_delay(backoff: float, max_backoff: float, at_least: float, jitter: float) -> float:
+    """Seconds before the next connect: the backoff (capped) spread by ``jitter`` in [0, 1)
+    over 0.5x-1.5x so a fleet does not reconnect in step, but never less than ``at_least``,
+    the server's retry_after_ms (PROTOCOL.md, "Error codes": a minimum)."""
+    return max(at_least, min(backoff, max_backoff) * (0.5 + jitter))
 
 
 def token_subject(token: str) -> str | None:
@@ -263,6 +257,7 @@ class SyncClient:
         """Stay in sync until `stop` is set, reconnecting after drops and GoingAway."""
         backoff = 0.2
         while not stop.is_set():
+            wait_at_least = 0.0  # the server's retry_after_ms is a minimum, never jittered down
             try:
                 await self.connect()
                 backoff = 0.2
@@ -291,12 +286,13 @@ class SyncClient:
                 if not exc.retryable:
                     raise
                 if exc.retry_after_ms:
-                    backoff = max(backoff, exc.retry_after_ms / 1000)
+                    wait_at_least = exc.retry_after_ms / 1000
+                    backoff = max(backoff, wait_at_least)
             except (OSError, asyncio.IncompleteReadError, ConnectionError):
                 pass
             finally:
                 await self.close()
-            delay = min(backoff, max_backoff) * (0.5 + random.random())
+            delay = reconnect_delay(backoff, max_backoff, wait_at_least, random.random())
             backoff = min(backoff * 2, max_backoff)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -332,7 +328,7 @@ class SyncClient:
         )
         message = await self._next()
         if not isinstance(message, Welcome):
-            raise ServerError(ErrorCode.UNEXPECTED_MESSAGE, f"expected Welcome, got {message!r}")
+            raise server_error(ErrorCode.UNEXPECTED_MESSAGE, f"expected Welcome, got {message!r}")
         self.welcome = message
         self._apply_rows = apply_threshold(message)
         if self.binding is not None:
@@ -406,7 +402,7 @@ class SyncClient:
                 case GoingAway():
                     await self._flush(None)
                     await self._settled()
-                    raise ServerError(ErrorCode.GOING_AWAY, message.reason, message.retry_after_ms)
+                    raise server_error(ErrorCode.GOING_AWAY, message.reason, message.retry_after_ms)
                 case UploadResult():
                     # Rows that came before the result are settled under it, as they were
                     # sent (an applied result must see the feed's delete that preceded it).
@@ -544,7 +540,7 @@ class SyncClient:
                     raise ConnectionResetError(f"connection lost: {exc.message}") from None
                 with contextlib.suppress(Exception):
                     await self._write(error_frame_for(exc))
-                raise ServerError(exc.code, f"server sent invalid data: {exc.message}") from None
+                raise server_error(exc.code, f"server sent invalid data: {exc.message}") from None
             if event is NEED_DATA:
                 data = await reader.read(READ_CHUNK)
                 self.stats.bytes_received += len(data)
@@ -554,7 +550,7 @@ class SyncClient:
             if isinstance(event, ConnectionClosed):
                 raise ConnectionResetError("the server closed the connection")
             if isinstance(event, Error):
-                raise ServerError(event.code, event.message, event.retry_after_ms)
+                raise server_error(event.code, event.message, event.retry_after_ms)
             assert isinstance(event, Message)
             return event
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from protocol import ColumnSchema, EntitySchema, ErrorCode, ModelSummary
+from protocol import CodedError, ColumnSchema, EntitySchema, ErrorCode, ModelSummary
 from syncd.auth import Claims
 from syncd.model import AccessSpec, ClientModel, Column, Entity
 from syncd.predicates.partition import split_claim_list
@@ -41,13 +41,8 @@ from syncd.store.feed import time_relative
 __all__ = ["DevicePlan", "Partition", "PlanError", "filter_params", "plan_for"]
 
 
-class PlanError(Exception):
+class PlanError(CodedError):
     """The user may not sync: carries the wire code the session answers with."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

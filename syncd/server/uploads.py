@@ -32,7 +32,13 @@ from syncd.server.error_table import record_batch
 from syncd.server.plan import DevicePlan
 from syncd.store import RowPredicate, StagingStore
 from syncd.store.sync_errors import SyncErrors
-from syncd.store.uploads import PlannedOp, StoredResult, UploadIdentity, apply_upload
+from syncd.store.uploads import (
+    PlannedOp,
+    StoredResult,
+    UploadIdentity,
+    UploadRejected,
+    apply_upload,
+)
 
 __all__ = ["MAX_UPLOAD_OPS", "UploadRejected", "apply_upload_batch", "validate_op"]
 
@@ -43,15 +49,6 @@ _log = logging.getLogger(__name__)
 MAX_UPLOAD_OPS = 10_000
 #: Deadlocks with other writers are retried this many times before the device is told to retry.
 MAX_ATTEMPTS = 4
-
-
-class UploadRejected(Exception):
-    """One op is refused; carries the 4xx code of its OpResult."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 def validate_op(index: int, op: UploadOp, entities: Mapping[str, Entity]) -> PlannedOp:

@@ -47,7 +47,7 @@ import asyncpg
 import msgpack
 import orjson
 
-from protocol import ErrorCode
+from protocol import CodedError, ErrorCode
 from syncd.model import Column, Entity
 from syncd.store.coltypes import SQL_COLUMN_TYPES, WIRE_SQL
 from syncd.store.feed import RowPredicate, wire_select_list
@@ -57,6 +57,7 @@ __all__ = [
     "PlannedOp",
     "StoredResult",
     "UploadIdentity",
+    "UploadRejected",
     "apply_upload",
     "key_text",
     "origin_of",
@@ -117,11 +118,16 @@ class _Round:
     deletes: dict[str, list[PlannedOp]] = field(default_factory=dict)
 
 
-class _Rejected(Exception):
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+class UploadRejected(CodedError):
+    """One upload op is refused; carries the 4xx code and the reason of its OpResult.
+
+    Raised by the daemon's checks of an op against the model (``server.uploads``) and by the
+    store's checks against the rows (outside the user's filters), and reported the same way.
+    """
+
+    @property
+    def reason(self) -> str:
+        return self.message
 
 
 async def apply_upload(
@@ -284,7 +290,7 @@ async def _run_round(
         s = state[(o.entity.name, key_text(o.key))]
         try:
             decision = await _decide(conn, o, s)
-        except _Rejected as exc:
+        except UploadRejected as exc:
             results[o.index] = ("rejected", None, None, int(exc.code), exc.reason)
             continue
         if decision is None:  # delete of a row that is already gone: the wish holds
@@ -343,7 +349,9 @@ async def _decide(conn: asyncpg.Connection, o: PlannedOp, s: _KeyState) -> Any:
     | ('conflict', row, reason) | None."""
     e = o.entity
     if s.row is not None and not s.visible:
-        raise _Rejected(ErrorCode.OUTSIDE_FILTER, f"{e.name} {o.key!r} is outside your filters")
+        raise UploadRejected(
+            ErrorCode.OUTSIDE_FILTER, f"{e.name} {o.key!r} is outside your filters"
+        )
     if o.op == "insert":
         if s.row is None:
             return ("upsert", _proposed(e, None, o))

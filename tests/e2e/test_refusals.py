@@ -11,8 +11,7 @@ import pytest
 
 from protocol import Connection, Error, ErrorCode, Role
 from syncd.auth import generate_signing_key, mint_token
-from syncd.client import LocalDB
-from syncd.client.session import ServerError
+from syncd.client import AuthenticationRefused, LocalDB, ServerError, TokenExpired
 from tests.e2e.conftest import RunningDaemon, org_name, run_daemon
 
 
@@ -29,6 +28,8 @@ async def test_malformed_token(running: RunningDaemon, tmp_path: Path) -> None:
     await running.add_org(org)
     err = await refused(running, tmp_path, "not-a-jwt", org)
     assert err.code is ErrorCode.AUTHENTICATION_FAILED
+    assert isinstance(err, AuthenticationRefused)
+    assert err.message == "malformed token"
 
 
 async def test_expired_token(running: RunningDaemon, tmp_path: Path) -> None:
@@ -37,6 +38,7 @@ async def test_expired_token(running: RunningDaemon, tmp_path: Path) -> None:
     token = running.token(org, ttl_seconds=60, now=int(time.time()) - 3600)
     err = await refused(running, tmp_path, token, org)
     assert err.code is ErrorCode.TOKEN_EXPIRED
+    assert isinstance(err, TokenExpired)
 
 
 async def test_forged_token(running: RunningDaemon, tmp_path: Path) -> None:
