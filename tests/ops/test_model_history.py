@@ -1,0 +1,227 @@
+"""Model changes an operator can preview, diff and roll back (issue 11, section 5), on the
+real daemon: ``syncctl model history/diff/rollback``, a push of the live model is a no-op,
+and ``model plan`` predicts exactly the entities real devices then download anew."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from protocol import Resync
+from syncd.model import ClientModel
+from syncd.store import Changeset, apply_changeset
+from tests.e2e.conftest import RunningDaemon, control_dsn, org_name, running, workdir
+from tests.e2e.wire_device import WireDevice
+from tests.support.ctl import syncctl
+
+__all__ = ["control_dsn", "running", "workdir"]  # the daemon fixtures
+
+BOUND_S = 90
+
+BASE: dict[str, Any] = {
+    "entities": {
+        "account": {
+            "key": "id",
+            "columns": {"id": "uuid", "name": "text", "owner_id": "integer", "status": "integer"},
+            "writable": ["name"],
+        },
+        "contact": {
+            "key": "id",
+            "columns": {"id": "integer", "account_id": "uuid", "email": "text"},
+        },
+        "note": {"key": "id", "columns": {"id": "integer", "body": "text"}},
+        "region": {"key": "id", "columns": {"id": "integer", "name": "text"}},
+    },
+    "profiles": {
+        "field": {
+            "offline": True,
+            "entities": {
+                "account": {"filter": {"owner": "owner_id"}},
+                "contact": {"filter": {"related": {"entity": "account", "via": "account_id"}}},
+                "note": {},
+            },
+        },
+        "manager": {"offline": True, "entities": {"account": {}, "contact": {}, "note": {}}},
+    },
+    "default_profile": "field",
+}
+
+
+def evolved() -> dict[str, Any]:
+    """Field sales also get accounts of status 9 (so their contacts move too), notes gain a
+    column (everyone re-downloads them), managers get regions (a new entity for them)."""
+    m = copy.deepcopy(BASE)
+    m["profiles"]["field"]["entities"]["account"]["filter"] = {
+        "or": [{"owner": "owner_id"}, {"column": "status", "op": "=", "value": 9}]
+    }
+    m["entities"]["note"]["columns"]["day"] = "date"
+    m["profiles"]["manager"]["entities"]["region"] = {}
+    return m
+
+
+async def ctl(running: RunningDaemon, *args: str) -> tuple[int, str, str]:
+    return await syncctl("--socket", str(running.config.admin.socket), *args)
+
+
+async def ctl_json(running: RunningDaemon, *args: str) -> Any:
+    code, out, err = await ctl(running, "--json", *args)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def model_file(tmp_path: Path, model: dict[str, Any]) -> str:
+    path = tmp_path / f"model-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps(model))
+    return str(path)
+
+
+async def seed(running: RunningDaemon, org: str) -> None:
+    registry = running.daemon.registry
+    assert registry is not None
+    runtime = registry.get(org)
+    assert runtime is not None
+    accounts = [
+        {"id": uuid.UUID(int=i + 1), "name": f"A{i}", "owner_id": 7 + i % 3, "status": i % 10}
+        for i in range(30)
+    ]
+    contacts = [
+        {"id": i, "account_id": accounts[i % 30]["id"], "email": f"c{i}@x"} for i in range(60)
+    ]
+    notes = [{"id": i, "body": f"n{i}"} for i in range(25)]
+    regions = [{"id": i, "name": f"r{i}"} for i in range(4)]
+    changes = Changeset(
+        {"account": accounts, "contact": contacts, "note": notes, "region": regions}
+    )
+    await apply_changeset(await runtime.staging.pool(), ClientModel.parse(BASE), changes)
+
+
+async def test_history_diff_rollback_and_the_no_op_push(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    org = org_name()
+    assert (await ctl(running, "org", "add", org))[0] == 0
+    first = model_file(tmp_path, BASE)
+    code, out, _ = await ctl(running, "model", "put", "--org", org, first)
+    assert code == 0
+    assert "model version 1 is live" in out
+
+    # The same model again (even spelled differently: shorthands expand) changes nothing.
+    respelled = copy.deepcopy(BASE)
+    respelled["profiles"]["field"]["entities"]["account"]["filter"] = {
+        "column": "owner_id",
+        "op": "=",
+        "param": "user.id",
+    }
+    code, out, _ = await ctl(running, "model", "put", "--org", org, model_file(tmp_path, respelled))
+    assert (code, out) == (0, f"org {org}: model unchanged, version 1 stays live\n")
+    again = await ctl_json(running, "model", "put", "--org", org, first)
+    assert (again["version"], again["unchanged"]) == (1, True)
+
+    pushed = await ctl_json(running, "model", "put", "--org", org, model_file(tmp_path, evolved()))
+    assert (pushed["version"], pushed["unchanged"]) == (2, False)
+
+    history = await ctl_json(running, "model", "history", "--org", org)
+    assert [(v["version"], v["live"]) for v in history["versions"]] == [(1, False), (2, True)]
+    code, out, _ = await ctl(running, "model", "history", "--org", org)
+    assert code == 0
+    assert out.splitlines()[0].split() == ["VERSION", "CREATED", "FINGERPRINT"]
+    assert out.splitlines()[2].split()[-1] == "live"
+
+    diff = (await ctl_json(running, "model", "diff", "--org", org, "1", "2"))["diff"]
+    assert diff["entities"] == {"note": {"columns_added": {"day": "date"}}}
+    assert diff["profiles"]["manager"] == {"entities_added": ["region"]}
+    assert diff["profiles"]["field"]["filters"]["account"]["new"]["or"][1]["value"] == 9
+    code, out, _ = await ctl(running, "model", "diff", "--org", org, "1", "2")
+    assert code == 0
+    assert "~ entity note: + column day (date)" in out
+    assert "~ profile manager: + entity region" in out
+
+    # Rolling back is a new version equal to the old one, applied like any push.
+    code, out, _ = await ctl(running, "model", "rollback", "--org", org, "--to", "1")
+    assert (code, out) == (0, f"org {org}: model version 3 (= version 1) is live\n")
+    v1 = await ctl_json(running, "model", "get", "--org", org, "--version", "1")
+    v3 = await ctl_json(running, "model", "get", "--org", org)
+    assert (v3["version"], v3["model"]) == (3, v1["model"])
+    registry = running.daemon.registry
+    assert registry is not None
+    runtime = registry.get(org)
+    assert runtime is not None
+    assert runtime.model is not None
+    assert runtime.model.version == 3
+    code, out, _ = await ctl(running, "model", "diff", "--org", org, "1", "3")
+    assert out.splitlines()[1:] == ["no difference"]
+    again = await ctl_json(running, "model", "rollback", "--org", org, "--to", "1")
+    assert (again["version"], again["unchanged"]) == (3, True)
+
+    # Refusals name what is wrong.
+    code, _, err = await ctl(running, "model", "diff", "--org", org, "1", "9")
+    assert code == 1
+    assert "no model version 9" in err
+    code, _, err = await ctl(running, "model", "rollback", "--org", "nosuch", "--to", "1")
+    assert code == 1
+    assert "unknown_org" in err
+
+
+async def test_plan_predicts_what_devices_download_and_applies_nothing(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    org = org_name()
+    await running.add_org(org, BASE)
+    await seed(running, org)
+    assert (await ctl(running, "profile", "assign", "--org", org, "8", "manager"))[0] == 0
+    devices = [
+        WireDevice(running, org, user="7", device_id="ann-phone"),
+        WireDevice(running, org, user="7", device_id="ann-tablet"),
+        WireDevice(running, org, user="8", device_id="max-phone"),
+    ]
+    async with asyncio.timeout(BOUND_S):
+        for d in devices:
+            await d.sync()
+        before = [d.count() for d in devices]
+
+        plan = await ctl_json(
+            running, "model", "plan", "--org", org, model_file(tmp_path, evolved())
+        )
+        code, text, _ = await ctl(
+            running, "model", "plan", "--org", org, model_file(tmp_path, evolved())
+        )
+    assert code == 0
+    assert "nothing applied" in text
+    assert "touches 2 users on 3 devices" in text
+
+    # Nothing applied: still version 1, and the devices have nothing new to fetch.
+    assert plan["applied"] is False
+    assert plan["live_version"] == 1
+    history = await ctl_json(running, "model", "history", "--org", org)
+    assert len(history["versions"]) == 1
+    by_profile = {g["profile"]: g for g in plan["profiles"]}
+    assert set(by_profile["field"]["redownload"]) == {"account", "contact", "note"}
+    assert set(by_profile["manager"]["redownload"]) == {"note", "region"}
+    assert (by_profile["field"]["users"], by_profile["field"]["devices"]) == (1, 2)
+    assert (by_profile["manager"]["users"], by_profile["manager"]["devices"]) == (1, 1)
+    assert plan["tables"]["note"] == {
+        "rows": 25,
+        "bytes": plan["tables"]["note"]["bytes"],
+        "source": "count",
+    }
+    assert plan["totals"]["devices"] == 3
+
+    async with asyncio.timeout(BOUND_S):
+        pushed = await ctl_json(
+            running, "model", "put", "--org", org, model_file(tmp_path, evolved())
+        )
+        assert pushed["version"] == 2
+        sessions = [await d.sync() for d in devices]
+    for d, session in zip(devices, sessions, strict=True):
+        profile = "manager" if d.user == "8" else "field"
+        (resync,) = session.of(Resync)
+        assert resync.entities is not None
+        assert set(resync.entities) == set(by_profile[profile]["redownload"]), d.device_id
+    # The manager's re-download is unfiltered: the plan's estimate is its row count.
+    manager = sessions[2]
+    assert manager.rows_received == by_profile["manager"]["rows_per_device"] == 25 + 4
+    assert before[2] < devices[2].count()
