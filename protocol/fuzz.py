@@ -81,6 +81,7 @@ def _run_one(rnd: random.Random, data: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the mutation fuzzer for ``--seconds``; exit 1 on the first finding, printing its seed."""
     parser = argparse.ArgumentParser(description="Mutation fuzzer for the syncd protocol")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=None)

@@ -52,6 +52,8 @@ __all__ = ["TRANSITIONS", "ConnectionState", "Origin", "Role", "State"]
 
 
 class Role(Enum):
+    """Which end of the connection a ``Connection`` plays: the transition table differs by role."""
+
     DEVICE = "device"
     SERVER = "server"
 
@@ -61,6 +63,8 @@ class Role(Enum):
 
 
 class State(Enum):
+    """Where a connection is in the conversation (PROTOCOL.md, "States"); both roles share it."""
+
     CONNECTING = "CONNECTING"  # device: must send Hello
     AWAITING_WELCOME = "AWAITING_WELCOME"  # device: sent Hello, waits for Welcome or Error
     AWAITING_HELLO = "AWAITING_HELLO"  # server: waits for Hello

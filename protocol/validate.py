@@ -72,6 +72,7 @@ def fail(owner: str, field: str, problem: str) -> LocalProtocolError:
 
 
 def check_str(owner: str, field: str, value: object, *, max_len: int | None = None) -> str:
+    """``value`` if it is a str of at most ``max_len`` characters, else a RemoteProtocolError."""
     if type(value) is not str:
         raise fail(owner, field, f"expected str, got {wire_type_name(value)}")
     if max_len is not None and len(value) > max_len:
@@ -82,6 +83,7 @@ def check_str(owner: str, field: str, value: object, *, max_len: int | None = No
 def check_int(
     owner: str, field: str, value: object, *, low: int = INT64_MIN, high: int = INT64_MAX
 ) -> int:
+    """``value`` if it is an int in [low, high] (bools refused), else a RemoteProtocolError."""
     if type(value) is not int:
         raise fail(owner, field, f"expected int, got {wire_type_name(value)}")
     if not low <= value <= high:
@@ -90,6 +92,7 @@ def check_int(
 
 
 def check_bytes(owner: str, field: str, value: object, *, max_len: int | None = None) -> bytes:
+    """``value`` if it is bin of at most ``max_len`` bytes, else a RemoteProtocolError."""
     if type(value) is not bytes:
         raise fail(owner, field, f"expected bin, got {wire_type_name(value)}")
     if max_len is not None and len(value) > max_len:
@@ -98,6 +101,7 @@ def check_bytes(owner: str, field: str, value: object, *, max_len: int | None = 
 
 
 def check_name(owner: str, field: str, value: object) -> str:
+    """``value`` if it is a valid entity or column name (``NAME_PATTERN``), else an error."""
     check_str(owner, field, value)
     assert isinstance(value, str)
     if NAME_PATTERN.fullmatch(value) is None:
@@ -106,6 +110,7 @@ def check_name(owner: str, field: str, value: object) -> str:
 
 
 def check_value(owner: str, field: str, value: object) -> None:
+    """Refuse a column value that is not one of the wire's primitives or overflows int64."""
     if type(value) not in _VALUE_TYPES:
         raise fail(
             owner, field, f"values must be nil/bool/int/float/str/bin, got {wire_type_name(value)}"

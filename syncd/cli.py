@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``syncd`` command: load the configuration, check it, run the daemon until a signal."""
     args = _parser().parse_args(argv)
     overrides = {"server": {"dev_mode": True}} if args.command == "dev" else None
     try:

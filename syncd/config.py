@@ -81,6 +81,8 @@ class HostPort:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """``[server]``: the device endpoint's address, TLS files, data directory and instance name."""
+
     listen: HostPort
     tls_cert: Path
     tls_key: Path
@@ -91,6 +93,8 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
+    """``[admin]``: the admin socket, and optionally a TCP listener with mutual TLS."""
+
     socket: Path
     tcp_listen: HostPort | None
     tls_cert: Path | None
@@ -100,6 +104,8 @@ class AdminConfig:
 
 @dataclass(frozen=True)
 class OpsConfig:
+    """``[ops]``: the metrics and health endpoint, and how often the databases are probed."""
+
     listen: HostPort | None  # None: the metrics/health endpoint is disabled
     health_interval_seconds: float
     """How often the control database and every org's staging database are probed (and
@@ -108,6 +114,8 @@ class OpsConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
+    """``[database]``: the control database DSN (empty: embedded PostgreSQL) and pool size."""
+
     dsn: str  # empty: run the embedded PostgreSQL under `embedded_dir`
     pool_max: int
     embedded_dir: Path
@@ -119,6 +127,8 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
+    """``[auth]``: who issues device tokens, for whom, with which algorithms and keys."""
+
     issuer: str
     audience: str
     algorithms: tuple[str, ...]
@@ -139,6 +149,8 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
+    """``[sync]``: batch and frame sizes, timers, checkpoint intervals, change retention."""
+
     batch_size: int
     max_frame_size: int
     heartbeat_interval_seconds: float
@@ -157,12 +169,16 @@ class SyncConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
+    """``[logging]``: the level and the format (JSON lines, or text for a terminal)."""
+
     level: str
     format: str
 
 
 @dataclass(frozen=True)
 class Config:
+    """The daemon's whole configuration, validated: one section per table of the TOML file."""
+
     server: ServerConfig
     admin: AdminConfig
     ops: OpsConfig

@@ -514,6 +514,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``syncctl`` parser: where the daemon is, then one subcommand per admin command."""
     parser = argparse.ArgumentParser(prog="syncctl", description="Administer a running syncd.")
     where = parser.add_argument_group("where the daemon is")
     where.add_argument(
@@ -703,6 +704,7 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO, stdin: TextIO | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``syncctl`` command (exit 0 on success, 1 on a refused command, 2 on a usage error)."""
     return run(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stderr)
 
 

@@ -88,6 +88,8 @@ class Column:
 
 @dataclass(frozen=True, slots=True)
 class Entity:
+    """One synced table: its key, columns in wire order, writable columns, conflict policy."""
+
     name: str
     key: str
     columns: tuple[Column, ...]  # wire order, key included
@@ -152,6 +154,8 @@ class MembershipSpec:
 
 @dataclass(frozen=True, slots=True)
 class Profile:
+    """Who may go offline and which entities (with which filters) their devices receive."""
+
     name: str
     offline: bool
     entities: tuple[tuple[str, AccessSpec], ...]  # in document order
@@ -165,6 +169,8 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class ClientModel:
+    """An org's whole client model, parsed and validated (``ClientModel.parse``); immutable."""
+
     entities: tuple[Entity, ...]
     profiles: tuple[Profile, ...]
     default_profile: str | None = None

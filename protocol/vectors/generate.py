@@ -367,6 +367,7 @@ def wire_form(value: Any) -> Any:
 
 
 def build() -> dict[str, Any]:
+    """The golden vectors document: every sample message, its frame in hex and its JSON form."""
     messages = [
         {"name": name, "hex": encode_frame(message).hex(), "message": json_form(to_wire(message))}
         for name, message in SAMPLES.items()
@@ -380,6 +381,7 @@ def build() -> dict[str, Any]:
 
 
 def main() -> None:
+    """Rewrite ``vectors.json`` from the samples (run after a deliberate wire change only)."""
     VECTORS_PATH.write_text(json.dumps(build(), indent=1) + "\n")
     print(f"wrote {VECTORS_PATH}")
 

@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``syncd-client`` command: sync a local SQLite database once, live, or show it."""
     args = _parser().parse_args(argv)
     if args.command == "show":
         return _show(args.db)

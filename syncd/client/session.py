@@ -117,6 +117,8 @@ UPLOAD_POLL_SECONDS = 5.0
 
 @dataclass
 class SyncStats:
+    """What one sync session moved: rows and deletes received and applied, frames, bytes, timing."""
+
     rows_received: int = 0
     rows_applied: int = 0
     deletes_applied: int = 0
@@ -159,6 +161,15 @@ class _Buffered:
 
 
 class SyncClient:
+    """One device's connection to syncd over TLS: download, stay live, upload the outbox.
+
+    ``sync_once`` connects, catches up, uploads pending edits and says goodbye; ``run_live``
+    stays connected and reconnects after drops and GoingAway, honouring retry_after_ms as a
+    minimum. Rows land in the ``LocalDB`` in the transaction that stores their checkpoint, so
+    a device cut off anywhere resumes where it stopped. Errors the server sends are raised as
+    the typed ``ServerError`` subclasses of ``syncd.client.errors``.
+    """
+
     def __init__(
         self,
         db: LocalDB,

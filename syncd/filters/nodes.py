@@ -64,12 +64,16 @@ Operand = Literal | Param
 
 @dataclass(frozen=True, slots=True)
 class AllRows:
+    """``{"all": true}``: every row of the entity."""
+
     def to_json(self) -> dict[str, Any]:
         return {"all": True}
 
 
 @dataclass(frozen=True, slots=True)
 class Compare:
+    """A column compared with a literal, a parameter or another value (=, !=, <, <=, >, >=)."""
+
     column: str
     op: CompareOp
     operand: Operand
@@ -80,6 +84,8 @@ class Compare:
 
 @dataclass(frozen=True, slots=True)
 class InList:
+    """A column's value in (or not in) a literal list, a list parameter or a membership table."""
+
     column: str
     source: Literal | Param | Membership  # a Literal holds a JSON list
     negated: bool = False
@@ -93,6 +99,8 @@ class InList:
 
 @dataclass(frozen=True, slots=True)
 class IsNull:
+    """A column that is (or is not) null."""
+
     column: str
     negated: bool = False
 
@@ -138,6 +146,8 @@ class Related:
 
 @dataclass(frozen=True, slots=True)
 class And:
+    """Every item holds."""
+
     items: tuple[FilterNode, ...]
 
     def to_json(self) -> dict[str, Any]:
@@ -146,6 +156,8 @@ class And:
 
 @dataclass(frozen=True, slots=True)
 class Or:
+    """At least one item holds."""
+
     items: tuple[FilterNode, ...]
 
     def to_json(self) -> dict[str, Any]:
@@ -154,6 +166,8 @@ class Or:
 
 @dataclass(frozen=True, slots=True)
 class Not:
+    """The item does not hold (a null comparison stays unknown, as in SQL)."""
+
     item: FilterNode
 
     def to_json(self) -> dict[str, Any]:

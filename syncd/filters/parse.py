@@ -72,6 +72,7 @@ _CLAIM_PARAM = re.compile(r"^claims\.[a-z][a-z0-9_]{0,47}$")
 
 
 def param_is_known(name: str) -> bool:
+    """Whether ``name`` is a parameter a device can bind (``user.*`` or ``claims.<name>``)."""
     return name in SCALAR_PARAMS or name in LIST_PARAMS or bool(_CLAIM_PARAM.fullmatch(name))
 
 
@@ -94,6 +95,8 @@ class SchemaView:
 
 
 def parse_filter(obj: object, entity: str, schema: SchemaView) -> FilterNode:
+    """Validate a filter document for ``entity`` against ``schema`` (a FilterError names the
+    path of the first problem)."""
     return _Parser(entity, schema).node(obj, "", 0)
 
 

@@ -80,6 +80,8 @@ _NONE: frozenset[str] = frozenset()
 
 @dataclass(frozen=True, slots=True)
 class BAll:
+    """Every row (a profile entity with no filter, or ``{"all": true}``)."""
+
     def identity(self) -> Any:
         return ["all"]
 
@@ -92,6 +94,8 @@ class BAll:
 
 @dataclass(frozen=True, slots=True)
 class BCompare:
+    """A column compared with a value already coerced to the column's type."""
+
     column: Column
     op: CompareOp
     value: object
@@ -108,6 +112,8 @@ class BCompare:
 
 @dataclass(frozen=True, slots=True)
 class BIn:
+    """A column in (or not in) a list of values coerced to its type."""
+
     column: Column
     values: tuple[object, ...]
     negated: bool
@@ -125,6 +131,8 @@ class BIn:
 
 @dataclass(frozen=True, slots=True)
 class BMember:
+    """A column in the values a staging membership table lists for this user."""
+
     column: Column
     membership: MembershipSpec
     table: Entity
@@ -144,6 +152,8 @@ class BMember:
 
 @dataclass(frozen=True, slots=True)
 class BIsNull:
+    """A column that is (or is not) null."""
+
     column: Column
     negated: bool
 
@@ -159,6 +169,8 @@ class BIsNull:
 
 @dataclass(frozen=True, slots=True)
 class BBetween:
+    """A column between two values, both ends included."""
+
     column: Column
     low: object
     high: object
@@ -175,6 +187,8 @@ class BBetween:
 
 @dataclass(frozen=True, slots=True)
 class BWithin:
+    """A point-in-time column within the last or next ``seconds`` of "now"."""
+
     column: Column
     direction: TypingLiteral["last", "next"]
     seconds: int
@@ -191,6 +205,8 @@ class BWithin:
 
 @dataclass(frozen=True, slots=True)
 class BRelated:
+    """The row's parent (through column ``via``) matches the parent entity's bound filter."""
+
     via: Column
     parent: BoundTree
 
@@ -206,6 +222,8 @@ class BRelated:
 
 @dataclass(frozen=True, slots=True)
 class BAnd:
+    """Every item holds."""
+
     items: tuple[BoundNode, ...]
 
     def identity(self) -> Any:
@@ -220,6 +238,8 @@ class BAnd:
 
 @dataclass(frozen=True, slots=True)
 class BOr:
+    """At least one item holds."""
+
     items: tuple[BoundNode, ...]
 
     def identity(self) -> Any:
@@ -234,6 +254,8 @@ class BOr:
 
 @dataclass(frozen=True, slots=True)
 class BNot:
+    """The item does not hold."""
+
     item: BoundNode
 
     def identity(self) -> Any:
@@ -278,6 +300,9 @@ def bind_tree(
     user: str,
     depth: int = 0,
 ) -> BoundTree:
+    """``entity``'s filter in ``profile`` with this device's parameters bound (BindError if one
+    is missing or does not fit its column); the root is None when the profile takes all rows.
+    """
     access = profile.access(entity)
     if access is None:  # parse-time checks make this unreachable for a parsed model
         raise BindError(f"entity {entity!r} is not in profile {profile.name!r}")

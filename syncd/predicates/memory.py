@@ -39,6 +39,8 @@ Truth = bool | None
 
 
 class Lookup(Protocol):
+    """The rows a bound filter may read besides the row itself: related parents, memberships."""
+
     def row(self, entity: str, key: object) -> Row | None:
         """The current row of ``entity`` with key ``key``, or None."""
         ...
@@ -49,6 +51,7 @@ class Lookup(Protocol):
 
 
 def matches(tree: BoundTree, row: Row, lookup: Lookup, now: datetime | None = None) -> bool:
+    """Whether ``row`` is in ``tree``'s rows at ``now``, by the same three-valued logic as SQL."""
     if tree.root is None:
         return True
     return _eval(tree.root, row, lookup, now or datetime.now(UTC)) is True

@@ -63,6 +63,13 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 class AdminService:
+    """The admin commands (org, model, profile, token-key, ingest, write-back, status), by name.
+
+    ``handle`` validates a request's arguments, runs its command and answers with the
+    result or an AdminError naming the offending argument. Changes are persisted in the
+    control database before they are acknowledged (ARCHITECTURE.md decision 6).
+    """
+
     def __init__(
         self,
         *,

@@ -94,6 +94,8 @@ class FrameError(AdminError):
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """One admin request: an id the response echoes, a command name and its arguments."""
+
     id: int
     command: str
     args: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +132,7 @@ class FrameDecoder:
 
 
 def encode_frame(obj: Any) -> bytes:
+    """A length-prefixed JSON frame; refuses payloads over ``MAX_MESSAGE_SIZE``."""
     payload = orjson.dumps(obj)
     if len(payload) > MAX_MESSAGE_SIZE:
         raise ValueError(f"message of {len(payload)} bytes exceeds {MAX_MESSAGE_SIZE}")
@@ -179,10 +182,12 @@ def request_id_of(payload: bytes) -> int | None:
 
 
 def ok_response(request_id: int, result: Any) -> dict[str, Any]:
+    """The response to ``request_id`` carrying ``result``."""
     return {"id": request_id, "ok": True, "result": result}
 
 
 def error_response(request_id: int | None, error: AdminError) -> dict[str, Any]:
+    """The response carrying ``error``'s code, message and argument path."""
     return {
         "id": request_id,
         "ok": False,
@@ -191,6 +196,7 @@ def error_response(request_id: int | None, error: AdminError) -> dict[str, Any]:
 
 
 def encode_request(request_id: int, command: str, args: dict[str, Any]) -> bytes:
+    """The frame of one request (client side)."""
     return encode_frame({"id": request_id, "command": command, "args": args})
 
 

@@ -96,6 +96,12 @@ class _Running:
 
 
 class Daemon:
+    """The syncd process: databases, org registry, device and admin listeners, ops endpoint.
+
+    ``start`` brings everything up in dependency order and ``run`` serves until a signal;
+    shutdown sends GoingAway to every session, waits for them briefly and closes the pools.
+    """
+
     def __init__(self, config: Config, *, prepare: Prepare | None = None) -> None:
         self.config = config
         self.metrics = Metrics()

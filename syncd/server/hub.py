@@ -61,6 +61,7 @@ TIME_TICK_SECONDS = 30.0
 
 
 def wall_clock() -> datetime:
+    """Now, in UTC (the default clock of a hub; tests pass their own)."""
     return datetime.now(UTC)
 
 
@@ -111,6 +112,14 @@ class _Read:
 
 
 class LiveHub:
+    """One org's live fan-out: one reader of the change feed for every connected device.
+
+    On each notification the hub takes a snapshot, reads the window since the last one once
+    per partition that the window touched, encodes each partition's frames once and queues
+    them to every member following it (ARCHITECTURE.md decision 4). A member whose queue is
+    full is dropped and catches up on its own (decision 5).
+    """
+
     def __init__(
         self,
         org: str,

@@ -39,6 +39,8 @@ _log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class OrgRuntime:
+    """One loaded org: its record, staging store, live hub, model and profile assignments."""
+
     record: OrgRecord
     staging: StagingStore
     hub: LiveHub
@@ -62,6 +64,10 @@ class OrgRuntime:
 
 
 class OrgRegistry:
+    """The orgs this instance serves, kept in memory and reloaded from the control database
+    on its notifications, so every instance sharing it serves the same orgs and models.
+    """
+
     def __init__(
         self,
         control: ControlStore,

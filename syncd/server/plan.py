@@ -63,6 +63,10 @@ class Partition:
 
 @dataclass(frozen=True)
 class DevicePlan:
+    """What one device follows: the model version, its profile, the entities with their bound
+    filters, and a hash per entity that changes exactly when the entity must be re-downloaded.
+    """
+
     model_version: int
     profile: str
     summary: ModelSummary

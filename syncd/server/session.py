@@ -105,6 +105,8 @@ READ_CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class SessionSettings:
+    """The per-session limits and timers, from the ``[sync]`` configuration."""
+
     batch_size: int
     max_frame_size: int
     heartbeat_interval: float
@@ -141,6 +143,14 @@ class _End(Exception):
 
 
 class DeviceSession:
+    """One device connection, from Hello to close.
+
+    Authenticates the token, sends Welcome, brings the device up to date (resuming from its
+    sync token or downloading anew), joins the org's live hub, applies uploads and answers
+    heartbeats. It holds no database connection while it waits on the network, and its
+    outbox is bounded (ARCHITECTURE.md decision 5).
+    """
+
     def __init__(
         self,
         reader: asyncio.StreamReader,

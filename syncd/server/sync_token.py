@@ -119,6 +119,8 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class SyncToken:
+    """What a sync token says: a snapshot, the plan it was taken under, how far a download got."""
+
     checkpoint: Checkpoint
     plan: bytes
     """The digest of the entity -> hash map (``plan_digest``) the device follows."""

@@ -40,6 +40,8 @@ KEY_RELOAD_SECONDS = 5.0
 
 
 class TokenService:
+    """Seals and opens sync tokens with the org's keys and keeps the plans tokens name by digest."""
+
     def __init__(self, control: ControlStore, keyring: Keyring) -> None:
         self._control = control
         self._keyring = keyring

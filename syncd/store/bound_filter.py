@@ -29,6 +29,8 @@ __all__ = ["BindError", "BoundFilter", "bind_filter"]
 
 @dataclass(frozen=True)
 class BoundFilter:
+    """One device's filter for one entity: SQL for the feed, an in-memory predicate, an identity."""
+
     tree: BoundTree
     now: datetime | None = None
     """A fixed "now" for ``within`` (``at``); None reads the clock at each compile."""

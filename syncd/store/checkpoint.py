@@ -51,6 +51,8 @@ class CheckpointAhead(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
+    """A PostgreSQL snapshot (xmin, xmax, in-progress xids): the position a device has reached."""
+
     xmin: int
     xmax: int
     xip: tuple[int, ...] = ()

@@ -131,6 +131,8 @@ MIGRATIONS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class OrgRecord:
+    """An org as the control database knows it: name, status, staging DSN, incarnation."""
+
     name: str
     status: str
     staging_dsn: str | None
@@ -151,6 +153,8 @@ class TokenKey:
 
 @dataclass(frozen=True, slots=True)
 class StoredModel:
+    """One version of an org's client model as pushed and persisted."""
+
     org: str
     version: int
     model: ClientModel

@@ -159,6 +159,8 @@ class WindowTimes:
 
 @dataclass(frozen=True, slots=True)
 class FilterTerm:
+    """A simple filter condition (column = value, column IN values) for tests and benchmarks."""
+
     column: str
     op: Literal["=", "IN"]
     value: object
@@ -234,11 +236,13 @@ class ChangeBatch:
 
 
 def wire_select_list(entity: Entity, alias: str) -> str:
+    """The SELECT list that reads ``entity``'s columns in wire form, then the row version."""
     cols = [to_wire(c, f"{alias}.{ident(c.name)}") for c in entity.columns]
     return ", ".join([*cols, f"{alias}._version"])
 
 
 def row_column(alias: str) -> ColumnSql:
+    """How to spell a column of the row aliased ``alias`` in a compiled filter."""
     return lambda c: f"{alias}.{ident(c.name)}"
 
 

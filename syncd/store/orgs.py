@@ -17,6 +17,8 @@ __all__ = ["OrgStores"]
 
 
 class OrgStores:
+    """The staging store of each org, created on first use, one pool per org."""
+
     def __init__(self, server_dsn: str, *, pool_size: int = 8) -> None:
         """``server_dsn`` reaches the control server, where DSN-less orgs keep their data."""
         self._server_dsn = server_dsn

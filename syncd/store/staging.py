@@ -372,6 +372,7 @@ async def create_database(dsn: str, database: str) -> bool:
 
 
 async def drop_database(dsn: str, database: str) -> None:
+    """Drop ``database`` on the server at ``dsn``, ending its sessions (org removal)."""
     conn = await asyncpg.connect(dsn, database="postgres")
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {ident(database)} WITH (FORCE)")

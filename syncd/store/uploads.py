@@ -81,6 +81,8 @@ def key_text(key: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class UploadIdentity:
+    """Who uploaded a batch: the user, the device and the batch id (the exactly-once key)."""
+
     user_id: str
     device_id: str
     batch_id: str

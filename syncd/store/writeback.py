@@ -31,6 +31,8 @@ RETRY_CAP_SECONDS = 3600
 
 @dataclass(frozen=True, slots=True)
 class WritebackEntry:
+    """One accepted device change waiting to be written back to the system of record."""
+
     id: int
     entity: str
     key: str
