@@ -193,6 +193,14 @@ class ODataService:
     def keys(self, set_name: str) -> set[str]:
         return set(self._table(set_name).rows)
 
+    def add_property(self, set_name: str, prop: PropertySpec) -> None:
+        """A new column at the source (an administrator customizing the table): $metadata
+        lists it from now on, existing rows hold null."""
+        table = self._table(set_name)
+        table.spec = EntitySetSpec(
+            table.spec.name, table.spec.type_name, table.spec.key, (*table.spec.properties, prop)
+        )
+
     def before_next(self, method: str, action: Callable[[], object]) -> None:
         """Run ``action`` once, just before the next request of ``method`` is handled: a
         CRM user's edit racing the client between its read and its write."""
@@ -315,7 +323,10 @@ class ODataService:
         size = state.get("size") or prefer.get("odata.maxpagesize") or DEFAULT_PAGE_SIZE
         state["size"] = size
         if "select" not in state:
-            state["select"] = self._selection(table, request.query.get("$select"))
+            # A delta link carries the $select of the read that made it, as Dataverse's do.
+            state["select_text"] = request.query.get("$select")
+            state["select"] = self._selection(table, state["select_text"])
+            state["track"] = "odata.track-changes" in prefer or state["since"] is not None
         select: list[str] | None = state["select"]
         since = state["since"]
         upto = state["upto"]
@@ -345,8 +356,9 @@ class ODataService:
         if len(candidates) > size:
             state["after"] = page[-1]
             body["@odata.nextLink"] = f"{link}?$skiptoken={_encode_state(state)}"
-        elif "odata.track-changes" in prefer or since is not None:
-            body["@odata.deltaLink"] = f"{link}?$deltatoken={upto}!{self._generation}"
+        elif state["track"]:
+            query = "" if state["select_text"] is None else f"$select={state['select_text']}&"
+            body["@odata.deltaLink"] = f"{link}?{query}$deltatoken={upto}!{self._generation}"
         applied = [f"odata.maxpagesize={size}"] if "odata.maxpagesize" in prefer else []
         if "odata.track-changes" in prefer:
             applied.append("odata.track-changes")

@@ -4,21 +4,25 @@ Strategy, per ``syncd.ingest.source.Source`` method:
 
 - ``describe``: ``$metadata`` (CSDL) parsed by ``csdl``; each configured entity set becomes a
   table (``csdl.table_spec`` refuses what syncd cannot carry, naming set and property).
-- ``start``: a keys-only read of each set with ``Prefer: odata.track-changes`` (``$select`` of
-  the key, followed through every ``@odata.nextLink``) for its ``@odata.deltaLink``. OData
-  hands a delta link out only at the end of a tracked read, and the role needs a position
-  from before its initial copy; the keys-only pass costs one small read per set.
+- ``start``: a read of each set with ``Prefer: odata.track-changes``, followed through every
+  ``@odata.nextLink``, for its ``@odata.deltaLink``. OData hands a delta link out only at the
+  end of a tracked read, and the role needs a position from before its initial copy, so the
+  set is read twice at provisioning. The read selects the same columns as the deltas need:
+  a delta link carries the ``$select`` of the read that made it (Dataverse's do), so a
+  keys-only read would give deltas of keys only.
 - ``initial_copy``: a plain paged read (``odata.maxpagesize``, following nextLinks).
 - ``changes``: per set, GET its link with ``odata.track-changes``: changed entities become
   upserts at their current state, ``$deletedEntity`` entries deletes, and each page closes
   with a ``Commit`` whose position holds the page's nextLink (or, on the last page, the new
   deltaLink), so the role can record progress page by page and resume from any of them.
   A delta link the service no longer honours (``DeltaExpired``: 410 Gone, or Dataverse's
-  "perform a full sync"), or a set the position does not know yet (it came into scope later),
-  is read again in full as one transaction: a ``truncate`` of the table, then every current
-  row, then the ``Commit`` with the new delta link. Applied in one staging transaction, rows
-  that were present before and are absent after the re-read are deleted, so no delete is
-  lost; rows present in both keep their values.
+  "perform a full sync"), a set the position does not know yet (it came into scope later),
+  or one whose columns changed since the link was made (its deltas would lack the new
+  columns), is read again in full as one transaction: a ``truncate`` of the table, then
+  every current row, then the ``Commit`` with the new delta link. Applied in one staging
+  transaction, rows present before and absent after the re-read are deleted, so no delete
+  is lost; rows present in both keep their values (the ingest role's truncate is a DELETE,
+  so they get new versions: docs/ARCHITECTURE.md, "OData source").
 - ``write``: a GET of the entity for its current values and ETag, the conflict check against
   ``WriteOp.expected`` on those values, then POST, or PATCH / DELETE with ``If-Match`` set to
   that ETag, so a change at the source between the check and the write is a 412 and reported
@@ -29,7 +33,8 @@ Strategy, per ``syncd.ingest.source.Source`` method:
 - ``release``, ``stop``: nothing to do. Delta links hold no resource at the source (Dataverse
   keeps change tracking for its retention period whatever clients do).
 
-Positions are JSON text: ``{"odata": 1, "links": {entity set: link}}``.
+Positions are JSON text: ``{"odata": 1, "links": {entity set: link}, "columns": {entity set:
+the $select the link was made with}}``.
 """
 
 from __future__ import annotations
@@ -190,9 +195,9 @@ class ODataSource:
 
     async def start(self) -> Position:
         links: dict[str, str] = {}
+        columns: dict[str, str] = {}
         for m in (await self._maps()).values():
-            key_prop = m.properties[m.spec.key]
-            link: str | None = f"{self._client.base_url}/{m.entity_set}?$select={key_prop}"
+            link: str | None = self._select_url(m)
             delta: str | None = None
             while link is not None:
                 page = await self._client.page(
@@ -206,7 +211,8 @@ class ODataSource:
                     " for this table?)"
                 )
             links[m.entity_set] = delta
-        return _position(links)
+            columns[m.entity_set] = _select(m)
+        return _position(links, columns)
 
     async def initial_copy(self, table: TableSpec, page_size: int) -> AsyncIterator[Sequence[Row]]:
         m = (await self._maps())[table.name]
@@ -220,13 +226,16 @@ class ODataSource:
             link = page.next_link
 
     async def changes(self, after: Position, limit: int) -> AsyncIterator[Change | Commit]:
-        links = _parse_position(after)
+        links, columns = _parse_position(after)
         yielded = 0
         for m in (await self._maps()).values():
             link = links.get(m.entity_set)
-            if link is None:
-                _log.info("odata: %s is new to this position, reading it in full", m.entity_set)
-                async for item in self._reread(m, links):
+            if link is None or columns.get(m.entity_set) != _select(m):
+                _log.info(
+                    "odata: %s is new to this position or its columns changed: reading it in full",
+                    m.entity_set,
+                )
+                async for item in self._reread(m, links, columns):
                     yield item
                     yielded += isinstance(item, Change)
             else:
@@ -237,7 +246,7 @@ class ODataSource:
                         )
                     except DeltaExpired as exc:
                         _log.warning("odata: %s; reading %s in full", exc, m.entity_set)
-                        async for item in self._reread(m, links):
+                        async for item in self._reread(m, links, columns):
                             yield item
                             yielded += isinstance(item, Change)
                         break
@@ -251,13 +260,15 @@ class ODataSource:
                             " @odata.nextLink nor @odata.deltaLink"
                         )
                     links[m.entity_set] = link = next_link
-                    yield Commit(_position(links))
+                    yield Commit(_position(links, columns))
                     if page.next_link is None or yielded >= limit:
                         break
             if yielded >= limit:
                 return
 
-    async def _reread(self, m: TableMap, links: dict[str, str]) -> AsyncIterator[Change | Commit]:
+    async def _reread(
+        self, m: TableMap, links: dict[str, str], columns: dict[str, str]
+    ) -> AsyncIterator[Change | Commit]:
         """The whole set as one transaction: truncate, every row, the new delta link."""
         yield Change(m.spec.name, "truncate")
         link: str | None = self._select_url(m)
@@ -275,7 +286,8 @@ class ODataSource:
                 " ended without @odata.deltaLink"
             )
         links[m.entity_set] = delta
-        yield Commit(_position(links))
+        columns[m.entity_set] = _select(m)
+        yield Commit(_position(links, columns))
 
     def _page_changes(self, m: TableMap, page: Page) -> list[Change]:
         out = [Change(m.spec.name, "upsert", row=self._row(m, e)) for e in page.entities]
@@ -371,8 +383,7 @@ class ODataSource:
     # -- helpers ----------------------------------------------------------------------------
 
     def _select_url(self, m: TableMap) -> str:
-        select = ",".join(m.properties.values())
-        return f"{self._client.base_url}/{m.entity_set}?$select={select}"
+        return f"{self._client.base_url}/{m.entity_set}?$select={_select(m)}"
 
     def _row(self, m: TableMap, entity: Mapping[str, Any]) -> Row:
         row: dict[str, Any] = {}
@@ -430,11 +441,16 @@ def _outcome(reply: Reply, *, gone_ok: bool = False) -> WriteResult:
     return _refusal(reply)
 
 
-def _position(links: Mapping[str, str]) -> Position:
-    return orjson.dumps({"odata": POSITION_FORMAT, "links": dict(links)}).decode()
+def _select(m: TableMap) -> str:
+    return ",".join(m.properties.values())
 
 
-def _parse_position(position: Position) -> dict[str, str]:
+def _position(links: Mapping[str, str], columns: Mapping[str, str]) -> Position:
+    obj = {"odata": POSITION_FORMAT, "links": dict(links), "columns": dict(columns)}
+    return orjson.dumps(obj).decode()
+
+
+def _parse_position(position: Position) -> tuple[dict[str, str], dict[str, str]]:
     try:
         obj = orjson.loads(position)
     except orjson.JSONDecodeError:
@@ -443,6 +459,10 @@ def _parse_position(position: Position) -> dict[str, str]:
         not isinstance(obj, dict)
         or obj.get("odata") != POSITION_FORMAT
         or not isinstance(obj.get("links"), dict)
+        or not isinstance(obj.get("columns"), dict)
     ):
         raise SourceError(f"not a position of the OData source: {position[:200]!r}")
-    return {str(k): str(v) for k, v in obj["links"].items()}
+    return (
+        {str(k): str(v) for k, v in obj["links"].items()},
+        {str(k): str(v) for k, v in obj["columns"].items()},
+    )

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from syncd.ingest.odata.service import ODataService
+from syncd.ingest.odata.service import ODataService, PropertySpec
 from syncd.ingest.odata.source import ODataSource
 from syncd.ingest.source import Change, Row
 from tests.ingest.odata.support import Mirror, account
@@ -110,3 +110,24 @@ async def test_a_delta_read_stops_at_the_limit_and_resumes_from_its_position(
     assert second is not None
     assert len(mirror.tables["account"]) == 23
     assert "$deltatoken=" in second
+
+
+async def test_a_column_added_at_the_source_is_described_and_read_in_full(
+    service: ODataService, source: ODataSource
+) -> None:
+    service.insert("notes", {"noteid": 1, "body": "before"})
+    position = await source.start()
+    assert "$select=noteid,body&$deltatoken=" in position  # the delta link keeps its $select
+    service.add_property("notes", PropertySpec("subject", "Edm.String"))
+    service.update("notes", 1, {"subject": "new column"})
+    tables = await source.describe()
+    assert [c.name for c in tables[1].columns] == ["noteid", "body", "subject"]
+    mirror = Mirror()
+    mirror.load("account", "accountid", [])
+    mirror.load("note", "noteid", [[{"noteid": 1, "body": "before"}]])
+    after = await mirror.apply(source.changes(position, limit=1000))
+    # The old delta link selects the old columns: the set is read again with the new one.
+    assert [c.op for c in mirror.changes if c.table == "note"] == ["truncate", "upsert"]
+    assert mirror.tables["note"] == {1: {"noteid": 1, "body": "before", "subject": "new column"}}
+    assert after is not None
+    assert "subject" in after
