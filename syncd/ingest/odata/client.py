@@ -8,7 +8,8 @@ token the service no longer honours (410 Gone, the OData answer, or Dataverse's 
 "perform a full sync"), ``ODataRequestError`` for other refusals, ``ODataUnreachable`` for
 the network. Writes (``create``, ``update``, ``delete``) return a ``Reply`` for any answer the
 service gave about the entity (2xx, 404, 409, 412, other 4xx), so the caller decides what a
-refusal means; only auth failures, 5xx and the network raise.
+refusal means; auth failures, 408, 429 (Dataverse's service protection limits), 5xx and the
+network raise.
 
 Every request carries the bearer token (a fixed string, or an async callable that returns
 a current one, e.g. from an identity provider) and asks for ``IEEE754Compatible=true``, so
@@ -48,6 +49,9 @@ _CONTENT_TYPE: Final = "application/json;IEEE754Compatible=true"
 DEFAULT_TIMEOUT_SECONDS: Final = 120.0
 
 TokenProvider = Callable[[], Awaitable[str]]
+#: Statuses that say "not now" rather than anything about the entity: a request timeout, and
+#: Dataverse's service protection limits (429 with Retry-After).
+_RETRY_LATER: Final = frozenset({408, 429})
 
 
 class ODataError(SourceError):
@@ -196,7 +200,8 @@ class ODataClient:
         if data is not None:
             headers = {**headers, "Content-Type": _CONTENT_TYPE}
         status, text, reply_headers = await self._request(method, url, headers=headers, data=data)
-        if status >= 500:
+        if status >= 500 or status in _RETRY_LATER:
+            # Not an answer about the entity: the role retries the write later.
             raise self._read_error(f"{method} {url}", status, text)
         etag = reply_headers.get("etag")
         if 200 <= status < 300:

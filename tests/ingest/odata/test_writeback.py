@@ -8,10 +8,11 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from aiohttp import web
 
 from syncd.ingest.odata.service import ODataService
 from syncd.ingest.odata.source import ODataSource
-from syncd.ingest.source import WriteOp, WriteResult
+from syncd.ingest.source import SourceError, WriteOp, WriteResult
 from tests.ingest.odata.support import account
 
 pytestmark = pytest.mark.timeout(30)
@@ -139,3 +140,19 @@ async def test_integer_keys_and_wire_form_values(
     stored = service.row("accounts", KEY)
     assert stored is not None
     assert (stored["modifiedon"], stored["lastvisit"]) == ("2026-03-04T05:06:07Z", "2026-03-04")
+
+
+async def test_throttling_is_an_error_to_retry_not_a_refusal(
+    service: ODataService, source: ODataSource
+) -> None:
+    service.insert("accounts", account(1))
+
+    def throttle() -> None:
+        raise web.HTTPTooManyRequests(headers={"Retry-After": "1"})
+
+    service.before_next("PATCH", throttle)
+    with pytest.raises(SourceError, match="429"):
+        await source.write(WriteOp("account", "update", KEY, {"name": "later"}))
+    assert await source.write(WriteOp("account", "update", KEY, {"name": "later"})) == WriteResult(
+        True
+    )
