@@ -23,7 +23,7 @@ from syncd.model import ClientModel
 from syncd.server.orgs import OrgRegistry
 from syncd.store import StagingStore, bulk_load
 
-__all__ = ["DEMO_MODEL", "ensure_demo_org", "load_demo_data"]
+__all__ = ["DEMO_MODEL", "demo_rows", "ensure_demo_org", "load_demo_data"]
 
 OWNERS: Final = 200
 TEAMS: Final = 20
@@ -162,6 +162,18 @@ def _generate(
                         _modified(rng),
                     ),
                 )
+
+
+def demo_rows(
+    *,
+    accounts: int = 5000,
+    contacts_per_account: int = 4,
+    tasks_per_contact: int = 2,
+    seed: int = 1,
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """The demo's rows as (entity, row in ``DEMO_MODEL`` column order), parents first: the
+    same rows ``load_demo_data`` loads, for the ingest role's demo source database."""
+    return _generate(random.Random(seed), accounts, contacts_per_account, tasks_per_contact)
 
 
 async def load_demo_data(
