@@ -32,8 +32,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
+
+# Labels a sample carries that are not labels of the metric's children.
+_SAMPLE_LABELS = frozenset({"le", "quantile"})
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
@@ -183,24 +187,17 @@ class Metrics:
         )
 
     def forget_org(self, org: str) -> None:
-        """Drop every series labelled with `org`, when an org is deprovisioned."""
-        for metric, labelnames in (
-            (self.sessions, ("org", "state")),
-            (self.sessions_opened, ("org",)),
-            (self.rows_sent, ("org", "entity")),
-            (self.bytes_sent, ("org",)),
-            (self.bytes_received, ("org",)),
-            (self.batches_sent, ("org",)),
-            (self.frames_encoded, ("org",)),
-            (self.checkpoints_acked, ("org",)),
-            (self.live_drops, ("org",)),
-            (self.upload_ops, ("org", "outcome")),
-            (self.db_pool_connections, ("org", "state")),
-            (self.org_staging_up, ("org",)),
-            (self.commit_to_send_seconds, ("org",)),
-        ):
+        """Drop every series labelled with `org`, when an org is deprovisioned.
+
+        Every metric attribute of this object is visited, so a new org-labelled metric is
+        forgotten without being listed here. A sample's labels come in the metric's label
+        order; ``le`` (histogram buckets) and ``quantile`` belong to the sample, not the child.
+        """
+        for metric in vars(self).values():
+            if not isinstance(metric, MetricWrapperBase):
+                continue
             children = {
-                tuple(sample.labels[name] for name in labelnames)
+                tuple(v for k, v in sample.labels.items() if k not in _SAMPLE_LABELS)
                 for family in metric.collect()
                 for sample in family.samples
                 if sample.labels.get("org") == org

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.metrics import CONTENT_TYPE, Metrics
@@ -155,6 +157,28 @@ def test_forget_org_removes_only_that_orgs_series(metrics: Metrics) -> None:
     text = metrics.render().decode()
     assert 'org="acme"' not in text
     assert text.count('org="globex"') > 3
+
+
+def test_forget_org_reaches_every_org_labelled_metric(metrics: Metrics) -> None:
+    """A metric added later is forgotten too: nothing lists them by hand."""
+    labelled = [
+        m
+        for m in vars(metrics).values()
+        if isinstance(m, MetricWrapperBase) and "org" in m._labelnames
+    ]
+    assert len(labelled) >= 10
+    for metric in labelled:
+        child = metric.labels(**{name: "acme" for name in metric._labelnames})
+        if isinstance(child, Histogram):
+            child.observe(0.1)
+        elif isinstance(child, Gauge):
+            child.set(1)
+        else:
+            assert isinstance(child, Counter)
+            child.inc()
+    assert 'org="acme"' in metrics.render().decode()
+    metrics.forget_org("acme")
+    assert 'org="acme"' not in metrics.render().decode()
 
 
 async def test_livez(port: int) -> None:
