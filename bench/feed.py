@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import os
 import random
 import shutil
 import statistics
@@ -30,6 +31,7 @@ from typing import Any
 import uvloop
 
 from bench import progress, record
+from bench.common import DSN_ENV
 from syncd.model import ClientModel
 from syncd.store import (
     Checkpoint,
@@ -242,7 +244,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="timed rounds per case; medians are reported"
     )
-    parser.add_argument("--dsn", help="PostgreSQL server (default: a temporary embedded one)")
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get(DSN_ENV),
+        help=f"PostgreSQL server (default: ${DSN_ENV}, else a temporary embedded one)",
+    )
     args = parser.parse_args(argv)
     with record.bench_run("feed", argv):
         _main(args)

@@ -71,6 +71,8 @@ def summarize(values_ms: Iterable[float]) -> Latency:
     def at(percentile: float) -> float:
         return float(hist.get_value_at_percentile(percentile)) / 1000
 
+    # Percentile 0 is the histogram's lowest bucket, not the smallest value recorded.
+    lowest = float(hist.get_min_value()) / 1000
     return Latency(
         count=count,
         p50=at(50),
@@ -80,5 +82,5 @@ def summarize(values_ms: Iterable[float]) -> Latency:
         max=float(hist.get_max_value()) / 1000,
         mean=float(hist.get_mean_value()) / 1000,
         clamped=clamped,
-        cdf=[(float(p), at(p)) for p in CDF_PERCENTILES],
+        cdf=[(float(p), at(p) if p else lowest) for p in CDF_PERCENTILES],
     )

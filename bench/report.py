@@ -264,7 +264,7 @@ def plot_latency(figures: Sequence[Fig], path: Path) -> bool:
     figs = [f for f in figures if f.get("latency") and f["latency"].get("cdf")]
     if not figs:
         return False
-    fig, ax = plt.subplots(figsize=(10, 6))
+    fig, ax = plt.subplots(figsize=(13, 6))
     for f in figs:
         points = f["latency"]["cdf"]
         ax.plot([max(ms, 0.001) for _, ms in points], [p for p, _ in points],
@@ -275,7 +275,7 @@ def plot_latency(figures: Sequence[Fig], path: Path) -> bool:
     ax.set_ylim(0, 100.5)
     ax.set_title("latency CDFs (HDR histogram)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

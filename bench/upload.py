@@ -34,11 +34,12 @@ from protocol import CaughtUp, Upload, UploadOp, UploadResult
 from syncd.auth import Claims
 from syncd.model import ClientModel
 from syncd.server.plan import plan_for
-from syncd.server.uploads import apply_upload_batch
+from syncd.server.upload_batch import apply_upload_batch
 from syncd.store import OrgStores, StagingStore
 
 from . import record
 from .common import (
+    DSN_ENV,
     DaemonProcess,
     Endpoint,
     PgServer,
@@ -264,7 +265,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=20, help="batches per device")
     parser.add_argument("--ops", type=int, default=500, help="ops per batch")
     parser.add_argument("--pool", type=int, default=8, help="staging connections")
-    parser.add_argument("--dsn", default=None, help="PostgreSQL server (default: embedded)")
+    parser.add_argument(
+        "--dsn", default=os.environ.get(DSN_ENV), help=f"PostgreSQL server (default: ${DSN_ENV},"
+        " else a temporary embedded one)",
+    )  # fmt: skip
     parser.add_argument("--daemon", action="store_true", help="through a syncd subprocess over TLS")
     parser.add_argument(
         "--ingest-rows", type=int, default=0, help="first time a bulk UPDATE of this many rows"

@@ -1,0 +1,187 @@
+"""A tiny run of every bench, as a user runs it (`python -m bench.NAME`), checked through
+the JSON document it writes: the schema a tool reads, ratios computed from the same run,
+a peer skipped with a message when node is missing, and a report that renders PNGs.
+
+The sizes are the smallest that still go through every phase (an embedded PostgreSQL, the
+daemon in a subprocess, TLS devices, SQLite clients), so the whole module stays well under
+a minute on 2 cores; the peers' full runs (npm, pouchdb-server) stay out of CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bench import record
+from bench.common import DSN_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+TINY: dict[str, list[str]] = {
+    name: argv.split()
+    for name, argv in {
+        "codec": "--batches 2 --repeat 3",
+        "localdb": "--rows 2000 --rounds 3",
+        "feed": "--rows 2000 --rounds 3",
+        "upload": "--devices 1,2 --batches 2 --ops 10",
+        "sync": "--rows 2000 --devices 2 --device-rows 500 --sqlite-devices 2"
+        " --live-devices 3 --rate 20 --seconds 0.25 --rounds 3",
+        "fanout": "--devices 4 --teams 2 --changes 4 --rate 50 --rows 50",
+        # No node on PATH: pouchdb-server is skipped; direct PostgreSQL runs at a tiny size.
+        "peers": "--only pouchdb,postgres --rows 500 --devices 3 --changes 3 --rate 20"
+        " --poll 0.2 --live-rows 100",
+    }.items()
+}
+RUN_DEADLINE_S = 100
+CEILINGS = ("codec", "localdb", "feed", "sync")
+Doc = dict[str, Any]
+
+
+def _path_without_node(tmp: Path) -> str:
+    """A PATH with git (for the commit) but neither node nor npm."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    git = shutil.which("git")
+    if git:
+        (bin_dir / "git").symlink_to(git)
+    return str(bin_dir)
+
+
+class Runs:
+    """Each bench run once per module (as a user runs it), its document and output kept."""
+
+    def __init__(self, tmp: pytest.TempPathFactory, dsn: str) -> None:
+        self._tmp = tmp
+        self._dsn = dsn
+        self._done: dict[str, tuple[Doc, str]] = {}
+
+    def __call__(self, name: str) -> tuple[Doc, str]:
+        if name not in self._done:
+            self._done[name] = self._run(name)
+        return self._done[name]
+
+    def _run(self, name: str) -> tuple[Doc, str]:
+        tmp = self._tmp.mktemp(name)
+        env = {
+            **os.environ,
+            record.RESULTS_ENV: str(tmp / "results"),
+            "SYNCD_BENCH_PROGRESS": "0",
+            # The tests' own server: a tiny run should not pay an initdb per bench.
+            DSN_ENV: self._dsn,
+            "PATH": _path_without_node(tmp),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", f"bench.{name}", *TINY[name]],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_DEADLINE_S,
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        (path,) = (tmp / "results").glob(f"*-{name}-*.json")
+        return orjson.loads(path.read_bytes()), done.stdout
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str) -> Runs:
+    return Runs(tmp_path_factory, pg_dsn)
+
+
+def _check_schema(doc: dict[str, Any]) -> None:
+    assert doc["schema"] == record.SCHEMA
+    machine = doc["machine"]
+    for key in ("cores", "memory_bytes", "python", "openssl", "uvloop", "git_commit"):
+        assert key in machine, key
+    assert machine["cores"] >= 1
+    assert machine["memory_bytes"] > 0
+    assert len(doc["load_before"]) == 3
+    assert len(doc["load_after"]) == 3
+    assert isinstance(doc["loaded"], bool)
+    assert doc["figures"], "a bench run that recorded no figure"
+    for f in doc["figures"]:
+        for key, kind in (("bench", str), ("name", str), ("unit", str), ("samples", list),
+                          ("cpu", dict), ("params", dict), ("load", float)):  # fmt: skip
+            assert isinstance(f[key], kind), (f["name"], key)
+        assert f["samples"]
+        assert all(isinstance(s, float) for s in f["samples"])
+        assert (f["min"], f["max"]) == (min(f["samples"]), max(f["samples"]))
+        if f["latency"] is not None:
+            lat = f["latency"]
+            assert lat["count"] > 0
+            assert lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_each_bench_writes_a_document_of_the_schema(runs: Runs, name: str) -> None:
+    doc, out = runs(name)
+    _check_schema(doc)
+    assert doc["benches"][name]["error"] is None
+    assert all(f["bench"] == name for f in doc["figures"])
+    assert "results: " in out
+
+
+@pytest.mark.parametrize("name", CEILINGS)
+def test_ratios_come_from_the_same_run_and_repeat_beside_the_ceiling(runs: Runs, name: str) -> None:
+    doc, _ = runs(name)
+    with_ceiling = [f for f in doc["figures"] if f["ceiling_samples"]]
+    assert with_ceiling
+    for f in with_ceiling:
+        value = statistics.median(f["samples"])
+        ceiling = statistics.median(f["ceiling_samples"])
+        assert f["ratio"] == pytest.approx(value / ceiling)
+        # Every repeat was measured beside its own ceiling, at least 3 times.
+        assert len(f["ceiling_samples"]) == len(f["samples"]) == len(f["ratios"])
+        assert f["repeats"] >= 3
+
+
+def test_sync_records_live_percentiles_over_three_rounds(runs: Runs) -> None:
+    doc, _ = runs("sync")
+    (live,) = [f for f in doc["figures"] if f["phase"] == "live" and f["unit"] == "ms"]
+    assert live["latency"]["count"] == live["params"]["expected"]
+    assert live["repeats"] == 3
+
+
+def test_a_missing_node_skips_pouchdb_with_a_message(runs: Runs) -> None:
+    doc, out = runs("peers")
+    (skipped,) = doc["skipped"]
+    assert skipped["what"] == "pouchdb-server"
+    assert "node" in skipped["reason"]
+    assert "PATH" in skipped["reason"]
+    assert f"skipped pouchdb-server: {skipped['reason']}" in out
+    # The direct PostgreSQL peer still ran beside syncd on the same devices.
+    sides = {f["peer"] for f in doc["figures"] if f["phase"] == "held live"}
+    assert sides == {"postgresql", "syncd"}
+
+
+def test_the_report_renders_markdown_and_png(runs: Runs, tmp_path: Path) -> None:
+    doc, _ = runs("sync")
+    source = tmp_path / "run.json"
+    source.write_bytes(orjson.dumps(doc))
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.report", str(source), str(source), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = (out / "report.md").read_text()
+    assert "received, 1 wire device" in text
+    assert "## Run to run" in text
+    for png in ("rates.png", "latency_cdf.png", "spread.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert f"]({png})" in text
+
+
+def test_the_report_refuses_a_file_that_is_not_a_run(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text('{"hello": 1}')
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.report", str(bogus), "--out", str(tmp_path / "r")],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"{bogus} is not a {record.SCHEMA} run document" in done.stderr
