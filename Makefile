@@ -30,8 +30,11 @@ test: lint
 test-long: venv
 	$(BIN)/pytest -m slow --timeout 3600
 
+# Every bench (peers included) -> one JSON document in bench/results/, then its report and
+# plots beside it (bench/README.md). BENCH_ARGS=--full for the issue's sizes.
 bench: venv
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS); status=$$?; \
+	$(BIN)/python -m bench.report --latest && exit $$status
 
 fuzz: venv
 	$(BIN)/python -m protocol.fuzz
