@@ -15,6 +15,8 @@ Strategy, per ``syncd.ingest.source.Source`` method:
   upserts at their current state, ``$deletedEntity`` entries deletes, and each page closes
   with a ``Commit`` whose position holds the page's nextLink (or, on the last page, the new
   deltaLink), so the role can record progress page by page and resume from any of them.
+  An empty delta yields no ``Commit`` (nothing for the role to write) unless the set's link
+  was last recorded ``IDLE_ADVANCE_SECONDS`` ago.
   A delta link the service no longer honours (``DeltaExpired``: 410 Gone, or Dataverse's
   "perform a full sync"), a set the position does not know yet (it came into scope later),
   or one whose columns changed since the link was made (its deltas would lack the new
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -72,6 +75,11 @@ __all__ = ["EntitySetConfig", "ODataSource", "ODataSourceConfig", "open_odata_so
 
 _log = logging.getLogger(__name__)
 
+#: An empty delta still hands out a newer delta link; recording it on every poll would be
+#: one staging transaction per poll and set while nothing changes. It is recorded at most
+#: this often, which keeps a quiet set's link far younger than Dataverse's change-tracking
+#: retention (90 days by default), so it does not expire into a full re-read.
+IDLE_ADVANCE_SECONDS: Final = 3600.0
 #: Dataverse's largest and default page size.
 DEFAULT_PAGE_SIZE: Final = 5000
 POSITION_FORMAT: Final = 1
@@ -162,6 +170,8 @@ class ODataSource:
         self._config = config
         self._client = ODataClient(config.url, config.token)
         self._tables: dict[str, TableMap] = {}  # table name -> map, in configuration order
+        #: entity set -> when this process last recorded a new link for it (time.monotonic)
+        self._advanced: dict[str, float] = {}
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -259,6 +269,13 @@ class ODataSource:
                             f"OData entity set {m.entity_set!r}: a delta page with neither"
                             " @odata.nextLink nor @odata.deltaLink"
                         )
+                    idle = not page.entities and not page.deleted and page.next_link is None
+                    now = time.monotonic()
+                    if idle and now - self._advanced.get(m.entity_set, -IDLE_ADVANCE_SECONDS) < (
+                        IDLE_ADVANCE_SECONDS
+                    ):
+                        break  # nothing changed: keep the recorded link, write nothing
+                    self._advanced[m.entity_set] = now
                     links[m.entity_set] = link = next_link
                     yield Commit(_position(links, columns))
                     if page.next_link is None or yielded >= limit:

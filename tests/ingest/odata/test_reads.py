@@ -81,10 +81,18 @@ async def test_delta_reads_bring_inserts_updates_and_deletes(
     deletes = [c for c in mirror.changes if c.op == "delete"]
     assert deletes == [Change("account", "delete", key=uuid.UUID(account(2)["accountid"]))]
 
-    # Nothing new: the next read from the recorded position brings no change.
+    # Nothing new: the next read from the recorded position brings no change, and no
+    # Commit either (the role writes nothing while the source is quiet).
     mirror.changes.clear()
-    assert await mirror.apply(source.changes(after, limit=1000)) is not None
+    commits = len(mirror.commits)
+    await mirror.apply(source.changes(after, limit=1000))
     assert mirror.changes == []
+    assert len(mirror.commits) == commits
+    # A change after the quiet poll still arrives from the recorded position.
+    service.update("accounts", account(0)["accountid"], {"name": "later"})
+    await mirror.apply(source.changes(after, limit=1000))
+    assert [(c.op, c.table) for c in mirror.changes] == [("upsert", "account")]
+    assert len(mirror.commits) == commits + 1
 
 
 async def test_a_delta_read_stops_at_the_limit_and_resumes_from_its_position(
