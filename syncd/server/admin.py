@@ -29,8 +29,10 @@ import orjson
 from syncd.auth import mint_token
 from syncd.metrics import Metrics
 from syncd.model import ClientModel, Column, Entity, ModelError
+from syncd.server.admin_devices import DeviceCommands
 from syncd.server.admin_ops import OperatorCommands
 from syncd.server.admin_wire import AdminError, ErrorCode, Request, error_response, ok_response
+from syncd.server.devices import DeviceControl
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.store import Changeset, OrgRecord, ProvisionError, apply_changeset, writeback
 from syncd.store.sql import org_name_problem
@@ -80,6 +82,7 @@ class AdminService:
         instance: str,
         dev_token_key: Path | None = None,
         sessions: Callable[[], Iterable[SessionInfo]] = lambda: (),
+        devices: DeviceControl | None = None,
     ) -> None:
         self._registry = registry
         self._control = registry.control
@@ -110,6 +113,8 @@ class AdminService:
             "writeback.done": self.writeback_done,
             "writeback.fail": self.writeback_fail,
         }
+        if devices is not None:  # the fleet view (issue 11): devices, kick, revoke
+            self._handlers.update(DeviceCommands(self, devices).handlers())
         # The operator's commands (issue 11): sync errors, model history, diff, rollback, plan.
         self._handlers.update(OperatorCommands(self).handlers())
 

@@ -55,6 +55,7 @@ from syncd.preflight import (
 from syncd.sdnotify import notify, watchdog_interval
 from syncd.server.admin import AdminService
 from syncd.server.admin_listener import start_admin_listener
+from syncd.server.devices import DeviceControl
 from syncd.server.health import EmbeddedSupervisor, HealthMonitor
 from syncd.server.orgs import OrgRegistry
 from syncd.server.session import DeviceSession, SessionSettings
@@ -85,6 +86,7 @@ class _Running:
     embedded: EmbeddedPostgres | None = None
     control: ControlStore | None = None
     registry: OrgRegistry | None = None
+    devices: DeviceControl | None = None
     keys: RemoteKeySet | None = None
     health: HealthMonitor | None = None
     device_server: asyncio.Server | None = None
@@ -118,6 +120,11 @@ class Daemon:
     @property
     def registry(self) -> OrgRegistry | None:
         return self._run.registry
+
+    @property
+    def devices(self) -> DeviceControl | None:
+        """This instance's id, live sessions, revocations and kicks (while started)."""
+        return self._run.devices
 
     @property
     def embedded(self) -> EmbeddedPostgres | None:
@@ -195,6 +202,10 @@ class Daemon:
             max_frame_size=cfg.sync.max_frame_size,
         )
         await run.registry.start()
+        run.devices = DeviceControl(
+            run.control, cfg.server.instance_name, lambda: list(run.sessions)
+        )
+        await run.devices.start()
         run.health = HealthMonitor(
             control=run.control,
             registry=run.registry,
@@ -209,6 +220,7 @@ class Daemon:
         run.maintenance = [
             asyncio.create_task(self._compact_forever(), name="compaction"),
             asyncio.create_task(run.health.run(), name="health"),
+            asyncio.create_task(run.devices.run(), name="instance-heartbeat"),
         ]
         if run.embedded is not None:
             supervisor = EmbeddedSupervisor(
@@ -327,6 +339,7 @@ class Daemon:
             token_audience=cfg.auth.audience,
             instance=cfg.server.instance_name,
             sessions=lambda: list(run.sessions),
+            devices=run.devices,
         )
         admin_tls = None
         tcp = None
@@ -353,11 +366,13 @@ class Daemon:
         run = self._run
         cfg = self.config
         assert run.registry is not None
+        assert run.devices is not None
         assert self._verifier is not None
         session = DeviceSession(
             reader,
             writer,
             registry=run.registry,
+            devices=run.devices,
             verifier=self._verifier,
             settings=_session_settings(cfg),
             metrics=self.metrics,
@@ -494,6 +509,8 @@ class Daemon:
             run.ops.close()
         if run.keys is not None:
             await run.keys.close()
+        if run.devices is not None:
+            await run.devices.close()
         if run.registry is not None:
             await run.registry.close()
         if run.control is not None:

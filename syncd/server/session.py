@@ -69,6 +69,7 @@ from protocol.framing import HEADER_SIZE
 from syncd.auth import AuthError, Claims, TokenVerifier
 from syncd.logs import bind_log_context, log_context
 from syncd.metrics import Metrics
+from syncd.server.devices import DeviceControl
 from syncd.server.hub import LiveMember, timed
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.server.outbox import Outbox
@@ -157,6 +158,7 @@ class DeviceSession:
         writer: asyncio.StreamWriter,
         *,
         registry: OrgRegistry,
+        devices: DeviceControl,
         verifier: TokenVerifier,
         settings: SessionSettings,
         metrics: Metrics,
@@ -164,6 +166,7 @@ class DeviceSession:
         self._reader = reader
         self._writer = writer
         self._registry = registry
+        self._devices = devices
         self._verifier = verifier
         self._settings = settings
         self._metrics = metrics
@@ -179,6 +182,9 @@ class DeviceSession:
         self._dropped: Checkpoint | None = None
         self._replan = False
         self._acked: SyncToken | None = None
+        self._complete: SyncToken | None = None
+        """The last acknowledged checkpoint that covers every entity (``syncctl devices``)."""
+        self._identity: tuple[str, str, str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._member: LiveMember | None = None
         self.state = "handshake"
@@ -240,6 +246,18 @@ class DeviceSession:
             await self._finish(end)
             self.stats.log_end(end.why if end is not None else "connection lost")
 
+    def identity(self) -> tuple[str, str, str] | None:
+        """(org, device, user) once the token is verified and the org found."""
+        return self._identity
+
+    def acknowledged(self) -> tuple[Checkpoint, datetime | None] | None:
+        token = self._complete
+        return None if token is None else (token.checkpoint, token.at)
+
+    def end(self, code: ErrorCode, message: str, retry_after_ms: int | None = None) -> None:
+        """An operator ends the session (kick, revoke): an Error frame, then close."""
+        self._finish_with(_End.code(code, message, retry_after_ms=retry_after_ms))
+
     def going_away(self, retry_after_ms: int, reason: str) -> None:
         """The daemon is draining: tell the device and end the session."""
         if self._conn.state in (State.SYNCING, State.LIVE):
@@ -280,6 +298,10 @@ class DeviceSession:
         org = self._registry.get(hello.org)
         if org is None or org.model is None:
             raise _End.code(ErrorCode.UNKNOWN_ORG, f"unknown org {hello.org!r}")
+        self._identity = (org.name, hello.device_id, claims.subject)
+        revoked = self._devices.revoked(*self._identity)
+        if revoked is not None:  # whatever the token says (issue 11, `syncctl revoke`)
+            raise _End.code(ErrorCode.REVOKED, f"this {revoked} was revoked by an operator")
         if org.unavailable is not None:  # its staging database is down (the daemon's probe)
             raise _End.code(ErrorCode.OVERLOADED, org.unavailable, retry_after_ms=org.retry_ms)
         self.org, self._claims, self.device_id = org, claims, hello.device_id
@@ -307,7 +329,9 @@ class DeviceSession:
         org.watchers.add(self._on_config_change)
         self._metrics.sessions_opened.labels(org=org.name).inc()
         self._set_state("syncing")
-        await self._registry.control.register_device(org.name, hello.device_id, claims.subject)
+        await self._devices.opened(
+            self.session_id, org.name, hello.device_id, claims.subject, hello.app_version
+        )
 
     def _make_plan(self) -> DevicePlan:
         org, claims = self.org, self._claims
@@ -687,6 +711,8 @@ class DeviceSession:
         except SyncTokenError as exc:
             raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
         self._acked = token
+        if token.done is None:
+            self._complete = token
         if self.org is not None:
             self._metrics.checkpoints_acked.labels(org=self.org.name).inc()
 
@@ -873,8 +899,17 @@ class DeviceSession:
             self._writer.close()
             async with asyncio.timeout(2):
                 await self._writer.wait_closed()
-        if self.org is not None and self._acked is not None:
-            with contextlib.suppress(Exception):
-                await self._registry.control.save_checkpoint(
-                    self.org.name, self.device_id, self._acked.checkpoint
-                )
+        with contextlib.suppress(Exception):
+            await self._devices.closed(self, _error_of(end))
+
+
+def _error_of(end: _End | None) -> str | None:
+    """What a device's record keeps as its last error: the code and message that ended the
+    session, unless it ended as sessions do (going away, goodbye, a lost connection)."""
+    if end is None or (end.error is None and end.raw is None):
+        return None
+    if end.error is None:  # a protocol violation's frame, or going_away's GoingAway
+        return end.why if end.why in ErrorCode.__members__ else None
+    if end.error.code is ErrorCode.GOING_AWAY:
+        return None
+    return f"{end.error.code.name}: {end.error.message}"

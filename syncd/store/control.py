@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 
 from syncd.model import ClientModel
-from syncd.store.checkpoint import Checkpoint
+from syncd.store.devices import DeviceRecords
 from syncd.store.sql import ORG_RE
 from syncd.store.sync_errors import SyncErrors
 
@@ -126,6 +126,41 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX sync_errors_org_id ON sync_errors (org, id);
     """,
+    # 5 (issue 11): what `syncctl devices` shows and what kick and revoke act on
+    # (store/devices.py). devices.checkpoint is the snapshot of the device's last
+    # acknowledged checkpoint, checkpoint_at its wall time; every instance has a row while
+    # it runs and a row per open session; revocations are persisted here.
+    """
+    ALTER TABLE devices
+        ADD COLUMN app_version   text,
+        ADD COLUMN first_seen    timestamptz NOT NULL DEFAULT now(),
+        ADD COLUMN checkpoint_at timestamptz,
+        ADD COLUMN last_error    text,
+        ADD COLUMN last_error_at timestamptz;
+    CREATE INDEX devices_user ON devices (org, user_id);
+    CREATE TABLE instances (
+        id           uuid PRIMARY KEY,
+        name         text NOT NULL,
+        started_at   timestamptz NOT NULL DEFAULT now(),
+        heartbeat_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE live_sessions (
+        session_id  text PRIMARY KEY,
+        instance_id uuid NOT NULL REFERENCES instances ON DELETE CASCADE,
+        org         text NOT NULL REFERENCES orgs ON DELETE CASCADE,
+        device_id   text NOT NULL,
+        user_id     text NOT NULL,
+        opened_at   timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX live_sessions_device ON live_sessions (org, device_id);
+    CREATE TABLE revocations (
+        org        text NOT NULL REFERENCES orgs ON DELETE CASCADE,
+        kind       text NOT NULL CHECK (kind IN ('device', 'user')),
+        subject    text NOT NULL,
+        revoked_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (org, kind, subject)
+    );
+    """,
 )
 
 
@@ -167,6 +202,8 @@ class ControlStore:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._dsn = dsn
+        #: Devices, instances, live sessions and revocations (issue 11), on the same pool.
+        self.devices = DeviceRecords(pool)
         #: The sync error table (issue 11), on the same pool.
         self.sync_errors = SyncErrors(pool)
 
@@ -338,46 +375,8 @@ class ControlStore:
 
     # -- devices ------------------------------------------------------------------------------
 
-    async def register_device(self, org: str, device_id: str, user_id: str) -> None:
-        """Record (or refresh) a device; a device that changes user starts over."""
-        await self._pool.execute(
-            """
-            INSERT INTO devices (org, device_id, user_id) VALUES ($1, $2, $3)
-            ON CONFLICT (org, device_id) DO UPDATE SET
-                last_seen = now(),
-                checkpoint = CASE WHEN devices.user_id = EXCLUDED.user_id
-                                  THEN devices.checkpoint END,
-                user_id = EXCLUDED.user_id
-            """,
-            org,
-            device_id,
-            user_id,
-        )
-
-    async def save_checkpoint(self, org: str, device_id: str, checkpoint: Checkpoint) -> None:
-        status = await self._pool.execute(
-            "UPDATE devices SET checkpoint = $3, last_seen = now()"
-            " WHERE org = $1 AND device_id = $2",
-            org,
-            device_id,
-            checkpoint.encode(),
-        )
-        if status != "UPDATE 1":
-            raise KeyError(f"device {device_id!r} of org {org!r} is not registered")
-
-    async def load_checkpoint(self, org: str, device_id: str) -> Checkpoint | None:
-        data = await self._pool.fetchval(
-            "SELECT checkpoint FROM devices WHERE org = $1 AND device_id = $2", org, device_id
-        )
-        return None if data is None else Checkpoint.decode(data)
-
-    async def oldest_checkpoint(self, org: str) -> Checkpoint | None:
-        """The checkpoint with the lowest xmin among the org's devices (a compaction bound)."""
-        rows = await self._pool.fetch(
-            "SELECT checkpoint FROM devices WHERE org = $1 AND checkpoint IS NOT NULL", org
-        )
-        cps = [Checkpoint.decode(r[0]) for r in rows]
-        return min(cps, key=lambda c: c.xmin, default=None)
+    # Devices, instances, live sessions and revocations: ``self.devices``
+    # (syncd/store/devices.py).
 
     # -- sync token keys and plans ------------------------------------------------------------
 

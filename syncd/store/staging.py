@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +35,7 @@ from syncd.store.feed import (
     written_since,
 )
 from syncd.store.initial import initial_pages
+from syncd.store.lag import Lag, changes_after
 from syncd.store.listen import Listener
 from syncd.store.schema import NOTIFY_CHANNEL, ensure_schema
 from syncd.store.sql import ident
@@ -222,6 +223,12 @@ class StagingStore:
         """ResyncRequired unless the change log still reaches `since`: checked after a
         window's last read, since compaction may run meanwhile and the horizon only grows."""
         _check_horizon(since, await self.horizon())
+
+    async def lag(
+        self, checkpoints: Iterable[Checkpoint], entities: Sequence[str]
+    ) -> dict[Checkpoint, Lag | None]:
+        """How far behind now each checkpoint is (``lag.changes_after``)."""
+        return await changes_after(self.fetch, checkpoints, entities)
 
     async def listen(self, callback: Callable[[str], None]) -> Listener:
         """Call ``callback(entity_name)`` after each committed write ('' after a reconnect)."""

@@ -1,15 +1,19 @@
-"""Control database: migrations, orgs, versioned models, assignments, device checkpoints."""
+"""Control database: migrations, orgs, versioned models, assignments, devices and sessions."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from syncd.model import ClientModel
 from syncd.store import CONFIG_CHANNEL, Checkpoint, ControlStore, Listener
+from syncd.store.control import MIGRATIONS
+from syncd.store.devices import SessionEnd
 from tests.conftest import CRM_MODEL
 
 
@@ -64,21 +68,30 @@ async def test_assignments_and_devices(control: ControlStore) -> None:
     await control.unassign_profile("acme", "u1")
     assert await control.get_profile("acme", "u1") is None
 
-    cp = Checkpoint(10, 20, (12,))
-    with pytest.raises(KeyError):
-        await control.save_checkpoint("acme", "d1", cp)
-    await control.register_device("acme", "d1", "u1")
-    assert await control.load_checkpoint("acme", "d1") is None
-    await control.save_checkpoint("acme", "d1", cp)
-    assert await control.load_checkpoint("acme", "d1") == cp
-    await control.register_device("acme", "d1", "u1")
-    assert await control.load_checkpoint("acme", "d1") == cp
-    await control.register_device("acme", "d2", "u2")
-    await control.save_checkpoint("acme", "d2", Checkpoint(5, 6))
-    assert await control.oldest_checkpoint("acme") == Checkpoint(5, 6)
-    # Another user on the same device must not inherit the first user's position.
-    await control.register_device("acme", "d1", "u2")
-    assert await control.load_checkpoint("acme", "d1") is None
+
+async def test_devices_keep_their_last_checkpoint_per_user(control: ControlStore) -> None:
+    await control.add_org("acme")
+    devices, instance = control.devices, uuid.uuid4()
+    await devices.register_instance(instance, "host-a")
+    cp, at = Checkpoint(10, 20, (12,)), datetime(2026, 1, 1, tzinfo=UTC)
+    await devices.session_opened(instance, "s1", "acme", "d1", "u1", "app/1")
+    (d1,) = await devices.find(org="acme", connected=True)
+    assert (d1.device_id, d1.user_id, d1.app_version, d1.checkpoint) == ("d1", "u1", "app/1", None)
+    assert [s.instance for s in d1.sessions] == ["host-a"]
+    await devices.session_closed(SessionEnd("s1", "acme", "d1", cp, at, "IDLE_TIMEOUT: quiet"))
+    assert await devices.find(org="acme", connected=True) == []
+    (d1,) = await devices.find(org="acme")
+    assert (d1.checkpoint, d1.checkpoint_at, d1.last_error) == (cp, at, "IDLE_TIMEOUT: quiet")
+    # The same user again keeps the position; another user on the device must not.
+    await devices.session_opened(instance, "s2", "acme", "d1", "u1", "app/2")
+    (d1,) = await devices.find(org="acme")
+    assert (d1.checkpoint, d1.app_version) == (cp, "app/2")
+    await devices.session_opened(instance, "s3", "acme", "d1", "u2", "app/2")
+    (d1,) = await devices.find(org="acme", user_id="u2")
+    assert (d1.checkpoint, d1.checkpoint_at) == (None, None)
+    # A clean shutdown takes the instance's sessions with it.
+    await devices.unregister_instance(instance)
+    assert await devices.find(org="acme", connected=True) == []
 
 
 async def test_config_changes_are_notified(control: ControlStore) -> None:
@@ -97,10 +110,11 @@ async def test_config_changes_are_notified(control: ControlStore) -> None:
 
 async def test_the_unused_upload_table_of_migration_1_is_gone(control: ControlStore) -> None:
     """Upload idempotency lives in each org's staging database (issue 15: dead schema)."""
-    assert await control.migrate() == 3
+    assert await control.migrate() == len(MIGRATIONS)
     tables = await control._pool.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
     )
     names = [t[0] for t in tables]
     assert "upload_batches" not in names
     assert {"orgs", "client_models", "devices", "token_keys", "sync_plans"} <= set(names)
+    assert {"instances", "live_sessions", "revocations"} <= set(names)

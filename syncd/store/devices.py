@@ -1,0 +1,322 @@
+"""The control database's record of devices: who they are, where they are connected, how
+far they got, and which are locked out (issue 11, ``syncctl devices``/``kick``/``revoke``).
+
+Strategy. Every instance registers itself (``instances``, a fresh id per process) and keeps a
+row per open session (``live_sessions``): one statement when a session opens (which also
+records the device), one when it closes (which also stores the device's last acknowledged
+checkpoint, its wall time and the error that ended it). An instance refreshes its
+heartbeat, and the checkpoints its live devices acknowledged since, in one statement per
+interval; an instance whose heartbeat is stale (it crashed) is deleted by any other, and
+its sessions with it, so "connected" never outlives the process that served it.
+
+Revocations are rows (persisted, decision 6); each instance holds them in memory and learns
+of changes through NOTIFY on ``DEVICES_CHANNEL`` (``syncd.server.devices``), whose payloads
+also carry kicks. The lag of a device is computed from the org's change log on request
+(``changes_after``), not stored: it changes with every write to the org.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import asyncpg
+import orjson
+
+from syncd.store.checkpoint import Checkpoint, CheckpointError
+
+__all__ = [
+    "DEVICES_CHANNEL",
+    "DeviceRecords",
+    "DeviceRow",
+    "LiveSession",
+    "Revocation",
+    "SessionEnd",
+]
+
+#: NOTIFY channel for kicks and revocations (JSON payloads; '' after a reconnect).
+DEVICES_CHANNEL = "syncd_devices"
+
+Kind = Literal["device", "user"]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSession:
+    session_id: str
+    instance_id: uuid.UUID
+    instance: str
+    opened_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    org: str
+    device_id: str
+    user_id: str
+    app_version: str | None
+    first_seen: datetime
+    last_seen: datetime
+    checkpoint: Checkpoint | None
+    """The snapshot of the last checkpoint the device acknowledged (None: none yet)."""
+    checkpoint_at: datetime | None
+    """Its wall time: the state of the org the device holds is the state at this time."""
+    last_error: str | None
+    last_error_at: datetime | None
+    sessions: tuple[LiveSession, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    org: str
+    kind: Kind
+    subject: str
+    revoked_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """What a closing session records of its device."""
+
+    session_id: str
+    org: str
+    device_id: str
+    checkpoint: Checkpoint | None
+    checkpoint_at: datetime | None
+    error: str | None
+    """The code name and message that ended it, if an error did (not going-away, goodbye)."""
+
+
+class DeviceRecords:
+    """Typed access to ``devices``, ``instances``, ``live_sessions`` and ``revocations``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    # -- instances ------------------------------------------------------------------------
+
+    async def register_instance(self, instance_id: uuid.UUID, name: str) -> None:
+        await self._pool.execute(
+            "INSERT INTO instances (id, name) VALUES ($1, $2)", instance_id, name
+        )
+
+    async def heartbeat(
+        self,
+        instance_id: uuid.UUID,
+        checkpoints: Sequence[tuple[str, str, Checkpoint, datetime | None]],
+        stale_after: timedelta,
+    ) -> None:
+        """Say this instance is alive, store the (org, device, checkpoint, at) its live
+        devices acknowledged since the last beat, and forget instances that stopped."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE instances SET heartbeat_at = now() WHERE id = $1", instance_id
+            )
+            if checkpoints:
+                await conn.execute(
+                    """
+                    UPDATE devices d SET checkpoint = c.checkpoint, checkpoint_at = c.at,
+                                         last_seen = now()
+                    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[])
+                         AS c(org, device_id, checkpoint, at)
+                    WHERE d.org = c.org AND d.device_id = c.device_id
+                    """,
+                    [c[0] for c in checkpoints],
+                    [c[1] for c in checkpoints],
+                    [c[2].encode() for c in checkpoints],
+                    [c[3] for c in checkpoints],
+                )
+            await conn.execute(
+                "DELETE FROM instances WHERE heartbeat_at < now() - $1::interval AND id <> $2",
+                stale_after,
+                instance_id,
+            )
+
+    async def unregister_instance(self, instance_id: uuid.UUID) -> None:
+        """A clean shutdown: the instance and (cascade) its live sessions go."""
+        await self._pool.execute("DELETE FROM instances WHERE id = $1", instance_id)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def session_opened(
+        self,
+        instance_id: uuid.UUID,
+        session_id: str,
+        org: str,
+        device_id: str,
+        user_id: str,
+        app_version: str,
+    ) -> None:
+        """Record the device (a device that changes user loses its checkpoint: the new
+        user's data is another download) and its live session, in one statement."""
+        await self._pool.execute(
+            """
+            WITH device AS (
+                INSERT INTO devices (org, device_id, user_id, app_version)
+                VALUES ($3, $4, $5, $6)
+                ON CONFLICT (org, device_id) DO UPDATE SET
+                    last_seen = now(),
+                    app_version = EXCLUDED.app_version,
+                    checkpoint = CASE WHEN devices.user_id = EXCLUDED.user_id
+                                      THEN devices.checkpoint END,
+                    checkpoint_at = CASE WHEN devices.user_id = EXCLUDED.user_id
+                                         THEN devices.checkpoint_at END,
+                    user_id = EXCLUDED.user_id
+            )
+            INSERT INTO live_sessions (session_id, instance_id, org, device_id, user_id)
+            VALUES ($2, $1, $3, $4, $5)
+            """,
+            instance_id,
+            session_id,
+            org,
+            device_id,
+            user_id,
+            app_version,
+        )
+
+    async def session_closed(self, end: SessionEnd) -> None:
+        """Forget the live session; keep the device's last checkpoint and error."""
+        await self._pool.execute(
+            """
+            WITH gone AS (DELETE FROM live_sessions WHERE session_id = $1)
+            UPDATE devices SET
+                last_seen = now(),
+                checkpoint = coalesce($4, checkpoint),
+                checkpoint_at = CASE WHEN $4::bytea IS NULL THEN checkpoint_at ELSE $5 END,
+                last_error = coalesce($6, last_error),
+                last_error_at = CASE WHEN $6::text IS NULL THEN last_error_at ELSE now() END
+            WHERE org = $2 AND device_id = $3
+            """,
+            end.session_id,
+            end.org,
+            end.device_id,
+            None if end.checkpoint is None else end.checkpoint.encode(),
+            end.checkpoint_at,
+            end.error,
+        )
+
+    async def record_refusal(self, org: str, device_id: str, user_id: str, error: str) -> None:
+        """A known device of this user was refused after its token was verified."""
+        await self._pool.execute(
+            "UPDATE devices SET last_error = $4, last_error_at = now()"
+            " WHERE org = $1 AND device_id = $2 AND user_id = $3",
+            org,
+            device_id,
+            user_id,
+            error,
+        )
+
+    async def live_sessions(
+        self, org: str, *, device_id: str | None = None, user_id: str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """(session, device, instance name) of the live sessions of a device or a user."""
+        rows = await self._pool.fetch(
+            """
+            SELECT s.session_id, s.device_id, i.name FROM live_sessions s
+            JOIN instances i ON i.id = s.instance_id
+            WHERE s.org = $1 AND ($2::text IS NULL OR s.device_id = $2)
+              AND ($3::text IS NULL OR s.user_id = $3)
+            ORDER BY s.opened_at
+            """,
+            org,
+            device_id,
+            user_id,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # -- listing --------------------------------------------------------------------------
+
+    async def find(
+        self, *, org: str | None = None, user_id: str | None = None, connected: bool = False
+    ) -> list[DeviceRow]:
+        rows = await self._pool.fetch(
+            """
+            SELECT d.*, coalesce(
+                json_agg(json_build_object(
+                    'session', s.session_id, 'instance_id', s.instance_id,
+                    'instance', i.name, 'since', s.opened_at) ORDER BY s.opened_at)
+                FILTER (WHERE s.session_id IS NOT NULL), '[]')::text AS sessions
+            FROM devices d
+            LEFT JOIN live_sessions s ON s.org = d.org AND s.device_id = d.device_id
+            LEFT JOIN instances i ON i.id = s.instance_id
+            WHERE ($1::text IS NULL OR d.org = $1) AND ($2::text IS NULL OR d.user_id = $2)
+            GROUP BY d.org, d.device_id
+            HAVING NOT $3 OR count(s.session_id) > 0
+            ORDER BY d.org, d.user_id, d.device_id
+            """,
+            org,
+            user_id,
+            connected,
+        )
+        return [_device(r) for r in rows]
+
+    # -- revocations ----------------------------------------------------------------------
+
+    async def revoke(self, org: str, kind: Kind, subject: str, payload: dict[str, Any]) -> bool:
+        """Persist a revocation and tell every instance; False if it was revoked already."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "INSERT INTO revocations (org, kind, subject) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING",
+                org,
+                kind,
+                subject,
+            )
+            await notify(conn, payload)
+        return bool(status == "INSERT 0 1")
+
+    async def unrevoke(self, org: str, kind: Kind, subject: str, payload: dict[str, Any]) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "DELETE FROM revocations WHERE org = $1 AND kind = $2 AND subject = $3",
+                org,
+                kind,
+                subject,
+            )
+            await notify(conn, payload)
+        return bool(status == "DELETE 1")
+
+    async def revocations(self) -> list[Revocation]:
+        rows = await self._pool.fetch("SELECT * FROM revocations ORDER BY revoked_at")
+        return [Revocation(r["org"], r["kind"], r["subject"], r["revoked_at"]) for r in rows]
+
+    async def announce(self, payload: dict[str, Any]) -> None:
+        """NOTIFY every instance (a kick)."""
+        async with self._pool.acquire() as conn:
+            await notify(conn, payload)
+
+
+async def notify(conn: asyncpg.Connection, payload: dict[str, Any]) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", DEVICES_CHANNEL, orjson.dumps(payload).decode())
+
+
+def _device(r: Any) -> DeviceRow:
+    checkpoint: Checkpoint | None = None
+    if r["checkpoint"] is not None:
+        try:
+            checkpoint = Checkpoint.decode(r["checkpoint"])
+        except CheckpointError:
+            checkpoint = None  # written by an older release in another form
+    sessions = tuple(
+        LiveSession(s["session"], uuid.UUID(s["instance_id"]), s["instance"], _ts(s["since"]))
+        for s in orjson.loads(r["sessions"])
+    )
+    return DeviceRow(
+        r["org"],
+        r["device_id"],
+        r["user_id"],
+        r["app_version"],
+        r["first_seen"],
+        r["last_seen"],
+        checkpoint,
+        r["checkpoint_at"],
+        r["last_error"],
+        r["last_error_at"],
+        sessions,
+    )
+
+
+def _ts(text: str) -> datetime:
+    return datetime.fromisoformat(text)
