@@ -11,8 +11,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from protocol import Resync
+from syncd.auth import Claims
 from syncd.model import ClientModel
+from syncd.server.model_plan import profile_for, transitions
+from syncd.server.plan import PlanError, plan_for
 from syncd.store import Changeset, apply_changeset
 from tests.e2e.conftest import RunningDaemon, control_dsn, org_name, running, workdir
 from tests.e2e.wire_device import WireDevice
@@ -225,3 +230,57 @@ async def test_plan_predicts_what_devices_download_and_applies_nothing(
     manager = sessions[2]
     assert manager.rows_received == by_profile["manager"]["rows_per_device"] == 25 + 4
     assert before[2] < devices[2].count()
+
+
+def _mutations() -> list[tuple[str, dict[str, Any]]]:
+    """Model changes of each kind the re-download rule must get right, one at a time."""
+    out: list[tuple[str, dict[str, Any]]] = []
+
+    def variant(name: str) -> dict[str, Any]:
+        m = copy.deepcopy(BASE)
+        out.append((name, m))
+        return m
+
+    variant("account filter")["profiles"]["field"]["entities"]["account"]["filter"] = {
+        "column": "status", "op": ">", "value": 1
+    }  # fmt: skip
+    variant("parent gains a column")["entities"]["account"]["columns"]["city"] = "text"
+    variant("parent writable")["entities"]["account"]["writable"] = ["name", "status"]
+    variant("child filter")["profiles"]["field"]["entities"]["contact"]["filter"] = {
+        "and": [
+            {"related": {"entity": "account", "via": "account_id"}},
+            {"column": "email", "op": "not_null"},
+        ]
+    }
+    variant("conflict policy")["entities"]["note"]["conflict"] = "client_wins"
+    variant("default profile")["default_profile"] = "manager"
+    m = variant("entity leaves a profile")
+    del m["profiles"]["manager"]["entities"]["note"]
+    variant("new entity")["profiles"]["field"]["entities"]["region"] = {}
+    variant("profile goes online")["profiles"]["manager"]["offline"] = False
+    return out
+
+
+@pytest.mark.parametrize(("name", "changed"), _mutations(), ids=[n for n, _ in _mutations()])
+def test_plan_rule_is_the_sessions_rule(name: str, changed: dict[str, Any]) -> None:
+    """For each kind of change, the entities model plan says a device re-downloads are the
+    entities whose plan hash changes for a real user's claims (what a session compares)."""
+    old, new = ClientModel.parse(BASE), ClientModel.parse(changed)
+    assignments = {"8": "manager"}
+    groups = transitions(old, new, assignments, {"7": 1, "8": 1})
+    for user in ("7", "8"):
+        claims = Claims(user, "org", 2**40, ("r",), ("t1",), {})
+        before = plan_for(old, 1, assignments.get(user), claims)
+        profile = profile_for(new, assignments.get(user))
+        (group,) = [
+            g for g in groups if g["from_profile"] == before.profile and g["devices"] == 1
+            and g["users"] == 1 and (g["profile"] or "") == (profile.name if profile else "")
+        ]  # fmt: skip
+        if profile is None:
+            assert group["refused"], name
+            with pytest.raises(PlanError):
+                plan_for(new, 2, assignments.get(user), claims)
+            continue
+        after = plan_for(new, 2, assignments.get(user), claims)
+        assert set(group["redownload"]) == set(after.changed_entities(before.hashes)), name
+        assert set(group["dropped"]) == set(before.hashes) - set(after.hashes), name
