@@ -72,9 +72,9 @@ from syncd.metrics import Metrics
 from syncd.server.devices import DeviceControl
 from syncd.server.hub import LiveMember, timed
 from syncd.server.orgs import OrgRegistry, OrgRuntime
-from syncd.server.outbox import Outbox
 from syncd.server.plan import DevicePlan, PlanError, plan_for
 from syncd.server.resume import CheckpointInterval, Resume
+from syncd.server.send_queue import SendQueue
 from syncd.server.session_log import SessionStats
 from syncd.server.sync_token import (
     Binding,
@@ -84,7 +84,7 @@ from syncd.server.sync_token import (
     TokenTooLarge,
     progress_fits,
 )
-from syncd.server.uploads import apply_upload_batch
+from syncd.server.upload_batch import apply_upload_batch
 from syncd.store import (
     ChangeBatch,
     ChangeStream,
@@ -171,7 +171,7 @@ class DeviceSession:
         self._settings = settings
         self._metrics = metrics
         self._conn = Connection(Role.SERVER, max_frame_size=settings.max_frame_size)
-        self._outbox = Outbox(settings.send_queue_frames)
+        self._sends = SendQueue(settings.send_queue_frames)
         self.session_id = uuid.uuid4().hex
         self.device_id = ""
         self.org: OrgRuntime | None = None
@@ -357,14 +357,14 @@ class DeviceSession:
             plan = self._plan
             token_bytes = self._seal(until, until_at)
             if self._conn.state is State.SYNCING:
-                await self._outbox.put(CaughtUp(token=token_bytes))
+                await self._sends.put(CaughtUp(token=token_bytes))
             else:
-                await self._outbox.put(CheckpointMsg(token=token_bytes))
+                await self._sends.put(CheckpointMsg(token=token_bytes))
             member = LiveMember(
                 plan,
                 until,
                 until_at,
-                self._outbox.offer,
+                self._sends.offer,
                 self._on_dropped,
                 self._live_checkpoint,
                 self._origin(),
@@ -386,7 +386,7 @@ class DeviceSession:
                 self._plan = self._make_plan()
                 resume.fresh = self._plan.changed_entities(old.hashes)
                 if self._plan.summary != old.summary or resume.fresh:
-                    await self._outbox.put(
+                    await self._sends.put(
                         ModelChanged(model=self._plan.summary, resync=resume.fresh)
                     )
 
@@ -423,7 +423,7 @@ class DeviceSession:
         except ResyncRequired as exc:
             return await self._start_over(ErrorCode.CHECKPOINT_TOO_OLD, str(exc))
         if resume.fresh:
-            await self._outbox.put(
+            await self._sends.put(
                 Resync(
                     entities=resume.fresh,
                     code=ErrorCode.MODEL_CHANGED,
@@ -434,7 +434,7 @@ class DeviceSession:
 
     async def _start_over(self, code: ErrorCode, reason: str) -> Resume:
         _log.info("device starts over", extra={"code": code.name, "reason": reason})
-        await self._outbox.put(Resync(entities=None, code=code, reason=reason))
+        await self._sends.put(Resync(entities=None, code=code, reason=reason))
         return Resume()
 
     async def _catch_up(self, resume: Resume) -> tuple[Checkpoint, datetime]:
@@ -467,7 +467,7 @@ class DeviceSession:
                 if isinstance(exc, ResyncRequired)
                 else ErrorCode.CHECKPOINT_INVALID
             )
-            await self._outbox.put(Resync(entities=None, code=code, reason=str(exc)))
+            await self._sends.put(Resync(entities=None, code=code, reason=str(exc)))
             window = await staging.changes(None, (), batch_size=batch_size)
             incremental, initial = [], list(plan.subscriptions)
         until, until_at = window.checkpoint, self.org.hub.clock()
@@ -544,7 +544,7 @@ class DeviceSession:
                 except TokenTooLarge:
                     continue  # a long key or a busy snapshot: the next batch tries again
                 meter.reset()
-                await self._outbox.put(CheckpointMsg(token=token))
+                await self._sends.put(CheckpointMsg(token=token))
 
     def _seal(
         self,
@@ -589,7 +589,7 @@ class DeviceSession:
         async for _batch in self._batches(stream, wait=False):
             pass
         if self._conn.state is not State.SYNCING:
-            self._outbox.push(CheckpointMsg(token=self._seal(until, times.until)))
+            self._sends.push(CheckpointMsg(token=self._seal(until, times.until)))
 
     async def _batches(
         self, stream: ChangeStream, *, wait: bool = True
@@ -611,9 +611,9 @@ class DeviceSession:
                 self._metrics.frames_encoded.labels(org=org).inc(len(frames))
                 for frame in frames:
                     if wait:
-                        await self._outbox.put(frame)
+                        await self._sends.put(frame)
                     else:
-                        self._outbox.push(frame)
+                        self._sends.push(frame)
                 count = len(batch.upserts) + len(batch.deletes)
                 rows.labels(org=org, entity=batch.entity).inc(count)
                 self.stats.rows_sent += count
@@ -683,13 +683,13 @@ class DeviceSession:
         received = sent_by_device(message)
         match received:
             case Ping():
-                self._outbox.push(Pong(nonce=received.nonce))
+                self._sends.push(Pong(nonce=received.nonce))
             case Pong():
                 pass  # any traffic resets the idle timeout; the nonce needs no check
             case Ack():
                 await self._on_ack(received)
             case Upload():
-                self._outbox.push(self._result_frame(await self._upload(received)))
+                self._sends.push(self._result_frame(await self._upload(received)))
             case RefreshToken():
                 await self._on_refresh(received)
             case Goodbye():
@@ -780,7 +780,7 @@ class DeviceSession:
                 ErrorCode.AUTHENTICATION_FAILED, "a refreshed token must keep user and org"
             )
         self._claims = claims
-        self._outbox.push(TokenRefreshed(expires_at=claims.expires_at))
+        self._sends.push(TokenRefreshed(expires_at=claims.expires_at))
         if (claims.roles, claims.teams) != (current.roles, current.teams):
             self._on_config_change()  # memberships may change what the filters select
 
@@ -805,7 +805,7 @@ class DeviceSession:
                 return
             if left <= self._settings.token_expiry_warning and not warned:
                 warned = True
-                self._outbox.push(TokenExpiring(expires_at=claims.expires_at))
+                self._sends.push(TokenExpiring(expires_at=claims.expires_at))
             elif left > self._settings.token_expiry_warning:
                 warned = False
             wait = min(
@@ -814,7 +814,7 @@ class DeviceSession:
             )
             await asyncio.sleep(max(wait, 0.01))
             nonce += 1
-            self._outbox.push(Ping(nonce=nonce))
+            self._sends.push(Ping(nonce=nonce))
 
     # --- writing and ending -------------------------------------------------------------
 
@@ -824,7 +824,7 @@ class DeviceSession:
         batches = self._metrics.batches_sent
         try:
             while True:
-                items = await self._outbox.take_all()
+                items = await self._sends.take_all()
                 chunks = []
                 frames = 0
                 for item in items:

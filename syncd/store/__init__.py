@@ -13,7 +13,7 @@ from syncd.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from syncd.store.feed import ChangeBatch, FilterTerm, RowFilter, RowPredicate, Subscription
 from syncd.store.ingest import Changeset, apply_changeset, bulk_load
 from syncd.store.listen import Listener
-from syncd.store.orgs import OrgStores
+from syncd.store.org_stores import OrgStores
 from syncd.store.schema import NOTIFY_CHANNEL, ProvisionError
 from syncd.store.staging import ChangeStream, StagingStore, StoreClosed
 

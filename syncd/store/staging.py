@@ -146,7 +146,7 @@ class StagingStore:
 
         The DDL takes a lock on every entity table, in model order, while live uploads
         lock the tables they write in op order: PostgreSQL may break such a cycle by
-        aborting either side. Both retry (uploads in ``server.uploads``); the schema
+        aborting either side. Both retry (uploads in ``server.upload_batch``); the schema
         transaction is all or nothing, so running it again is safe.
         """
         pool = await self.pool()

@@ -123,7 +123,7 @@ class _Round:
 class UploadRejected(CodedError):
     """One upload op is refused; carries the 4xx code and the reason of its OpResult.
 
-    Raised by the daemon's checks of an op against the model (``server.uploads``) and by the
+    Raised by the daemon's checks of an op against the model (``server.upload_batch``) and by the
     store's checks against the rows (outside the user's filters), and reported the same way.
     """
 

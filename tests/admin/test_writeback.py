@@ -18,7 +18,7 @@ from syncd.ctl import AdminClient
 from syncd.model import ClientModel
 from syncd.server.admin_wire import AdminError, ErrorCode
 from syncd.server.plan import plan_for
-from syncd.server.uploads import apply_upload_batch
+from syncd.server.upload_batch import apply_upload_batch
 from tests.admin.conftest import AdminStack
 from tests.conftest import unique_name
 

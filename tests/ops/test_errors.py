@@ -21,7 +21,7 @@ from syncd.auth import Claims
 from syncd.client import LocalDB
 from syncd.model import ClientModel
 from syncd.server.plan import plan_for
-from syncd.server.uploads import apply_upload_batch
+from syncd.server.upload_batch import apply_upload_batch
 from syncd.store import Changeset, apply_changeset
 from syncd.store.sync_errors import NewSyncError
 from tests.e2e.conftest import RunningDaemon, control_dsn, org_name, running, workdir

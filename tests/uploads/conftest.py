@@ -13,7 +13,7 @@ from protocol import OpResult, Upload, UploadOp, UploadResult
 from syncd.auth import Claims
 from syncd.model import ClientModel
 from syncd.server.plan import DevicePlan, plan_for
-from syncd.server.uploads import apply_upload_batch
+from syncd.server.upload_batch import apply_upload_batch
 from syncd.store import OrgStores, StagingStore
 from syncd.store.feed import wire_select_list
 from syncd.store.sql import ident

@@ -7,7 +7,7 @@ import uuid
 
 from protocol import Upload
 from syncd.metrics import Metrics
-from syncd.server.uploads import apply_upload_batch
+from syncd.server.upload_batch import apply_upload_batch
 from tests.uploads.conftest import BOUND_S, Org, ins, new_id, upd
 
 

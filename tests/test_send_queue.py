@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from protocol import Ping, Pong
-from syncd.server.outbox import Outbox
+from syncd.server.send_queue import SendQueue
 
 
 async def test_offer_takes_a_whole_window_or_nothing() -> None:
-    box = Outbox(limit=3)
+    box = SendQueue(limit=3)
     assert box.offer([Ping(nonce=1), Ping(nonce=2)])
     assert not box.offer([Ping(nonce=3), Ping(nonce=4)])  # would exceed: nothing queued
     async with asyncio.timeout(5):
@@ -17,7 +17,7 @@ async def test_offer_takes_a_whole_window_or_nothing() -> None:
 
 
 async def test_put_waits_for_room_until_the_writer_drains() -> None:
-    box = Outbox(limit=2)
+    box = SendQueue(limit=2)
     await box.put(Ping(nonce=1))
     await box.put(Ping(nonce=2))
     blocked = asyncio.create_task(box.put(Ping(nonce=3)))
@@ -30,7 +30,7 @@ async def test_put_waits_for_room_until_the_writer_drains() -> None:
 
 
 async def test_control_frames_bypass_the_bound() -> None:
-    box = Outbox(limit=1)
+    box = SendQueue(limit=1)
     await box.put(Ping(nonce=1))
     box.push(Pong(nonce=9))
     async with asyncio.timeout(5):

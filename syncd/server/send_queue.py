@@ -1,5 +1,6 @@
-"""A session's outgoing queue: bounded for producers that can wait, all-or-nothing for the
-live hub, drained whole by the writer.
+"""A session's send queue: bounded for producers that can wait, all-or-nothing for the live
+hub, drained whole by the writer. (The device's unsent edits are the SDK's outbox, and
+accepted uploads waiting for the system of record are the store's write-back queue.)
 
 Strategy (ARCHITECTURE.md, decision 5, and the ceilings on write coalescing): the
 catch-up path waits for room, so backpressure reaches the database reads; the hub never
@@ -15,12 +16,12 @@ from collections.abc import Sequence
 
 from protocol import Message, PreparedFrame
 
-__all__ = ["Outbox", "Outgoing"]
+__all__ = ["Outgoing", "SendQueue"]
 
 Outgoing = Message | PreparedFrame
 
 
-class Outbox:
+class SendQueue:
     """A bounded queue of outgoing frames that the writer takes all at once.
 
     The catch-up path waits for room (backpressure reaches the database reads); the live
