@@ -34,7 +34,8 @@ def _entity_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         out["columns_removed"] = removed
     if retyped:
         out["columns_retyped"] = retyped
-    for part in ("key", "writable", "conflict"):
+    # Every other part of the schema (key, writable, conflict, and any added later).
+    for part in sorted((set(old) | set(new)) - {"columns"}):
         change = _changed(old.get(part), new.get(part))
         if change is not None:
             out[part] = change
@@ -43,8 +44,10 @@ def _entity_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def _profile_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if old["offline"] != new["offline"]:
-        out["offline"] = {"old": old["offline"], "new": new["offline"]}
+    for part in sorted((set(old) | set(new)) - {"entities"}):
+        change = _changed(old.get(part), new.get(part))
+        if change is not None:
+            out[part] = change
     oents, nents = old["entities"], new["entities"]
     added = [e for e in nents if e not in oents]
     removed = [e for e in oents if e not in nents]
@@ -83,7 +86,7 @@ def diff_models(old: ClientModel | None, new: ClientModel) -> dict[str, Any]:
     profiles = {p: d for p in np_ if p in op and (d := _profile_diff(op[p], np_[p]))}
     if profiles:
         out["profiles"] = profiles
-    for part in ("default_profile", "memberships"):
+    for part in sorted((set(o) | set(n)) - {"entities", "profiles"}):
         change = _changed(o.get(part), n.get(part))
         if change is not None:
             out[part] = change
