@@ -259,7 +259,7 @@ async def pouch_replicate(
             "node", str(JS_DIR / "replicate.js"), url, str(Path(tmp) / "local"), str(batch),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
-        with progress.bar(f"PouchDB replicating {rows:,} docs into LevelDB", None, "(running)"):
+        with progress.bar(f"PouchDB replicating {rows:,} docs into LevelDB", None, ""):
             out, err = await proc.communicate()
         wall = time.perf_counter() - t0
         cpu1 = cpu_seconds(server_pid)
@@ -345,7 +345,9 @@ async def run_pouch(
 
 def _peer_row(f: record.Figure) -> list[object]:
     ratio = "" if f.ratio is None else f"{f.ratio:.2f}x"
-    server, device = f.cpu.get("daemon"), f.cpu.get("bench")
+    # syncd's figures name the daemon and the bench process; the peer's its server and client.
+    server = f.cpu.get("daemon", f.cpu.get(f.peer or ""))
+    device = f.cpu.get("bench", f.cpu.get("client"))
     return [
         f.name, f.value, f"{min(f.samples):,.0f}-{max(f.samples):,.0f}", ratio,
         "-" if server is None else f"{server:.0%}", "-" if device is None else f"{device:.0%}",

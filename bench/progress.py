@@ -83,11 +83,8 @@ class Bar:
             self._progress = None
         elif enabled() and (seconds := time.perf_counter() - self._t0) >= QUIET_UNDER_S:
             total = "" if self.total is None else f"/{self.total:,}"
-            print(
-                f"  {self.description}: {self.completed:,}{total} {self.unit} in {seconds:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            count = f"{self.completed:,}{total} {self.unit} " if self.completed else ""
+            print(f"  {self.description}: {count}in {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
