@@ -190,3 +190,16 @@ async def test_retention_keeps_the_newest_rows_and_drops_old_ones(
         await table.record(org, "7", "dev", batch(9, 1))
         kept = await errors_json(running, "--org", org, "--json")
         assert [e["key"] for e in kept] == ["k9-0", "k3-2", "k3-1", "k2-2"]
+
+
+async def test_bad_listings_are_refused_with_the_argument_named(running: RunningDaemon) -> None:
+    sock = str(running.config.admin.socket)
+    code, _, err = await syncctl("--socket", sock, "errors", "--org", "nosuch")
+    assert code == 1
+    assert "unknown_org" in err
+    code, _, err = await syncctl("--socket", sock, "errors", "--limit", "0")
+    assert code == 1
+    assert "at limit: must be 1 to 1000" in err
+    # argparse's usage errors (printed by argparse itself): exit 2.
+    assert (await syncctl("--socket", sock, "errors", "--since", "yesterday"))[0] == 2
+    assert (await syncctl("--socket", sock, "errors", "dismiss"))[0] == 2
