@@ -60,6 +60,30 @@ _LATENCY_BUCKETS: Final = (
     30,
     60,
 )
+# How far behind devices are: from a live device acknowledging a checkpoint a few
+# milliseconds after its snapshot to a phone coming back after a week offline (the default
+# retention), so buckets run from 10 ms to 7 days.
+_LAG_BUCKETS: Final = (
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1,
+    5,
+    30,
+    60,
+    300,
+    900,
+    3600,
+    4 * 3600,
+    12 * 3600,
+    86400,
+    3 * 86400,
+    7 * 86400,
+)
+# A first download runs from a fraction of a second (a field worker's few hundred rows) to
+# many minutes (a manager's whole org over a phone link).
+_FIRST_SYNC_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # A TLS handshake costs ~1 ms of CPU here; the full protocol handshake adds a token check
 # and a database lookup, and the configured timeout caps it at seconds.
 _HANDSHAKE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -183,6 +207,38 @@ class Metrics:
             "syncd_handshake_seconds",
             "Time from accepting a connection to the protocol handshake completing.",
             buckets=_HANDSHAKE_BUCKETS,
+            registry=r,
+        )
+
+        self.device_lag_seconds = Histogram(
+            "syncd_device_lag_seconds",
+            "How far behind the org's head devices are, per org (never per device): at"
+            " when=ack, from a checkpoint's snapshot to the device acknowledging it holds it;"
+            " at when=reconnect, the age of the checkpoint a returning device resumes from.",
+            ["org", "when"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.first_sync_seconds = Histogram(
+            "syncd_first_sync_seconds",
+            "From the Hello of a device holding nothing (or told to start over) to its"
+            " acknowledgement of the first checkpoint that covers every entity, in one session.",
+            ["org"],
+            buckets=_FIRST_SYNC_BUCKETS,
+            registry=r,
+        )
+        self.devices_connected = Gauge(
+            "syncd_devices_connected",
+            "Distinct devices with a session past Welcome on this instance. Sampled at each"
+            " scrape.",
+            ["org"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "syncd_refusals",
+            "Sessions refused before Welcome (bad token, unknown org, revoked, overloaded, ...),"
+            " by error code name.",
+            ["code"],
             registry=r,
         )
 

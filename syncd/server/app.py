@@ -429,6 +429,14 @@ class Daemon:
         gauge.clear()
         for (org_name, state), count in counts.items():
             gauge.labels(org=org_name, state=state).set(count)
+        devices: dict[str, set[str]] = {name: set() for name, _ in counts if name}
+        for session in self._run.sessions:
+            if session.org is not None and session.state != "handshake":
+                devices.setdefault(session.org.name, set()).add(session.device_id)
+        connected = self.metrics.devices_connected
+        connected.clear()
+        for org_name, ids in devices.items():
+            connected.labels(org=org_name).set(len(ids))
 
     async def _compact_forever(self) -> None:
         """Trim every org's change log past the retention horizon, once per interval.

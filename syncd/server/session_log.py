@@ -51,14 +51,15 @@ class SessionStats:
             },
         )
 
-    def log_end(self, why: str) -> None:
+    def log_end(self, why: str) -> bool:
+        """Log the session's last line; True when it was a refusal (no Welcome, a code)."""
         seconds = round(time.monotonic() - self.started, 3)
         if not self.opened:
             if why in _CODE_NAMES:
                 _log.info("session refused", extra={"code": why, "seconds": seconds})
-            else:
-                _log.debug("connection ended before Welcome", extra={"why": why})
-            return
+                return True
+            _log.debug("connection ended before Welcome", extra={"why": why})
+            return False
         _log.info(
             "session closed",
             extra={
@@ -71,3 +72,4 @@ class SessionStats:
                 "upload_ops": dict(self.upload_ops),
             },
         )
+        return False
