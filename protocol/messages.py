@@ -77,6 +77,9 @@ _OPTIONAL: dict[str, Any] = {"optional": True}
 #: nil, so a peer that uses none of them sends exactly the bytes it always did.
 _ADDED: dict[str, Any] = {"optional": True, "omit_nil": True}
 
+#: Sync priorities run from 0 (first) to 3 (last), as PowerSync's.
+MAX_PRIORITY = 3
+
 #: Codecs a Hello may list (PROTOCOL.md, "Compression"); names are short identifiers.
 MAX_CODECS = 8
 MAX_CODEC_NAME = 32
@@ -353,9 +356,14 @@ class Checkpoint(Message):
 
     TYPE: ClassVar[str] = "checkpoint"
     token: bytes
+    priority: int | None = field(default=None, metadata=_ADDED)
+    """During a first sync: every entity of this priority or a more urgent one (a lower
+    number) is downloaded and consistent at this token (PROTOCOL.md, "Priorities")."""
 
     def __post_init__(self) -> None:
         check_bytes("Checkpoint", "token", self.token, max_len=MAX_CHECKPOINT_LENGTH)
+        if self.priority is not None:
+            check_int("Checkpoint", "priority", self.priority, low=0, high=MAX_PRIORITY)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,9 +34,11 @@ from syncd.filters.values import COMPARABLE_TYPES
 __all__ = [
     "COLUMN_TYPES",
     "CONFLICT_POLICIES",
+    "DEFAULT_PRIORITY",
     "IDENT_RE",
     "KEY_TYPES",
     "MAX_PROFILE_ENTITIES",
+    "PRIORITIES",
     "AccessSpec",
     "ClientModel",
     "Column",
@@ -57,6 +59,12 @@ KEY_TYPES: frozenset[str] = frozenset(name for name, t in COLUMN_TYPES.items() i
 
 ConflictPolicy = Literal["server_wins", "client_wins", "merge"]
 CONFLICT_POLICIES: frozenset[str] = frozenset(("server_wins", "client_wins", "merge"))
+#: Sync priorities, as PowerSync's: 0 is downloaded first, 3 last. A first sync sends the
+#: entities of each priority before the next, with a checkpoint after each (PROTOCOL.md,
+#: "Priorities"), so an app can open on what it needs most while the rest streams.
+PRIORITIES: range = range(4)
+#: An entity without a priority is downloaded last, after every entity given one.
+DEFAULT_PRIORITY = 3
 
 
 #: Entities one profile may give a device: a sync token keeps one bit per entity, and this
@@ -95,6 +103,9 @@ class Entity:
     columns: tuple[Column, ...]  # wire order, key included
     writable: frozenset[str] = frozenset()
     conflict: ConflictPolicy = "server_wins"
+    priority: int = DEFAULT_PRIORITY
+    """Download order of a first sync (0 first); not part of the schema: changing it
+    re-downloads nothing."""
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -208,7 +219,7 @@ class ClientModel:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "entities": {e.name: e.schema_json() for e in self.entities},
+            "entities": {e.name: _entity_json(e) for e in self.entities},
             "profiles": {
                 p.name: {
                     "offline": p.offline,
@@ -233,10 +244,19 @@ class ClientModel:
         profile, in its wire layout (``syncd.server.plan``)."""
         # Columns as [name, type] pairs: key sorting must not erase the wire order.
         schemas = {
-            e.name: {**e.schema_json(), "columns": [[c.name, c.type] for c in e.columns]}
+            e.name: {**_entity_json(e), "columns": [[c.name, c.type] for c in e.columns]}
             for e in self.entities
         }
         return hashlib.sha256(orjson.dumps(schemas, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _entity_json(entity: Entity) -> dict[str, Any]:
+    """The entity as the model document holds it: its schema, and its priority when it has
+    one other than the default (so models written before priorities keep their form)."""
+    out = entity.schema_json()
+    if entity.priority != DEFAULT_PRIORITY:
+        out["priority"] = entity.priority
+    return out
 
 
 def _parse_model(obj: object) -> ClientModel:
@@ -274,7 +294,7 @@ def _parse_model(obj: object) -> ClientModel:
 def _parse_entity(name: str, obj: object, path: str) -> Entity:
     _ident(name, path)
     spec = _object(obj, path)
-    _only_keys(spec, path, {"key", "columns", "writable", "conflict"})
+    _only_keys(spec, path, {"key", "columns", "writable", "conflict", "priority"})
     cols_obj = _object(spec.get("columns"), f"{path}.columns")
     if not cols_obj:
         raise ModelError(f"{path}.columns", "at least one column is required")
@@ -309,12 +329,20 @@ def _parse_entity(name: str, obj: object, path: str) -> Entity:
         raise ModelError(
             f"{path}.conflict", f"{conflict!r} is not one of {sorted(CONFLICT_POLICIES)}"
         )
+    priority = spec.get("priority", DEFAULT_PRIORITY)
+    if type(priority) is not int or priority not in PRIORITIES:
+        raise ModelError(
+            f"{path}.priority",
+            f"{priority!r} is not a priority: an integer from {PRIORITIES.start} (first)"
+            f" to {PRIORITIES.stop - 1} (last, the default)",
+        )
     return Entity(
         name=name,
         key=key,
         columns=tuple(columns),
         writable=frozenset(writable),
         conflict=cast(ConflictPolicy, conflict),
+        priority=priority,
     )
 
 

@@ -78,6 +78,7 @@ SAMPLES: dict[str, Message] = {
         deletes=["5c1d2e3f-0a1b-4c2d-9e3f-4a5b6c7d8e9f"],
     ),
     "checkpoint": Checkpoint(b"\x00\x01\xab"),
+    "checkpoint_priority": Checkpoint(b"\x00\x01\xac", priority=0),
     "ack": Ack(b"\x00\x01\xab"),
     "caught_up": CaughtUp(b"\x00\x01\xab"),
     "upload": Upload(

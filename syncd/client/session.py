@@ -127,6 +127,9 @@ class SyncStats:
     bytes_received: int = 0
     started: float = field(default_factory=time.monotonic)
     caught_up_after: float | None = None
+    #: Priorities whose entities were all committed, in the order the checkpoints came
+    #: (PROTOCOL.md, "Priorities"), with the seconds since `started` at each.
+    priorities_complete: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def elapsed(self) -> float:
@@ -185,6 +188,7 @@ class SyncClient:
         token_provider: TokenProvider | None = None,
         on_progress: Progress | None = None,
         on_live_change: Callable[[Changes], None] | None = None,
+        on_priority_complete: Callable[[int], None] | None = None,
         upload_batch_ops: int = UPLOAD_BATCH_OPS,
         user: str | None = None,
         compression: tuple[str, ...] = CODECS,
@@ -214,6 +218,9 @@ class SyncClient:
         self._token_provider = token_provider
         self._on_progress = on_progress
         self._on_live_change = on_live_change
+        #: Called, once its checkpoint is committed, with each priority whose entities are
+        #: all on the device: the app may open on them while the rest downloads.
+        self._on_priority_complete = on_priority_complete
         self.stats = SyncStats()
         self.welcome: Welcome | None = None
         self.caught_up = asyncio.Event()
@@ -385,7 +392,8 @@ class SyncClient:
                     if self._on_live_change is not None and self.caught_up.is_set():
                         self._on_live_change(message)
                 case Checkpoint() | CaughtUp():
-                    await self._flush(message.token)
+                    priority = message.priority if isinstance(message, Checkpoint) else None
+                    await self._flush(message.token, priority)
                     if isinstance(message, CaughtUp):
                         await self._settled()
                         self.stats.caught_up_after = self.stats.elapsed
@@ -489,14 +497,14 @@ class SyncClient:
         pump.result()
         raise ConnectionResetError("the connection ended before the uploads completed")
 
-    async def _flush(self, token: bytes | None) -> None:
+    async def _flush(self, token: bytes | None, priority: int | None = None) -> None:
         """Start applying the buffered frames (and `token`, if given) in one SQLite
         transaction, once the group before them is committed; does not wait for this one."""
         buffered, self._buffer = self._buffer, _Buffered()
         if not buffered.changes and token is None:
             return
         await self._settled()
-        self._applying = asyncio.create_task(self._commit(buffered, token))
+        self._applying = asyncio.create_task(self._commit(buffered, token, priority))
 
     async def _settled(self) -> None:
         """Wait until the group in flight, if any, is committed (raising if it failed)."""
@@ -511,7 +519,9 @@ class SyncClient:
             if applying.done():
                 self._applying = None
 
-    async def _commit(self, buffered: _Buffered, token: bytes | None) -> None:
+    async def _commit(
+        self, buffered: _Buffered, token: bytes | None, priority: int | None = None
+    ) -> None:
         await asyncio.to_thread(self.db.apply_batch, buffered.changes, token)
         for _entity, upserts, deletes in buffered.changes:
             self.stats.rows_applied += len(upserts)
@@ -520,6 +530,10 @@ class SyncClient:
             await self._send(Ack(checkpoint=token))
             self.stats.checkpoints += 1
             self.checkpoint_applied.set()
+        if priority is not None:
+            self.stats.priorities_complete.append((priority, self.stats.elapsed))
+            if self._on_priority_complete is not None:
+                self._on_priority_complete(priority)
         if self._on_progress is not None:
             self._on_progress(self.stats)
 

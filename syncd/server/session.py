@@ -25,9 +25,9 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, assert_never
 
 from protocol import (
@@ -93,15 +93,21 @@ from syncd.store import (
     ResyncRequired,
     StoreClosed,
 )
-from syncd.store.feed import WindowTimes
+from syncd.store.feed import Subscription, WindowTimes
 from syncd.store.uploads import origin_of
 
-__all__ = ["DeviceSession", "SessionSettings"]
+__all__ = ["DeviceSession", "SessionSettings", "by_priority"]
 
 _log = logging.getLogger(__name__)
 
 # Reads are sized to a TLS record's worth of frames; bigger reads only add latency.
 READ_CHUNK = 64 * 1024
+
+
+def by_priority(subs: Sequence[Subscription]) -> list[Subscription]:
+    """A download's entities in priority order (0 first), the plan's order within one
+    priority (PROTOCOL.md, "Priorities")."""
+    return sorted(subs, key=lambda sub: sub.entity.priority)
 
 
 @dataclass(frozen=True)
@@ -185,8 +191,6 @@ class DeviceSession:
         self._complete: SyncToken | None = None
         """The last acknowledged checkpoint that covers every entity (``syncctl devices``)."""
         self._identity: tuple[str, str, str] | None = None
-        self._download_started: float | None = None
-        """When a download from nothing began (syncd_first_sync_seconds), until it completes."""
         self._tasks: list[asyncio.Task[None]] = []
         self._member: LiveMember | None = None
         self.state = "handshake"
@@ -205,8 +209,6 @@ class DeviceSession:
         try:
             hello = await asyncio.wait_for(self._receive_hello(), self._settings.handshake_timeout)
             bind_log_context(device=hello.device_id, org=hello.org)
-            if hello.checkpoint is None:
-                self._download_started = started
             await self._welcome(hello)
             self._metrics.handshake_seconds.observe(time.monotonic() - started)
             self._tasks = [
@@ -248,16 +250,7 @@ class DeviceSession:
             end = _End.code(ErrorCode.INTERNAL_ERROR, "internal error", retry_after_ms=1000)
         finally:
             await self._finish(end)
-            why = end.why if end is not None else "connection lost"
-            if self.stats.log_end(why):
-                self._metrics.refusals.labels(code=why).inc()
-
-    def _observe_lag(self, when: str, token: SyncToken) -> None:
-        if token.at is not None and self.org is not None:
-            lag = (datetime.now(UTC) - token.at).total_seconds()
-            self._metrics.device_lag_seconds.labels(org=self.org.name, when=when).observe(
-                max(lag, 0.0)
-            )
+            self.stats.log_end(end.why if end is not None else "connection lost")
 
     def identity(self) -> tuple[str, str, str] | None:
         """(org, device, user) once the token is verified and the org found."""
@@ -419,7 +412,6 @@ class DeviceSession:
         tokens = self._registry.tokens
         try:
             token = await tokens.open(raw, self._binding())
-            self._observe_lag("reconnect", token)
             previous = await tokens.plan(self.org.name, token.plan)
             if previous is None:
                 return await self._start_over(
@@ -447,7 +439,6 @@ class DeviceSession:
         return resume
 
     async def _start_over(self, code: ErrorCode, reason: str) -> Resume:
-        self._download_started = self._download_started or self.stats.started
         _log.info("device starts over", extra={"code": code.name, "reason": reason})
         await self._sends.put(Resync(entities=None, code=code, reason=reason))
         return Resume()
@@ -498,10 +489,14 @@ class DeviceSession:
         async for batch, size in self._batches(stream):
             meter.add(batch, size)
         done = {s.entity.name for s in incremental}
-        for sub in timed(initial, times):
+        todo = timed(by_priority(initial), times)
+        for position, sub in enumerate(todo):
             stream = ChangeStream(staging, None, until, (sub,), batch_size, origin=self._origin())
             await self._send_initial(stream, sub.entity.name, (until, until_at), done, meter)
             done.add(sub.entity.name)
+            await self._priority_checkpoint(
+                sub, todo[position + 1 :], (until, until_at), done, meter
+            )
         return until, until_at
 
     async def _finish_interrupted(self, resume: Resume, meter: CheckpointInterval) -> None:
@@ -518,10 +513,11 @@ class DeviceSession:
             for s in self._plan.subscriptions
             if s.entity.name not in resume.unfinished and s.entity.name not in resume.fresh
         }
-        for sub in self._plan.subscriptions:
+        todo = [
+            s for s in by_priority(self._plan.subscriptions) if s.entity.name in resume.unfinished
+        ]
+        for position, sub in enumerate(todo):
             name = sub.entity.name
-            if name not in resume.unfinished:
-                continue
             if at is not None:
                 sub = sub.at(WindowTimes(None, at))
             after = resume.unfinished[name]
@@ -536,6 +532,35 @@ class DeviceSession:
             )
             await self._send_initial(stream, name, (snapshot, at), done, meter)
             done.add(name)
+            await self._priority_checkpoint(sub, todo[position + 1 :], (snapshot, at), done, meter)
+
+    async def _priority_checkpoint(
+        self,
+        sub: Subscription,
+        rest: Sequence[Subscription],
+        until: tuple[Checkpoint, datetime | None],
+        done: set[str],
+        meter: CheckpointInterval,
+    ) -> None:
+        """After the last entity of a priority, when a later priority follows: a checkpoint
+        saying every entity of that priority or a more urgent one is complete (PROTOCOL.md,
+        "Priorities"). `rest` is what remains of the download, in priority order."""
+        assert self._plan is not None
+        priority = sub.entity.priority
+        if not rest or rest[0].entity.priority == priority:
+            return
+        if any(
+            s.entity.name not in done
+            for s in self._plan.subscriptions
+            if s.entity.priority <= priority
+        ):
+            return  # one is still to come (re-downloaded after a model change): not complete
+        try:
+            token = self._seal(*until, done=self._plan.indexes(done))
+        except TokenTooLarge:
+            return  # a busy snapshot: the next interval's checkpoint says it instead
+        meter.reset()
+        await self._sends.put(CheckpointMsg(token=token, priority=priority))
 
     async def _send_initial(
         self,
@@ -726,13 +751,8 @@ class DeviceSession:
         except SyncTokenError as exc:
             raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
         self._acked = token
-        self._observe_lag("ack", token)
         if token.done is None:
             self._complete = token
-            if self._download_started is not None and self.org is not None:
-                elapsed = time.monotonic() - self._download_started
-                self._metrics.first_sync_seconds.labels(org=self.org.name).observe(elapsed)
-                self._download_started = None
         if self.org is not None:
             self._metrics.checkpoints_acked.labels(org=self.org.name).inc()
 
