@@ -6,8 +6,8 @@ sure only one worker runs it at a time. Each step is safe to redo after a crash 
 - ``provision``: ``org.add`` (an existing org is fine), model from the source's metadata and
   the operator's profiles (``model.py``) through ``model.put``, the source's durable
   resources (``Source.start``), then the initial copy, one staging transaction per page;
-  the last page's transaction also switches the recorded state from ``copy`` to ``stream``,
-  so a copy cut short is simply done again (upserts of identical rows change nothing).
+  then the recorded state switches from ``copy`` to ``stream``, so a copy cut short is
+  simply done again (upserts of identical rows change nothing).
 - ``stream_once``: the source's changes after the recorded position, applied and the new
   position recorded in one staging transaction (``staging.py``), then released at the source.
   A change naming a table or column the model lacks rolls the transaction back, pushes the
@@ -40,7 +40,7 @@ from protocol.coltypes import COLUMN_TYPES
 from syncd.ctl import AdminClient
 from syncd.ingest.model import changed_tables, derive_model
 from syncd.ingest.postgres.values import from_text
-from syncd.ingest.source import Commit, Source, TableSpec, WriteOp
+from syncd.ingest.source import Change, Commit, Source, TableSpec, WriteOp
 from syncd.ingest.staging import (
     IngestState,
     ModelStale,
@@ -147,8 +147,8 @@ class OrgSync:
         _log.info("org %s: provisioned, following the source", self.org)
 
     async def copy(self, tables: list[str], *, finish: str | None = None) -> int:
-        """Copy ``tables`` whole, a page per transaction; with ``finish``, the last page's
-        transaction records the ``stream`` state at that position."""
+        """Copy ``tables`` whole, a page per transaction; with ``finish``, then record the
+        ``stream`` state at that position (a crash before that redoes the copy)."""
         assert self._model is not None
         copied = 0
         async with self._connection() as conn:
@@ -237,6 +237,7 @@ class OrgSync:
                     )
                     continue
                 result = await self._source.write(op)
+                _log.debug("org %s: write-back %s (%s): %s", self.org, e["id"], op.op, result)
                 if result.ok:
                     done.append(e["id"])
                 else:
@@ -280,9 +281,7 @@ class OrgSync:
         _log.info("org %s: deprovisioned", self.org)
 
 
-def _upsert(table: str, row: Mapping[str, Any]) -> Any:
-    from syncd.ingest.source import Change
-
+def _upsert(table: str, row: Mapping[str, Any]) -> Change:
     return Change(table, "upsert", row=row)
 
 

@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 
 from syncd.ingest.queue import IngestQueue, QueueSettings
+from syncd.ingest.sync import FAULT_ENV
 from syncd.store.sql import database_name
 from tests.e2e.conftest import RunningDaemon, run_daemon
 from tests.support.pg import with_database
@@ -44,7 +45,7 @@ PROFILES: dict[str, Any] = {
     "default_profile": "sales",
 }
 FAST = QueueSettings(
-    pass_seconds=2.0,
+    pass_seconds=0.5,
     poll_seconds=0.05,
     reconcile_seconds=0.5,
     heartbeat_seconds=0.5,
@@ -168,7 +169,11 @@ class Staging:
         try:
             async with self.connect(org) as conn:
                 return list(await conn.fetch(f'SELECT {columns} FROM "{table}" ORDER BY 1'))
-        except (asyncpg.InvalidCatalogNameError, asyncpg.UndefinedTableError):
+        except (
+            asyncpg.InvalidCatalogNameError,
+            asyncpg.UndefinedTableError,
+            asyncpg.UndefinedColumnError,
+        ):  # not there yet: no rows
             return []
 
     async def state(self, org: str) -> tuple[str, str] | None:
@@ -222,7 +227,15 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
 
-def start_worker(control_dsn: str, socket: Path, log: Path, **env: str) -> WorkerProcess:
+def start_worker(
+    control_dsn: str,
+    socket: Path,
+    log: Path,
+    *,
+    pass_seconds: str = str(FAST.pass_seconds),
+    fault: str | None = None,
+) -> WorkerProcess:
+    """``syncd-ingest worker`` as its own process; ``fault`` sets ``SYNCD_INGEST_FAULT``."""
     args = [
         sys.executable,
         "-m",
@@ -233,7 +246,7 @@ def start_worker(control_dsn: str, socket: Path, log: Path, **env: str) -> Worke
         str(socket),
         "worker",
         "--pass-seconds",
-        str(FAST.pass_seconds),
+        pass_seconds,
         "--poll-seconds",
         str(FAST.poll_seconds),
         "--reconcile-seconds",
@@ -244,6 +257,10 @@ def start_worker(control_dsn: str, socket: Path, log: Path, **env: str) -> Worke
         str(FAST.stalled_seconds),
     ]
     out = log.open("wb")
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    env = dict(os.environ)
+    env.pop(FAULT_ENV, None)
+    if fault is not None:
+        env[FAULT_ENV] = fault
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     out.close()
     return WorkerProcess(proc, log)
