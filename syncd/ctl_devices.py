@@ -28,8 +28,11 @@ def _age(seconds: float | None) -> str | None:
 
 
 def _connected(d: dict[str, Any]) -> str:
-    instances = sorted({c["instance"] for c in d["connected"]})
-    return ", ".join(instances) if instances else "no"
+    """Where: instance name and the start of its id (several instances may share a name)."""
+    where = sorted({f"{c['instance']}/{c['instance_id'][:8]}" for c in d["connected"]})
+    if where:
+        return ", ".join(where)
+    return "no (revoked)" if d["revoked"] else "no"
 
 
 def _lag(d: dict[str, Any]) -> str | None:
@@ -63,7 +66,7 @@ def _devices(ns: argparse.Namespace) -> Built:
                 _age(_since_iso(d["last_seen"], r)),
                 _age(d["checkpoint_age_seconds"]),
                 _lag(d),
-                ("REVOKED " if d["revoked"] else "") + (d["last_error"] or ""),
+                d["last_error"],
             )
             for d in devices
         ]
@@ -105,7 +108,7 @@ def _sessions(r: dict[str, Any]) -> str:
     live = r.get("sessions") or []
     if not live:
         return "no live session"
-    where = ", ".join(sorted({s["instance"] for s in live}))
+    where = ", ".join(sorted({s["instance"] for s in live}))  # names: the answer is short
     return f"{len(live)} live session(s) on {where}"
 
 

@@ -90,7 +90,10 @@ async def test_a_device_appears_with_its_lag(running: RunningDaemon, tmp_path: P
     assert header.split()[:5] == ["ORG", "DEVICE", "USER", "APP", "CONNECTED"]
     by_device = {line.split()[1]: line for line in lines}
     assert "5 changes" in by_device["phone-1"]
-    assert running.config.server.instance_name in by_device["phone-2"]
+    assert (
+        f"{running.config.server.instance_name}/{str(devices.instance_id)[:8]}"
+        in by_device["phone-2"]
+    )
 
 
 async def _with(listing: Any, device: str, ready: Any) -> dict[str, Any] | None:
