@@ -431,9 +431,9 @@ def diff_lines(diff: dict[str, Any]) -> list[str]:
             f"column {c}: {t['old']} -> {t['new']}" for c, t in d.get("columns_retyped", {}).items()
         ]
         parts += [
-            f"{k}: {_short_json(d[k]['old'])} -> {_short_json(d[k]['new'])}"
-            for k in ("key", "writable", "conflict")
-            if k in d
+            f"{k}: {_short_json(v['old'])} -> {_short_json(v['new'])}"
+            for k, v in d.items()
+            if k not in ("columns_added", "columns_removed", "columns_retyped")
         ]
         lines.append(f"~ entity {name}: " + "; ".join(parts))
     lines += [f"+ profile {p}" for p in diff.get("profiles_added", [])]
@@ -441,16 +441,19 @@ def diff_lines(diff: dict[str, Any]) -> list[str]:
     for name, d in diff.get("profiles", {}).items():
         parts = [f"+ entity {e}" for e in d.get("entities_added", [])]
         parts += [f"- entity {e}" for e in d.get("entities_removed", [])]
-        if "offline" in d:
-            parts.append(f"offline: {d['offline']['old']} -> {d['offline']['new']}")
+        for k, v in d.items():
+            if k not in ("entities_added", "entities_removed", "filters"):
+                parts.append(f"{k}: {_short_json(v['old'])} -> {_short_json(v['new'])}")
         for e, f in d.get("filters", {}).items():
             parts.append(
                 f"filter of {e}: {_short_json(f['old'], 60)} -> {_short_json(f['new'], 60)}"
             )
         lines.append(f"~ profile {name}: " + "; ".join(parts))
-    for part in ("default_profile", "memberships"):
-        if part in diff:
-            old, new = diff[part]["old"], diff[part]["new"]
+    listed = {"entities_added", "entities_removed", "entities", "profiles_added"}
+    listed |= {"profiles_removed", "profiles"}
+    for part, change in diff.items():
+        if part not in listed:
+            old, new = change["old"], change["new"]
             lines.append(f"~ {part}: {_short_json(old, 60)} -> {_short_json(new, 60)}")
     return lines or ["no difference"]
 
@@ -486,15 +489,15 @@ def _model_plan(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]
                 g["from_profile"] or "-",
                 g["users"],
                 g["devices"],
-                ", ".join(g["redownload"]) or "-",
+                ", ".join(f"{e} ({g['sizes'][e]})" for e in g["redownload"]) or "-",
                 ", ".join(g["dropped"]) or "-",
-                g["rows_per_device"],
-                g["bytes_per_device"],
+                g["rows"],
+                g["bytes"],
             )
             for g in r["profiles"]
         ]
-        header = ("PROFILE", "FROM", "USERS", "DEVICES", "RE-DOWNLOAD", "DROPPED")
-        lines += ["", _table((*header, "ROWS/DEVICE", "BYTES/DEVICE"), rows)]
+        header = ("PROFILE", "FROM", "USERS", "DEVICES", "RE-DOWNLOAD (SIZED BY)", "DROPPED")
+        lines += ["", _table((*header, "ROWS", "BYTES"), rows)]
         t = r["totals"]
         lines.append(
             f"touches {t['users']} users on {t['devices']} devices:"

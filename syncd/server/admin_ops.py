@@ -13,12 +13,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+import asyncpg
+import orjson
+
+from syncd.auth import Claims
 from syncd.model import ClientModel, ModelError
 from syncd.server import admin as _admin  # the argument helpers (a cycle: resolved at call)
 from syncd.server.admin_wire import AdminError, ErrorCode
 from syncd.server.model_diff import diff_models
-from syncd.server.model_plan import transition_impact, transitions
-from syncd.store.estimates import table_estimates
+from syncd.server.model_plan import reads_claims, transition_impact, transitions
+from syncd.server.plan import PlanError, plan_for
+from syncd.store.estimates import filtered_size, table_estimates
 
 if TYPE_CHECKING:
     from syncd.server.admin import AdminService, Handler
@@ -30,9 +35,16 @@ MAX_ERRORS_LISTED: Final = 1000
 DEFAULT_ERRORS_LISTED: Final = 100
 MAX_DISMISS: Final = 10_000
 
+#: Counting what each user's filter selects is one statement per distinct bound filter;
+#: past this many, the plan prices the remaining users with the whole table's estimate.
+MAX_PLAN_COUNTS: Final = 200
+
 SIZE_BASIS: Final = (
-    "rows and bytes of the whole staging table per device (pg_class estimate, or an exact"
-    " count for a table never analyzed): an upper bound for filtered entities"
+    "per entity, 'filter': the rows each user's own bound filter selects now, counted in"
+    " staging (bytes: PostgreSQL's size of those rows); 'pg_class' or 'count': the whole"
+    " staging table (PostgreSQL's estimate, or counted when never analyzed), an upper bound,"
+    " used when the filter reads a token claim other than the user id, which the server does"
+    " not keep; 'absent': the push creates the table"
 )
 
 
@@ -170,29 +182,89 @@ class OperatorCommands:
         stored = await control.get_model(record.name)
         old = None if stored is None else stored.model
         diff = diff_models(old, new)
-        groups = transitions(
-            old,
-            new,
-            await control.list_assignments(record.name),
-            await control.device_users(record.name),
-        )
-        sizes = {}
+        assignments = await control.list_assignments(record.name)
+        device_counts = await control.device_users(record.name)
+        groups = transitions(old, new, assignments, device_counts)
         runtime = self._service._registry.get(record.name)
-        wanted = sorted({e for g in groups for e in g["redownload"]})
-        if runtime is not None and stored is not None and wanted:
-            sizes = await table_estimates(await runtime.staging.pool(), wanted)
-        totals = transition_impact(groups, sizes)
+        pool = None
+        if runtime is not None and stored is not None:
+            pool = await runtime.staging.pool()
+        tables = await self._price(pool, new, groups, assignments, device_counts)
+        for g in groups:
+            del g["user_ids"]
         return {
             "org": record.name,
             "live_version": None if stored is None else stored.version,
             "unchanged": not diff,
             "diff": diff,
             "profiles": groups,
-            "tables": {
-                name: {"rows": s.rows, "bytes": s.bytes, "source": s.source}
-                for name, s in sorted(sizes.items())
-            },
-            "totals": totals,
+            "tables": tables,
+            "totals": transition_impact(groups),
             "sizes": SIZE_BASIS,
             "applied": False,
         }
+
+    async def _price(
+        self,
+        pool: asyncpg.Pool | None,
+        new: ClientModel,
+        groups: list[dict[str, Any]],
+        assignments: dict[str, str],
+        devices: dict[str, int],
+    ) -> dict[str, dict[str, Any]]:
+        """Fill each group's ``rows``, ``bytes`` and ``sizes`` (how each entity's figure was
+        found); returns the staging tables' own figures."""
+        wanted = sorted({e for g in groups for e in g["redownload"]})
+        estimates = await table_estimates(pool, wanted) if pool is not None and wanted else {}
+        counted: dict[str, tuple[int, int]] = {}  # bound filter identity -> rows, bytes
+        for g in groups:
+            g["rows"] = g["bytes"] = 0
+            g["sizes"] = {}
+            profile = None if g["profile"] is None else new.profile(g["profile"])
+            for name in g["redownload"]:
+                assert profile is not None
+                table = estimates.get(name)
+                if table is None:
+                    g["sizes"][name] = "absent"  # not in staging yet: provisioned by the push
+                    continue
+                exact = pool is not None and not reads_claims(new, profile, name)
+                for user in g["user_ids"]:
+                    size = None
+                    if exact and len(counted) < MAX_PLAN_COUNTS:
+                        size = await self._count(pool, new, assignments, user, name, counted)
+                    if size is None:
+                        exact = False
+                        size = (table.rows, table.bytes)
+                    g["rows"] += size[0] * devices[user]
+                    g["bytes"] += size[1] * devices[user]
+                g["sizes"][name] = "filter" if exact else table.source
+        return {
+            name: {"rows": t.rows, "bytes": t.bytes, "source": t.source}
+            for name, t in sorted(estimates.items())
+        }
+
+    async def _count(
+        self,
+        pool: asyncpg.Pool | None,
+        model: ClientModel,
+        assignments: dict[str, str],
+        user: str,
+        entity: str,
+        counted: dict[str, tuple[int, int]],
+    ) -> tuple[int, int] | None:
+        """Rows and bytes ``user``'s own filter selects of ``entity`` under ``model``."""
+        assert pool is not None
+        claims = Claims(user, "", 2**62, (), (), {})
+        try:
+            plan = plan_for(model, 0, assignments.get(user), claims)
+        except PlanError:
+            return None
+        (sub,) = [s for s in plan.subscriptions if s.entity.name == entity]
+        identity = orjson.dumps([entity, None if sub.filter is None else plan.hashes[entity]])
+        key = identity.decode()
+        if key not in counted:
+            try:
+                counted[key] = await filtered_size(pool, sub.entity, sub.filter)
+            except (asyncpg.UndefinedColumnError, asyncpg.UndefinedTableError):
+                return None  # the new filter reads a column staging gets with the push
+        return counted[key]

@@ -16,9 +16,11 @@ the new model gives them (an assignment, else the new default): an entity of the
 is downloaded anew when its key differs from the old profile's (or it had none), an entity
 only in the old profile is dropped from the device, and a user whose new profile is missing
 or may not go offline is refused at the next Hello. Users are those of the org's known
-devices (the control database's ``devices``). Sizes are staging estimates
-(``syncd.store.estimates``): rows and bytes of the whole table, an upper bound for a
-filtered entity, whose devices receive only their filter's share.
+devices (the control database's ``devices``). Sizes come from staging
+(``syncd.store.estimates``): for an entity whose filter binds nothing but the user id,
+memberships and literals, the rows each user's own bound filter selects, counted; for a
+filter that reads another token claim (which the server does not keep), and past a bound on
+the number of counts, the whole table's estimate, an upper bound.
 """
 
 from __future__ import annotations
@@ -36,14 +38,21 @@ from syncd.filters.nodes import (
     Membership,
     Not,
     Or,
+    Param,
     Related,
     Within,
     walk,
 )
 from syncd.model import ClientModel, Profile
-from syncd.store.estimates import TableEstimate
 
-__all__ = ["profile_for", "refetch_key", "transition_impact", "transitions"]
+__all__ = [
+    "UNCLAIMED_PARAMS",
+    "profile_for",
+    "reads_claims",
+    "refetch_key",
+    "transition_impact",
+    "transitions",
+]
 
 
 def profile_for(model: ClientModel, assigned: str | None) -> Profile | None:
@@ -136,24 +145,45 @@ def transitions(
                 "dropped": dropped,
                 "users": len(users),
                 "devices": sum(device_users[u] for u in users),
+                "user_ids": users,
             }
         )
     return out
 
 
-def transition_impact(
-    groups: list[dict[str, Any]], sizes: Mapping[str, TableEstimate]
-) -> dict[str, Any]:
-    """Rows and bytes per device of each group, and the totals over every device."""
-    rows = bytes_ = users = devices = 0
-    for g in groups:
-        per_rows = sum(sizes[e].rows for e in g["redownload"] if e in sizes)
-        per_bytes = sum(sizes[e].bytes for e in g["redownload"] if e in sizes)
-        g["rows_per_device"] = per_rows
-        g["bytes_per_device"] = per_bytes
-        if g["redownload"] or g["dropped"] or g["refused"]:
-            users += g["users"]
-            devices += g["devices"]
-        rows += per_rows * g["devices"]
-        bytes_ += per_bytes * g["devices"]
-    return {"users": users, "devices": devices, "rows": rows, "bytes": bytes_}
+def reads_claims(model: ClientModel, profile: Profile, entity: str) -> bool:
+    """Whether the entity's filter, up its related chain, binds a token claim other than the
+    user id (the server keeps no tokens, so such a filter cannot be bound for a count)."""
+    access = profile.access(entity)
+    if access is None or access.node is None:
+        return False
+    for n in walk(access.node):
+        match n:
+            case Related():
+                if reads_claims(model, profile, n.entity):
+                    return True
+            case Compare(operand=Param(name=name)) | InList(source=Param(name=name)):
+                if name not in UNCLAIMED_PARAMS:
+                    return True
+            case Compare() | InList() | IsNull() | Between() | Within():
+                pass
+            case AllRows() | And() | Or() | Not():
+                pass
+            case _:
+                assert_never(n)
+    return False
+
+
+#: Parameters a filter may bind that the server knows without the user's token.
+UNCLAIMED_PARAMS: frozenset[str] = frozenset(("user.id", "org"))
+
+
+def transition_impact(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The totals over every device: users and devices touched, rows and bytes to send."""
+    touched = [g for g in groups if g["redownload"] or g["dropped"] or g["refused"]]
+    return {
+        "users": sum(g["users"] for g in touched),
+        "devices": sum(g["devices"] for g in touched),
+        "rows": sum(g["rows"] for g in groups),
+        "bytes": sum(g["bytes"] for g in groups),
+    }

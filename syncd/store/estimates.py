@@ -5,6 +5,8 @@ from PostgreSQL's own estimate (``pg_class.reltuples``, kept by autovacuum and A
 bytes from the table's size on disk (``pg_table_size``, heap and TOAST). A table never
 analyzed has no estimate (reltuples -1): it is counted exactly, which is cheap for the small
 fresh tables where that happens. Each figure says which source it came from.
+``filtered_size`` counts what one device's bound filter selects, when the caller can bind it
+(a filter that reads only the user id, memberships and literals).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from syncd.model import Entity
+from syncd.store.feed import RowPredicate
 from syncd.store.sql import ident
 
-__all__ = ["TableEstimate", "table_estimates"]
+__all__ = ["TableEstimate", "filtered_size", "table_estimates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +47,23 @@ async def table_estimates(pool: asyncpg.Pool, tables: Sequence[str]) -> dict[str
         else:
             out[name] = TableEstimate(int(reltuples), int(size), "pg_class")
     return out
+
+
+async def filtered_size(
+    pool: asyncpg.Pool, entity: Entity, predicate: RowPredicate | None
+) -> tuple[int, int]:
+    """Rows of ``entity`` one device's filter selects, and their size in bytes (PostgreSQL's
+    ``pg_column_size`` of each row: close to what the rows weigh, not the wire's bytes)."""
+    params: list[object] = []
+    condition = (
+        "true"
+        if predicate is None
+        else predicate.sql(entity, lambda c: f"t.{ident(c.name)}", params)
+    )
+    row = await pool.fetchrow(
+        f"SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0)::int8"
+        f" FROM {ident(entity.name)} t WHERE coalesce(({condition}), false)",
+        *params,
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])

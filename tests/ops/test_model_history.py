@@ -213,6 +213,12 @@ async def test_plan_predicts_what_devices_download_and_applies_nothing(
         "bytes": plan["tables"]["note"]["bytes"],
         "source": "count",
     }
+    # Owner filters bind without a token: counted per user; notes take every row.
+    assert by_profile["field"]["sizes"] == {
+        "account": "filter",
+        "contact": "filter",
+        "note": "filter",
+    }
     assert plan["totals"]["devices"] == 3
 
     async with asyncio.timeout(BOUND_S):
@@ -226,9 +232,11 @@ async def test_plan_predicts_what_devices_download_and_applies_nothing(
         (resync,) = session.of(Resync)
         assert resync.entities is not None
         assert set(resync.entities) == set(by_profile[profile]["redownload"]), d.device_id
-    # The manager's re-download is unfiltered: the plan's estimate is its row count.
-    manager = sessions[2]
-    assert manager.rows_received == by_profile["manager"]["rows_per_device"] == 25 + 4
+    # What the plan priced is what the devices then received.
+    assert sessions[2].rows_received == by_profile["manager"]["rows"] == 25 + 4
+    field_rows = sessions[0].rows_received + sessions[1].rows_received
+    assert field_rows == by_profile["field"]["rows"]
+    assert plan["totals"]["rows"] == field_rows + 29
     assert before[2] < devices[2].count()
 
 
