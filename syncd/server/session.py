@@ -27,7 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, assert_never
 
 from protocol import (
@@ -191,6 +191,8 @@ class DeviceSession:
         self._complete: SyncToken | None = None
         """The last acknowledged checkpoint that covers every entity (``syncctl devices``)."""
         self._identity: tuple[str, str, str] | None = None
+        self._download_started: float | None = None
+        """When a download from nothing began (syncd_first_sync_seconds), until it completes."""
         self._tasks: list[asyncio.Task[None]] = []
         self._member: LiveMember | None = None
         self.state = "handshake"
@@ -209,6 +211,8 @@ class DeviceSession:
         try:
             hello = await asyncio.wait_for(self._receive_hello(), self._settings.handshake_timeout)
             bind_log_context(device=hello.device_id, org=hello.org)
+            if hello.checkpoint is None:
+                self._download_started = started
             await self._welcome(hello)
             self._metrics.handshake_seconds.observe(time.monotonic() - started)
             self._tasks = [
@@ -250,7 +254,16 @@ class DeviceSession:
             end = _End.code(ErrorCode.INTERNAL_ERROR, "internal error", retry_after_ms=1000)
         finally:
             await self._finish(end)
-            self.stats.log_end(end.why if end is not None else "connection lost")
+            why = end.why if end is not None else "connection lost"
+            if self.stats.log_end(why):
+                self._metrics.refusals.labels(code=why).inc()
+
+    def _observe_lag(self, when: str, token: SyncToken) -> None:
+        if token.at is not None and self.org is not None:
+            lag = (datetime.now(UTC) - token.at).total_seconds()
+            self._metrics.device_lag_seconds.labels(org=self.org.name, when=when).observe(
+                max(lag, 0.0)
+            )
 
     def identity(self) -> tuple[str, str, str] | None:
         """(org, device, user) once the token is verified and the org found."""
@@ -412,6 +425,7 @@ class DeviceSession:
         tokens = self._registry.tokens
         try:
             token = await tokens.open(raw, self._binding())
+            self._observe_lag("reconnect", token)
             previous = await tokens.plan(self.org.name, token.plan)
             if previous is None:
                 return await self._start_over(
@@ -439,6 +453,7 @@ class DeviceSession:
         return resume
 
     async def _start_over(self, code: ErrorCode, reason: str) -> Resume:
+        self._download_started = self._download_started or self.stats.started
         _log.info("device starts over", extra={"code": code.name, "reason": reason})
         await self._sends.put(Resync(entities=None, code=code, reason=reason))
         return Resume()
@@ -751,8 +766,13 @@ class DeviceSession:
         except SyncTokenError as exc:
             raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
         self._acked = token
+        self._observe_lag("ack", token)
         if token.done is None:
             self._complete = token
+            if self._download_started is not None and self.org is not None:
+                elapsed = time.monotonic() - self._download_started
+                self._metrics.first_sync_seconds.labels(org=self.org.name).observe(elapsed)
+                self._download_started = None
         if self.org is not None:
             self._metrics.checkpoints_acked.labels(org=self.org.name).inc()
 
