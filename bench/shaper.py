@@ -137,6 +137,8 @@ class ShapingProxy:
                 self._pipe(client_r, server_w, self.upstream),
                 self._pipe(server_r, client_w, self.downstream),
             )
+        except asyncio.CancelledError:
+            pass  # close(): the handler ends quietly (asyncio's server callback reads its result)
         finally:
             for writer in (client_w, server_w):
                 writer.close()

@@ -1,0 +1,600 @@
+"""First sync of a big device (issue 16): 1M and 3M CRM rows, compressed or not, on loopback
+and through a phone-like link, each figure beside its ceiling from the same run.
+
+Strategy. One embedded PostgreSQL holds one org per size: `account` rows by COPY (bench's
+CRM rows) and a small `owner` entity of priority 0 (what an app opens on first). The daemon
+runs in a subprocess (its own core; its CPU and RSS are read from /proc). For each size:
+
+* ceilings: asyncpg streaming the same rows with the feed's casts (one cursor, heap order),
+  and raw `executemany` INSERTs of the same rows into SQLite in 20,000-row transactions,
+  with SQLite's default WAL checkpointing (bench.localdb's ceiling) and with the
+  device's bulk setting;
+* received: a protocol-level device (decode and ack only), with zstd and without: rows/s,
+  wire bytes per row, the daemon's CPU seconds per million rows;
+* committed: the SDK (`SyncClient` + `LocalDB`) into SQLite, with zstd: rows/s to caught_up,
+  peak RSS of the device (this process) and of the daemon, sampled every 50 ms;
+* resumable: the SDK cut off (its task cancelled, like an app killed) once half the rows
+  are committed, then resumed: rows sent twice, and whether the device ends with every row.
+
+Then, through bench/shaper.py (default 20 Mbit/s, 50 ms RTT), the SDK's first sync of a
+smaller org: time to the first usable entity (priority 0 committed), total time, and the
+total against the link's floor, bytes / bandwidth.
+
+`--codecs` instead prints the codec micro-measure behind protocol/compression.py's choice
+(ratio and MB/s of zstd levels and lz4 on 1,000-row CRM Changes frames; lz4 only if the
+`lz4` package is installed).
+
+    python -m bench.firstsync [--rows 1000000,3000000] [--shaped-rows 200000]
+                              [--mbit 20] [--rtt-ms 50] [--codecs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import psutil
+import uvloop
+
+from bench import record
+from bench.common import (
+    CRM_MODEL,
+    DaemonProcess,
+    Endpoint,
+    PgServer,
+    cpu_seconds,
+    crm_rows,
+    embedded_server,
+    load_org,
+    print_table,
+    rss_bytes,
+    with_database,
+)
+from bench.shaper import Link, ShapingProxy
+from protocol import (
+    NEED_DATA,
+    Ack,
+    CaughtUp,
+    Changes,
+    Checkpoint,
+    Connection,
+    ConnectionClosed,
+    Error,
+    Goodbye,
+    Hello,
+    Ping,
+    Pong,
+    Role,
+    encode_changes,
+)
+from syncd.client import LocalDB
+from syncd.client.session import SyncClient
+from syncd.model import ClientModel
+from syncd.store.feed import wire_select_list
+from syncd.store.sql import database_name
+
+READ_CHUNK: Final = 256 * 1024
+CEILING_FETCH: Final = 10_000
+SQLITE_TXN_ROWS: Final = 20_000
+OWNERS: Final = 1_000
+RSS_EVERY_S: Final = 0.05
+
+MODEL: Final[dict[str, Any]] = {
+    "entities": {
+        **CRM_MODEL["entities"],
+        "owner": {"key": "id", "columns": {"id": "integer", "name": "text"}, "priority": 0},
+    },
+    "profiles": {"sales": {"offline": True, "entities": {"owner": {}, "account": {}}}},
+    "default_profile": "sales",
+}
+
+
+# --- stage --------------------------------------------------------------------------------
+
+
+async def load(pg: PgServer, org: str, rows: int) -> None:
+    await load_org(pg, org, rows, model=MODEL)
+    conn = await asyncpg.connect(with_database(pg.dsn, database_name(org)))
+    try:
+        await conn.copy_records_to_table(
+            "owner", records=[(i, f"Owner {i}") for i in range(OWNERS)], columns=["id", "name"]
+        )
+    finally:
+        await conn.close()
+
+
+# --- ceilings -----------------------------------------------------------------------------
+
+
+async def pg_ceiling(pg: PgServer, org: str) -> float:
+    """Seconds for asyncpg to stream the org's accounts with the feed's casts, kept nowhere."""
+    entity = ClientModel.parse(MODEL).entity("account")
+    conn = await asyncpg.connect(with_database(pg.dsn, database_name(org)))
+    try:
+        started = time.perf_counter()
+        async with conn.transaction():
+            cursor = await conn.cursor(f"SELECT {wire_select_list(entity, 't')} FROM account t")
+            while await cursor.fetch(CEILING_FETCH):
+                pass
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+def sqlite_ceiling(device_db: Path, folder: Path, wal_pages: int) -> float:
+    """Seconds of raw executemany INSERTs of the device's own account rows (read back in
+    20,000-row chunks, reading not timed) into a fresh table of the same shape."""
+    source = sqlite3.connect(device_db)
+    target_path = folder / f"ceiling-{wal_pages}.db"
+    target = sqlite3.connect(target_path, isolation_level=None)
+    try:
+        target.execute("PRAGMA journal_mode=WAL")
+        target.execute("PRAGMA synchronous=NORMAL")
+        target.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
+        (ddl,) = source.execute("SELECT sql FROM sqlite_master WHERE name = 'account'").fetchone()
+        target.execute(ddl)
+        width = len(source.execute("SELECT * FROM account LIMIT 1").fetchone())
+        insert = f"INSERT INTO account VALUES ({', '.join('?' * width)})"
+        cursor = source.execute("SELECT * FROM account")
+        spent = 0.0
+        while chunk := cursor.fetchmany(SQLITE_TXN_ROWS):
+            started = time.perf_counter()
+            target.execute("BEGIN")
+            target.executemany(insert, chunk)
+            target.execute("COMMIT")
+            spent += time.perf_counter() - started
+        return spent
+    finally:
+        source.close()
+        target.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target_path}{suffix}").unlink(missing_ok=True)
+
+
+# --- devices ------------------------------------------------------------------------------
+
+
+@dataclass
+class WireResult:
+    rows: int
+    seconds: float
+    wire_bytes: int
+    daemon_cpu: float | None
+
+
+async def wire_download(
+    endpoint: Endpoint, org: str, codecs: tuple[str, ...], pid: int | None
+) -> WireResult:
+    """A device that decodes and acks only: what the daemon and the link can push."""
+    cpu0 = cpu_seconds(pid)
+    reader, writer = await asyncio.open_connection(
+        endpoint.host,
+        endpoint.port,
+        ssl=endpoint.ssl_context(),
+        server_hostname="localhost",
+        limit=READ_CHUNK,
+    )
+    conn = Connection(Role.DEVICE)
+    hello = Hello(
+        (1,),
+        endpoint.token(org),
+        org,
+        uuid.uuid4().hex,
+        "bench/firstsync",
+        compression=codecs or None,
+    )
+    writer.write(conn.send(hello))
+    rows = wire = 0
+    started = time.perf_counter()
+    try:
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                data = await reader.read(READ_CHUNK)
+                wire += len(data)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, ConnectionClosed | Error):
+                raise RuntimeError(f"the daemon ended the download: {event!r}")
+            if isinstance(event, Changes):
+                rows += len(event.upserts) + len(event.deletes)
+            elif isinstance(event, Checkpoint | CaughtUp):
+                writer.write(conn.send(Ack(checkpoint=event.token)))
+                if isinstance(event, CaughtUp):
+                    break
+            elif isinstance(event, Ping):
+                writer.write(conn.send(Pong(nonce=event.nonce)))
+        seconds = time.perf_counter() - started
+        writer.write(conn.send(Goodbye(reason="bench done")))
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    cpu1 = cpu_seconds(pid)
+    daemon = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    return WireResult(rows, seconds, wire, daemon)
+
+
+class PeakRss:
+    """The largest RSS of some processes, sampled every RSS_EVERY_S in a thread."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self._pids = pids
+        self.peak: dict[str, int] = {name: 0 for name in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(RSS_EVERY_S):
+            for name, pid in self._pids.items():
+                self.peak[name] = max(self.peak[name], rss_bytes(pid) or 0)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class SdkResult:
+    rows: int
+    seconds: float
+    wire_bytes: int
+    first_usable: float | None = None
+    peak_rss: dict[str, int] = field(default_factory=dict)
+
+
+def sdk_client(
+    endpoint: Endpoint, db: LocalDB, org: str, port: int | None = None, **kw: Any
+) -> SyncClient:
+    return SyncClient(
+        db,
+        host=endpoint.host,
+        port=port or endpoint.port,
+        ssl_context=endpoint.ssl_context(),
+        server_hostname="localhost",
+        token=endpoint.token(org),
+        org=org,
+        **kw,
+    )
+
+
+async def sdk_download(
+    endpoint: Endpoint, org: str, path: Path, pid: int | None, port: int | None = None
+) -> SdkResult:
+    first: list[float] = []
+    started = time.perf_counter()
+
+    def usable(priority: int) -> None:
+        if priority == 0 and not first:
+            first.append(time.perf_counter() - started)
+
+    with LocalDB.open(path) as db, PeakRss({"device": psutil.Process().pid, "daemon": pid}) as rss:
+        client = sdk_client(endpoint, db, org, port, on_priority_complete=usable)
+        stats = await client.sync_once()
+        seconds = time.perf_counter() - started
+    return SdkResult(
+        stats.rows_applied, seconds, stats.bytes_received, first[0] if first else None, rss.peak
+    )
+
+
+async def resumed_download(
+    endpoint: Endpoint, org: str, path: Path, total: int
+) -> tuple[int, int, int]:
+    """Cut the SDK's download once half the rows are committed (its task cancelled, as an app
+    killed), then resume. Returns (rows committed at the cut, rows the resumed session
+    received, rows on the device at the end)."""
+    with LocalDB.open(path) as db:
+        half = asyncio.Event()
+
+        def progress(stats: Any) -> None:
+            if stats.rows_applied >= total // 2:
+                half.set()
+
+        client = sdk_client(endpoint, db, org, on_progress=progress)
+        task = asyncio.create_task(client.sync_once())
+        waiter = asyncio.create_task(half.wait())
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        task.cancel()
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await client.close()
+        kept = db.count("account") + db.count("owner")
+        stats = await sdk_client(endpoint, db, org).sync_once()
+        return kept, stats.rows_received, db.count("account") + db.count("owner")
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+async def one_size(
+    pg: PgServer, endpoint: Endpoint, org: str, rows: int, pid: int | None, folder: Path
+) -> None:
+    run = record.current()
+    params = {"rows": rows}
+    pg_s = await pg_ceiling(pg, org)
+    zstd = await wire_download(endpoint, org, ("zstd",), pid)
+    plain = await wire_download(endpoint, org, (), pid)
+    pg_again = await pg_ceiling(pg, org)
+    ceiling_rate = rows / min(pg_s, pg_again)
+    sdk = await sdk_download(endpoint, org, folder / f"device-{rows}.db", pid)
+    sqlite_default = sqlite_ceiling(folder / f"device-{rows}.db", folder, 1_000)
+    sqlite_bulk = sqlite_ceiling(folder / f"device-{rows}.db", folder, 10_000)
+    kept, resent_rows, final = await resumed_download(
+        endpoint, org, folder / f"cut-{rows}.db", rows
+    )
+    expected = rows + OWNERS
+    resent = resent_rows - (expected - kept)
+    for suffix in ("", "-wal", "-shm"):
+        for name in (f"device-{rows}.db", f"cut-{rows}.db"):
+            (folder / f"{name}{suffix}").unlink(missing_ok=True)
+
+    received_zstd, received_plain = zstd.rows / zstd.seconds, plain.rows / plain.seconds
+    committed = sdk.rows / sdk.seconds
+    for name, value, top, top_name in (
+        ("received rows/s, zstd", received_zstd, ceiling_rate, "asyncpg streaming"),
+        ("received rows/s, no compression", received_plain, ceiling_rate, "asyncpg streaming"),
+        (
+            "committed rows/s (SDK, zstd)",
+            committed,
+            (rows + OWNERS) / sqlite_default,
+            "raw SQLite, default WAL",
+        ),
+        (
+            "committed rows/s vs raw SQLite, bulk WAL",
+            committed,
+            (rows + OWNERS) / sqlite_bulk,
+            "raw SQLite, bulk WAL",
+        ),
+    ):
+        run.figure(
+            name, "rows/s", [value], ceiling_samples=[top], ceiling_name=top_name, params=params
+        )
+    run.figure(
+        "wire bytes/row, zstd",
+        "bytes",
+        [zstd.wire_bytes / zstd.rows],
+        higher_is_better=False,
+        params=params,
+    )
+    run.figure(
+        "wire bytes/row, no compression",
+        "bytes",
+        [plain.wire_bytes / plain.rows],
+        higher_is_better=False,
+        params=params,
+    )
+    for label, result in (("zstd", zstd), ("no compression", plain)):
+        if result.daemon_cpu is not None:
+            run.figure(
+                f"daemon CPU s per 1M rows, {label}",
+                "s",
+                [result.daemon_cpu * 1e6 / result.rows],
+                higher_is_better=False,
+                params=params,
+            )
+    for who, peak in sdk.peak_rss.items():
+        run.figure(f"peak RSS, {who}", "bytes", [peak], higher_is_better=False, params=params)
+    run.figure(
+        "rows re-sent after a cut at half",
+        "rows",
+        [resent],
+        higher_is_better=False,
+        params={**params, "kept_at_cut": kept, "final": final, "expected": expected},
+    )
+
+    print(f"\n{rows:,} accounts + {OWNERS:,} owners, load {record.load_average()[0]:.2f}")
+    print_table(
+        ["path", "rows/s", "vs ceiling", "wire bytes/row", "daemon CPU s/1M rows"],
+        [
+            ["asyncpg streaming ceiling", f"{ceiling_rate:,.0f}", "100%", "", ""],
+            [
+                "received, zstd",
+                f"{received_zstd:,.0f}",
+                f"{received_zstd / ceiling_rate:.0%}",
+                f"{zstd.wire_bytes / zstd.rows:.1f}",
+                _cpu(zstd),
+            ],
+            [
+                "received, no compression",
+                f"{received_plain:,.0f}",
+                f"{received_plain / ceiling_rate:.0%}",
+                f"{plain.wire_bytes / plain.rows:.1f}",
+                _cpu(plain),
+            ],
+            [
+                "raw SQLite inserts, default WAL",
+                f"{(rows + OWNERS) / sqlite_default:,.0f}",
+                "100%",
+                "",
+                "",
+            ],
+            ["raw SQLite inserts, bulk WAL", f"{(rows + OWNERS) / sqlite_bulk:,.0f}", "", "", ""],
+            [
+                "committed by the SDK, zstd",
+                f"{committed:,.0f}",
+                f"{committed * sqlite_default / (rows + OWNERS):.0%}"
+                f" / {committed * sqlite_bulk / (rows + OWNERS):.0%}",
+                f"{sdk.wire_bytes / sdk.rows:.1f}",
+                "",
+            ],
+        ],
+    )
+    print(
+        f"peak RSS: device {mb(sdk.peak_rss['device'])}, daemon {mb(sdk.peak_rss['daemon'])};"
+        f" cut at half: {kept:,} kept, {resent:,} rows sent twice,"
+        f" {final:,}/{expected:,} at the end"
+    )
+
+
+def _cpu(result: WireResult) -> str:
+    return "" if result.daemon_cpu is None else f"{result.daemon_cpu * 1e6 / result.rows:.2f}"
+
+
+async def shaped(
+    endpoint: Endpoint, org: str, rows: int, link: Link, pid: int | None, folder: Path
+) -> None:
+    run = record.current()
+    async with ShapingProxy(endpoint.host, endpoint.port, link) as proxy:
+        sdk = await sdk_download(endpoint, org, folder / "shaped.db", pid, port=proxy.port)
+    floor = link.seconds_for(proxy.downstream.bytes)
+    params = {"rows": rows, "mbit": link.bits_per_second / 1e6, "rtt_ms": link.rtt * 1000}
+    run.figure(
+        "shaped: total seconds",
+        "s",
+        [sdk.seconds],
+        ceiling_samples=[floor],
+        ceiling_name="bytes / bandwidth",
+        higher_is_better=False,
+        params=params,
+    )
+    if sdk.first_usable is not None:
+        run.figure(
+            "shaped: seconds to first usable entity",
+            "s",
+            [sdk.first_usable],
+            higher_is_better=False,
+            params=params,
+        )
+    first = "n/a" if sdk.first_usable is None else f"{sdk.first_usable:.2f} s"
+    print(
+        f"\nshaped link {params['mbit']:g} Mbit/s, {params['rtt_ms']:g} ms RTT, {rows:,} accounts,"
+        f" load {record.load_average()[0]:.2f}: first usable entity (priority 0) {first};"
+        f" total {sdk.seconds:.1f} s for {mb(proxy.downstream.bytes)}, floor {floor:.1f} s"
+        f" ({sdk.seconds / floor:.2f}x)"
+    )
+
+
+def codecs() -> None:
+    """Ratio and speed of each codec on 1,000-row CRM Changes frames in key order."""
+    import zstandard
+
+    rows = sorted(
+        (
+            [str(r[0]), r[1], r[2], r[3], str(r[4]), int(r[5].timestamp() * 1e6), r[6], 1 + i % 97]
+            for i, r in enumerate(crm_rows(200_000))
+        ),
+        key=lambda r: str(r[0]),
+    )
+    frames = [
+        encode_changes("account", rows[i : i + 1000], []).data[4:]
+        for i in range(0, len(rows), 1000)
+    ]
+    raw = sum(map(len, frames))
+    found: list[list[object]] = [["none", "1.00", f"{raw / len(rows):.1f}", "", ""]]
+
+    def measure(
+        name: str, pack: Callable[[bytes], bytes], unpack: Callable[[bytes], bytes]
+    ) -> None:
+        started = time.perf_counter()
+        packed = [pack(f) for f in frames]
+        packing = time.perf_counter() - started
+        started = time.perf_counter()
+        for p in packed:
+            unpack(p)
+        unpacking = time.perf_counter() - started
+        size = sum(map(len, packed))
+        found.append(
+            [
+                name,
+                f"{raw / size:.2f}",
+                f"{size / len(rows):.1f}",
+                f"{raw / packing / 1e6:,.0f}",
+                f"{raw / unpacking / 1e6:,.0f}",
+            ]
+        )
+        record.current().figure(
+            f"codec {name}: ratio", "x", [raw / size], params={"frames": len(frames)}
+        )
+        record.current().figure(f"codec {name}: compress MB/s", "MB/s", [raw / packing / 1e6])
+
+    for level in (1, 3, 6):
+        compressor, decompressor = (
+            zstandard.ZstdCompressor(level=level),
+            zstandard.ZstdDecompressor(),
+        )
+        measure(f"zstd -{level}", compressor.compress, decompressor.decompress)
+    try:
+        import lz4.frame  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError:
+        record.current().skip("lz4", "the lz4 package is not installed (pip install lz4)")
+    else:
+        measure("lz4", lz4.frame.compress, lz4.frame.decompress)
+    print(f"{len(frames)} Changes frames of 1,000 CRM rows, load {record.load_average()[0]:.2f}")
+    print_table(["codec", "ratio", "bytes/row", "compress MB/s", "decompress MB/s"], found)
+
+
+async def main_async(
+    pg: PgServer, endpoint: Endpoint, args: argparse.Namespace, pid: int | None
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="syncd-firstsync-") as tmp:
+        folder = Path(tmp)
+        for rows in args.sizes:
+            await one_size(pg, endpoint, f"big{rows}", rows, pid, folder)
+        if args.shaped_rows:
+            link = Link.of(args.mbit, args.rtt_ms)
+            await shaped(endpoint, "shaped", args.shaped_rows, link, pid, folder)
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rows", default="1000000,3000000", help="comma-separated sizes")
+    parser.add_argument("--shaped-rows", type=int, default=200_000, help="0 skips the shaped run")
+    parser.add_argument("--mbit", type=float, default=20.0)
+    parser.add_argument("--rtt-ms", type=float, default=50.0)
+    parser.add_argument("--codecs", action="store_true", help="only the codec micro-measure")
+    args = parser.parse_args(argv)
+    args.sizes = [int(n) for n in args.rows.split(",") if n]
+    return args
+
+
+def _orgs(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
+    for rows in args.sizes:
+        yield f"big{rows}", rows
+    if args.shaped_rows:
+        yield "shaped", args.shaped_rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    with record.bench_run("firstsync", argv):
+        if args.codecs:
+            codecs()
+            return
+        with embedded_server() as pg:
+
+            async def prepare() -> None:
+                for org, rows in _orgs(args):
+                    await load(pg, org, rows)
+
+            uvloop.run(prepare())
+            daemon = DaemonProcess(pg)
+            with daemon as endpoint:
+                try:
+                    uvloop.run(main_async(pg, endpoint, args, daemon.pid))
+                except BaseException:
+                    print(f"--- daemon log tail ---\n{daemon.log_tail()}")
+                    raise
+
+
+if __name__ == "__main__":
+    main()
