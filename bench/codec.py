@@ -63,6 +63,8 @@ class Timed:
     rows_per_s: list[float]
     baseline_rows_per_s: list[float]
     mb_per_s: float
+    cpu: float
+    """This process's share of a core over the path and its baseline."""
 
     @property
     def time_vs_baseline(self) -> float:
@@ -109,12 +111,15 @@ def run(batches: int, repeat: int) -> list[Timed]:
     ):
         mine: list[float] = []
         theirs: list[float] = []
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         for _ in range(repeat):
             theirs.append(_time(base))
             mine.append(_time(fn))
+        # One thread, CPU-bound: below 100% the process waited for a core (other work).
+        cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
         rows_s = [total_rows / t for t in mine]
         mb_s = frame_bytes / statistics.median(mine) / 1e6
-        results.append(Timed(name, base_name, rows_s, [total_rows / t for t in theirs], mb_s))
+        results.append(Timed(name, base_name, rows_s, [total_rows / t for t in theirs], mb_s, cpu))
     return results
 
 
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                 p.rows_per_s,
                 ceiling_samples=p.baseline_rows_per_s,
                 ceiling_name=f"{p.baseline} (baseline)",
+                cpu={"bench": p.cpu},
                 params={"rows": rows, "mb_per_s": p.mb_per_s},
                 phase="codec",
             )

@@ -113,7 +113,7 @@ async def ceiling_rate(store: StagingStore, where: str, *args: object) -> Timing
 
 async def paired(
     rounds: int, feed: Callable[[], Awaitable[Timing]], ceiling: Callable[[], Awaitable[Timing]]
-) -> tuple[list[Timing], list[Timing]]:
+) -> tuple[list[Timing], list[Timing], float]:
     """Time the feed and its ceiling ``rounds`` times each, alternating which goes first so
     neither always finds the other's pages in the cache (or pays for hint bits alone).
 
@@ -123,6 +123,7 @@ async def paired(
     """
     await feed()
     await ceiling()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     feeds: list[Timing] = []
     ceilings: list[Timing] = []
     for i in range(rounds):
@@ -132,10 +133,12 @@ async def paired(
         else:
             feeds.append(await feed())
             ceilings.append(await ceiling())
-    return feeds, ceilings
+    # The bench process's share of a core over the rounds (asyncpg decoding, the feed).
+    cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    return feeds, ceilings, cpu
 
 
-def report(label: str, feeds: list[Timing], ceilings: list[Timing]) -> None:
+def report(label: str, feeds: list[Timing], ceilings: list[Timing], cpu: float) -> None:
     """Median rates, the ratio of the medians, and each round's own ratio (the spread)."""
     f = statistics.median(n / s for n, s in feeds)
     c = statistics.median(n / s for n, s in ceilings)
@@ -154,6 +157,7 @@ def report(label: str, feeds: list[Timing], ceilings: list[Timing]) -> None:
         [n / s for n, s in feeds],
         ceiling_samples=[n / s for n, s in ceilings],
         ceiling_name="one asyncpg fetch, same casts and WHERE",
+        cpu={"bench": cpu},
         params={"rows": feeds[0][0], "ceiling_rows": ceilings[0][0]},
         phase="feed",
     )
