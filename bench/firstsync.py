@@ -20,6 +20,13 @@ Then, through bench/shaper.py (default 20 Mbit/s, 50 ms RTT), the SDK's first sy
 smaller org: time to the first usable entity (priority 0 committed), total time, and the
 total against the link's floor, bytes / bandwidth.
 
+`--feed-options` instead measures, on the first size, the shapes the server could read an
+initial download in (docs/ARCHITECTURE.md, "First sync of a big device"): the feed as it is
+(keyset pages of `batch_size` rows in key order, one read ahead), the same with 10,000-row
+pages, one key-ordered cursor for the whole download, heap-order block ranges sorted per
+page, and the heap-order streaming ceiling; every shape with the feed's casts and its
+snapshot-visibility test.
+
 `--codecs` instead prints the codec micro-measure behind protocol/compression.py's choice
 (ratio and MB/s of zstd levels and lz4 on 1,000-row CRM Changes frames; lz4 only if the
 `lz4` package is installed).
@@ -484,6 +491,99 @@ async def shaped(
     )
 
 
+async def feed_options(pg: PgServer, org: str, rounds: int = 3) -> None:
+    """Seconds per shape of reading every account at one snapshot, best of `rounds`."""
+    from syncd.store import Checkpoint
+    from syncd.store.feed import Subscription
+    from syncd.store.initial import initial_pages
+
+    entity = ClientModel.parse(MODEL).entity("account")
+    pool = await asyncpg.create_pool(
+        with_database(pg.dsn, database_name(org)), min_size=1, max_size=4
+    )
+    assert pool is not None
+    try:
+        snapshot = Checkpoint.from_pg((await pool.fetch("SELECT pg_current_snapshot()"))[0][0])
+        select = wire_select_list(entity, "t")
+        visible = "pg_visible_in_snapshot(t._txid, $1::pg_snapshot)"
+        pages = int(
+            (await pool.fetch("SELECT relpages FROM pg_class WHERE relname = 'account'"))[0][0]
+        )
+
+        async def keyset(size: int) -> int:
+            rows = 0
+            sub = Subscription(entity)
+            async for batch in initial_pages(pool.fetch, sub, snapshot, size):
+                rows += len(batch.upserts)
+            return rows
+
+        async def cursor(order: str) -> int:
+            rows = 0
+            async with pool.acquire() as conn, conn.transaction():
+                sql = f"SELECT {select} FROM account t WHERE {visible}{order}"
+                cur = await conn.cursor(sql, snapshot.as_pg())
+                while batch := await cur.fetch(CEILING_FETCH):
+                    rows += len(batch)
+            return rows
+
+        async def block_ranges(blocks: int) -> int:
+            # Heap order by TID ranges (PostgreSQL 14+ TID Range Scan), each sorted by key:
+            # resumable at a block number, key-ordered within a page only.
+            rows, start = 0, 0
+            ahead: asyncio.Task[list[Any]] | None = None
+
+            def page(first: int) -> asyncio.Task[list[Any]]:
+                sql = (
+                    f"SELECT {select} FROM account t WHERE {visible}"
+                    f" AND t.ctid >= '({first},0)'::tid AND t.ctid < '({first + blocks},0)'::tid"
+                    " ORDER BY t.id"
+                )
+                return asyncio.ensure_future(pool.fetch(sql, snapshot.as_pg()))
+
+            ahead = page(start)
+            while start <= pages:
+                current, start = ahead, start + blocks
+                ahead = page(start)
+                rows += len(await current)
+            await ahead
+            return rows
+
+        shapes: list[tuple[str, Callable[[], Any]]] = [
+            ("feed as it is: keyset pages of 1,000 in key order, one ahead", lambda: keyset(1000)),
+            ("keyset pages of 10,000 in key order, one ahead", lambda: keyset(10_000)),
+            ("one key-ordered cursor for the download", lambda: cursor(" ORDER BY t.id")),
+            ("heap block ranges of ~10,000 rows, sorted per page", lambda: block_ranges(160)),
+            ("heap-order cursor (the streaming ceiling)", lambda: cursor("")),
+        ]
+        best: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for _ in range(rounds):
+            for name, shape in shapes:
+                started = time.perf_counter()
+                counts[name] = await shape()
+                best[name] = min(best.get(name, 1e9), time.perf_counter() - started)
+        top = best[shapes[-1][0]]
+        table: list[list[object]] = []
+        for name, _shape in shapes:
+            rate = counts[name] / best[name]
+            record.current().figure(
+                f"feed shape: {name}",
+                "rows/s",
+                [rate],
+                ceiling_samples=[counts[name] / top],
+                ceiling_name="heap-order cursor",
+                params={"rows": counts[name]},
+            )
+            table.append([name, f"{counts[name]:,}", f"{rate:,.0f}", f"{top / best[name]:.0%}"])
+        print(
+            f"\nreading {org}'s accounts at one snapshot, best of {rounds},"
+            f" load {record.load_average()[0]:.2f}"
+        )
+        print_table(["shape", "rows", "rows/s", "vs ceiling"], table)
+    finally:
+        await pool.close()
+
+
 def codecs() -> None:
     """Ratio and speed of each codec on 1,000-row CRM Changes frames in key order."""
     import zstandard
@@ -562,6 +662,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mbit", type=float, default=20.0)
     parser.add_argument("--rtt-ms", type=float, default=50.0)
     parser.add_argument("--codecs", action="store_true", help="only the codec micro-measure")
+    parser.add_argument(
+        "--feed-options", action="store_true", help="only the server read shapes, first size"
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(n) for n in args.rows.split(",") if n]
     return args
@@ -586,7 +689,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for org, rows in _orgs(args):
                     await load(pg, org, rows)
 
+            if args.feed_options:
+                args.sizes, args.shaped_rows = args.sizes[:1], 0
             uvloop.run(prepare())
+            if args.feed_options:
+                uvloop.run(feed_options(pg, f"big{args.sizes[0]}"))
+                return
             daemon = DaemonProcess(pg)
             with daemon as endpoint:
                 try:
