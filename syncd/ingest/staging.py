@@ -13,9 +13,9 @@ the new one). The staging triggers stamp versions and log changes as for any wri
   change stream, would reach every device a second time.
 - A truncate is a ``DELETE`` of every row, not ``TRUNCATE``: the change-log triggers are
   per statement on DELETE, so devices get the tombstones.
-- Consecutive changes of one table and kind go as one ``executemany`` / ``ANY($1)``; order
-  between them is kept, so a key inserted, updated and deleted in one transaction ends
-  deleted.
+- Consecutive changes of one table and kind go as one statement (``unnest`` of one array
+  per column, ``ANY($1)`` for deletes); order between runs is kept and a key seen again
+  starts a new run, so a key inserted, updated and deleted in one transaction ends deleted.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS _syncd_ingest_state (
     updated_at timestamptz NOT NULL DEFAULT now()
 )
 """
+
+
+#: Changes per statement: bounds the arrays asyncpg builds (and our memory) for a run.
+RUN_SIZE = 2000
 
 
 class ModelStale(Exception):
@@ -81,6 +85,7 @@ class StagingWriter:
         self._conn = conn
         self._model = model
         self._pending: list[Change] = []
+        self._keys: set[Any] = set()
         self.applied = 0
 
     def _entity(self, table: str) -> Entity:
@@ -90,15 +95,22 @@ class StagingWriter:
             raise ModelStale(f"table {table!r} is not in the model") from None
 
     async def add(self, change: Change) -> None:
-        """Queue ``change``; a run of like changes is flushed when the kind changes."""
-        if self._pending and not _same_run(self._pending[-1], change):
+        """Queue ``change``; a run of like changes is flushed when the kind changes, or when
+        a key comes again (one statement cannot write a row twice)."""
+        key = _key_of(change, self._entity(change.table)) if change.op == "upsert" else None
+        if self._pending and (
+            not _same_run(self._pending[-1], change) or (key is not None and key in self._keys)
+        ):
             await self.flush()
         self._pending.append(change)
-        if len(self._pending) >= 1000:
+        if key is not None:
+            self._keys.add(key)
+        if len(self._pending) >= RUN_SIZE:
             await self.flush()
 
     async def flush(self) -> None:
         run, self._pending = self._pending, []
+        self._keys = set()
         if not run:
             return
         first = run[0]
@@ -119,8 +131,8 @@ class StagingWriter:
             unknown = [c for c in columns if c not in known]
             if unknown:
                 raise ModelStale(f"columns {unknown} of {entity.name} are not in the model")
-            await self._conn.executemany(
-                _upsert_sql(entity, columns), [tuple(r[c] for c in columns) for r in rows]
+            await self._conn.execute(
+                _upsert_sql(entity, columns), *([r[c] for r in rows] for c in columns)
             )
         self.applied += len(run)
 
@@ -133,20 +145,29 @@ def _same_run(a: Change, b: Change) -> bool:
     return a.op == "delete"
 
 
+def _key_of(change: Change, entity: Entity) -> Any:
+    return (change.row or {}).get(entity.key)
+
+
 def _upsert_sql(entity: Entity, columns: Sequence[str]) -> str:
+    """One statement for a whole run: a parameter per column, an array of the run's values
+    (the statement-level change-log triggers then fire once per run, not once per row)."""
     names = ", ".join(ident(c) for c in columns)
-    values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    arrays = ", ".join(
+        f"${i}::{SQL_TYPES[entity.column(c).type]}[]" for i, c in enumerate(columns, start=1)
+    )
+    values = f"SELECT * FROM unnest({arrays})"
     others = [c for c in columns if c != entity.key]
     if not others:
         return (
-            f"INSERT INTO {ident(entity.name)} ({names}) VALUES ({values}) "
+            f"INSERT INTO {ident(entity.name)} ({names}) {values} "
             f"ON CONFLICT ({ident(entity.key)}) DO NOTHING"
         )
     sets = ", ".join(f"{ident(c)} = EXCLUDED.{ident(c)}" for c in others)
     old = ", ".join(f"{ident(entity.name)}.{ident(c)}" for c in others)
     new = ", ".join(f"EXCLUDED.{ident(c)}" for c in others)
     return (
-        f"INSERT INTO {ident(entity.name)} ({names}) VALUES ({values}) "
+        f"INSERT INTO {ident(entity.name)} ({names}) {values} "
         f"ON CONFLICT ({ident(entity.key)}) DO UPDATE SET {sets} "
         f"WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
     )
