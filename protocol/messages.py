@@ -132,6 +132,9 @@ class Hello(Message):
     compression: tuple[str, ...] | None = field(default=None, metadata=_ADDED)
     """Codecs the device accepts for frames, most preferred first (PROTOCOL.md,
     "Compression"); nil or absent: none, and the server sends every frame uncompressed."""
+    pending_uploads: int | None = field(default=None, metadata=_ADDED)
+    """Edits the device holds that no upload result has answered yet (its outbox), for
+    operators (``syncctl devices``); the server does not act on it."""
 
     def __post_init__(self) -> None:
         if self.compression is not None:
@@ -155,6 +158,8 @@ class Hello(Message):
             check_bytes("Hello", "checkpoint", self.checkpoint, max_len=MAX_CHECKPOINT_LENGTH)
         if self.schema_fingerprint is not None:
             check_str("Hello", "schema_fingerprint", self.schema_fingerprint, max_len=128)
+        if self.pending_uploads is not None:
+            check_int("Hello", "pending_uploads", self.pending_uploads, low=0)
 
 
 @dataclass(frozen=True, slots=True)

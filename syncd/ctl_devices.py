@@ -66,6 +66,7 @@ def _devices(ns: argparse.Namespace) -> Built:
                 _age(_since_iso(d["last_seen"], r)),
                 _age(d["checkpoint_age_seconds"]),
                 _lag(d),
+                d["pending_uploads"],
                 d["last_error"],
             )
             for d in devices
@@ -80,6 +81,7 @@ def _devices(ns: argparse.Namespace) -> Built:
             "LAST SEEN",
             "CHECKPOINT AGE",
             "LAG",
+            "PENDING",
             "LAST ERROR",
         )
         return _table(header, rows)

@@ -342,6 +342,7 @@ class SyncClient:
                 checkpoint=self.db.checkpoint(),
                 schema_fingerprint=self.db.schema_fingerprint(),
                 compression=self.compression or None,
+                pending_uploads=await asyncio.to_thread(self.db.pending_count),
             )
         )
         message = await self._next()

@@ -167,6 +167,7 @@ def _device_json(
             (_seconds(now, lag.oldest_at) or 0.0) if known and lag is not None else None
         ),
         "resync_due": row.checkpoint is not None and lag is None,
+        "pending_uploads": row.pending_uploads,
         "last_error": row.last_error,
         "last_error_at": None if row.last_error_at is None else row.last_error_at.isoformat(),
         "revoked": (row.org, "device", row.device_id) in revoked

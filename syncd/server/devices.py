@@ -109,8 +109,18 @@ class DeviceControl:
             return "user"
         return None
 
-    async def opened(self, session_id: str, org: str, device: str, user: str, app: str) -> None:
-        await self._records.session_opened(self.instance_id, session_id, org, device, user, app)
+    async def opened(
+        self,
+        session_id: str,
+        org: str,
+        device: str,
+        user: str,
+        app: str,
+        pending_uploads: int | None = None,
+    ) -> None:
+        await self._records.session_opened(
+            self.instance_id, session_id, org, device, user, app, pending_uploads
+        )
 
     async def closed(self, session: OperatedSession, error: str | None) -> None:
         identity = session.identity()

@@ -349,7 +349,12 @@ class DeviceSession:
         self._metrics.sessions_opened.labels(org=org.name).inc()
         self._set_state("syncing")
         await self._devices.opened(
-            self.session_id, org.name, hello.device_id, claims.subject, hello.app_version
+            self.session_id,
+            org.name,
+            hello.device_id,
+            claims.subject,
+            hello.app_version,
+            hello.pending_uploads,
         )
 
     def _make_plan(self) -> DevicePlan:

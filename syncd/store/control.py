@@ -161,6 +161,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (org, kind, subject)
     );
     """,
+    # 6 (issue 11): the edits a device said it held unanswered at its last Hello
+    # (Hello.pending_uploads; NULL: a device that does not report it).
+    """
+    ALTER TABLE devices ADD COLUMN pending_uploads integer;
+    """,
 )
 
 

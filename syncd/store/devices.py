@@ -66,6 +66,8 @@ class DeviceRow:
     last_error: str | None
     last_error_at: datetime | None
     sessions: tuple[LiveSession, ...]
+    pending_uploads: int | None = None
+    """Edits the device said it held unanswered at its last Hello (None: not reported)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +150,19 @@ class DeviceRecords:
         device_id: str,
         user_id: str,
         app_version: str,
+        pending_uploads: int | None = None,
     ) -> None:
         """Record the device (a device that changes user loses its checkpoint: the new
         user's data is another download) and its live session, in one statement."""
         await self._pool.execute(
             """
             WITH device AS (
-                INSERT INTO devices (org, device_id, user_id, app_version)
-                VALUES ($3, $4, $5, $6)
+                INSERT INTO devices (org, device_id, user_id, app_version, pending_uploads)
+                VALUES ($3, $4, $5, $6, $7)
                 ON CONFLICT (org, device_id) DO UPDATE SET
                     last_seen = now(),
                     app_version = EXCLUDED.app_version,
+                    pending_uploads = EXCLUDED.pending_uploads,
                     checkpoint = CASE WHEN devices.user_id = EXCLUDED.user_id
                                       THEN devices.checkpoint END,
                     checkpoint_at = CASE WHEN devices.user_id = EXCLUDED.user_id
@@ -174,6 +178,7 @@ class DeviceRecords:
             device_id,
             user_id,
             app_version,
+            pending_uploads,
         )
 
     async def session_closed(self, end: SessionEnd) -> None:
@@ -315,6 +320,7 @@ def _device(r: Any) -> DeviceRow:
         r["last_error"],
         r["last_error_at"],
         sessions,
+        r["pending_uploads"],
     )
 
 

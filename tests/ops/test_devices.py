@@ -52,7 +52,8 @@ async def live(client: SyncClient) -> AsyncIterator[asyncio.Task[None]]:
 async def test_a_device_appears_with_its_lag(running: RunningDaemon, tmp_path: Path) -> None:
     org = org_name()
     await running.add_org(org)
-    await add_rows(running, org, accounts(10))
+    rows = accounts(10)
+    await add_rows(running, org, rows)
     token = running.token(org, user="7")
     phone = running.client(
         LocalDB.open(tmp_path / "a.sqlite"), token, org, device_id="phone-1", app_version="crm/2.0"
@@ -66,6 +67,8 @@ async def test_a_device_appears_with_its_lag(running: RunningDaemon, tmp_path: P
         assert current["connected"] == []
         assert (current["lag_changes"], current["lag_seconds"]) == (0, 0.0)
         assert current["checkpoint_age_seconds"] >= 0
+
+        assert current["pending_uploads"] == 0  # what its Hello reported
 
         await add_rows(running, org, accounts(5))
         behind = _device(await _listed(running, org), "phone-1")
@@ -85,6 +88,14 @@ async def test_a_device_appears_with_its_lag(running: RunningDaemon, tmp_path: P
             assert where["instance_id"] == str(devices.instance_id)
             assert where["instance"] == running.config.server.instance_name
             code, out, err = await asyncio.to_thread(_syncctl, running, "devices", "--org", org)
+        # Two edits made offline: the next Hello says so (they are then uploaded).
+        for row in rows[:2]:
+            phone.db.update("account", str(row["id"]), {"name": "offline"})
+        await phone.sync_once()
+        pending = await eventually(
+            lambda: _with(_listed(running, org), "phone-1", lambda d: d["pending_uploads"])
+        )
+        assert pending["pending_uploads"] == 2
     assert code == 0, err
     header, *lines = out.splitlines()
     assert header.split()[:5] == ["ORG", "DEVICE", "USER", "APP", "CONNECTED"]
