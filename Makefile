@@ -39,8 +39,9 @@ bench: venv
 fuzz: venv
 	$(BIN)/python -m protocol.fuzz
 
+# The daemon and the ingest role, with a source CRM database followed as org `demo`.
 run: venv
-	$(BIN)/syncd dev
+	$(BIN)/syncd-ingest demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
