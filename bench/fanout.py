@@ -130,6 +130,8 @@ class Result:
     encodings: int
     latencies_ms: list[float]
     expected_pairs: int
+    per_round: list[tuple[int, int, list[float]]] = field(default_factory=list)
+    """(statements, encodings, latencies) of each round of `changes` commits."""
 
     def row(self) -> list[object]:
         lat = summarize(self.latencies_ms)
@@ -145,13 +147,16 @@ class Result:
         params = {"scenario": self.scenario, "devices": self.devices,
                   "partitions": self.partitions, "changes": self.changes,
                   "delivered": len(self.latencies_ms), "expected": self.expected_pairs}  # fmt: skip
-        for name, count in (("statements", self.queries), ("encodings", self.encodings)):
+        per_change = self.changes / len(self.per_round)
+        for name, samples in (("statements", [q for q, _, _ in self.per_round]),
+                              ("encodings", [e for _, e, _ in self.per_round])):  # fmt: skip
             run.figure(f"{name} per change, {self.scenario}", f"{name}/change",
-                       [count / self.changes], higher_is_better=False, params=params,
-                       phase="fanout")  # fmt: skip
+                       [n / per_change for n in samples], higher_is_better=False,
+                       params=params, phase="fanout")  # fmt: skip
         lat = summarize(self.latencies_ms)
         if lat.count:
-            run.figure(f"commit-to-device p99, {self.scenario}", "ms", [lat.p99],
+            p99s = [summarize(r[2]).p99 for r in self.per_round if r[2]]
+            run.figure(f"commit-to-device p99, {self.scenario}", "ms", p99s,
                        higher_is_better=False, latency=lat, params=params,
                        phase="fanout")  # fmt: skip
 
@@ -195,15 +200,21 @@ async def run_scenario(
     arrivals: list[tuple[int, float]] = []
     warm = Countdown(len(devices))
     # Which changes each device must see: team t reaches devices holding t.
-    change_team = {n: rnd.randrange(args.teams) for n in range(args.changes)}
+    change_team = {n: rnd.randrange(args.teams) for n in range(args.changes * args.rounds)}
     holders: dict[int, int] = {}
     for d in devices:
         for t in [d.user] if scenario.owner else d.teams:
             holders[int(t)] = holders.get(int(t), 0) + 1
-    expected = sum(
-        len(devices) if scenario.teams_per_user == 0 and not scenario.owner else holders.get(t, 0)
-        for t in change_team.values()
-    )
+
+    def reach(team: int) -> int:
+        org_wide = scenario.teams_per_user == 0 and not scenario.owner
+        return len(devices) if org_wide else holders.get(team, 0)
+
+    round_expected = [
+        sum(reach(change_team[n]) for n in range(r * args.changes, (r + 1) * args.changes))
+        for r in range(args.rounds)
+    ]
+    expected = sum(round_expected)
     measured = Countdown(expected)
 
     async def catch_up(device: TeamDevice) -> None:
@@ -259,19 +270,23 @@ async def run_scenario(
             await commit(WARM_UP, owner)
         async with asyncio.timeout(GRACE_S):
             await warm.done.wait()
-        queries0, encoded0 = counted.count, encoded._value.get()
-        start = time.perf_counter()
         what = f"{scenario.name}: deliveries"
+        counts: list[tuple[int, int]] = []
         async with progress.polled(what, lambda: len(arrivals), expected, "deliveries"):
-            for n in range(args.changes):
-                delay = start + n / args.rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)  # pacing the load, not synchronizing
-                committed[n] = await commit(n, change_team[n])
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(GRACE_S):
-                    await measured.done.wait()
-        queries, encodings = counted.count - queries0, int(encoded._value.get() - encoded0)
+            for r in range(args.rounds):
+                measured.reset(round_expected[r])
+                queries0, encoded0 = counted.count, encoded._value.get()
+                start = time.perf_counter()
+                for i in range(args.changes):
+                    n = r * args.changes + i
+                    delay = start + i / args.rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)  # pacing the load, not synchronizing
+                    committed[n] = await commit(n, change_team[n])
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(GRACE_S):
+                        await measured.done.wait()
+                counts.append((counted.count - queries0, int(encoded._value.get() - encoded0)))
         partitions = counted.partitions
     finally:
         await conn.close()
@@ -279,10 +294,15 @@ async def run_scenario(
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
         await asyncio.gather(*(d.close() for d in devices))
-    pairs = [(at - committed[n]) * 1000 for n, at in arrivals if n in committed]
+    per_round: list[tuple[int, int, list[float]]] = [(q, e, []) for q, e in counts]
+    for n, at in arrivals:
+        if n in committed:
+            per_round[n // args.changes][2].append((at - committed[n]) * 1000)
+    pairs = [ms for r in per_round for ms in r[2]]
     return Result(
-        scenario.name, len(devices), partitions, args.changes, queries, encodings, pairs, expected
-    )
+        scenario.name, len(devices), partitions, args.changes * args.rounds,
+        sum(q for q, _ in counts), sum(e for _, e in counts), pairs, expected, per_round,
+    )  # fmt: skip
 
 
 async def run(pg: PgServer, args: argparse.Namespace, scenarios: Sequence[Scenario]) -> None:
@@ -303,8 +323,8 @@ async def run(pg: PgServer, args: argparse.Namespace, scenarios: Sequence[Scenar
     finally:
         await daemon.shutdown()
     print(
-        f"\nlive fan-out: {args.devices} devices per scenario, {args.changes} single-row"
-        f" commits at {args.rate:g}/s, {args.teams} teams, {args.rows} rows per org"
+        f"\nlive fan-out: {args.devices} devices per scenario, {args.rounds} x {args.changes}"
+        f" single-row commits at {args.rate:g}/s, {args.teams} teams, {args.rows} rows per org"
     )
     print_table(
         ["scenario", "devices", "partitions", "changes", "queries/change", "encodings/change",
@@ -322,6 +342,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--rate", type=float, default=20.0, help="commits per second")
     parser.add_argument("--rows", type=int, default=2000, help="rows loaded per org")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of --changes commits per scenario"
+    )
     return parser.parse_args(argv)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -150,11 +151,14 @@ class _UploadingDevice(WireDevice):
         return message
 
 
+Measured = tuple[float, list[float], dict[str, float | None]]
+"""ops/s, batch latencies in ms, and each process's share of a core."""
+
+
 async def _scenario(
-    senders: list[Send], pg: PgServer | None, batches: int, ops: int, daemon: int | None = None,
-    path: str | None = None,
-) -> None:  # fmt: skip
-    """Run the devices; `path` names the figure to record (None: a warm-up, not recorded)."""
+    senders: list[Send], pg: PgServer | None, batches: int, ops: int, daemon: int | None = None
+) -> Measured:
+    """Run the devices once; prints its line."""
     latencies: list[float] = []
     own0 = cpu_seconds(os.getpid()) or 0.0
     daemon0 = cpu_seconds(daemon) or 0.0
@@ -180,16 +184,30 @@ async def _scenario(
         f" p99.9={lat.p999:.1f}ms max={lat.max:.1f}ms"
         f" {cpu} postgres {pg_cpu / elapsed:.0%}"
     )
-    if path is not None:
-        record.current().figure(
-            f"upload, {len(senders)} device{'s' if len(senders) > 1 else ''} ({path})",
-            "ops/s",
-            [total / elapsed],
-            cpu=cpus,
-            latency=lat,
-            params={"devices": len(senders), "ops_per_batch": ops, "batches": lat.count},
-            phase="upload",
-        )
+    return total / elapsed, [t * 1000 for t in latencies], cpus
+
+
+async def _repeated(
+    senders: list[Send], pg: PgServer | None, batches: int, ops: int, rounds: int, path: str,
+    daemon: int | None = None,
+) -> None:  # fmt: skip
+    """The same devices `rounds` times, recorded as one figure with every round's ops/s."""
+    done = [await _scenario(senders, pg, batches, ops, daemon) for _ in range(rounds)]
+    lat = summarize(ms for _, latencies, _ in done for ms in latencies)
+    keys = {k for _, _, cpus in done for k in cpus}
+    cpu: dict[str, float | None] = {}
+    for k in sorted(keys):
+        values = [v for _, _, cpus in done if (v := cpus.get(k)) is not None]
+        cpu[k] = statistics.median(values) if values else None
+    record.current().figure(
+        f"upload, {len(senders)} device{'s' if len(senders) > 1 else ''} ({path})",
+        "ops/s",
+        [ops_s for ops_s, _, _ in done],
+        cpu=cpu,
+        latency=lat,
+        params={"devices": len(senders), "ops_per_batch": ops, "batches": lat.count},
+        phase="upload",
+    )
 
 
 async def _ingest_update(store: StagingStore, rows: int) -> None:
@@ -223,6 +241,7 @@ async def run(
     ops: int,
     pool: int,
     ingest_rows: int = 0,
+    rounds: int = 3,
 ) -> None:
     stores = OrgStores(dsn, pool_size=pool)
     org = f"bench-{uuid.uuid4().hex[:8]}"
@@ -233,15 +252,16 @@ async def run(
         await _scenario([_direct(store, "user0")], pg, 2, ops)  # warm-up: pool, statements
         for n in devices:
             senders = [_direct(store, f"user{d}") for d in range(n)]
-            await _scenario(senders, pg, batches, ops, path="in process")
+            await _repeated(senders, pg, batches, ops, rounds, "in process")
     finally:
         await stores.deprovision(org)
         await stores.close_all()
 
 
 async def run_daemon(
-    pg: PgServer, endpoint: Endpoint, pid: int | None, devices: list[int], batches: int, ops: int
-) -> None:
+    pg: PgServer, endpoint: Endpoint, pid: int | None, devices: list[int], batches: int, ops: int,
+    rounds: int = 3,
+) -> None:  # fmt: skip
     """The same devices over TLS to a daemon in its own process: framing, msgpack, sessions,
     and each device's own rows coming back to it as live CHANGES."""
     for i, n in enumerate([1, *devices]):  # the first, 1-device pass warms the daemon up
@@ -251,10 +271,11 @@ async def run_daemon(
                 await w.connect()
                 while not isinstance(await w.next(), CaughtUp):
                     pass
-            await _scenario(
-                [w.upload for w in wires], pg, 2 if i == 0 else batches, ops, pid,
-                path=None if i == 0 else "daemon over TLS",
-            )  # fmt: skip
+            senders: list[Send] = [w.upload for w in wires]
+            if i == 0:
+                await _scenario(senders, pg, 2, ops, pid)
+            else:
+                await _repeated(senders, pg, batches, ops, rounds, "daemon over TLS", pid)
         finally:
             await asyncio.gather(*(w.close() for w in wires))
 
@@ -273,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--ingest-rows", type=int, default=0, help="first time a bulk UPDATE of this many rows"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of each device count")
     args = parser.parse_args(argv)
     with record.bench_run("upload", argv):
         _main(args)
@@ -282,20 +304,26 @@ def _main(args: argparse.Namespace) -> None:
     devices = [int(n) for n in args.devices.split(",")]
     if args.dsn:
         uvloop.run(
-            run(args.dsn, None, devices, args.batches, args.ops, args.pool, args.ingest_rows)
-        )
+            run(args.dsn, None, devices, args.batches, args.ops, args.pool, args.ingest_rows,
+                args.rounds)
+        )  # fmt: skip
         return
     with embedded_server("syncd-bench-upload-") as pg:
         if not args.daemon:
             uvloop.run(
-                run(pg.dsn, pg, devices, args.batches, args.ops, args.pool, args.ingest_rows)
-            )
+                run(pg.dsn, pg, devices, args.batches, args.ops, args.pool, args.ingest_rows,
+                    args.rounds)
+            )  # fmt: skip
             return
         uvloop.run(load_org(pg, "uploads", 0, model=MODEL_SPEC))
         daemon = DaemonProcess(pg)
         with daemon as endpoint:
             try:
-                uvloop.run(run_daemon(pg, endpoint, daemon.pid, devices, args.batches, args.ops))
+                uvloop.run(
+                    run_daemon(
+                        pg, endpoint, daemon.pid, devices, args.batches, args.ops, args.rounds
+                    )
+                )
             except BaseException:
                 print(f"--- daemon log tail ---\n{daemon.log_tail()}")
                 raise

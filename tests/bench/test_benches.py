@@ -30,10 +30,10 @@ TINY: dict[str, list[str]] = {
         "codec": "--batches 2 --repeat 3",
         "localdb": "--rows 2000 --rounds 3",
         "feed": "--rows 2000 --rounds 3",
-        "upload": "--devices 1,2 --batches 2 --ops 10",
+        "upload": "--devices 1,2 --batches 2 --ops 10 --rounds 3",
         "sync": "--rows 2000 --devices 2 --device-rows 500 --sqlite-devices 2"
         " --live-devices 3 --rate 20 --seconds 0.25 --rounds 3",
-        "fanout": "--devices 4 --teams 2 --changes 4 --rate 50 --rows 50",
+        "fanout": "--devices 4 --teams 2 --changes 4 --rate 50 --rows 50 --rounds 3",
         # No node on PATH: pouchdb-server is skipped; direct PostgreSQL runs at a tiny size.
         "peers": "--only pouchdb,postgres --rows 500 --devices 3 --changes 3 --rate 20"
         " --poll 0.2 --live-rows 100",
@@ -144,6 +144,12 @@ def test_sync_records_live_percentiles_over_three_rounds(runs: Runs) -> None:
     (live,) = [f for f in doc["figures"] if f["phase"] == "live" and f["unit"] == "ms"]
     assert live["latency"]["count"] == live["params"]["expected"]
     assert live["repeats"] == 3
+
+
+@pytest.mark.parametrize("name", ["fanout", "upload"])
+def test_figures_without_ceiling_still_repeat_three_times(runs: Runs, name: str) -> None:
+    doc, _ = runs(name)
+    assert all(f["repeats"] == 3 for f in doc["figures"])
 
 
 def test_a_missing_node_skips_pouchdb_with_a_message(runs: Runs) -> None:
