@@ -353,7 +353,10 @@ def plot_spread(docs: Sequence[Doc], path: Path) -> bool:
         ax.scatter(xs, ys, s=14, label=f"run {i + 1} {doc['started_at'][:16]}{mark}")
     ax.set_yticks(range(len(keys)), keys, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("ratio to the ceiling, each repeat")
+    # Log scale: ratios to ceilings sit near 1, ratios to peers (syncd / peer) far above it.
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="#888888", linewidth=0.8)
+    ax.set_xlabel("ratio to the ceiling (or syncd / peer), each repeat, log scale")
     ax.set_title("spread: every repeat of every run")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
