@@ -565,7 +565,8 @@ def _log_command(request: Request, outcome: str, result: Any, message: str | Non
         for key in ("upserts", "deletes", "done", "failed"):
             if isinstance(result.get(key), int):
                 fields[key] = result[key]
-    level = logging.DEBUG if request.command in _READ_ONLY and outcome == "ok" else logging.INFO
+    quiet = request.command in _READ_ONLY or fields.get("claimed") == 0  # a poll that found none
+    level = logging.DEBUG if quiet and outcome == "ok" else logging.INFO
     _log.log(level, "admin command", extra=fields)
 
 

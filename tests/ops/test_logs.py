@@ -123,6 +123,10 @@ async def test_admin_commands_are_logged_without_their_secrets(
     assert reloads
     assert reloads[0]["model_version"] == 1
     assert DSN_PASSWORD not in captured_log.text
+    # A write-back poll that finds nothing is debug detail; one that leases entries is news.
+    await admin(running, "writeback.claim", {"org": org})
+    (claim,) = [c for c in captured_log.lines("admin command") if c["command"] == "writeback.claim"]
+    assert (claim["level"], claim["claimed"], claim["org"]) == ("debug", 0, org)
 
 
 async def test_the_daemon_starts_with_json_lines_only_on_stderr() -> None:
