@@ -2,51 +2,46 @@
 
 Strategy: every live device is one socket, so the soft ``RLIMIT_NOFILE`` (often 1,024, or
 the 20,000 a test machine had) is the real ceiling on connected devices, and a daemon that
-hits it resets connections with nothing at warning level. At start the daemon raises the soft
-limit to the hard one (an unprivileged process may), and logs how many devices that allows
-after the descriptors the daemon keeps for itself (pools, listeners, logs).
+hits it resets connections with nothing at warning level. Before anything else the daemon
+raises the soft limit to the hard one (an unprivileged process may); once it serves, its
+"syncd serving" line says how many devices that allows after the descriptors the daemon keeps
+for itself (pools, listeners, logs), and a warning follows when that is few. Nothing is
+logged at start itself: a daemon that cannot start prints exactly one line.
 """
 
 from __future__ import annotations
 
-import logging
 import resource
 
-__all__ = ["RESERVED_FDS", "raise_fd_limit"]
-
-_log = logging.getLogger(__name__)
+__all__ = ["FEW_DEVICES", "RESERVED_FDS", "device_capacity", "raise_fd_limit"]
 
 #: Descriptors kept for the daemon itself: database pools, listeners, the embedded server's
-#: pipes, log files. A rough margin, so the logged device count is not a promise.
+#: pipes, log files. A rough margin, so the device count is an estimate, not a promise.
 RESERVED_FDS = 256
+#: Below this many devices the serving line is followed by a warning.
+FEW_DEVICES = 10_000
+# The kernel's default nr_open: what an infinite hard limit is capped at.
+_NR_OPEN = 1_048_576
 
 
 def raise_fd_limit() -> tuple[int, int]:
     """Raise the soft descriptor limit to the hard one; returns (soft, hard) now in force.
 
-    An infinite hard limit is capped at the kernel's ``nr_open`` default of 1,048,576, which
-    ``setrlimit`` accepts; a refusal leaves the limit as it was (and is logged).
+    An infinite hard limit is capped at the kernel's default ``nr_open``; a refusal (a
+    container that forbids it) leaves the limit as it was.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    target = hard if hard != resource.RLIM_INFINITY else _NR_OPEN
     if soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
-        except (ValueError, OSError) as exc:
-            _log.warning(
-                "could not raise the file descriptor limit",
-                extra={"soft": soft, "hard": hard, "error": str(exc)},
-            )
-    devices = max(soft - RESERVED_FDS, 0)
-    _log.info(
-        "file descriptor limit",
-        extra={"soft": soft, "hard": hard, "devices_at_most": devices},
-    )
-    if devices < 10_000:
-        _log.warning(
-            "the file descriptor limit allows few live devices; raise LimitNOFILE (systemd) or "
-            "ulimit -n",
-            extra={"soft": soft, "devices_at_most": devices},
-        )
+        except (ValueError, OSError):
+            pass
     return soft, hard
+
+
+def device_capacity() -> int:
+    """About how many live devices the current soft limit allows."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(soft - RESERVED_FDS, 0)

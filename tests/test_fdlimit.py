@@ -1,14 +1,13 @@
-"""The descriptor limit is raised to the hard limit at start, and logged with what it allows."""
+"""The descriptor limit is raised to the hard limit at start, and what it allows is known."""
 
 from __future__ import annotations
 
-import logging
 import resource
 from collections.abc import Iterator
 
 import pytest
 
-from syncd.fdlimit import RESERVED_FDS, raise_fd_limit
+from syncd.fdlimit import RESERVED_FDS, device_capacity, raise_fd_limit
 
 
 @pytest.fixture
@@ -20,16 +19,12 @@ def restored_limit() -> Iterator[tuple[int, int]]:
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
 
 
-def test_the_soft_limit_is_raised_to_the_hard_one_and_logged(
-    restored_limit: tuple[int, int], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_the_soft_limit_is_raised_to_the_hard_one(restored_limit: tuple[int, int]) -> None:
     _, hard = restored_limit
-    lowered = min(512, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
-    with caplog.at_level(logging.INFO, logger="syncd.fdlimit"):
-        soft, now_hard = raise_fd_limit()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(512, hard), hard))
+    assert device_capacity() == max(min(512, hard) - RESERVED_FDS, 0)
+    soft, now_hard = raise_fd_limit()
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
     assert now_hard == hard
     assert soft == (hard if hard != resource.RLIM_INFINITY else 1_048_576)
-    (info,) = [r for r in caplog.records if r.getMessage() == "file descriptor limit"]
-    assert info.__dict__["devices_at_most"] == soft - RESERVED_FDS
+    assert device_capacity() == soft - RESERVED_FDS

@@ -41,6 +41,7 @@ import asyncpg
 from syncd.auth import KeyConfigError, TokenVerifier
 from syncd.config import Config, HostPort
 from syncd.devcerts import ensure_dev_pki
+from syncd.fdlimit import FEW_DEVICES, device_capacity
 from syncd.jwks import JwksFetchError, RemoteKeySet, discover_jwks_uri
 from syncd.logs import scrub_text
 from syncd.metrics import Metrics
@@ -244,8 +245,15 @@ class Daemon:
                 "devices": f"{cfg.server.listen.host}:{self.device_port}",
                 "admin": str(cfg.admin.socket),
                 "orgs": len(run.registry.all()),
+                "devices_at_most": device_capacity(),
             },
         )
+        if device_capacity() < FEW_DEVICES:
+            _log.warning(
+                "the file descriptor limit allows few live devices: raise LimitNOFILE "
+                "(systemd) or ulimit -n",
+                extra={"devices_at_most": device_capacity()},
+            )
         notify("READY=1", f"STATUS=serving {len(run.registry.all())} orgs")
         watchdog = watchdog_interval()
         if watchdog is not None:
