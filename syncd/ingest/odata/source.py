@@ -16,7 +16,8 @@ Strategy, per ``syncd.ingest.source.Source`` method:
   with a ``Commit`` whose position holds the page's nextLink (or, on the last page, the new
   deltaLink), so the role can record progress page by page and resume from any of them.
   An empty delta yields no ``Commit`` (nothing for the role to write) unless the set's link
-  was last recorded ``IDLE_ADVANCE_SECONDS`` ago.
+  was last recorded ``IDLE_ADVANCE_SECONDS`` ago, and a set whose delta was read to its end
+  less than ``poll_seconds`` ago is not read again (Dataverse's request limits).
   A delta link the service no longer honours (``DeltaExpired``: 410 Gone, or Dataverse's
   "perform a full sync"), a set the position does not know yet (it came into scope later),
   or one whose columns changed since the link was made (its deltas would lack the new
@@ -42,9 +43,10 @@ the $select the link was made with}}``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -80,6 +82,10 @@ _log = logging.getLogger(__name__)
 #: this often, which keeps a quiet set's link far younger than Dataverse's change-tracking
 #: retention (90 days by default), so it does not expire into a full re-read.
 IDLE_ADVANCE_SECONDS: Final = 3600.0
+#: The ingest role asks for changes every fraction of a second; Dataverse allows 6,000
+#: requests per user in 5 minutes (its service protection limits), so each set's delta is
+#: read at most this often and a change at the source reaches staging within about it.
+DEFAULT_POLL_SECONDS: Final = 5.0
 #: Dataverse's largest and default page size.
 DEFAULT_PAGE_SIZE: Final = 5000
 POSITION_FORMAT: Final = 1
@@ -104,6 +110,8 @@ class ODataSourceConfig:
     entity_sets: tuple[EntitySetConfig, ...]
     #: rows per page asked of the service (``odata.maxpagesize``) for delta reads
     page_size: int = DEFAULT_PAGE_SIZE
+    #: the least time between two delta reads of one set (see DEFAULT_POLL_SECONDS)
+    poll_seconds: float = DEFAULT_POLL_SECONDS
 
     @classmethod
     def from_mapping(
@@ -111,7 +119,7 @@ class ODataSourceConfig:
     ) -> ODataSourceConfig:
         """From the JSON/TOML form documented in README ("OData source"); errors name the
         field. The token comes from ``token`` or from the environment variable ``token_env``."""
-        allowed = {"kind", "url", "token", "token_env", "entity_sets", "page_size"}
+        allowed = {"kind", "url", "token", "token_env", "entity_sets", "page_size", "poll_seconds"}
         unknown = sorted(set(obj) - allowed)
         if unknown:
             raise SourceError(
@@ -152,7 +160,10 @@ class ODataSourceConfig:
         page_size = obj.get("page_size", DEFAULT_PAGE_SIZE)
         if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
             raise SourceError("odata source: page_size must be a positive integer")
-        return cls(url, token, tuple(sets), page_size)
+        poll = obj.get("poll_seconds", DEFAULT_POLL_SECONDS)
+        if not isinstance(poll, int | float) or isinstance(poll, bool) or poll < 0:
+            raise SourceError("odata source: poll_seconds must be a number of seconds >= 0")
+        return cls(url, token, tuple(sets), page_size, float(poll))
 
 
 def open_odata_source(org: str, config: Mapping[str, Any]) -> ODataSource:
@@ -166,12 +177,17 @@ def open_odata_source(org: str, config: Mapping[str, Any]) -> ODataSource:
 class ODataSource:
     """One org's OData service; see the module docstring. Fits ``syncd.ingest.source.Source``."""
 
-    def __init__(self, config: ODataSourceConfig) -> None:
+    def __init__(
+        self, config: ODataSourceConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._config = config
         self._client = ODataClient(config.url, config.token)
+        self._clock = clock
         self._tables: dict[str, TableMap] = {}  # table name -> map, in configuration order
-        #: entity set -> when this process last recorded a new link for it (time.monotonic)
+        #: entity set -> when this process last recorded a new link for it
         self._advanced: dict[str, float] = {}
+        #: entity set -> when a delta read of it last reached its deltaLink
+        self._caught_up: dict[str, float] = {}
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -248,7 +264,9 @@ class ODataSource:
                 async for item in self._reread(m, links, columns):
                     yield item
                     yielded += isinstance(item, Change)
-            else:
+            elif self._clock() - self._caught_up.get(m.entity_set, -math.inf) >= (
+                self._config.poll_seconds
+            ):
                 while True:
                     try:
                         page = await self._client.page(
@@ -260,6 +278,8 @@ class ODataSource:
                             yield item
                             yielded += isinstance(item, Change)
                         break
+                    if page.next_link is None:
+                        self._caught_up[m.entity_set] = self._clock()
                     for change in self._page_changes(m, page):
                         yield change
                         yielded += 1
@@ -270,7 +290,7 @@ class ODataSource:
                             " @odata.nextLink nor @odata.deltaLink"
                         )
                     idle = not page.entities and not page.deleted and page.next_link is None
-                    now = time.monotonic()
+                    now = self._clock()
                     if idle and now - self._advanced.get(m.entity_set, -IDLE_ADVANCE_SECONDS) < (
                         IDLE_ADVANCE_SECONDS
                     ):
@@ -304,6 +324,7 @@ class ODataSource:
             )
         links[m.entity_set] = delta
         columns[m.entity_set] = _select(m)
+        self._caught_up[m.entity_set] = self._clock()
         yield Commit(_position(links, columns))
 
     def _page_changes(self, m: TableMap, page: Page) -> list[Change]:

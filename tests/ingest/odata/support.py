@@ -48,6 +48,7 @@ def make_source(service: ODataService, *, page_size: int = 10, token: str = TOKE
             token=token,
             entity_sets=(EntitySetConfig("accounts"), EntitySetConfig("notes")),
             page_size=page_size,
+            poll_seconds=0,  # tests read deltas back to back
         )
     )
 

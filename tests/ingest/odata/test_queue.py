@@ -38,6 +38,7 @@ def _config(service: ODataService, token_env: str = "ODATA_TEST_TOKEN") -> dict[
         "token_env": token_env,
         "entity_sets": {"accounts": {}, "notes": {}},
         "page_size": 2,
+        "poll_seconds": 0,
     }
 
 

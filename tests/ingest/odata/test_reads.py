@@ -10,9 +10,9 @@ from decimal import Decimal
 import pytest
 
 from syncd.ingest.odata.service import ODataService, PropertySpec
-from syncd.ingest.odata.source import ODataSource
+from syncd.ingest.odata.source import EntitySetConfig, ODataSource, ODataSourceConfig
 from syncd.ingest.source import Change, Row
-from tests.ingest.odata.support import Mirror, account
+from tests.ingest.odata.support import TOKEN, Mirror, account
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -139,3 +139,28 @@ async def test_a_column_added_at_the_source_is_described_and_read_in_full(
     assert mirror.tables["note"] == {1: {"noteid": 1, "body": "before", "subject": "new column"}}
     assert after is not None
     assert "subject" in after
+
+
+async def test_each_set_is_read_at_most_once_per_poll_interval(service: ODataService) -> None:
+    now = [1000.0]
+    config = ODataSourceConfig(
+        service.base_url, TOKEN, (EntitySetConfig("notes"),), poll_seconds=5.0
+    )
+    source = ODataSource(config, clock=lambda: now[0])
+    try:
+        position = await source.start()
+        mirror = Mirror()
+        mirror.load("note", "noteid", [])
+        after = await mirror.apply(source.changes(position, limit=100))  # reads the delta
+        assert after is not None
+        service.insert("notes", {"noteid": 1, "body": "soon"})
+        asked = len(service.requests)
+        now[0] += 4.9
+        await mirror.apply(source.changes(after, limit=100))
+        assert len(service.requests) == asked  # within the interval: the service is not asked
+        assert mirror.tables["note"] == {}
+        now[0] += 0.1
+        await mirror.apply(source.changes(after, limit=100))
+        assert mirror.tables["note"] == {1: {"noteid": 1, "body": "soon"}}
+    finally:
+        await source.close()
