@@ -23,11 +23,13 @@ from typing import Any, Final
 
 import asyncpg
 import orjson
+from procrastinate.exceptions import ConnectorException
 
 from syncd.ingest.model import ProfilesError, check_profiles
 from syncd.ingest.queue import IngestQueue, QueueSettings
 from syncd.ingest.sources import SourceConfigError, parse_source
 from syncd.logs import configure_logging
+from syncd.store import EmbeddedPostgres, EmbeddedPostgresError
 
 __all__ = ["main"]
 
@@ -85,8 +87,6 @@ def control_dsn(ns: argparse.Namespace) -> str:
     dsn = ns.database or os.environ.get(DATABASE_ENV)
     if dsn:
         return str(dsn)
-    from syncd.store import EmbeddedPostgres
-
     server = EmbeddedPostgres(ns.data_dir / "pg")
     server.start()
     return server.dsn(CONTROL_DATABASE)
@@ -108,19 +108,20 @@ def _settings(ns: argparse.Namespace) -> QueueSettings:
 
 async def _run(ns: argparse.Namespace, out: Any) -> int:
     settings = _settings(ns) if ns.command == "worker" else QueueSettings()
+    if ns.command == "provision":  # refuse bad input before reaching anything
+        tables = [t.strip() for t in ns.tables.split(",")] if ns.tables else None
+        source = parse_source(ns.source, tables=tables)
+        profiles = _read_profiles(ns.profiles)
     try:
         queue = IngestQueue(control_dsn(ns), admin_socket=admin_socket(ns), settings=settings)
         await queue.__aenter__()
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (OSError, asyncpg.PostgresError, ConnectorException, EmbeddedPostgresError) as exc:
         raise Unreachable(f"cannot open the control database: {exc}") from None
     try:
         if ns.command == "worker":
             await queue.run_worker(concurrency=ns.concurrency, name=ns.name)
             return EXIT_OK
         if ns.command == "provision":
-            tables = [t.strip() for t in ns.tables.split(",")] if ns.tables else None
-            source = parse_source(ns.source, tables=tables)
-            profiles = check_profiles(orjson.loads(ns.profiles.read_bytes()))
             job = await queue.provision(ns.org, source, profiles)
             print(
                 f"org {ns.org}: provisioning queued (job {job})"
@@ -150,6 +151,19 @@ async def _run(ns: argparse.Namespace, out: Any) -> int:
         return EXIT_OK
     finally:
         await queue.__aexit__(None, None, None)
+
+
+def _read_profiles(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ProfilesError(f"cannot read the profiles file {path}: {exc.strerror}") from None
+    try:
+        return check_profiles(orjson.loads(data))
+    except orjson.JSONDecodeError as exc:
+        raise ProfilesError(f"the profiles file {path} is not JSON: {exc}") from None
+    except ProfilesError as exc:
+        raise ProfilesError(f"the profiles file {path}: {exc}") from None
 
 
 def _format(status: dict[str, Any]) -> str:
@@ -189,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run(ns, sys.stdout))
     except KeyboardInterrupt:
         return EXIT_OK
-    except (SourceConfigError, ProfilesError, orjson.JSONDecodeError, OSError) as exc:
+    except (SourceConfigError, ProfilesError) as exc:
         print(f"syncd-ingest: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Unreachable as exc:

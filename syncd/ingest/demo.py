@@ -108,7 +108,7 @@ async def _serve(data_dir: Path) -> None:
     async with IngestQueue(
         server.dsn("syncd_control"),
         admin_socket=data_dir / "admin.sock",
-        settings=QueueSettings(pass_seconds=30, poll_seconds=0.1),
+        settings=QueueSettings(pass_seconds=10, poll_seconds=0.1),
     ) as queue:
         served = await queue.pool.fetchval(
             "SELECT status FROM syncd_ingest_orgs WHERE org = 'demo'"

@@ -116,6 +116,11 @@ class IngestQueue:
 
     async def __aenter__(self) -> IngestQueue:
         self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=4)
+        try:
+            await self._pool.execute("SELECT 1")  # fails at once; psycopg's pool waits 30 s
+        except BaseException:
+            await self._pool.close()
+            raise
         await self.app.open_async()
         await self._ensure_schema()
         return self
