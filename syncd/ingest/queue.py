@@ -2,7 +2,7 @@
 
 Strategy (docs/ARCHITECTURE.md, "Ingest role (issue 13)"). procrastinate keeps the jobs in
 PostgreSQL (the control database, tables ``procrastinate_*``), with asyncio workers, retries
-with exponential backoff, and two locks that give what the issue asks:
+with backoff (capped at a minute), and two locks that give what the issue asks:
 
 - ``lock = "org:<org>"`` on every job of an org: procrastinate never runs two jobs with one
   lock at once, whichever process fetched them, so provisioning, sync passes and
@@ -62,7 +62,23 @@ CREATE TABLE IF NOT EXISTS syncd_ingest_orgs (
 """
 #: One advisory lock id for "create the queue's tables" across processes.
 _SCHEMA_LOCK: Final = 0x5359_4E43_4931  # "SYNCI1"
-_RETRY: Final = procrastinate.RetryStrategy(max_attempts=12, wait=1, exponential_wait=2)
+
+
+class _Backoff(procrastinate.BaseRetryStrategy):
+    """Retry forever, 1 s, 2 s, 4 s, ... at most a minute apart: a daemon or source that was
+    down for an hour is followed again within a minute of coming back (procrastinate's own
+    exponential strategy has no ceiling: its 12th wait is over an hour)."""
+
+    def get_retry_decision(
+        self, *, exception: BaseException, job: procrastinate.jobs.Job
+    ) -> procrastinate.RetryDecision | None:
+        return procrastinate.RetryDecision(
+            retry_in={"seconds": min(2 ** min(job.attempts, 6), RETRY_CAP_SECONDS)}
+        )
+
+
+RETRY_CAP_SECONDS: Final = 60
+_RETRY: Final = _Backoff()
 
 
 @dataclass(frozen=True, slots=True)
