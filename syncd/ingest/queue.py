@@ -306,7 +306,7 @@ async def _org_sync(runtime: _Runtime, org: str) -> AsyncIterator[tuple[OrgSync,
         "SELECT source::text, profiles::text, status FROM syncd_ingest_orgs WHERE org = $1", org
     )
     if row is None:
-        raise LookupError(f"org {org!r} is not served by the ingest role")
+        raise _Gone(org)
     record = await ControlStore(runtime.control, runtime.server_dsn).get_org(org)
     staging_dsn = None if record is None else record.staging_dsn
     staging = (
@@ -327,6 +327,10 @@ async def _org_sync(runtime: _Runtime, org: str) -> AsyncIterator[tuple[OrgSync,
         await admin.close()
         await source.close()
         await staging.close()
+
+
+class _Gone(Exception):
+    """The org is no longer served (deprovisioned): its queued jobs have nothing to do."""
 
 
 async def _status_of(runtime: _Runtime, org: str) -> str | None:
@@ -360,6 +364,8 @@ def _register_tasks(app: procrastinate.App) -> None:
                 if status == "deprovisioning":
                     return
                 await sync.provision()
+        except _Gone:
+            return
         except Exception as exc:
             _log.warning("provisioning of org %s failed (retried): %r", org, exc, exc_info=True)
             await _record(runtime, org, {}, error=f"provisioning: {exc}")
@@ -401,6 +407,8 @@ def _register_tasks(app: procrastinate.App) -> None:
                     counts["failed"] += failed
                     if not (n or written or failed):
                         await asyncio.sleep(s.poll_seconds)
+        except _Gone:
+            return
         except Exception as exc:
             _log.warning("sync pass of org %s failed (retried): %r", org, exc, exc_info=True)
             await _record(runtime, org, counts, error=f"sync: {type(exc).__name__}: {exc}")
@@ -413,6 +421,9 @@ def _register_tasks(app: procrastinate.App) -> None:
     @app.task(name="syncd_ingest.deprovision", pass_context=True, retry=_RETRY)
     async def deprovision(context: procrastinate.JobContext, org: str) -> None:
         runtime = _runtime(context)
-        async with _org_sync(runtime, org) as (syncer, _status):
-            await syncer.deprovision()
+        try:
+            async with _org_sync(runtime, org) as (syncer, _status):
+                await syncer.deprovision()
+        except _Gone:
+            return
         await runtime.control.execute("DELETE FROM syncd_ingest_orgs WHERE org = $1", org)
