@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import inspect
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -99,10 +101,8 @@ async def source(source_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
-def short_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    import shutil
-    import tempfile
-
+def short_dir() -> Iterator[Path]:
+    """A short directory: the daemon's admin socket path must fit in 107 bytes."""
     base = Path(tempfile.mkdtemp(prefix="syncd-in-"))
     yield base
     shutil.rmtree(base, ignore_errors=True)
