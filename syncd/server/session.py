@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, assert_never
@@ -51,7 +51,6 @@ from protocol import (
     PreparedFrame,
     RefreshToken,
     RemoteProtocolError,
-    Resync,
     Role,
     State,
     TokenExpiring,
@@ -59,7 +58,6 @@ from protocol import (
     Upload,
     UploadResult,
     Welcome,
-    encode_changes_within,
     error_frame_for,
     prepare,
     sent_by_device,
@@ -69,11 +67,12 @@ from protocol.framing import HEADER_SIZE
 from syncd.auth import AuthError, Claims, TokenVerifier
 from syncd.logs import bind_log_context, log_context
 from syncd.metrics import Metrics
+from syncd.server.catch_up import CatchUp
 from syncd.server.devices import DeviceControl
-from syncd.server.hub import LiveMember, timed
+from syncd.server.hub import LiveMember
 from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.server.plan import DevicePlan, PlanError, plan_for
-from syncd.server.resume import CheckpointInterval, Resume
+from syncd.server.resume import Resume
 from syncd.server.send_queue import SendQueue
 from syncd.server.session_log import SessionStats
 from syncd.server.sync_token import (
@@ -81,33 +80,21 @@ from syncd.server.sync_token import (
     Progress,
     SyncToken,
     SyncTokenError,
-    TokenTooLarge,
-    progress_fits,
 )
 from syncd.server.upload_batch import apply_upload_batch
 from syncd.store import (
-    ChangeBatch,
-    ChangeStream,
     Checkpoint,
-    CheckpointAhead,
-    ResyncRequired,
     StoreClosed,
 )
-from syncd.store.feed import Subscription, WindowTimes
+from syncd.store.feed import WindowTimes
 from syncd.store.uploads import origin_of
 
-__all__ = ["DeviceSession", "SessionSettings", "by_priority"]
+__all__ = ["DeviceSession", "SessionSettings"]
 
 _log = logging.getLogger(__name__)
 
 # Reads are sized to a TLS record's worth of frames; bigger reads only add latency.
 READ_CHUNK = 64 * 1024
-
-
-def by_priority(subs: Sequence[Subscription]) -> list[Subscription]:
-    """A download's entities in priority order (0 first), the plan's order within one
-    priority (PROTOCOL.md, "Priorities")."""
-    return sorted(subs, key=lambda sub: sub.entity.priority)
 
 
 @dataclass(frozen=True)
@@ -375,9 +362,10 @@ class DeviceSession:
     async def _sync(self, hello: Hello) -> None:
         assert self.org is not None
         assert self._plan is not None
-        resume = await self._resume_point(hello.checkpoint)
+        catch_up = self._catch_up_for(self.org)
+        resume = await catch_up.resume_point(hello.checkpoint, self._plan)
         while True:
-            until, until_at = await self._catch_up(resume)
+            until, until_at = await catch_up.run(resume, self._plan)
             plan = self._plan
             token_bytes = self._seal(until, until_at)
             if self._conn.state is State.SYNCING:
@@ -395,7 +383,7 @@ class DeviceSession:
             )
             self._dropped, self._replan = None, False
             self._member = member
-            await self.org.hub.join(member, self._send_gap)
+            await self.org.hub.join(member, self._gap_sender(catch_up, plan))
             self._set_state("live")
             while self._dropped is None and not self._replan:
                 self._wake.clear()
@@ -414,197 +402,40 @@ class DeviceSession:
                         ModelChanged(model=self._plan.summary, resync=resume.fresh)
                     )
 
-    async def _resume_point(self, raw: bytes | None) -> Resume:
-        """Where the device's token says it is; a device starting over is told so first.
+    def _catch_up_for(self, org: OrgRuntime) -> CatchUp:
+        """The downloads of this session's device (``syncd.server.catch_up``)."""
+        settings = self._settings
 
-        PROTOCOL.md, "Checkpoints": a token this server did not seal for this org
-        incarnation, user and device, or whose snapshot this staging database never took,
-        is answered with ``resync`` of everything (CHECKPOINT_INVALID); one whose history or
-        plan was pruned, with ``resync`` of everything (CHECKPOINT_TOO_OLD); entities whose
-        subscription changed since, with ``resync`` of those (MODEL_CHANGED).
-        """
-        assert self.org is not None
-        assert self._plan is not None
-        if raw is None:
-            return Resume()
-        tokens = self._registry.tokens
-        try:
-            token = await tokens.open(raw, self._binding())
-            self._observe_lag("reconnect", token)
-            previous = await tokens.plan(self.org.name, token.plan)
-            if previous is None:
-                return await self._start_over(
-                    ErrorCode.CHECKPOINT_TOO_OLD, "the server no longer keeps this checkpoint"
-                )
-            resume = Resume.from_token(token, previous, self._plan.hashes)
-            if resume.unfinished:
-                # Finishing a download at the token's snapshot comes before the window that
-                # would find it unusable: check first. Otherwise the window itself checks.
-                await self.org.staging.check_resumable(token.checkpoint)
-        except SyncTokenError as exc:
-            return await self._start_over(ErrorCode.CHECKPOINT_INVALID, str(exc))
-        except CheckpointAhead as exc:
-            return await self._start_over(ErrorCode.CHECKPOINT_INVALID, str(exc))
-        except ResyncRequired as exc:
-            return await self._start_over(ErrorCode.CHECKPOINT_TOO_OLD, str(exc))
-        if resume.fresh:
-            await self._sends.put(
-                Resync(
-                    entities=resume.fresh,
-                    code=ErrorCode.MODEL_CHANGED,
-                    reason="the model, the profile or the filters changed",
-                )
-            )
-        return resume
+        def start_over() -> None:
+            self._download_started = self._download_started or self.stats.started
 
-    async def _start_over(self, code: ErrorCode, reason: str) -> Resume:
-        self._download_started = self._download_started or self.stats.started
-        _log.info("device starts over", extra={"code": code.name, "reason": reason})
-        await self._sends.put(Resync(entities=None, code=code, reason=reason))
-        return Resume()
-
-    async def _catch_up(self, resume: Resume) -> tuple[Checkpoint, datetime]:
-        """Bring every entity to one new snapshot and return it with its wall time.
-
-        First entities whose download at ``resume.since`` was cut off are finished at that
-        snapshot; then every entity not in ``resume.fresh`` moves incrementally from it,
-        and the fresh ones (all, for a new device) are downloaded from scratch.
-        """
-        assert self.org is not None
-        assert self._plan is not None
-        staging, batch_size = self.org.staging, self._settings.batch_size
-        plan = self._plan
-        await self._registry.tokens.remember(self.org.name, plan.digest, plan.hashes)
-        since, fresh = resume.since, resume.fresh
-        meter = CheckpointInterval(self._settings.checkpoint_rows, self._settings.checkpoint_bytes)
-        if since is not None and resume.unfinished:
-            await self._finish_interrupted(resume, meter)
-        incremental = [
-            s for s in plan.subscriptions if since is not None and s.entity.name not in fresh
-        ]
-        initial = [s for s in plan.subscriptions if since is None or s.entity.name in fresh]
-        try:
-            window = await staging.changes(
-                since if incremental else None, incremental, batch_size=batch_size
-            )
-        except (ResyncRequired, CheckpointAhead) as exc:
-            code = (
-                ErrorCode.CHECKPOINT_TOO_OLD
-                if isinstance(exc, ResyncRequired)
-                else ErrorCode.CHECKPOINT_INVALID
-            )
-            await self._sends.put(Resync(entities=None, code=code, reason=str(exc)))
-            window = await staging.changes(None, (), batch_size=batch_size)
-            incremental, initial = [], list(plan.subscriptions)
-        until, until_at = window.checkpoint, self.org.hub.clock()
-        times = WindowTimes(resume.at, until_at)
-        stream = ChangeStream(
-            staging,
-            window.since,
-            until,
-            timed(incremental, times),
-            batch_size,
+        return CatchUp(
+            org=org,
+            tokens=self._registry.tokens,
+            binding=self._binding(),
             origin=self._origin(),
+            sends=self._sends,
+            seal=lambda cp, at, done, progress: self._seal(cp, at, done=done, progress=progress),
+            stats=self.stats,
+            metrics=self._metrics,
+            batch_size=settings.batch_size,
+            max_frame_size=settings.max_frame_size,
+            checkpoint_rows=settings.checkpoint_rows,
+            checkpoint_bytes=settings.checkpoint_bytes,
+            on_token=lambda token: self._observe_lag("reconnect", token),
+            on_start_over=start_over,
         )
-        async for batch, size in self._batches(stream):
-            meter.add(batch, size)
-        done = {s.entity.name for s in incremental}
-        todo = timed(by_priority(initial), times)
-        for position, sub in enumerate(todo):
-            stream = ChangeStream(staging, None, until, (sub,), batch_size, origin=self._origin())
-            await self._send_initial(stream, sub.entity.name, (until, until_at), done, meter)
-            done.add(sub.entity.name)
-            await self._priority_checkpoint(
-                sub, todo[position + 1 :], (until, until_at), done, meter
-            )
-        return until, until_at
 
-    async def _finish_interrupted(self, resume: Resume, meter: CheckpointInterval) -> None:
-        """Finish, at the token's snapshot, the download the device was cut off from: the
-        entity in progress after its last key, then those not started. Each is then exactly
-        as current as the completed ones, and the incremental window from that snapshot
-        brings them all to now."""
-        assert self.org is not None
-        assert self._plan is not None
-        assert resume.since is not None
-        snapshot, at = resume.since, resume.at
-        done = {
-            s.entity.name
-            for s in self._plan.subscriptions
-            if s.entity.name not in resume.unfinished and s.entity.name not in resume.fresh
-        }
-        todo = [
-            s for s in by_priority(self._plan.subscriptions) if s.entity.name in resume.unfinished
-        ]
-        for position, sub in enumerate(todo):
-            name = sub.entity.name
-            if at is not None:
-                sub = sub.at(WindowTimes(None, at))
-            after = resume.unfinished[name]
-            stream = ChangeStream(
-                self.org.staging,
-                None,
-                snapshot,
-                (sub,),
-                self._settings.batch_size,
-                initial_after=None if after is None else {name: after},
-                origin=self._origin(),
-            )
-            await self._send_initial(stream, name, (snapshot, at), done, meter)
-            done.add(name)
-            await self._priority_checkpoint(sub, todo[position + 1 :], (snapshot, at), done, meter)
+    def _gap_sender(
+        self, catch_up: CatchUp, plan: DevicePlan
+    ) -> Callable[[Checkpoint, Checkpoint, WindowTimes], Awaitable[None]]:
+        """The hub's join callback for `plan`: the gap, then a Checkpoint if we are live."""
 
-    async def _priority_checkpoint(
-        self,
-        sub: Subscription,
-        rest: Sequence[Subscription],
-        until: tuple[Checkpoint, datetime | None],
-        done: set[str],
-        meter: CheckpointInterval,
-    ) -> None:
-        """After the last entity of a priority, when a later priority follows: a checkpoint
-        saying every entity of that priority or a more urgent one is complete (PROTOCOL.md,
-        "Priorities"). `rest` is what remains of the download, in priority order."""
-        assert self._plan is not None
-        priority = sub.entity.priority
-        if not rest or rest[0].entity.priority == priority:
-            return
-        if any(
-            s.entity.name not in done
-            for s in self._plan.subscriptions
-            if s.entity.priority <= priority
-        ):
-            return  # one is still to come (re-downloaded after a model change): not complete
-        try:
-            token = self._seal(*until, done=self._plan.indexes(done))
-        except TokenTooLarge:
-            return  # a busy snapshot: the next interval's checkpoint says it instead
-        meter.reset()
-        await self._sends.put(CheckpointMsg(token=token, priority=priority))
+        async def send(since: Checkpoint, until: Checkpoint, times: WindowTimes) -> None:
+            live = self._conn.state is not State.SYNCING
+            await catch_up.send_gap(plan, since, until, times, checkpoint=live)
 
-    async def _send_initial(
-        self,
-        stream: ChangeStream,
-        name: str,
-        until: tuple[Checkpoint, datetime | None],
-        done: set[str],
-        meter: CheckpointInterval,
-    ) -> None:
-        """Send an initial download of entity `name`, with a resumable checkpoint whenever
-        the rows or bytes sent since the previous one reach the interval announced in
-        Welcome (PROTOCOL.md, "Checkpoints"), counted across entities."""
-        assert self._plan is not None
-        index = self._plan.order.index(name)
-        async for batch, size in self._batches(stream):
-            meter.add(batch, size)
-            if meter.due() and batch.last_key is not None and progress_fits(batch.last_key):
-                progress = Progress(index, batch.last_key)
-                try:
-                    token = self._seal(*until, done=self._plan.indexes(done), progress=progress)
-                except TokenTooLarge:
-                    continue  # a long key or a busy snapshot: the next batch tries again
-                meter.reset()
-                await self._sends.put(CheckpointMsg(token=token))
+        return send
 
     def _seal(
         self,
@@ -631,63 +462,6 @@ class DeviceSession:
         assert self.org is not None
         assert self._claims is not None
         return Binding(self.org.record.incarnation.bytes, self._claims.subject, self.device_id)
-
-    async def _send_gap(self, since: Checkpoint, until: Checkpoint, times: WindowTimes) -> None:
-        """The hub's join callback: send (our checkpoint, until] for our plan, at `times`.
-
-        It runs under the hub's lock, so it never waits for the device: the gap is small
-        (it spans only since the hub last advanced) and is queued past the bound.
-        """
-        assert self.org is not None
-        assert self._plan is not None
-        if since == until and times.since == times.until:
-            return
-        subs = timed(self._plan.subscriptions, times)
-        stream = ChangeStream(
-            self.org.staging, since, until, subs, self._settings.batch_size, origin=self._origin()
-        )
-        async for _batch in self._batches(stream, wait=False):
-            pass
-        if self._conn.state is not State.SYNCING:
-            self._sends.push(CheckpointMsg(token=self._seal(until, times.until)))
-
-    async def _batches(
-        self, stream: ChangeStream, *, wait: bool = True
-    ) -> AsyncIterator[tuple[ChangeBatch, int]]:
-        """Queue each non-empty batch of `stream` as a Changes frame, then yield it and the
-        frame's size."""
-        assert self.org is not None
-        rows = self._metrics.rows_sent
-        org = self.org.name
-        # aclosing: a session cancelled mid-stream stops the pages read ahead at once,
-        # instead of whenever the generator is collected.
-        async with contextlib.aclosing(stream.__aiter__()) as batches:
-            async for batch in batches:
-                if not batch.upserts and not batch.deletes:
-                    continue
-                frames = encode_changes_within(
-                    batch.entity, batch.upserts, batch.deletes, self._settings.max_frame_size
-                )
-                self._metrics.frames_encoded.labels(org=org).inc(len(frames))
-                for frame in frames:
-                    if wait:
-                        await self._sends.put(frame)
-                    else:
-                        self._sends.push(frame)
-                count = len(batch.upserts) + len(batch.deletes)
-                rows.labels(org=org, entity=batch.entity).inc(count)
-                self.stats.rows_sent += count
-                if _log.isEnabledFor(logging.DEBUG):
-                    _log.debug(
-                        "changes sent",
-                        extra={
-                            "entity": batch.entity,
-                            "upserts": len(batch.upserts),
-                            "deletes": len(batch.deletes),
-                            "frames": len(frames),
-                        },
-                    )
-                yield batch, sum(map(len, frames))
 
     def _on_dropped(self, checkpoint: Checkpoint) -> None:
         if self.org is not None:
