@@ -488,7 +488,13 @@ class SyncClient:
     async def _await_with(pump: asyncio.Task[None], work: Awaitable[None]) -> None:
         """Run `work` while `pump` reads; a pump failure (link lost) fails the work."""
         job = asyncio.ensure_future(work)
-        await asyncio.wait([pump, job], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait([pump, job], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # sync_once itself cancelled (an app stopping it): the work goes with it, instead
+            # of being left pending ("Task was destroyed but it is pending", bench.firstsync).
+            job.cancel()
+            raise
         if job.done():
             job.result()
             return
