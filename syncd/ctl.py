@@ -509,6 +509,76 @@ def _model_plan(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]
     return "model.plan", {"org": ns.org, "model": _read_json(ns.file)}, fmt
 
 
+def _claim(text: str) -> tuple[str, Any]:
+    """``--claim NAME=VALUE``: VALUE is JSON when it parses (7, true, ["a","b"]), else text."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        value: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = raw
+    return name, value
+
+
+_TRUTH: Final = {True: "true", False: "false", None: "unknown"}
+
+
+def trace_lines(step: dict[str, Any], depth: int = 1) -> list[str]:
+    """A filter trace (``syncd.predicates.memory.Step``) as indented lines, one per node."""
+    pad = "  " * depth
+    node = step["node"]
+    head = f"{_TRUTH[step['result']]:<8}{pad}"
+    if node in ("and", "or", "not", "all"):
+        lines = [head + node]
+    elif node == "related":
+        rel = step["related"]
+        found = "found" if rel["found"] else "no such row"
+        lines = [
+            head
+            + f"related {rel['entity']} via {step['column']} = {_short_json(rel['key'])}: {found}"
+        ]
+        if rel["trace"] is not None:
+            lines += trace_lines(rel["trace"], depth + 2)
+        elif rel["found"]:
+            lines.append(f"{'true':<8}{pad}    ({rel['entity']}: every row)")
+    else:
+        operand = "" if "operand" not in step else " " + _short_json(step["operand"], 60)
+        row = _short_json(step.get("row_value"))
+        lines = [head + f"{step['column']} {step.get('op', node)}{operand}  (row: {row})"]
+    for item in step.get("items", []):
+        lines += trace_lines(item, depth + 1)
+    return lines
+
+
+def _explain(ns: argparse.Namespace) -> tuple[str, dict[str, Any], Formatter]:
+    args: dict[str, Any] = {
+        "org": ns.org,
+        "user": ns.user,
+        "entity": ns.entity,
+        "key": ns.key,
+        "roles": ns.role,
+        "teams": ns.team,
+        "claims": dict(ns.claim),
+    }
+
+    def fmt(r: dict[str, Any]) -> str:
+        where = "is on" if r["on_devices"] else "is NOT on"
+        lines = [
+            f"{r['entity']} {r['key']} {where} user {r['user']}'s devices"
+            f" ({r['known_devices']} known): {r['reason']}"
+        ]
+        if r["filter"] is not None:
+            lines.append(f"filter: {orjson.dumps(r['filter']).decode()}")
+        if r["row"] is not None:
+            lines.append(f"row: {orjson.dumps(r['row']).decode()}")
+        if r["trace"] is not None:
+            lines += ["trace:", *trace_lines(r["trace"])]
+        return "\n".join(lines)
+
+    return "explain", args, fmt
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -642,6 +712,22 @@ def build_parser() -> argparse.ArgumentParser:
     errors.add_argument("--all", action="store_true", help="include dismissed errors")
     errors.add_argument("--limit", type=int, default=100, help="newest N (default 100, max 1000)")
     errors.set_defaults(build=_errors_list)
+    p = topics.add_parser("explain", help="is a row on a user's devices, and why")
+    p.add_argument("--org", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--entity", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--team", action="append", default=[], help="the token's teams claim")
+    p.add_argument("--role", action="append", default=[], help="the token's roles claim")
+    p.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        type=_claim,
+        metavar="NAME=VALUE",
+        help="a custom claim of the user's token (VALUE as JSON, else text)",
+    )
+    p.set_defaults(build=_explain)
     error_cmds = errors.add_subparsers(dest="action", required=False)
     p = error_cmds.add_parser("dismiss", help="mark sync errors settled")
     _json_here(p)

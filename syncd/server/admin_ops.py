@@ -10,7 +10,7 @@ its own; arguments are checked with the same helpers and refused with the same c
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
@@ -20,6 +20,7 @@ from syncd.auth import Claims
 from syncd.model import ClientModel, ModelError
 from syncd.server import admin as _admin  # the argument helpers (a cycle: resolved at call)
 from syncd.server.admin_wire import AdminError, ErrorCode
+from syncd.server.explain import explain_row
 from syncd.server.model_diff import diff_models
 from syncd.server.model_plan import reads_claims, transition_impact, transitions
 from syncd.server.plan import PlanError, plan_for
@@ -60,6 +61,7 @@ class OperatorCommands:
             "model.diff": self.model_diff,
             "model.rollback": self.model_rollback,
             "model.plan": self.model_plan,
+            "explain": self.explain,
         }
 
     # -- the sync error table -------------------------------------------------------------
@@ -268,3 +270,66 @@ class OperatorCommands:
             except (asyncpg.UndefinedColumnError, asyncpg.UndefinedTableError):
                 return None  # the new filter reads a column staging gets with the push
         return counted[key]
+
+    # -- explain --------------------------------------------------------------------------
+
+    async def explain(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Whether a row belongs on a user's devices, and the filter's evaluation on it."""
+        _admin._only(args, {"org", "user", "entity", "key", "roles", "teams", "claims"})
+        record = await self._service._org(args)
+        user, name, key = (_admin._str(args, k) for k in ("user", "entity", "key"))
+        model = self._service._live_model(record.name)
+        try:
+            entity = model.entity(name)
+        except KeyError:
+            raise AdminError(ErrorCode.NOT_FOUND, f"unknown entity {name!r}", "entity") from None
+        extra = args.get("claims", {})
+        if not isinstance(extra, dict) or not all(
+            _claim_value(v) or (isinstance(v, list) and all(_claim_value(i) for i in v))
+            for v in extra.values()
+        ):
+            raise AdminError(
+                ErrorCode.BAD_REQUEST, "must map claim names to scalars or lists", "claims"
+            )
+        claims = Claims(
+            subject=user,
+            org=record.name,
+            expires_at=2**62,
+            roles=tuple(_admin._str_list(args, "roles")),
+            teams=tuple(_admin._str_list(args, "teams")),
+            extra=extra,
+        )
+        runtime = self._service._registry.get(record.name)
+        assert runtime is not None  # _live_model checked both
+        assert runtime.model is not None
+        assigned = runtime.assignments.get(user)
+        try:
+            found = await explain_row(
+                await runtime.staging.pool(),
+                model,
+                runtime.model.version,
+                assigned,
+                claims,
+                entity,
+                key,
+                datetime.now(UTC),
+            )
+        except asyncpg.DataError:
+            raise AdminError(
+                ErrorCode.BAD_REQUEST, f"not a valid {entity.key_column.type} key", "key"
+            ) from None
+        devices = await self._service._control.device_users(record.name)
+        return {
+            "org": record.name,
+            "user": user,
+            "entity": name,
+            "key": key,
+            "model_version": runtime.model.version,
+            "claims": {"roles": list(claims.roles), "teams": list(claims.teams), **extra},
+            "known_devices": devices.get(user, 0),
+            **found.to_json(),
+        }
+
+
+def _claim_value(value: object) -> bool:
+    return isinstance(value, str | int | float | bool)
