@@ -386,9 +386,7 @@ def _register_tasks(app: procrastinate.App) -> None:
             async with _org_sync(runtime, org) as (syncer, status):
                 if status != "active":
                     return
-                tables = await syncer.refresh_model()
-                if tables:
-                    await syncer.copy(tables)
+                await syncer.catch_up()
                 deadline = time.monotonic() + s.pass_seconds
                 checked = next_writeback = time.monotonic()
                 while time.monotonic() < deadline:

@@ -30,13 +30,24 @@ from syncd.ingest.source import Change, Position
 from syncd.model import ClientModel, Entity
 from syncd.store.sql import SQL_TYPES, ident
 
-__all__ = ["IngestState", "ModelStale", "StagingWriter", "ensure_state", "read_state"]
+__all__ = [
+    "IngestState",
+    "ModelStale",
+    "StagingWriter",
+    "before_image",
+    "ensure_state",
+    "read_state",
+    "set_recopy",
+    "write_state",
+]
 
 _STATE_DDL = """
 CREATE TABLE IF NOT EXISTS _syncd_ingest_state (
     id         int         PRIMARY KEY CHECK (id = 1),
     phase      text        NOT NULL CHECK (phase IN ('copy', 'stream')),
     position   text        NOT NULL,
+    -- Tables a model change widened or added, copied again before they are cleared.
+    recopy     text[]      NOT NULL DEFAULT '{}',
     updated_at timestamptz NOT NULL DEFAULT now()
 )
 """
@@ -53,10 +64,11 @@ class ModelStale(Exception):
 @dataclass(frozen=True, slots=True)
 class IngestState:
     """``copy``: the initial copy has not finished (it is redone); ``stream``: follow changes
-    from ``position``."""
+    from ``position``. ``recopy``: tables to copy again (a model change widened them)."""
 
     phase: str
     position: Position
+    recopy: tuple[str, ...] = ()
 
 
 async def ensure_state(conn: asyncpg.Connection) -> None:
@@ -64,18 +76,26 @@ async def ensure_state(conn: asyncpg.Connection) -> None:
 
 
 async def read_state(conn: asyncpg.Connection) -> IngestState | None:
-    await ensure_state(conn)
-    row = await conn.fetchrow("SELECT phase, position FROM _syncd_ingest_state")
-    return None if row is None else IngestState(row[0], row[1])
+    try:
+        row = await conn.fetchrow("SELECT phase, position, recopy FROM _syncd_ingest_state")
+    except asyncpg.UndefinedTableError:
+        await ensure_state(conn)
+        return None
+    return None if row is None else IngestState(row[0], row[1], tuple(row[2]))
 
 
 async def write_state(conn: asyncpg.Connection, state: IngestState) -> None:
+    """Record phase and position (``recopy`` is left as it is: see ``set_recopy``)."""
     await conn.execute(
         "INSERT INTO _syncd_ingest_state (id, phase, position) VALUES (1, $1, $2)"
         " ON CONFLICT (id) DO UPDATE SET phase = $1, position = $2, updated_at = now()",
         state.phase,
         state.position,
     )
+
+
+async def set_recopy(conn: asyncpg.Connection, tables: Sequence[str]) -> None:
+    await conn.execute("UPDATE _syncd_ingest_state SET recopy = $1", list(tables))
 
 
 class StagingWriter:

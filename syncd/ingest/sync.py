@@ -11,7 +11,8 @@ sure only one worker runs it at a time. Each step is safe to redo after a crash 
 - ``stream_once``: the source's changes after the recorded position, applied and the new
   position recorded in one staging transaction (``staging.py``), then released at the source.
   A change naming a table or column the model lacks rolls the transaction back, pushes the
-  model the source now describes, copies the new or widened tables, and tries again.
+  model the source now describes, copies the new or widened tables (``catch_up``: owed
+  copies are recorded in staging first, so a crash does not skip them), and tries again.
 - ``writeback_once``: claims write-back entries over the admin socket, writes each to the
   source with the staging row as it was before the device's edit (the source refuses on a
   difference: a conflict), and settles them with ``writeback.done`` / ``writeback.fail``
@@ -20,8 +21,9 @@ sure only one worker runs it at a time. Each step is safe to redo after a crash 
   ``org.remove`` drops the staging database.
 
 ``SYNCD_INGEST_FAULT`` (tests only) kills the process with SIGKILL at a named point:
-``before-commit`` (changes applied, position not yet committed) or ``after-commit`` (both
-committed, the source not yet released).
+``before-commit`` (changes applied, position not yet committed), ``after-commit`` (both
+committed, the source not yet released) or ``before-recopy`` (a model change pushed, the
+tables it widened not yet copied).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from syncd.ingest.staging import (
     StagingWriter,
     before_image,
     read_state,
+    set_recopy,
     write_state,
 )
 from syncd.model import ClientModel
@@ -122,10 +125,34 @@ class OrgSync:
         if live is not None and ClientModel.parse(live).to_json() == model.to_json():
             self._model = model
             return []
+        changed = changed_tables(live, model.to_json())
+        if live is not None and changed:
+            await self._owe_copies(changed)  # durable before the push: see catch_up
         await self._admin.call("model.put", {"org": self.org, "model": derived})
         _log.info("org %s: model pushed (%d entities)", self.org, len(tables))
         self._model_json, self._model = model.to_json(), model
-        return changed_tables(live, model.to_json())
+        return changed
+
+    async def _owe_copies(self, tables: list[str]) -> None:
+        async with self._connection() as conn:
+            state = await read_state(conn)
+            if state is not None and state.phase == "stream":
+                await set_recopy(conn, list(dict.fromkeys([*state.recopy, *tables])))
+
+    async def catch_up(self) -> None:
+        """Push the model the source describes now, then copy every table a model change
+        widened or added. The tables owed a copy are recorded before the model is pushed
+        and cleared after their copy, so a copy cut short by a crash is done by the next
+        pass (an added column's values for existing rows never come through the stream)."""
+        await self.refresh_model()
+        async with self._connection() as conn:
+            state = await read_state(conn)
+        if state is None or state.phase != "stream" or not state.recopy:
+            return
+        _fault("before-recopy")
+        await self.copy([t for t in state.recopy if t in self._tables])
+        async with self._connection() as conn:
+            await set_recopy(conn, [])
 
     # -- provisioning --------------------------------------------------------------------
 
@@ -182,9 +209,7 @@ class OrgSync:
             return await self._stream()
         except ModelStale as exc:
             _log.info("org %s: %s: describing the source again", self.org, exc)
-            tables = await self.refresh_model()
-            if tables:
-                await self.copy(tables)
+            await self.catch_up()
             return await self._stream()
 
     async def _stream(self) -> int:

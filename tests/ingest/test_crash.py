@@ -69,3 +69,42 @@ async def test_kill_9_around_the_commit_is_exactly_once(
             str(A1),
         )
     assert versions == 3  # the copy, v1 and v2: each exactly once
+
+
+async def test_a_copy_owed_by_a_schema_change_survives_kill_9(
+    daemon: RunningDaemon,
+    queue: IngestQueue,
+    staging: Staging,
+    source: asyncpg.Connection,
+    source_dsn: str,
+    control_dsn: str,
+    short_dir: Path,
+) -> None:
+    await source.execute("INSERT INTO note VALUES (1, 'old', NULL)")
+    task = asyncio.create_task(queue.run_worker(concurrency=2, name="provisioner"))
+    try:
+        org = await provisioned(queue, staging, source_dsn)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # Existing rows get the default without a WAL change: only a copy brings their value.
+    await source.execute("ALTER TABLE note ADD COLUMN tag text NOT NULL DEFAULT 'x'")
+    socket = daemon.config.admin.socket
+    doomed = start_worker(control_dsn, socket, short_dir / "w1.log", fault="before-recopy")
+    try:
+        await asyncio.to_thread(doomed.proc.wait, 30)  # model pushed, copy not yet done
+    finally:
+        doomed.stop()
+    assert doomed.proc.returncode == -9, doomed.text()[-2000:]
+    assert [tuple(r) for r in await staging.rows(org, "note", "id, tag")] == [(1, None)]
+
+    heir = start_worker(control_dsn, socket, short_dir / "w2.log")
+    try:
+
+        async def tags() -> bool:
+            return [tuple(r) for r in await staging.rows(org, "note", "id, tag")] == [(1, "x")]
+
+        await eventually(tags, seconds=40)
+    finally:
+        heir.stop()
