@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -104,7 +104,6 @@ class _Runtime:
     server_dsn: str
     admin_socket: Path
     settings: QueueSettings
-    passes: dict[str, int] = field(default_factory=dict)
 
 
 def _runtime(context: procrastinate.JobContext) -> _Runtime:

@@ -33,7 +33,6 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
@@ -56,12 +55,13 @@ from syncd.model import ClientModel
 from syncd.server.admin_wire import AdminError, ErrorCode
 from syncd.store import StagingStore
 
-__all__ = ["FAULT_ENV", "OrgSync", "PassCounts"]
+__all__ = ["FAULT_ENV", "OrgSync"]
 
 _log = logging.getLogger(__name__)
 
 FAULT_ENV: Final = "SYNCD_INGEST_FAULT"
-#: Changes read from the source per staging transaction (whole source transactions).
+#: Changes read from the source per staging transaction (rounded up to whole source
+#: transactions), and rows per page of an initial copy.
 CHANGES_PER_PASS: Final = 5000
 PAGE_SIZE: Final = 2000
 WRITEBACK_BATCH: Final = 200
@@ -74,14 +74,12 @@ def _fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@dataclass(slots=True)
-class PassCounts:
-    changes: int = 0
-    written_back: int = 0
-    failed: int = 0
-
-
 class OrgSync:
+    """One org's sync with its source, for the length of one job (see the module docstring).
+
+    Holds the source, an admin connection and the org's staging store; the caller opens and
+    closes them. Not safe for two jobs at once: the queue's org lock sees to that."""
+
     def __init__(
         self,
         org: str,
