@@ -34,10 +34,10 @@ from bench import progress, record
 from bench.common import DSN_ENV
 from syncd.model import ClientModel
 from syncd.store import (
-    Checkpoint,
     EmbeddedPostgres,
     OrgStores,
     RowFilter,
+    Snapshot,
     StagingStore,
     Subscription,
     bulk_load,
@@ -94,7 +94,7 @@ def records(n: int) -> list[tuple[Any, ...]]:
 Timing = tuple[int, float]  # (rows, seconds)
 
 
-async def feed_rate(store: StagingStore, since: Checkpoint | None, sub: Subscription) -> Timing:
+async def feed_rate(store: StagingStore, since: Snapshot | None, sub: Subscription) -> Timing:
     t = time.perf_counter()
     stream = await store.changes(since, [sub], batch_size=BATCH)
     n = 0

@@ -493,7 +493,7 @@ async def shaped(
 
 async def feed_options(pg: PgServer, org: str, rounds: int = 3) -> None:
     """Seconds per shape of reading every account at one snapshot, best of `rounds`."""
-    from syncd.store import Checkpoint
+    from syncd.store import Snapshot
     from syncd.store.feed import Subscription
     from syncd.store.initial import initial_pages
 
@@ -503,7 +503,7 @@ async def feed_options(pg: PgServer, org: str, rounds: int = 3) -> None:
     )
     assert pool is not None
     try:
-        snapshot = Checkpoint.from_pg((await pool.fetch("SELECT pg_current_snapshot()"))[0][0])
+        snapshot = Snapshot.from_pg((await pool.fetch("SELECT pg_current_snapshot()"))[0][0])
         select = wire_select_list(entity, "t")
         visible = "pg_visible_in_snapshot(t._txid, $1::pg_snapshot)"
         pages = int(

@@ -6,10 +6,10 @@ import pytest
 
 from syncd.server.resume import Resume
 from syncd.server.sync_token import Progress, SyncToken, SyncTokenError, plan_digest
-from syncd.store import Checkpoint
+from syncd.store import Snapshot
 
 THEN = {"account": "a1", "contact": "c1", "note": "n1", "task": "t1"}  # sorted: a, c, n, t
-AT = Checkpoint(100, 110)
+AT = Snapshot(100, 110)
 
 
 def token(done: frozenset[int] | None, progress: Progress | None = None) -> SyncToken:

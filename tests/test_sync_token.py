@@ -22,7 +22,7 @@ from syncd.server.sync_token import (
     TokenTooLarge,
     plan_digest,
 )
-from syncd.store import Checkpoint
+from syncd.store import Snapshot
 
 ME = Binding(b"\x01" * 16, "user-7", "phone-1")
 RING = Keyring({1: b"k" * 32})
@@ -31,7 +31,7 @@ AT = datetime(2026, 12, 1, 9, 30, 0, 123456, tzinfo=UTC)
 
 def token(**kwargs: object) -> SyncToken:
     base: dict[str, object] = {
-        "checkpoint": Checkpoint(1000, 1005, (1001, 1003)),
+        "checkpoint": Snapshot(1000, 1005, (1001, 1003)),
         "plan": plan_digest({"account": "a1", "contact": "c1"}),
         "at": AT,
     }
@@ -73,7 +73,7 @@ def test_every_flipped_bit_is_refused() -> None:
 
 def test_forged_snapshot_with_a_guessed_mac_is_refused() -> None:
     # A device that knows the layout still cannot make a token without the key.
-    payload = token(checkpoint=Checkpoint(2**40, 2**40)).payload()
+    payload = token(checkpoint=Snapshot(2**40, 2**40)).payload()
     forged = msgpack.packb([1, 1, payload, b"\x00" * 16])
     with pytest.raises(SyncTokenError):
         RING.open(forged, ME)
@@ -129,7 +129,7 @@ def test_worst_case_tokens_fit_the_protocol_limit() -> None:
     xmin = 2**40
     xip = tuple(xmin + i * (2**31 // MAX_XIP - 1) for i in range(MAX_XIP))
     mid_download = token(
-        checkpoint=Checkpoint(xmin, xip[-1] + 1, xip),
+        checkpoint=Snapshot(xmin, xip[-1] + 1, xip),
         done=frozenset(range(MAX_ENTITIES - 1)),
         progress=Progress(MAX_ENTITIES - 1, "x" * MAX_PROGRESS_KEY_BYTES),
     )
@@ -137,14 +137,14 @@ def test_worst_case_tokens_fit_the_protocol_limit() -> None:
     assert len(sealed) <= MAX_CHECKPOINT_LENGTH
     assert RING.open(sealed, ME) == mid_download
     far = tuple(xmin + i * 2**33 for i in range(MAX_XIP))
-    complete = token(checkpoint=Checkpoint(xmin, far[-1] + 1, far))
+    complete = token(checkpoint=Snapshot(xmin, far[-1] + 1, far))
     assert RING.open(RING.seal(complete, ME), ME) == complete
 
 
 def test_a_snapshot_with_too_many_running_transactions_is_not_sealed() -> None:
     xip = tuple(range(1000, 1000 + MAX_XIP + 1))
     with pytest.raises(TokenTooLarge):
-        RING.seal(token(checkpoint=Checkpoint(1000, 2000, xip)), ME)
+        RING.seal(token(checkpoint=Snapshot(1000, 2000, xip)), ME)
 
 
 def test_plan_digest_names_the_map_not_its_order() -> None:

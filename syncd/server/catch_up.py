@@ -45,14 +45,14 @@ from syncd.server.sync_token import (
     progress_fits,
 )
 from syncd.server.tokens import TokenService
-from syncd.store import ChangeBatch, ChangeStream, Checkpoint, CheckpointAhead, ResyncRequired
+from syncd.store import ChangeBatch, ChangeStream, CheckpointAhead, ResyncRequired, Snapshot
 from syncd.store.feed import Subscription, WindowTimes
 
 __all__ = ["CatchUp", "Seal", "by_priority"]
 
 _log = logging.getLogger(__name__)
 
-Seal = Callable[[Checkpoint, datetime | None, frozenset[int] | None, Progress | None], bytes]
+Seal = Callable[[Snapshot, datetime | None, frozenset[int] | None, Progress | None], bytes]
 """Seals a token for the session's current plan: snapshot, its time, entities done, progress."""
 
 
@@ -143,7 +143,7 @@ class CatchUp:
         await self._sends.put(Resync(entities=None, code=code, reason=reason))
         return Resume()
 
-    async def run(self, resume: Resume, plan: DevicePlan) -> tuple[Checkpoint, datetime]:
+    async def run(self, resume: Resume, plan: DevicePlan) -> tuple[Snapshot, datetime]:
         """Bring every entity to one new snapshot and return it with its wall time.
 
         First entities whose download at ``resume.since`` was cut off are finished at that
@@ -236,7 +236,7 @@ class CatchUp:
         plan: DevicePlan,
         sub: Subscription,
         rest: Sequence[Subscription],
-        until: tuple[Checkpoint, datetime | None],
+        until: tuple[Snapshot, datetime | None],
         done: set[str],
         meter: CheckpointInterval,
     ) -> None:
@@ -262,7 +262,7 @@ class CatchUp:
         stream: ChangeStream,
         plan: DevicePlan,
         name: str,
-        until: tuple[Checkpoint, datetime | None],
+        until: tuple[Snapshot, datetime | None],
         done: set[str],
         meter: CheckpointInterval,
     ) -> None:
@@ -284,8 +284,8 @@ class CatchUp:
     async def send_gap(
         self,
         plan: DevicePlan,
-        since: Checkpoint,
-        until: Checkpoint,
+        since: Snapshot,
+        until: Snapshot,
         times: WindowTimes,
         *,
         checkpoint: bool,

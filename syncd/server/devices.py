@@ -31,8 +31,8 @@ import orjson
 
 from protocol import ErrorCode
 from syncd.store import ControlStore, Listener
-from syncd.store.checkpoint import Checkpoint
 from syncd.store.devices import DEVICES_CHANNEL, Kind, SessionEnd
+from syncd.store.snapshot import Snapshot
 
 __all__ = ["HEARTBEAT_SECONDS", "STALE_AFTER", "DeviceControl", "OperatedSession"]
 
@@ -60,7 +60,7 @@ class OperatedSession(Protocol):
     def identity(self) -> tuple[str, str, str] | None:
         """(org, device, user) once the token is verified and the org known, else None."""
 
-    def acknowledged(self) -> tuple[Checkpoint, datetime | None] | None:
+    def acknowledged(self) -> tuple[Snapshot, datetime | None] | None:
         """The last complete checkpoint the device acknowledged, with its wall time."""
 
     def end(self, code: ErrorCode, message: str, retry_after_ms: int | None = None) -> None:
@@ -81,7 +81,7 @@ class DeviceControl:
         self._sessions = sessions
         self._revoked: set[tuple[str, Kind, str]] = set()
         self._listener: Listener | None = None
-        self._stored: dict[str, Checkpoint] = {}
+        self._stored: dict[str, Snapshot] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -154,7 +154,7 @@ class DeviceControl:
                 _log.warning("instance heartbeat failed", exc_info=True)
 
     async def beat(self) -> None:
-        changed: list[tuple[str, str, Checkpoint, datetime | None]] = []
+        changed: list[tuple[str, str, Snapshot, datetime | None]] = []
         live: set[str] = set()
         for session in self._sessions():
             identity, acked = session.identity(), session.acknowledged()

@@ -42,7 +42,7 @@ from protocol import DEFAULT_MAX_FRAME_SIZE, PreparedFrame, encode_changes_withi
 from syncd.metrics import Metrics
 from syncd.model import Column, Entity
 from syncd.server.plan import DevicePlan, Partition
-from syncd.store import Checkpoint, ResyncRequired, StagingStore
+from syncd.store import ResyncRequired, Snapshot, StagingStore
 from syncd.store.feed import (
     Subscription,
     WindowTimes,
@@ -78,14 +78,14 @@ class LiveMember:
     """A caught-up session as the hub sees it."""
 
     plan: DevicePlan
-    checkpoint: Checkpoint
+    checkpoint: Snapshot
     checkpoint_at: datetime | None
     """The wall time of ``checkpoint`` (None: unknown, from an old token)."""
     offer: Callable[[Sequence[PreparedFrame]], bool]
     """Queue frames without waiting; False means the session's queue is full."""
-    on_dropped: Callable[[Checkpoint], None]
+    on_dropped: Callable[[Snapshot], None]
     """Called once if the hub drops the member, with the checkpoint it last received whole."""
-    checkpoint_frame: Callable[[Checkpoint, datetime], PreparedFrame]
+    checkpoint_frame: Callable[[Snapshot, datetime], PreparedFrame]
     """The member's Checkpoint frame for a snapshot: tokens are sealed for one device each."""
     origin: str | None = None
     """How the change log names this device's own writes (``uploads.origin_of``)."""
@@ -135,7 +135,7 @@ class LiveHub:
         self._metrics = metrics
         self._members: set[LiveMember] = set()
         self._partitions: dict[str, _Live] = {}
-        self._position: Checkpoint | None = None
+        self._position: Snapshot | None = None
         self._position_at: datetime | None = None
         # Uploads applied by this instance's sessions: only windows that can hold one ask the
         # change log whose writes they hold (see _own_leavers), so the common window costs
@@ -173,7 +173,7 @@ class LiveHub:
     async def join(
         self,
         member: LiveMember,
-        catch_up: Callable[[Checkpoint, Checkpoint, WindowTimes], Awaitable[None]],
+        catch_up: Callable[[Snapshot, Snapshot, WindowTimes], Awaitable[None]],
     ) -> None:
         """Make `member` live. `catch_up(since, until, times)` sends the gap (since, until]
         itself, time-relative filters at `times`; the hub is locked meanwhile, so the member's
@@ -266,7 +266,7 @@ class LiveHub:
         self._position, self._position_at = until, until_at
 
     async def _read_window(
-        self, since: Checkpoint, until: Checkpoint, times: WindowTimes
+        self, since: Snapshot, until: Snapshot, times: WindowTimes
     ) -> dict[str, _Read]:
         """Each live partition's frames for (since, until]; partitions with nothing are left
         out. Raises ResyncRequired if compaction removed part of the window meanwhile."""
@@ -308,7 +308,7 @@ class LiveHub:
         self._windows_to_check = 2
 
     async def _own_leavers(
-        self, since: Checkpoint, until: Checkpoint, times: WindowTimes
+        self, since: Snapshot, until: Snapshot, times: WindowTimes
     ) -> dict[LiveMember, list[PreparedFrame]]:
         """Per member that uploaded in the window: deletes of the rows it wrote that no
         longer match its filters (``feed.own_leavers``). Shared partitions cannot say so:
@@ -342,7 +342,7 @@ class LiveHub:
                 own[member] = frames
         return own
 
-    async def _touched(self, since: Checkpoint, partitions: list[Partition]) -> list[Partition]:
+    async def _touched(self, since: Snapshot, partitions: list[Partition]) -> list[Partition]:
         """The partitions a window since ``since`` may have rows for: every whole partition,
         and the pieces of split ones whose value a written row held (one statement per split
         column, however many pieces and devices)."""
@@ -363,7 +363,7 @@ class LiveHub:
             due.extend(p for p in pieces if p.value in hit)
         return due
 
-    async def _whole_touched(self, since: Checkpoint, whole: list[Partition]) -> list[Partition]:
+    async def _whole_touched(self, since: Snapshot, whole: list[Partition]) -> list[Partition]:
         """Whole partitions whose rows can have changed: a row moves only by a write to its
         own table or to one its filter reads (or by time, for a time-relative filter), so a
         partition none of whose tables was written has nothing in the window (one statement,
@@ -379,7 +379,7 @@ class LiveHub:
         self,
         reads: dict[str, _Read],
         own: dict[LiveMember, list[PreparedFrame]],
-        until: Checkpoint,
+        until: Snapshot,
         until_at: datetime,
     ) -> None:
         """Offer every member with something in ``reads`` or ``own`` its frames and a

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from syncd.server.sync_token import SyncToken, SyncTokenError
-from syncd.store import ChangeBatch, Checkpoint
+from syncd.store import ChangeBatch, Snapshot
 
 __all__ = ["CheckpointInterval", "Resume"]
 
@@ -28,7 +28,7 @@ class Resume:
     to download from scratch, and entities whose download at `since` was cut off (entity ->
     the last key it got, None when not started)."""
 
-    since: Checkpoint | None = None
+    since: Snapshot | None = None
     at: datetime | None = None
     fresh: tuple[str, ...] = ()
     unfinished: dict[str, Any] = field(default_factory=dict)

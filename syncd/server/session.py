@@ -83,7 +83,7 @@ from syncd.server.sync_token import (
 )
 from syncd.server.upload_batch import apply_upload_batch
 from syncd.store import (
-    Checkpoint,
+    Snapshot,
     StoreClosed,
 )
 from syncd.store.feed import WindowTimes
@@ -172,7 +172,7 @@ class DeviceSession:
         self._plan: DevicePlan | None = None
         self._end: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
         self._wake = asyncio.Event()
-        self._dropped: Checkpoint | None = None
+        self._dropped: Snapshot | None = None
         self._replan = False
         self._acked: SyncToken | None = None
         self._complete: SyncToken | None = None
@@ -256,7 +256,7 @@ class DeviceSession:
         """(org, device, user) once the token is verified and the org found."""
         return self._identity
 
-    def acknowledged(self) -> tuple[Checkpoint, datetime | None] | None:
+    def acknowledged(self) -> tuple[Snapshot, datetime | None] | None:
         token = self._complete
         return None if token is None else (token.checkpoint, token.at)
 
@@ -428,10 +428,10 @@ class DeviceSession:
 
     def _gap_sender(
         self, catch_up: CatchUp, plan: DevicePlan
-    ) -> Callable[[Checkpoint, Checkpoint, WindowTimes], Awaitable[None]]:
+    ) -> Callable[[Snapshot, Snapshot, WindowTimes], Awaitable[None]]:
         """The hub's join callback for `plan`: the gap, then a Checkpoint if we are live."""
 
-        async def send(since: Checkpoint, until: Checkpoint, times: WindowTimes) -> None:
+        async def send(since: Snapshot, until: Snapshot, times: WindowTimes) -> None:
             live = self._conn.state is not State.SYNCING
             await catch_up.send_gap(plan, since, until, times, checkpoint=live)
 
@@ -439,7 +439,7 @@ class DeviceSession:
 
     def _seal(
         self,
-        until: Checkpoint,
+        until: Snapshot,
         at: datetime | None,
         *,
         done: frozenset[int] | None = None,
@@ -450,7 +450,7 @@ class DeviceSession:
         token = SyncToken(until, self._plan.digest, done, progress, at)
         return self._registry.tokens.seal(token, self._binding())
 
-    def _live_checkpoint(self, until: Checkpoint, at: datetime) -> PreparedFrame:
+    def _live_checkpoint(self, until: Snapshot, at: datetime) -> PreparedFrame:
         return prepare(CheckpointMsg(token=self._seal(until, at)))
 
     def _origin(self) -> str:
@@ -463,7 +463,7 @@ class DeviceSession:
         assert self._claims is not None
         return Binding(self.org.record.incarnation.bytes, self._claims.subject, self.device_id)
 
-    def _on_dropped(self, checkpoint: Checkpoint) -> None:
+    def _on_dropped(self, checkpoint: Snapshot) -> None:
         if self.org is not None:
             self._metrics.live_drops.labels(org=self.org.name).inc()
             # Called from the hub's task, outside this session's log context: name it.

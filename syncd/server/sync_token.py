@@ -41,8 +41,8 @@ import msgpack
 import orjson
 
 from syncd.model import MAX_PROFILE_ENTITIES
-from syncd.store import Checkpoint, CheckpointError
-from syncd.store.checkpoint import MAX_RUNNING
+from syncd.store import CheckpointError, Snapshot
+from syncd.store.snapshot import MAX_RUNNING
 
 __all__ = [
     "MAX_ENTITIES",
@@ -121,7 +121,7 @@ class Progress:
 class SyncToken:
     """What a sync token says: a snapshot, the plan it was taken under, how far a download got."""
 
-    checkpoint: Checkpoint
+    checkpoint: Snapshot
     plan: bytes
     """The digest of the entity -> hash map (``plan_digest``) the device follows."""
     done: frozenset[int] | None = None
@@ -165,7 +165,7 @@ class SyncToken:
         try:
             if any(b <= a for a, b in itertools.pairwise(running)):
                 raise CheckpointError("running transactions out of order")
-            checkpoint = Checkpoint(xmin, xmin + span, tuple(running))
+            checkpoint = Snapshot(xmin, xmin + span, tuple(running))
         except CheckpointError:
             raise SyncTokenError("malformed sync token snapshot") from None
         return cls(

@@ -1,6 +1,5 @@
 """The staging store: the only package that speaks SQL (control DB, org staging DBs, feed)."""
 
-from syncd.store.checkpoint import Checkpoint, CheckpointAhead, CheckpointError, ResyncRequired
 from syncd.store.control import (
     CONFIG_CHANNEL,
     TOKEN_KEYS_CHANGED,
@@ -15,6 +14,7 @@ from syncd.store.ingest import Changeset, apply_changeset, bulk_load
 from syncd.store.listen import Listener
 from syncd.store.org_stores import OrgStores
 from syncd.store.schema import NOTIFY_CHANNEL, ProvisionError
+from syncd.store.snapshot import CheckpointAhead, CheckpointError, ResyncRequired, Snapshot
 from syncd.store.staging import ChangeStream, StagingStore, StoreClosed
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "ChangeBatch",
     "ChangeStream",
     "Changeset",
-    "Checkpoint",
     "CheckpointAhead",
     "CheckpointError",
     "ControlStore",
@@ -38,6 +37,7 @@ __all__ = [
     "ResyncRequired",
     "RowFilter",
     "RowPredicate",
+    "Snapshot",
     "StagingStore",
     "StoreClosed",
     "StoredModel",

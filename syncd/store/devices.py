@@ -26,7 +26,7 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 
-from syncd.store.checkpoint import Checkpoint, CheckpointError
+from syncd.store.snapshot import CheckpointError, Snapshot
 
 __all__ = [
     "DEVICES_CHANNEL",
@@ -59,7 +59,7 @@ class DeviceRow:
     app_version: str | None
     first_seen: datetime
     last_seen: datetime
-    checkpoint: Checkpoint | None
+    checkpoint: Snapshot | None
     """The snapshot of the last checkpoint the device acknowledged (None: none yet)."""
     checkpoint_at: datetime | None
     """Its wall time: the state of the org the device holds is the state at this time."""
@@ -85,7 +85,7 @@ class SessionEnd:
     session_id: str
     org: str
     device_id: str
-    checkpoint: Checkpoint | None
+    checkpoint: Snapshot | None
     checkpoint_at: datetime | None
     error: str | None
     """The code name and message that ended it, if an error did (not going-away, goodbye)."""
@@ -107,7 +107,7 @@ class DeviceRecords:
     async def heartbeat(
         self,
         instance_id: uuid.UUID,
-        checkpoints: Sequence[tuple[str, str, Checkpoint, datetime | None]],
+        checkpoints: Sequence[tuple[str, str, Snapshot, datetime | None]],
         stale_after: timedelta,
     ) -> None:
         """Say this instance is alive, store the (org, device, checkpoint, at) its live
@@ -298,10 +298,10 @@ async def notify(conn: asyncpg.Connection, payload: dict[str, Any]) -> None:
 
 
 def _device(r: Any) -> DeviceRow:
-    checkpoint: Checkpoint | None = None
+    checkpoint: Snapshot | None = None
     if r["checkpoint"] is not None:
         try:
-            checkpoint = Checkpoint.decode(r["checkpoint"])
+            checkpoint = Snapshot.decode(r["checkpoint"])
         except CheckpointError:
             checkpoint = None  # written by an older release in another form
     sessions = tuple(

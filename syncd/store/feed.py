@@ -57,7 +57,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from syncd.model import Column, Entity
-from syncd.store.checkpoint import Checkpoint
+from syncd.store.snapshot import Snapshot
 from syncd.store.sql import SQL_TYPES, from_wire, ident, key_text_to_wire, to_wire
 
 __all__ = [
@@ -261,7 +261,7 @@ def dependencies(sub: Subscription) -> frozenset[str]:
     return f.dependencies if isinstance(f, SourcedPredicate) else frozenset()
 
 
-async def written_since(fetch: Fetch, since: Checkpoint, entities: Sequence[str]) -> set[str]:
+async def written_since(fetch: Fetch, since: Snapshot, entities: Sequence[str]) -> set[str]:
     """Which of ``entities`` have a change logged after ``since`` (writes after the window's
     end count too: a superset, so a caller that skips the others misses nothing). One index
     probe per entity on (entity, txid)."""
@@ -276,7 +276,7 @@ async def written_since(fetch: Fetch, since: Checkpoint, entities: Sequence[str]
     return {r[0] for r in rows}
 
 
-def _as_of(snapshot: Checkpoint) -> TableSql:
+def _as_of(snapshot: Snapshot) -> TableSql:
     """Spell a table as of ``snapshot``: rows no later transaction touched, plus the
     before-image of each other key's first later change (absent when that change made it)."""
 
@@ -304,7 +304,7 @@ def _as_of(snapshot: Checkpoint) -> TableSql:
     return table
 
 
-def filter_sql(sub: Subscription, column: ColumnSql, params: list[object], at: Checkpoint) -> str:
+def filter_sql(sub: Subscription, column: ColumnSql, params: list[object], at: Snapshot) -> str:
     """The subscription's filter with its dependency tables read as of ``at``."""
     f = sub.filter
     assert f is not None
@@ -330,8 +330,8 @@ def _window(x: str, p: int) -> str:
 async def incremental_pages(
     fetch: Fetch,
     sub: Subscription,
-    since: Checkpoint,
-    snapshot: Checkpoint,
+    since: Snapshot,
+    snapshot: Snapshot,
     batch_size: int,
     origin: str | None = None,
 ) -> AsyncIterator[ChangeBatch]:
@@ -359,7 +359,7 @@ async def incremental_pages(
 
 
 def _filter_at(
-    sub: Subscription, column: ColumnSql, params: list[object], at: Checkpoint, now: datetime
+    sub: Subscription, column: ColumnSql, params: list[object], at: Snapshot, now: datetime
 ) -> str:
     """The subscription's filter with dependency tables as of ``at`` and "now" = ``now``."""
     f = sub.filter
@@ -368,7 +368,7 @@ def _filter_at(
     return filter_sql(Subscription(sub.entity, f), column, params, at)
 
 
-def touched_since(since: Checkpoint) -> TouchedSql:
+def touched_since(since: Snapshot) -> TouchedSql:
     """Spell the values ``column`` of ``entity`` held in rows written after C: each change's
     before-image and the current row of each such key. That covers the row's state at C and
     at S (and any later one: a superset the moves pass then compares exactly)."""
@@ -396,15 +396,15 @@ def touched_since(since: Checkpoint) -> TouchedSql:
     return touched
 
 
-def _window_params(since: Checkpoint, snapshot: Checkpoint) -> list[object]:
+def _window_params(since: Snapshot, snapshot: Snapshot) -> list[object]:
     return [since.xmin, snapshot.xmax, since.as_pg(), snapshot.as_pg()]
 
 
 async def _window_upserts(
     fetch: Fetch,
     sub: Subscription,
-    since: Checkpoint,
-    snapshot: Checkpoint,
+    since: Snapshot,
+    snapshot: Snapshot,
     batch_size: int,
     now: datetime,
 ) -> AsyncIterator[ChangeBatch]:
@@ -430,7 +430,7 @@ async def _window_upserts(
 
 
 async def _window_deletes(
-    fetch: Fetch, sub: Subscription, since: Checkpoint, snapshot: Checkpoint, batch_size: int
+    fetch: Fetch, sub: Subscription, since: Snapshot, snapshot: Snapshot, batch_size: int
 ) -> AsyncIterator[ChangeBatch]:
     """Keys whose last change in the window is a delete and whose row is gone."""
     e = sub.entity
@@ -467,8 +467,8 @@ async def _window_deletes(
 async def _window_leavers(
     fetch: Fetch,
     sub: Subscription,
-    since: Checkpoint,
-    snapshot: Checkpoint,
+    since: Snapshot,
+    snapshot: Snapshot,
     batch_size: int,
     then: datetime,
     now: datetime,
@@ -512,7 +512,7 @@ async def _window_leavers(
 
 
 async def touched_values(
-    fetch: Fetch, entity: Entity, column: Column, values: Sequence[object], since: Checkpoint
+    fetch: Fetch, entity: Entity, column: Column, values: Sequence[object], since: Snapshot
 ) -> set[object]:
     """Which of `values` rows written since `since` held in `column`, before or after the
     write: the pieces of a split filter (``predicates.partition``) a window can have rows for.
@@ -531,7 +531,7 @@ async def touched_values(
     return {values[int(r[0]) - 1] for r in await fetch(sql, *params)}
 
 
-async def origins_in_window(fetch: Fetch, since: Checkpoint, snapshot: Checkpoint) -> set[str]:
+async def origins_in_window(fetch: Fetch, since: Snapshot, snapshot: Snapshot) -> set[str]:
     """The devices (``uploads.origin_of``) that wrote anything in the window."""
     sql = (
         "SELECT DISTINCT c.origin FROM _syncd_changes c"
@@ -543,8 +543,8 @@ async def origins_in_window(fetch: Fetch, since: Checkpoint, snapshot: Checkpoin
 async def own_leavers(
     fetch: Fetch,
     sub: Subscription,
-    since: Checkpoint,
-    snapshot: Checkpoint,
+    since: Snapshot,
+    snapshot: Snapshot,
     origin: str,
     batch_size: int,
     now: datetime,
@@ -585,7 +585,7 @@ async def own_leavers(
 
 
 async def _changed_in_window(
-    fetch: Fetch, entities: frozenset[str], since: Checkpoint, snapshot: Checkpoint
+    fetch: Fetch, entities: frozenset[str], since: Snapshot, snapshot: Snapshot
 ) -> bool:
     sql = (
         "SELECT EXISTS (SELECT 1 FROM _syncd_changes c"
@@ -598,8 +598,8 @@ async def _changed_in_window(
 async def _moves(
     fetch: Fetch,
     sub: Subscription,
-    since: Checkpoint,
-    snapshot: Checkpoint,
+    since: Snapshot,
+    snapshot: Snapshot,
     batch_size: int,
     then: datetime,
     now: datetime,

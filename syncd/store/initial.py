@@ -21,7 +21,6 @@ from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from syncd.store.checkpoint import Checkpoint
 from syncd.store.feed import (
     ChangeBatch,
     Fetch,
@@ -30,6 +29,7 @@ from syncd.store.feed import (
     row_column,
     wire_select_list,
 )
+from syncd.store.snapshot import Snapshot
 from syncd.store.sql import from_wire, ident, to_wire
 
 __all__ = ["initial_pages"]
@@ -38,7 +38,7 @@ __all__ = ["initial_pages"]
 async def initial_pages(
     fetch: Fetch,
     sub: Subscription,
-    snapshot: Checkpoint,
+    snapshot: Snapshot,
     batch_size: int,
     *,
     after: Any = None,
@@ -137,7 +137,7 @@ async def _abandon(futures: list[asyncio.Future[Any]]) -> None:
 async def _whole_if_one_page(
     fetch: Fetch,
     sub: Subscription,
-    snapshot: Checkpoint,
+    snapshot: Snapshot,
     select: str,
     params: list[object],
     after: Any,
@@ -167,7 +167,7 @@ async def _whole_if_one_page(
 
 
 async def _page_bounds(
-    fetch: Fetch, sub: Subscription, snapshot: Checkpoint, batch_size: int, after: Any
+    fetch: Fetch, sub: Subscription, snapshot: Snapshot, batch_size: int, after: Any
 ) -> list[Any]:
     """Every ``batch_size``-th key matching the filter after ``after``, in key order.
 

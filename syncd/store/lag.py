@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from syncd.store.checkpoint import Checkpoint
+from syncd.store.snapshot import Snapshot
 
 __all__ = ["Lag", "changes_after"]
 
@@ -33,12 +33,12 @@ class Lag:
 
 
 async def changes_after(
-    fetch: Fetch, checkpoints: Iterable[Checkpoint], entities: Sequence[str]
-) -> dict[Checkpoint, Lag | None]:
+    fetch: Fetch, checkpoints: Iterable[Snapshot], entities: Sequence[str]
+) -> dict[Snapshot, Lag | None]:
     """The lag of each checkpoint; None for one the change log no longer reaches."""
     rows = await fetch("SELECT horizon FROM _syncd_meta")
     horizon = int(rows[0][0])
-    out: dict[Checkpoint, Lag | None] = {}
+    out: dict[Snapshot, Lag | None] = {}
     for checkpoint in set(checkpoints):
         if checkpoint.xmin < horizon:
             out[checkpoint] = None

@@ -19,13 +19,6 @@ from typing import Any
 import asyncpg
 
 from syncd.model import ClientModel, Column, Entity
-from syncd.store.checkpoint import (
-    MAX_RUNNING,
-    Checkpoint,
-    CheckpointAhead,
-    ResyncRequired,
-    SnapshotBusy,
-)
 from syncd.store.feed import (
     ChangeBatch,
     Subscription,
@@ -38,6 +31,13 @@ from syncd.store.initial import initial_pages
 from syncd.store.lag import Lag, changes_after
 from syncd.store.listen import Listener
 from syncd.store.schema import NOTIFY_CHANNEL, ensure_schema
+from syncd.store.snapshot import (
+    MAX_RUNNING,
+    CheckpointAhead,
+    ResyncRequired,
+    Snapshot,
+    SnapshotBusy,
+)
 from syncd.store.sql import ident
 
 __all__ = ["ChangeStream", "StagingStore", "create_database", "drop_database"]
@@ -171,9 +171,9 @@ class StagingStore:
             rows = await pool.fetch(sql, *args)
         return rows
 
-    async def current_checkpoint(self) -> Checkpoint:
+    async def current_checkpoint(self) -> Snapshot:
         rows = await self.fetch("SELECT pg_current_snapshot()")
-        return Checkpoint.from_pg(rows[0][0])
+        return Snapshot.from_pg(rows[0][0])
 
     async def horizon(self) -> int:
         rows = await self.fetch("SELECT horizon FROM _syncd_meta")
@@ -181,7 +181,7 @@ class StagingStore:
 
     async def changes(
         self,
-        since: Checkpoint | None,
+        since: Snapshot | None,
         subscriptions: Sequence[Subscription],
         *,
         batch_size: int = 1000,
@@ -190,7 +190,7 @@ class StagingStore:
         """Open the window (since, now]; raises ResyncRequired if its history is gone."""
         for _ in range(SNAPSHOT_ATTEMPTS):
             rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
-            snapshot = Checkpoint.from_pg(rows[0][0])
+            snapshot = Snapshot.from_pg(rows[0][0])
             if len(snapshot.xip) <= MAX_RUNNING:
                 break
             await asyncio.sleep(SNAPSHOT_RETRY_SECONDS)
@@ -202,31 +202,31 @@ class StagingStore:
             self, since, snapshot, tuple(subscriptions), batch_size, initial_after=initial_after
         )
 
-    async def check_resumable(self, since: Checkpoint) -> None:
+    async def check_resumable(self, since: Snapshot) -> None:
         """Raise ResyncRequired or CheckpointAhead unless a window can start at `since`."""
         rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
-        _check_resumable(since, Checkpoint.from_pg(rows[0][0]), int(rows[0][1]))
+        _check_resumable(since, Snapshot.from_pg(rows[0][0]), int(rows[0][1]))
 
     # -- what the live hub asks (so that it composes no SQL) -----------------------------
 
     async def touched_values(
-        self, entity: Entity, column: Column, values: Sequence[object], since: Checkpoint
+        self, entity: Entity, column: Column, values: Sequence[object], since: Snapshot
     ) -> set[object]:
         """Which `values` rows written since `since` held in `column` (``feed.touched_values``)."""
         return await touched_values(self.fetch, entity, column, values, since)
 
-    async def written_tables(self, since: Checkpoint, tables: Sequence[str]) -> set[str]:
+    async def written_tables(self, since: Snapshot, tables: Sequence[str]) -> set[str]:
         """Which of `tables` were written since `since`."""
         return await written_since(self.fetch, since, tables)
 
-    async def ensure_history(self, since: Checkpoint) -> None:
+    async def ensure_history(self, since: Snapshot) -> None:
         """ResyncRequired unless the change log still reaches `since`: checked after a
         window's last read, since compaction may run meanwhile and the horizon only grows."""
         _check_horizon(since, await self.horizon())
 
     async def lag(
-        self, checkpoints: Iterable[Checkpoint], entities: Sequence[str]
-    ) -> dict[Checkpoint, Lag | None]:
+        self, checkpoints: Iterable[Snapshot], entities: Sequence[str]
+    ) -> dict[Snapshot, Lag | None]:
         """How far behind now each checkpoint is (``lag.changes_after``)."""
         return await changes_after(self.fetch, checkpoints, entities)
 
@@ -237,7 +237,7 @@ class StagingStore:
         return listener
 
     async def compact(
-        self, older_than: timedelta | None = None, *, horizon: Checkpoint | None = None
+        self, older_than: timedelta | None = None, *, horizon: Snapshot | None = None
     ) -> int:
         """Delete change history older than ``older_than`` or below ``horizon``.
 
@@ -272,13 +272,13 @@ class StagingStore:
         return int(status.split()[-1])
 
 
-def _check_resumable(since: Checkpoint, now: Checkpoint, horizon: int) -> None:
+def _check_resumable(since: Snapshot, now: Snapshot, horizon: int) -> None:
     if not now.sees_all_of(since):
         raise CheckpointAhead("the checkpoint is ahead of this database's history")
     _check_horizon(since, horizon)
 
 
-def _check_horizon(since: Checkpoint, horizon: int) -> None:
+def _check_horizon(since: Snapshot, horizon: int) -> None:
     if since.xmin < horizon:
         raise ResyncRequired(
             f"checkpoint xmin {since.xmin} is older than the retained history ({horizon})"
@@ -286,7 +286,7 @@ def _check_horizon(since: Checkpoint, horizon: int) -> None:
 
 
 #: A snapshot that sees no transaction: the window (it, S] is everything S sees.
-_BEFORE_EVERYTHING = Checkpoint(1, 1)
+_BEFORE_EVERYTHING = Snapshot(1, 1)
 
 
 class ChangeStream:
@@ -302,8 +302,8 @@ class ChangeStream:
     def __init__(
         self,
         store: StagingStore,
-        since: Checkpoint | None,
-        checkpoint: Checkpoint,
+        since: Snapshot | None,
+        checkpoint: Snapshot,
         subscriptions: tuple[Subscription, ...],
         batch_size: int,
         *,

@@ -35,7 +35,7 @@ from syncd.client import LocalDB
 from syncd.ctl import AdminClient
 from syncd.model import ClientModel, ModelError
 from syncd.server.sync_token import Binding, SyncToken
-from syncd.store import Changeset, Checkpoint, StagingStore
+from syncd.store import Changeset, Snapshot, StagingStore
 from tests.e2e.conftest import CRM, RunningDaemon, ingest, org_name, run_daemon
 from tests.e2e.helpers import device_rows, staging_rows
 from tests.e2e.wire_device import Session, WireDevice
@@ -202,7 +202,7 @@ async def test_snapshot_this_database_never_took_starts_over(running: RunningDae
     assert device.checkpoint is not None
     issued = await tokens.open(device.checkpoint, binding)
     cp = issued.checkpoint
-    future = Checkpoint(cp.xmin + 100_000, cp.xmax + 100_000)
+    future = Snapshot(cp.xmin + 100_000, cp.xmax + 100_000)
     device.checkpoint = tokens.seal(SyncToken(future, issued.plan, at=datetime.now(UTC)), binding)
     started_over(await device.sync())
     assert device.keys("account") == await staging_keys(store)
@@ -322,7 +322,7 @@ async def _sync_acking(device: WireDevice, token: bytes | None) -> Session:
 async def compact_past_now(store: StagingStore) -> None:
     """Trim the change log up to the present, as retention eventually does."""
     await ingest(store, CRM, Changeset(upserts={"account": accounts(1, owner=7, start=500)}))
-    now = Checkpoint.from_pg((await store.fetch("SELECT pg_current_snapshot()"))[0][0])
+    now = Snapshot.from_pg((await store.fetch("SELECT pg_current_snapshot()"))[0][0])
     await store.compact(horizon=now)
 
 

@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from syncd.store import Checkpoint, StagingStore, Subscription
+from syncd.store import Snapshot, StagingStore, Subscription
 
 BOUND_S = 30
 
@@ -17,7 +17,7 @@ class Replica:
     def __init__(self, store: StagingStore, subs: list[Subscription]) -> None:
         self.store = store
         self.subs = subs
-        self.checkpoint: Checkpoint | None = None
+        self.checkpoint: Snapshot | None = None
         self.rows: dict[tuple[str, Any], tuple[Any, ...]] = {}
         self.received: Counter[tuple[str, Any, int]] = Counter()
         self.deletes: list[tuple[str, Any]] = []

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from syncd.model import ClientModel
-from syncd.store import CONFIG_CHANNEL, Checkpoint, ControlStore, Listener
+from syncd.store import CONFIG_CHANNEL, ControlStore, Listener, Snapshot
 from syncd.store.control import MIGRATIONS
 from syncd.store.devices import SessionEnd
 from tests.conftest import CRM_MODEL
@@ -73,7 +73,7 @@ async def test_devices_keep_their_last_checkpoint_per_user(control: ControlStore
     await control.add_org("acme")
     devices, instance = control.devices, uuid.uuid4()
     await devices.register_instance(instance, "host-a")
-    cp, at = Checkpoint(10, 20, (12,)), datetime(2026, 1, 1, tzinfo=UTC)
+    cp, at = Snapshot(10, 20, (12,)), datetime(2026, 1, 1, tzinfo=UTC)
     await devices.session_opened(instance, "s1", "acme", "d1", "u1", "app/1")
     (d1,) = await devices.find(org="acme", connected=True)
     assert (d1.device_id, d1.user_id, d1.app_version, d1.checkpoint) == ("d1", "u1", "app/1", None)

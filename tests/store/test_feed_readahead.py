@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from syncd.model import ClientModel
-from syncd.store import ChangeBatch, Checkpoint, RowFilter, StagingStore, Subscription, bulk_load
+from syncd.store import ChangeBatch, RowFilter, Snapshot, StagingStore, Subscription, bulk_load
 from syncd.store.initial import initial_pages
 from tests.store.feed_helpers import BOUND_S
 
@@ -129,7 +129,7 @@ async def test_caller_that_stops_early_leaves_nothing_running(
 
 
 async def collect(
-    staging: StagingStore, sub: Subscription, snapshot: Checkpoint
+    staging: StagingStore, sub: Subscription, snapshot: Snapshot
 ) -> list[ChangeBatch]:
     async with asyncio.timeout(BOUND_S):
         return [b async for b in initial_pages(staging.fetch, sub, snapshot, 10)]

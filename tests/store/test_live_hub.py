@@ -24,7 +24,7 @@ from syncd.metrics import Metrics
 from syncd.model import ClientModel
 from syncd.server.hub import LiveHub, LiveMember
 from syncd.server.plan import plan_for
-from syncd.store import Changeset, Checkpoint, StagingStore, apply_changeset
+from syncd.store import Changeset, Snapshot, StagingStore, apply_changeset
 from syncd.store.feed import WindowTimes
 from tests.support.crm import accounts
 
@@ -38,7 +38,7 @@ class Device:
     user: str
     accept: bool = True
     frames: list[Any] = field(default_factory=list)
-    dropped_at: list[Checkpoint] = field(default_factory=list)
+    dropped_at: list[Snapshot] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def offer(self, frames: Sequence[PreparedFrame]) -> bool:
@@ -58,7 +58,7 @@ class Device:
                 await self.arrived.wait()
 
 
-def member(model: ClientModel, device: Device, at: Checkpoint) -> LiveMember:
+def member(model: ClientModel, device: Device, at: Snapshot) -> LiveMember:
     claims = Claims(device.user, "org", 2**40, (), (), {})
     return LiveMember(
         plan=plan_for(model, 1, None, claims),
@@ -70,7 +70,7 @@ def member(model: ClientModel, device: Device, at: Checkpoint) -> LiveMember:
     )
 
 
-async def no_gap(_since: Checkpoint, _until: Checkpoint, _times: WindowTimes) -> None:
+async def no_gap(_since: Snapshot, _until: Snapshot, _times: WindowTimes) -> None:
     """The members join at the hub's own position: there is no gap to send."""
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from syncd.model import ClientModel
-from syncd.store import ChangeStream, Checkpoint, OrgStores, StagingStore, Subscription
+from syncd.store import ChangeStream, OrgStores, Snapshot, StagingStore, Subscription
 from syncd.store.bound_filter import bind_filter
 from syncd.store.feed import WindowTimes
 from tests.conftest import unique_name
@@ -82,7 +82,7 @@ class Device:
         self.subs = [
             Subscription(PARSED.entity(e), bind_filter(PARSED, p, e, params, "7")) for e in entities
         ]
-        self.checkpoint: Checkpoint | None = None
+        self.checkpoint: Snapshot | None = None
         self.at: datetime | None = None
         self.rows: dict[tuple[str, Any], tuple[Any, ...]] = {}
 

@@ -1,4 +1,4 @@
-"""Checkpoint encoding: compact, versioned, and garbage is a clear CheckpointError."""
+"""Snapshot encoding: compact, versioned, and garbage is a clear CheckpointError."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.store import Checkpoint, CheckpointError
+from syncd.store import CheckpointError, Snapshot
 
 
 def test_round_trip() -> None:
-    cp = Checkpoint(100, 110, (101, 105))
+    cp = Snapshot(100, 110, (101, 105))
     data = cp.encode()
-    assert Checkpoint.decode(data) == cp
+    assert Snapshot.decode(data) == cp
     assert len(data) < 20
 
 
@@ -23,7 +23,7 @@ def test_round_trip() -> None:
 def test_garbage_is_checkpoint_error(data: bytes) -> None:
     # Either a valid checkpoint or a CheckpointError: never another exception type.
     with contextlib.suppress(CheckpointError):
-        Checkpoint.decode(data)
+        Snapshot.decode(data)
 
 
 @pytest.mark.parametrize(
@@ -43,24 +43,24 @@ def test_garbage_is_checkpoint_error(data: bytes) -> None:
 )
 def test_malformed(obj: object) -> None:
     with pytest.raises(CheckpointError):
-        Checkpoint.decode(msgpack.packb(obj))
+        Snapshot.decode(msgpack.packb(obj))
 
 
 def test_not_bytes() -> None:
     with pytest.raises(CheckpointError):
-        Checkpoint.decode("abc")  # type: ignore[arg-type]
+        Snapshot.decode("abc")  # type: ignore[arg-type]
 
 
 def test_sees_all_of_orders_snapshots_by_visibility() -> None:
-    from syncd.store import Checkpoint
+    from syncd.store import Snapshot
 
-    early = Checkpoint(100, 105, (100, 103))
-    later = Checkpoint(103, 110, (103, 107))  # 100 committed meanwhile; 103 still running
+    early = Snapshot(100, 105, (100, 103))
+    later = Snapshot(103, 110, (103, 107))  # 100 committed meanwhile; 103 still running
     assert later.sees_all_of(early)
     assert not early.sees_all_of(later)
     assert later.sees_all_of(later)
     # Same xmax, but 103 committed in between: only the later one sees it.
-    before_commit = Checkpoint(100, 105, (100, 103))
-    after_commit = Checkpoint(100, 105, (100,))
+    before_commit = Snapshot(100, 105, (100, 103))
+    after_commit = Snapshot(100, 105, (100,))
     assert after_commit.sees_all_of(before_commit)
     assert not before_commit.sees_all_of(after_commit)

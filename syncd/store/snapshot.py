@@ -1,10 +1,13 @@
-"""Checkpoints: a PostgreSQL snapshot (xmin, xmax, in-progress xids), opaque to devices.
+"""Snapshots: where a device's checkpoint stands, a PostgreSQL snapshot (xmin, xmax,
+in-progress xids), opaque to devices.
 
-Strategy (decision 1): a checkpoint is the ``pg_current_snapshot()`` taken when a window was
-read. A change belongs to the window (C, S] when its transaction is visible in S and not in
-C, so transactions that commit out of the order in which they got their ids are neither
-skipped nor repeated. Encoded as msgpack ``[format, xmin, xmax, [xip...]]``; the format number
-lets a later release change the encoding and still read (or knowingly reject) old ones.
+Named ``Snapshot`` because that is what it is; the protocol's ``Checkpoint`` is the message
+that carries one to a device, sealed in a sync token. Strategy (decision 1): a checkpoint is
+the ``pg_current_snapshot()`` taken when a window was read. A change belongs to the window
+(C, S] when its transaction is visible in S and not in C, so transactions that commit out of
+the order in which they got their ids are neither skipped nor repeated. Encoded as msgpack
+``[format, xmin, xmax, [xip...]]``; the format number lets a later release change the
+encoding and still read (or knowingly reject) old ones.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ import msgpack
 
 __all__ = [
     "MAX_RUNNING",
-    "Checkpoint",
     "CheckpointAhead",
     "CheckpointError",
     "ResyncRequired",
+    "Snapshot",
     "SnapshotBusy",
 ]
 
@@ -50,7 +53,7 @@ class CheckpointAhead(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
+class Snapshot:
     """A PostgreSQL snapshot (xmin, xmax, in-progress xids): the position a device has reached."""
 
     xmin: int
@@ -64,7 +67,7 @@ class Checkpoint:
             if not self.xmin <= x < self.xmax:
                 raise CheckpointError(f"in-progress xid {x} outside {self.xmin}:{self.xmax}")
 
-    def sees_all_of(self, other: Checkpoint) -> bool:
+    def sees_all_of(self, other: Snapshot) -> bool:
         """True when every transaction visible in `other` is visible in this snapshot too,
         i.e. the window (other, self] is well-formed and nothing in `other` is repeated."""
         if other.xmax > self.xmax:
@@ -79,7 +82,7 @@ class Checkpoint:
         return (self.xmin, self.xmax, self.xip)
 
     @classmethod
-    def from_pg(cls, value: tuple[int, int, tuple[int, ...]]) -> Checkpoint:
+    def from_pg(cls, value: tuple[int, int, tuple[int, ...]]) -> Snapshot:
         xmin, xmax, xip = value
         return cls(int(xmin), int(xmax), tuple(sorted(int(x) for x in xip)))
 
@@ -88,7 +91,7 @@ class Checkpoint:
         return data
 
     @classmethod
-    def decode(cls, data: bytes) -> Checkpoint:
+    def decode(cls, data: bytes) -> Snapshot:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise CheckpointError("checkpoint must be bytes")
         if len(data) > _MAX_ENCODED:
