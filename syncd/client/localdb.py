@@ -19,7 +19,7 @@ docs/ARCHITECTURE.md "First sync of a big device"). Durability is unchanged (the
 WAL, the same synchronous=NORMAL); small batches put the default back, and
 `journal_size_limit` shrinks the WAL file again after the next checkpoint.
 
-Server rows are applied with a version-guarded upsert (see `Entity.upsert_sql`), passing the
+Server rows are applied with a version-guarded upsert (see `LocalTable.upsert_sql`), passing the
 decoded wire rows straight to `executemany`: no Python work per row or per value.
 
 Pending edits win locally. Each local edit changes the visible table and appends to
@@ -64,9 +64,9 @@ import orjson
 from syncd.client import errorlog
 from syncd.client.localschema import (
     VERSION_COLUMN,
-    Entity,
     EntitySchemaLike,
     InvalidSchema,
+    LocalTable,
     quote,
 )
 from syncd.client.outbox import (
@@ -160,7 +160,7 @@ class LocalDB:
         self._db = connection
         # Re-entrant: apply_schema swaps the entity cache under the same hold as its commit.
         self._lock = threading.RLock()
-        self._entities: dict[str, Entity] = {}
+        self._entities: dict[str, LocalTable] = {}
         self._wal_pages = DEFAULT_WAL_PAGES
 
     @classmethod
@@ -217,16 +217,16 @@ class LocalDB:
     # -- model --------------------------------------------------------------------------
 
     @staticmethod
-    def _load_entities(cur: sqlite3.Cursor) -> dict[str, Entity]:
-        entities: dict[str, Entity] = {}
+    def _load_entities(cur: sqlite3.Cursor) -> dict[str, LocalTable]:
+        entities: dict[str, LocalTable] = {}
         for name, key, columns, writable in cur.execute(
             "SELECT entity, key, columns, writable FROM _syncd_schema"
         ):
             cols = tuple((c[0], c[1]) for c in orjson.loads(columns))
-            entities[name] = Entity(name, key, cols, frozenset(orjson.loads(writable)))
+            entities[name] = LocalTable(name, key, cols, frozenset(orjson.loads(writable)))
         return entities
 
-    def _entity(self, name: str) -> Entity:
+    def _entity(self, name: str) -> LocalTable:
         try:
             return self._entities[name]
         except KeyError:
@@ -247,9 +247,9 @@ class LocalDB:
         """
         if not isinstance(fingerprint, str):
             raise InvalidSchema(f"schema fingerprint {fingerprint!r} is not text")
-        wanted: dict[str, Entity] = {}
+        wanted: dict[str, LocalTable] = {}
         for schema in entities:
-            entity = Entity.from_schema(schema)
+            entity = LocalTable.from_schema(schema)
             if entity.name in wanted:
                 raise InvalidSchema(f"entity {entity.name} appears twice in the model")
             wanted[entity.name] = entity
@@ -301,7 +301,7 @@ class LocalDB:
             self._entities = wanted
         return recreated
 
-    def _withdraw_edits(self, cur: sqlite3.Cursor, entity: Entity) -> None:
+    def _withdraw_edits(self, cur: sqlite3.Cursor, entity: LocalTable) -> None:
         """Queued, not yet sent edits of an entity leaving the model become rejections."""
         queued = cur.execute(
             'SELECT seq, op, key, "values" FROM _syncd_outbox WHERE entity = ?'
@@ -320,18 +320,18 @@ class LocalDB:
             cur.execute("DELETE FROM _syncd_outbox WHERE seq = ?", (seq,))
 
     @staticmethod
-    def _needs_recreate(old: Entity, new: Entity) -> bool:
+    def _needs_recreate(old: LocalTable, new: LocalTable) -> bool:
         old_types = old.types
         changed = any(old_types.get(n, t) != t for n, t in new.columns)
         return changed or old.key != new.key
 
     @staticmethod
-    def _create_tables(cur: sqlite3.Cursor, entity: Entity) -> None:
+    def _create_tables(cur: sqlite3.Cursor, entity: LocalTable) -> None:
         cur.execute(entity.create_sql(entity.table))
         cur.execute(entity.create_sql(entity.base))
 
     @staticmethod
-    def _evolve_columns(cur: sqlite3.Cursor, old: Entity, new: Entity) -> None:
+    def _evolve_columns(cur: sqlite3.Cursor, old: LocalTable, new: LocalTable) -> None:
         old_names = set(old.column_names)
         new_names = set(new.column_names)
         for table in (new.table, new.base):
@@ -488,7 +488,7 @@ class LocalDB:
     def _apply_under_edits(
         self,
         cur: sqlite3.Cursor,
-        entity: Entity,
+        entity: LocalTable,
         upserts: Sequence[Sequence[Any]],
         deletes: Sequence[Any],
         pending: set[Any],
@@ -619,7 +619,7 @@ class LocalDB:
                 self._enqueue(cur, ent, "delete", key, version, {})
 
     @staticmethod
-    def _check_columns(entity: Entity, values: Mapping[str, Any], allow_key: bool) -> None:
+    def _check_columns(entity: LocalTable, values: Mapping[str, Any], allow_key: bool) -> None:
         # The key is given once, on insert; changing it would orphan the row's queued ops.
         allowed = entity.writable | {entity.key} if allow_key else entity.writable - {entity.key}
         refused = [name for name in values if name not in allowed]
@@ -630,14 +630,14 @@ class LocalDB:
             )
 
     @staticmethod
-    def _version_of(cur: sqlite3.Cursor, entity: Entity, key: Any) -> int | None:
+    def _version_of(cur: sqlite3.Cursor, entity: LocalTable, key: Any) -> int | None:
         found = cur.execute(
             f"SELECT {quote(VERSION_COLUMN)} FROM {entity.table} WHERE {quote(entity.key)} = ?",
             (key,),
         ).fetchone()
         return None if found is None else int(found[0])
 
-    def _keep_base(self, cur: sqlite3.Cursor, entity: Entity, key: Any) -> None:
+    def _keep_base(self, cur: sqlite3.Cursor, entity: LocalTable, key: Any) -> None:
         """Before the first queued edit of a key, keep the server's row aside."""
         queued = cur.execute(
             "SELECT 1 FROM _syncd_outbox WHERE entity = ? AND key = ? LIMIT 1", (entity.name, key)
@@ -648,7 +648,7 @@ class LocalDB:
     @staticmethod
     def _enqueue(
         cur: sqlite3.Cursor,
-        entity: Entity,
+        entity: LocalTable,
         op: OpKind,
         key: Any,
         base_version: int | None,
@@ -670,7 +670,7 @@ class LocalDB:
     @staticmethod
     def _replay(
         cur: sqlite3.Cursor,
-        entity: Entity,
+        entity: LocalTable,
         table: str,
         op: str,
         key: Any,
@@ -693,13 +693,13 @@ class LocalDB:
             raise ValueError(f"unknown outbox op {op!r}")
 
     @staticmethod
-    def _pending_keys(cur: sqlite3.Cursor, entity: Entity) -> set[Any]:
+    def _pending_keys(cur: sqlite3.Cursor, entity: LocalTable) -> set[Any]:
         rows = cur.execute(
             "SELECT DISTINCT key FROM _syncd_outbox WHERE entity = ?", (entity.name,)
         )
         return {key for (key,) in rows}
 
-    def _settle(self, cur: sqlite3.Cursor, entity: Entity, key: Any) -> None:
+    def _settle(self, cur: sqlite3.Cursor, entity: LocalTable, key: Any) -> None:
         """Visible row := base row (if any) + the key's queued edits replayed in order."""
         queued = cur.execute(
             'SELECT op, "values" FROM _syncd_outbox WHERE entity = ? AND key = ? ORDER BY seq',
@@ -833,7 +833,7 @@ class LocalDB:
             self._settle(cur, entity, key)
 
     @staticmethod
-    def _check_row(entity: Entity, seq: int, key: Any, row: list[Any]) -> None:
+    def _check_row(entity: LocalTable, seq: int, key: Any, row: list[Any]) -> None:
         if len(row) != entity.row_width() or row[entity.key_index] != key:
             raise ValueError(f"result row for op {seq} is not row {key!r} of {entity.name}")
         if not isinstance(row[-1], int) or isinstance(row[-1], bool):
@@ -842,7 +842,7 @@ class LocalDB:
     def _applied_to_base(
         self,
         cur: sqlite3.Cursor,
-        entity: Entity,
+        entity: LocalTable,
         op: str,
         key: Any,
         values: dict[str, Any],

@@ -1,4 +1,4 @@
-"""Entity definitions for the device's SQLite database, and the only place its SQL is spelled.
+"""LocalTable definitions for the device's SQLite database, and the only place its SQL is spelled.
 
 Strategy: every identifier in the device database (entity and column names) comes from the
 server's model summary, so a hostile or buggy server could try to smuggle SQL through a name.
@@ -6,7 +6,7 @@ server's model summary, so a hostile or buggy server could try to smuggle SQL th
 no other code path turns a name into SQL text. Values are never part of SQL text: every
 statement built here takes them as `?` bind parameters.
 
-An `Entity` is compiled once per schema change and carries ready SQL strings, so applying a
+An `LocalTable` is compiled once per schema change and carries ready SQL strings, so applying a
 batch of server rows is one `executemany` per statement with the rows passed through exactly
 as the wire decoder produced them: local values are kept in the wire encodings (see
 `SQLITE_TYPES`), hence no per-value conversion in Python. Tables are STRICT so a value of the
@@ -96,7 +96,7 @@ def _placeholders(count: int) -> str:
 
 
 @dataclass(frozen=True)
-class Entity:
+class LocalTable:
     """One validated entity with its SQL precompiled for the visible table and its base copy.
 
     `table` holds what the app sees: server rows with pending local edits applied on top.
@@ -135,7 +135,7 @@ class Entity:
         object.__setattr__(self, "base", quote(f"_syncd_base_{self.name}"))
 
     @classmethod
-    def from_schema(cls, entity: EntitySchemaLike) -> Entity:
+    def from_schema(cls, entity: EntitySchemaLike) -> LocalTable:
         try:
             columns = tuple((c[0], c[1]) for c in entity.columns)
             writable = frozenset(entity.writable)
