@@ -63,6 +63,9 @@ class OperatedSession(Protocol):
     def acknowledged(self) -> tuple[Snapshot, datetime | None] | None:
         """The last complete checkpoint the device acknowledged, with its wall time."""
 
+    def welcomed(self) -> bool:
+        """True once the session was recorded as live (Welcome sent)."""
+
     def end(self, code: ErrorCode, message: str, retry_after_ms: int | None = None) -> None:
         """End the session with an Error frame of `code`."""
 
@@ -119,7 +122,14 @@ class DeviceControl:
         pending_uploads: int | None = None,
     ) -> None:
         await self._records.session_opened(
-            self.instance_id, session_id, org, device, user, app, pending_uploads
+            self.instance_id,
+            session_id,
+            org,
+            device,
+            user,
+            app,
+            pending_uploads,
+            self.instance_name,
         )
 
     async def closed(self, session: OperatedSession, error: str | None) -> None:
@@ -156,14 +166,25 @@ class DeviceControl:
     async def beat(self) -> None:
         changed: list[tuple[str, str, Snapshot, datetime | None]] = []
         live: set[str] = set()
+        opened: list[tuple[str, str, str, str]] = []
         for session in self._sessions():
             identity, acked = session.identity(), session.acknowledged()
             live.add(session.session_id)
-            if identity is None or acked is None:
+            if identity is None:
                 continue
-            if self._stored.get(session.session_id) != acked[0]:
+            if session.welcomed():
+                opened.append((session.session_id, *identity))
+            if acked is not None and self._stored.get(session.session_id) != acked[0]:
                 changed.append((identity[0], identity[1], acked[0], acked[1]))
-        await self._records.heartbeat(self.instance_id, changed, STALE_AFTER)
+        revived = await self._records.heartbeat(
+            self.instance_id, self.instance_name, changed, STALE_AFTER, opened
+        )
+        if revived:
+            _log.warning(
+                "this instance was taken for gone (no heartbeat for %s) and registered again",
+                STALE_AFTER,
+                extra={"instance_id": str(self.instance_id), "sessions": len(opened)},
+            )
         for session in self._sessions():
             acked = session.acknowledged()
             if acked is not None and session.session_id in live:

@@ -252,6 +252,10 @@ class DeviceSession:
                 max(lag, 0.0)
             )
 
+    def welcomed(self) -> bool:
+        """Welcome was sent: the session is recorded as live (``syncctl devices``)."""
+        return self.stats.opened
+
     def identity(self) -> tuple[str, str, str] | None:
         """(org, device, user) once the token is verified and the org found."""
         return self._identity

@@ -107,15 +107,40 @@ class DeviceRecords:
     async def heartbeat(
         self,
         instance_id: uuid.UUID,
+        name: str,
         checkpoints: Sequence[tuple[str, str, Snapshot, datetime | None]],
         stale_after: timedelta,
-    ) -> None:
+        live: Sequence[tuple[str, str, str, str]] = (),
+    ) -> bool:
         """Say this instance is alive, store the (org, device, checkpoint, at) its live
-        devices acknowledged since the last beat, and forget instances that stopped."""
+        devices acknowledged since the last beat, and forget instances that stopped.
+
+        An instance another one took for gone (a control database outage longer than
+        ``stale_after`` stops every heartbeat) registers again and puts back its `live`
+        sessions (session, org, device, user); returns True when it had to."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE instances SET heartbeat_at = now() WHERE id = $1", instance_id
+            revived: bool = await conn.fetchval(
+                "INSERT INTO instances (id, name) VALUES ($1, $2)"
+                " ON CONFLICT (id) DO UPDATE SET heartbeat_at = now() RETURNING xmax = 0",
+                instance_id,
+                name,
             )
+            if revived and live:
+                await conn.execute(
+                    """
+                    INSERT INTO live_sessions (session_id, instance_id, org, device_id, user_id)
+                    SELECT s.session_id, $1, s.org, s.device_id, s.user_id
+                    FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
+                         AS s(session_id, org, device_id, user_id)
+                    WHERE EXISTS (SELECT 1 FROM orgs WHERE name = s.org)
+                    ON CONFLICT DO NOTHING
+                    """,
+                    instance_id,
+                    [s[0] for s in live],
+                    [s[1] for s in live],
+                    [s[2] for s in live],
+                    [s[3] for s in live],
+                )
             if checkpoints:
                 await conn.execute(
                     """
@@ -135,6 +160,7 @@ class DeviceRecords:
                 stale_after,
                 instance_id,
             )
+        return revived
 
     async def unregister_instance(self, instance_id: uuid.UUID) -> None:
         """A clean shutdown: the instance and (cascade) its live sessions go."""
@@ -151,12 +177,17 @@ class DeviceRecords:
         user_id: str,
         app_version: str,
         pending_uploads: int | None = None,
+        instance_name: str = "",
     ) -> None:
         """Record the device (a device that changes user loses its checkpoint: the new
-        user's data is another download) and its live session, in one statement."""
+        user's data is another download) and its live session, in one statement; the
+        instance's row is put back if another instance took it for gone (DO NOTHING takes no
+        row lock, so concurrent opens do not queue on it)."""
         await self._pool.execute(
             """
-            WITH device AS (
+            WITH instance AS (
+                INSERT INTO instances (id, name) VALUES ($1, $8) ON CONFLICT (id) DO NOTHING
+            ), device AS (
                 INSERT INTO devices (org, device_id, user_id, app_version, pending_uploads)
                 VALUES ($3, $4, $5, $6, $7)
                 ON CONFLICT (org, device_id) DO UPDATE SET
@@ -170,7 +201,7 @@ class DeviceRecords:
                     user_id = EXCLUDED.user_id
             )
             INSERT INTO live_sessions (session_id, instance_id, org, device_id, user_id)
-            VALUES ($2, $1, $3, $4, $5)
+            VALUES ($2, $1, $3, $4, $5) ON CONFLICT (session_id) DO NOTHING
             """,
             instance_id,
             session_id,
@@ -179,6 +210,7 @@ class DeviceRecords:
             user_id,
             app_version,
             pending_uploads,
+            instance_name,
         )
 
     async def session_closed(self, end: SessionEnd) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -92,6 +92,30 @@ async def test_devices_keep_their_last_checkpoint_per_user(control: ControlStore
     # A clean shutdown takes the instance's sessions with it.
     await devices.unregister_instance(instance)
     assert await devices.find(org="acme", connected=True) == []
+
+
+async def test_an_instance_taken_for_gone_comes_back_with_its_sessions(
+    control: ControlStore,
+) -> None:
+    """After a control-database outage every heartbeat is late: the first instance to beat
+    deletes the others, which register again, sessions included, at their next beat."""
+    await control.add_org("acme")
+    devices, a, b = control.devices, uuid.uuid4(), uuid.uuid4()
+    await devices.register_instance(a, "host-a")
+    await devices.register_instance(b, "host-b")
+    await devices.session_opened(a, "s1", "acme", "d1", "u1", "app/1", instance_name="host-a")
+    assert not await devices.heartbeat(b, "host-b", [], timedelta(0))  # deletes a
+    assert await devices.find(org="acme", connected=True) == []
+    # A new session of `a` opens before its next beat: its row comes back with it.
+    await devices.session_opened(a, "s2", "acme", "d2", "u1", "app/1", instance_name="host-a")
+    live = [("s1", "acme", "d1", "u1"), ("s2", "acme", "d2", "u1")]
+    await devices.heartbeat(b, "host-b", [], timedelta(0))  # deletes a again
+    assert await devices.heartbeat(a, "host-a", [], timedelta(hours=1), live)
+    connected = await devices.find(org="acme", connected=True)
+    assert sorted((d.device_id, d.sessions[0].instance) for d in connected) == [
+        ("d1", "host-a"),
+        ("d2", "host-a"),
+    ]
 
 
 async def test_config_changes_are_notified(control: ControlStore) -> None:
