@@ -77,6 +77,33 @@ async def test_sessions_log_their_ids_counts_and_ending(
     assert token not in captured_log.text
 
 
+async def test_a_failing_session_logs_its_traceback_with_its_ids(
+    running: RunningDaemon, tmp_path: Path, captured_log: CapturedLog
+) -> None:
+    """A real failure inside the server (the staging table a download reads is gone): the
+    traceback line carries the session's org, session, device and user."""
+    org = org_name()
+    store = await running.add_org(org)
+    await (await store.pool()).execute("DROP TABLE note CASCADE")
+    db = LocalDB.open(tmp_path / "device.sqlite")
+    with pytest.raises(ServerError) as failed:
+        async with asyncio.timeout(20):
+            await running.client(db, running.token(org), org, device_id="dev-fail").sync_once()
+    assert failed.value.code.name == "INTERNAL_ERROR"
+    (line,) = await eventually(lambda: captured_log.lines("session failed"))
+    assert (line["org"], line["device"], line["user"], line["level"]) == (
+        org,
+        "dev-fail",
+        "7",
+        "error",
+    )
+    assert "UndefinedTable" in line["exc"]
+    (closed,) = await eventually(
+        lambda: [c for c in captured_log.lines("session closed") if c["session"] == line["session"]]
+    )
+    assert closed["why"] == "INTERNAL_ERROR"
+
+
 async def test_refusals_name_their_code_and_never_the_token(
     running: RunningDaemon, tmp_path: Path, captured_log: CapturedLog
 ) -> None:
