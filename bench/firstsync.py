@@ -548,9 +548,46 @@ async def feed_options(pg: PgServer, org: str, rounds: int = 3) -> None:
             await ahead
             return rows
 
+        async def planned_ranges(size: int, depth: int) -> int:
+            # Key order kept: one index-only pass finds every size-th key (as the feed's
+            # filtered scans already do), then `depth` ranges are read at once.
+            bounds_sql = (
+                "SELECT b.a[i]::text FROM (SELECT array_agg(t.id ORDER BY t.id) AS a"
+                " FROM account t) b, generate_series($1::int, cardinality(b.a), $1::int) i"
+                " ORDER BY i"
+            )
+            bounds = [r[0] for r in await pool.fetch(bounds_sql, size)]
+            ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
+
+            def page(lower: Any, upper: Any) -> asyncio.Task[list[Any]]:
+                where, args = visible, [snapshot.as_pg()]
+                for value, op in ((lower, ">"), (upper, "<=")):
+                    if value is not None:
+                        args.append(value)
+                        where += f" AND t.id {op} ${len(args)}::uuid"
+                sql = f"SELECT {select} FROM account t WHERE {where} ORDER BY t.id"
+                return asyncio.ensure_future(pool.fetch(sql, *args))
+
+            rows = 0
+            ahead = [page(*r) for r in ranges[:depth]]
+            for r in ranges[depth:]:
+                rows += len(await ahead.pop(0))
+                ahead.append(page(*r))
+            for task in ahead:
+                rows += len(await task)
+            return rows
+
         shapes: list[tuple[str, Callable[[], Any]]] = [
             ("feed as it is: keyset pages of 1,000 in key order, one ahead", lambda: keyset(1000)),
             ("keyset pages of 10,000 in key order, one ahead", lambda: keyset(10_000)),
+            (
+                "key ranges of 1,000 planned by one index pass, 2 at once",
+                lambda: planned_ranges(1000, 2),
+            ),
+            (
+                "key ranges of 1,000 planned by one index pass, 4 at once",
+                lambda: planned_ranges(1000, 4),
+            ),
             ("one key-ordered cursor for the download", lambda: cursor(" ORDER BY t.id")),
             ("heap block ranges of ~10,000 rows, sorted per page", lambda: block_ranges(160)),
             ("heap-order cursor (the streaming ceiling)", lambda: cursor("")),
