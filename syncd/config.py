@@ -165,6 +165,12 @@ class SyncConfig:
     checkpoint_bytes: int
     error_retention_rows: int
     error_retention_days: int
+    max_first_downloads: int
+    """First downloads (devices with no sync token) running at once on this instance."""
+    max_first_downloads_per_org: int
+    """...and of one org, so one org's storm leaves room for the others."""
+    busy_retry_after_seconds: float
+    """The base delay given to a device refused for those budgets (spread over 1x-2x)."""
 
 
 @dataclass(frozen=True)
@@ -578,6 +584,10 @@ def _sync(s: _Section) -> SyncConfig:
         # The sync error table (issue 11), per org: at most this many, none older.
         error_retention_rows=s.integer("error_retention_rows", 10_000, 1, 10_000_000),
         error_retention_days=s.integer("error_retention_days", 30, 1, 3650),
+        # Admission of first downloads (issue 10, syncd/server/admission.py).
+        max_first_downloads=s.integer("max_first_downloads", 1024, 1, 1_000_000),
+        max_first_downloads_per_org=s.integer("max_first_downloads_per_org", 512, 1, 1_000_000),
+        busy_retry_after_seconds=s.number("busy_retry_after_seconds", 2.0, 0.01, 3600.0),
     )
 
 

@@ -56,6 +56,7 @@ from syncd.preflight import (
 from syncd.sdnotify import notify, watchdog_interval
 from syncd.server.admin import AdminService
 from syncd.server.admin_listener import start_admin_listener
+from syncd.server.admission import Admission
 from syncd.server.devices import DeviceControl
 from syncd.server.health import EmbeddedSupervisor, HealthMonitor
 from syncd.server.orgs import OrgRegistry
@@ -117,6 +118,13 @@ class Daemon:
         self._prepare = prepare
         self._verifier: TokenVerifier | None = None
         self._run = _Running()
+        sync = config.sync
+        self.admission = Admission(
+            max_total=sync.max_first_downloads,
+            max_per_org=sync.max_first_downloads_per_org,
+            retry_after_ms=int(sync.busy_retry_after_seconds * 1000),
+        )
+        """The budgets of first downloads (``syncd.server.admission``), shared by sessions."""
 
     @property
     def registry(self) -> OrgRegistry | None:
@@ -384,6 +392,7 @@ class Daemon:
             verifier=self._verifier,
             settings=_session_settings(cfg),
             metrics=self.metrics,
+            admission=self.admission,
         )
         if self.draining:
             session.going_away(_retry_ms(cfg), "server is draining")

@@ -67,6 +67,7 @@ from protocol.framing import HEADER_SIZE
 from syncd.auth import AuthError, Claims, TokenVerifier
 from syncd.logs import bind_log_context, log_context
 from syncd.metrics import Metrics
+from syncd.server.admission import Admission, DownloadSlot
 from syncd.server.catch_up import CatchUp
 from syncd.server.devices import DeviceControl
 from syncd.server.hub import LiveMember
@@ -155,6 +156,7 @@ class DeviceSession:
         verifier: TokenVerifier,
         settings: SessionSettings,
         metrics: Metrics,
+        admission: Admission,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -163,6 +165,9 @@ class DeviceSession:
         self._verifier = verifier
         self._settings = settings
         self._metrics = metrics
+        self._admission = admission
+        self._download_slot: DownloadSlot | None = None
+        """Held from Welcome to the first catch-up of a device with no token (admission)."""
         self._conn = Connection(Role.SERVER, max_frame_size=settings.max_frame_size)
         self._sends = SendQueue(settings.send_queue_frames)
         self.session_id = uuid.uuid4().hex
@@ -314,6 +319,14 @@ class DeviceSession:
             raise _End.code(ErrorCode.REVOKED, f"this {revoked} was revoked by an operator")
         if org.unavailable is not None:  # its staging database is down (the daemon's probe)
             raise _End.code(ErrorCode.OVERLOADED, org.unavailable, retry_after_ms=org.retry_ms)
+        if hello.checkpoint is None:  # a first download: within the budgets, or later
+            self._download_slot = self._admission.try_start(org.name)
+            if self._download_slot is None:
+                raise _End.code(
+                    ErrorCode.OVERLOADED,
+                    "too many first downloads in progress; come back after retry_after_ms",
+                    retry_after_ms=self._admission.retry_after_ms(),
+                )
         self.org, self._claims, self.device_id = org, claims, hello.device_id
         self._plan = self._make_plan()
         welcome = Welcome(
@@ -370,6 +383,8 @@ class DeviceSession:
         resume = await catch_up.resume_point(hello.checkpoint, self._plan)
         while True:
             until, until_at = await catch_up.run(resume, self._plan)
+            if self._download_slot is not None:
+                self._download_slot.release()  # the first download is done
             plan = self._plan
             token_bytes = self._seal(until, until_at)
             if self._conn.state is State.SYNCING:
@@ -715,6 +730,8 @@ class DeviceSession:
         self.state = state
 
     async def _finish(self, end: _End | None) -> None:
+        if self._download_slot is not None:
+            self._download_slot.release()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
