@@ -5,10 +5,7 @@ The initial sync (C = None) scans the table keyset-paged by primary key, keeping
 scan first asks the (filter column, key) index for page boundaries, every ``batch_size``-th
 matching key, in one index-only pass; each page is then a key range the index reads directly,
 where plain LIMIT paging would re-read every remaining matching row (bitmap + sort) or walk the
-whole primary key (filter on the heap) per page. An unfiltered scan past its first page is
-planned the same way (every ``batch_size``-th key), so that its pages, which would otherwise
-each start at the last key of the one before, can be read two at once (issue 16). Initial
-scans read one page ahead: the next
+whole primary key (filter on the heap) per page. Initial scans read one page ahead: the next
 statement runs while the caller encodes and sends the current page (issue 4: the two used to
 take turns, each idle half the time).
 
@@ -51,8 +48,7 @@ async def initial_pages(
     Read-ahead: while the caller holds a page (encodes and sends it), the statement of the next
     page is already running, so PostgreSQL and the daemon work at the same time instead of in
     turns; at most two pages are held at once (three while a planned range that grew past its
-    bound is finished). Unfiltered, a first page is read by LIMIT; when it is full, the rest
-    is planned (``_page_bounds``) while the caller holds it, then read one ahead. Filtered, a
+    bound is finished). Unfiltered, the next page starts where this one ended. Filtered, a
     result of one page is read whole in one statement; a bigger one is planned first
     (``_page_bounds``), then every range is known and read one ahead (a first page by LIMIT
     walked the primary key or read every matching row, and cost more than the plan).
@@ -89,30 +85,7 @@ async def initial_pages(
         bounds = await _page_bounds(fetch, sub, snapshot, batch_size, after)
         ranges = deque(zip([after, *bounds], [*bounds, None], strict=True))
     ahead: deque[_Page] = deque()
-    planned: list[asyncio.Future[list[Any]]] = []
     try:
-        if sub.filter is None:
-            # The first page as before (a small table costs one statement). When it is full,
-            # the rest is planned into key ranges by one pass over the key index, so two
-            # ranges are read at once: chained pages, each starting at the last key of the
-            # one before, ran one at a time (issue 16: 55% of a heap-order cursor on 1M
-            # rows, against 69% planned; docs/ARCHITECTURE.md, "First sync of a big device").
-            ranges.clear()
-            first = page(after, None)
-            ahead.append(first)
-            rows = await first.rows
-            ahead.clear()
-            if not rows:
-                return
-            last = rows[-1][key_index]
-            if len(rows) == batch_size:
-                planned.append(_started(_page_bounds(fetch, sub, snapshot, batch_size, last)))
-                await asyncio.sleep(0)  # the plan's statement goes out before the caller encodes
-            yield ChangeBatch(e.name, rows, [], last)
-            if not planned:
-                return
-            bounds = await planned.pop()
-            ranges = deque(zip([last, *bounds], [*bounds, None], strict=True))
         while ahead or ranges:
             while ranges and len(ahead) < 2:
                 ahead.append(page(*ranges.popleft()))
@@ -128,7 +101,7 @@ async def initial_pages(
             await asyncio.sleep(0)
             yield ChangeBatch(e.name, rows, [], last)
     finally:
-        await _abandon([p.rows for p in ahead] + planned)
+        await _abandon([p.rows for p in ahead])
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,16 +169,16 @@ async def _whole_if_one_page(
 async def _page_bounds(
     fetch: Fetch, sub: Subscription, snapshot: Snapshot, batch_size: int, after: Any
 ) -> list[Any]:
-    """Every ``batch_size``-th key matching the filter (any key, unfiltered) after
-    ``after``, in key order.
+    """Every ``batch_size``-th key matching the filter after ``after``, in key order.
 
     Visibility is left to the page queries so this stays one index-only scan of the (filter
     column, key) index; rows written since only make a range hold fewer visible rows.
     """
+    assert sub.filter is not None
     e, key = sub.entity, sub.entity.key_column
     k = f"t.{ident(e.key)}"
     params: list[object] = [batch_size]
-    where = "true" if sub.filter is None else filter_sql(sub, row_column("t"), params, snapshot)
+    where = filter_sql(sub, row_column("t"), params, snapshot)
     if after is not None:
         params.append(after)
         where = f"({where}) AND {k} > {from_wire(key, f'${len(params)}')}"
