@@ -69,7 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         w.add_argument(f"--{flag}", type=float, default=default)
     pr = sub.add_parser("provision", help="enqueue provisioning of an org from a source")
     pr.add_argument("--org", required=True)
-    pr.add_argument("--source", required=True, help="a postgresql:// URL")
+    pr.add_argument(
+        "--source",
+        required=True,
+        help="a postgresql:// URL, or odata:FILE.json (an OData source configuration)",
+    )
     pr.add_argument("--profiles", required=True, type=Path, help="the operator's profiles JSON")
     pr.add_argument("--tables", help="comma-separated tables in scope (default: all that fit)")
     d = sub.add_parser("deprovision", help="enqueue removal of an org and its source resources")

@@ -31,6 +31,7 @@ __all__ = [
     "Position",
     "Row",
     "Source",
+    "SourceConfigError",
     "SourceError",
     "TableSpec",
     "WriteOp",
@@ -49,6 +50,14 @@ class SourceError(Exception):
     The role retries the work item with backoff; the message is shown to the operator as is,
     so it names the source and the problem.
     """
+
+
+class SourceConfigError(SourceError, ValueError):
+    """A source configuration that names no known kind or lacks what its kind needs.
+
+    A ``SourceError`` because a worker opening a stored configuration treats it like any
+    source failure (recorded as the org's last error, retried); ``syncd-ingest provision``
+    refuses it before anything is queued (exit 2, the message as is)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ from syncd.ingest.source import (
     Commit,
     Position,
     Row,
+    SourceConfigError,
     SourceError,
     TableSpec,
     WriteOp,
@@ -117,28 +118,31 @@ class ODataSourceConfig:
     def from_mapping(
         cls, obj: Mapping[str, Any], *, env: Mapping[str, str] | None = None
     ) -> ODataSourceConfig:
-        """From the JSON/TOML form documented in README ("OData source"); errors name the
-        field. The token comes from ``token`` or from the environment variable ``token_env``."""
+        """From the JSON/TOML form documented in README ("OData source"); errors
+        (``SourceConfigError``) name the field. The token comes from ``token`` or from the
+        environment variable ``token_env``."""
         allowed = {"kind", "url", "token", "token_env", "entity_sets", "page_size", "poll_seconds"}
         unknown = sorted(set(obj) - allowed)
         if unknown:
-            raise SourceError(
+            raise SourceConfigError(
                 f"odata source: unknown fields {unknown} (allowed: {sorted(allowed)})"
             )
         url = obj.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise SourceError("odata source: url must be the service root, http(s)://...")
+            raise SourceConfigError("odata source: url must be the service root, http(s)://...")
         token = obj.get("token")
         if "token_env" in obj:
             name = obj["token_env"]
             token = (env or {}).get(name) if isinstance(name, str) else None
             if not token:
-                raise SourceError(f"odata source: environment variable {name!r} holds no token")
+                raise SourceConfigError(
+                    f"odata source: environment variable {name!r} holds no token"
+                )
         if not isinstance(token, str) or not token:
-            raise SourceError("odata source: token or token_env is required (a bearer token)")
+            raise SourceConfigError("odata source: token or token_env is required (a bearer token)")
         sets_obj = obj.get("entity_sets")
         if not isinstance(sets_obj, Mapping) or not sets_obj:
-            raise SourceError(
+            raise SourceConfigError(
                 "odata source: entity_sets must map at least one entity set name to"
                 ' {"table": ..., "columns": [...]} (both optional)'
             )
@@ -146,23 +150,25 @@ class ODataSourceConfig:
         for name, spec in sets_obj.items():
             spec = spec or {}
             if not isinstance(spec, Mapping) or set(spec) - {"table", "columns"}:
-                raise SourceError(f"odata source: entity_sets.{name} allows only table and columns")
+                raise SourceConfigError(
+                    f"odata source: entity_sets.{name} allows only table and columns"
+                )
             table, columns = spec.get("table"), spec.get("columns")
             if table is not None and not isinstance(table, str):
-                raise SourceError(f"odata source: entity_sets.{name}.table must be a string")
+                raise SourceConfigError(f"odata source: entity_sets.{name}.table must be a string")
             if columns is not None and (
                 not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
             ):
-                raise SourceError(
+                raise SourceConfigError(
                     f"odata source: entity_sets.{name}.columns must be a list of property names"
                 )
             sets.append(EntitySetConfig(name, table, None if columns is None else tuple(columns)))
         page_size = obj.get("page_size", DEFAULT_PAGE_SIZE)
         if not isinstance(page_size, int) or isinstance(page_size, bool) or page_size < 1:
-            raise SourceError("odata source: page_size must be a positive integer")
+            raise SourceConfigError("odata source: page_size must be a positive integer")
         poll = obj.get("poll_seconds", DEFAULT_POLL_SECONDS)
         if not isinstance(poll, int | float) or isinstance(poll, bool) or poll < 0:
-            raise SourceError("odata source: poll_seconds must be a number of seconds >= 0")
+            raise SourceConfigError("odata source: poll_seconds must be a number of seconds >= 0")
         return cls(url, token, tuple(sets), page_size, float(poll))
 
 

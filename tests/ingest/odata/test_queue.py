@@ -9,9 +9,7 @@ from typing import Any
 import pytest
 
 from syncd.ingest.odata.service import ODataService
-from syncd.ingest.odata.source import open_odata_source
 from syncd.ingest.queue import IngestQueue
-from syncd.ingest.sources import SOURCE_KINDS
 from tests.ingest.conftest import Staging, eventually, org_name
 from tests.ingest.odata.support import TOKEN, account
 
@@ -24,10 +22,8 @@ PROFILES: dict[str, Any] = {
 
 
 @pytest.fixture(autouse=True)
-def odata_kind(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The opener the ingest role's SOURCE_KINDS names for "odata" (set here as well, so this
-    # test does not depend on whether that registration has landed).
-    monkeypatch.setitem(SOURCE_KINDS, "odata", open_odata_source)
+def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker runs in the test's process: its environment holds the token.
     monkeypatch.setenv("ODATA_TEST_TOKEN", TOKEN)
 
 
