@@ -11,8 +11,14 @@ the new one). The staging triggers stamp versions and log changes as for any wri
   ... WHERE row IS DISTINCT FROM EXCLUDED``): the staging triggers version every UPDATE they
   see, so without this a device's own edit, written back to the source and returned by the
   change stream, would reach every device a second time.
-- A truncate is a ``DELETE`` of every row, not ``TRUNCATE``: the change-log triggers are
-  per statement on DELETE, so devices get the tombstones.
+- A truncate is a ``DELETE``, not ``TRUNCATE``: the change-log triggers are per statement
+  on DELETE, so devices get the tombstones. It is applied last, when the caller's
+  transaction is finished (``flush``), and deletes only the keys no upsert wrote after it:
+  a full re-read (an OData delta token that expired: a truncate, then every current row)
+  would otherwise delete and re-insert every row, a new version of each for every device.
+  Kept rows go through the no-op upsert skip below, so a row the re-read found unchanged
+  keeps its version, a changed one gets a new one, and one gone from the source is deleted.
+  The transaction commits whole, so no reader sees the table between truncate and rows.
 - Consecutive changes of one table and kind go as one statement (``unnest`` of one array
   per column, ``ANY($1)`` for deletes); order between runs is kept and a key seen again
   starts a new run, so a key inserted, updated and deleted in one transaction ends deleted.
@@ -106,6 +112,8 @@ class StagingWriter:
         self._model = model
         self._pending: list[Change] = []
         self._keys: set[Any] = set()
+        #: table -> keys upserted since its latest truncate (applied by ``flush``)
+        self._truncated: dict[str, set[Any]] = {}
         self.applied = 0
 
     def _entity(self, table: str) -> Entity:
@@ -115,20 +123,46 @@ class StagingWriter:
             raise ModelStale(f"table {table!r} is not in the model") from None
 
     async def add(self, change: Change) -> None:
-        """Queue ``change``; a run of like changes is flushed when the kind changes, or when
-        a key comes again (one statement cannot write a row twice)."""
-        key = _key_of(change, self._entity(change.table)) if change.op == "upsert" else None
+        """Queue ``change``; a run of like changes is written when the kind changes, or when
+        a key comes again (one statement cannot write a row twice). A truncate is held until
+        ``flush`` (module docstring)."""
+        entity = self._entity(change.table)
+        if change.op == "truncate":
+            await self._write_run()  # upserts before the truncate are not kept by it
+            self._truncated[change.table] = set()
+            return
+        key = _key_of(change, entity) if change.op == "upsert" else None
         if self._pending and (
             not _same_run(self._pending[-1], change) or (key is not None and key in self._keys)
         ):
-            await self.flush()
+            await self._write_run()
         self._pending.append(change)
         if key is not None:
             self._keys.add(key)
+            kept = self._truncated.get(change.table)
+            if kept is not None:
+                kept.add(key)
         if len(self._pending) >= RUN_SIZE:
-            await self.flush()
+            await self._write_run()
 
     async def flush(self) -> None:
+        """Write everything added, then the truncates: call it before the caller commits."""
+        await self._write_run()
+        truncated, self._truncated = self._truncated, {}
+        for name, kept in truncated.items():
+            entity = self._entity(name)
+            if not kept:
+                await self._conn.execute(f"DELETE FROM {ident(entity.name)}")
+            else:
+                key = entity.key_column
+                await self._conn.execute(
+                    f"DELETE FROM {ident(entity.name)} WHERE {ident(key.name)}"
+                    f" <> ALL($1::{SQL_TYPES[key.type]}[])",
+                    list(kept),
+                )
+            self.applied += 1
+
+    async def _write_run(self) -> None:
         run, self._pending = self._pending, []
         self._keys = set()
         if not run:
@@ -136,9 +170,7 @@ class StagingWriter:
         first = run[0]
         entity = self._entity(first.table)
         table = ident(entity.name)
-        if first.op == "truncate":
-            await self._conn.execute(f"DELETE FROM {table}")
-        elif first.op == "delete":
+        if first.op == "delete":
             key = entity.key_column
             await self._conn.execute(
                 f"DELETE FROM {table} WHERE {ident(key.name)} = ANY($1::{SQL_TYPES[key.type]}[])",

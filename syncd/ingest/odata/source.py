@@ -24,8 +24,9 @@ Strategy, per ``syncd.ingest.source.Source`` method:
   columns), is read again in full as one transaction: a ``truncate`` of the table, then
   every current row, then the ``Commit`` with the new delta link. Applied in one staging
   transaction, rows present before and absent after the re-read are deleted, so no delete
-  is lost; rows present in both keep their values (the ingest role's truncate is a DELETE,
-  so they get new versions: docs/ARCHITECTURE.md, "OData source").
+  is lost; rows present in both with the same values keep their versions (the staging
+  writer deletes only the keys not upserted after a truncate: docs/ARCHITECTURE.md, "OData
+  source").
 - ``write``: a GET of the entity for its current values and ETag, the conflict check against
   ``WriteOp.expected`` on those values, then POST, or PATCH / DELETE with ``If-Match`` set to
   that ETag, so a change at the source between the check and the write is a 412 and reported

@@ -8,49 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from syncd.client import LocalDB
-from syncd.ctl import AdminClient
 from syncd.ingest.odata.service import ODataService
 from syncd.ingest.sync import OrgSync
-from syncd.store import StagingStore
-from syncd.store.sql import database_name
 from tests.e2e.conftest import RunningDaemon
 from tests.ingest.conftest import Staging
-from tests.ingest.odata.support import account, make_source
+from tests.ingest.odata.support import account
 
 pytestmark = pytest.mark.timeout(90)
-
-PROFILES: dict[str, Any] = {
-    "entities": {"account": {"writable": ["name"]}},
-    "profiles": {"sales": {"offline": True, "entities": {"account": {}, "note": {}}}},
-    "default_profile": "sales",
-}
 
 
 def _key(i: int) -> uuid.UUID:
     return uuid.UUID(account(i)["accountid"])
-
-
-@pytest.fixture
-async def org_sync(
-    daemon: RunningDaemon, control_dsn: str, service: ODataService
-) -> AsyncIterator[OrgSync]:
-    org = f"od-{uuid.uuid4().hex[:10]}"
-    source = make_source(service, page_size=2)
-    admin = await AdminClient.open_unix(daemon.config.admin.socket)
-    store = StagingStore(org, control_dsn, database_name(org), max_size=2)
-    try:
-        yield OrgSync(org, source=source, admin=admin, staging=store, profiles=PROFILES)
-    finally:
-        await admin.close()
-        await source.close()
-        await store.close()
 
 
 async def _accounts(staging: Staging, org: str) -> dict[uuid.UUID, tuple[str, int]]:
