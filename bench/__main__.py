@@ -8,7 +8,7 @@ run one at a time so none steals the others' cores, and a failing bench does not
 rest: the runner reports it and exits non-zero at the end. All benches of one run write
 into one JSON document (bench/record.py) whose path is printed at the end.
 
-    python -m bench [--full] [--only codec,localdb,feed,upload,sync,fanout,peers]
+    python -m bench [--full] [--only codec,localdb,feed,upload,sync,fanout,peers,ingest]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Final
 
 from bench import record
 
-BENCHES: Final = ("codec", "localdb", "feed", "upload", "sync", "fanout", "peers")
+BENCHES: Final = ("codec", "localdb", "feed", "upload", "sync", "fanout", "peers", "ingest")
 QUICK: Final[dict[str, list[str]]] = {
     "codec": ["--batches", "20", "--repeat", "3"],
     "localdb": ["--rows", "50000", "--rounds", "3"],
@@ -32,6 +32,7 @@ QUICK: Final[dict[str, list[str]]] = {
     "sync": [],
     "fanout": ["--devices", "200", "--changes", "50"],
     "peers": ["--rows", "20000", "--devices", "10,50,100,200", "--changes", "20"],
+    "ingest": [],
 }
 FULL: Final[dict[str, list[str]]] = {
     "codec": [],
@@ -41,6 +42,7 @@ FULL: Final[dict[str, list[str]]] = {
     "sync": ["--full"],
     "fanout": [],
     "peers": ["--rows", "200000", "--devices", "10,100,200,400,800"],
+    "ingest": ["--rows", "1000000"],
 }
 
 
