@@ -22,8 +22,8 @@ import pytest
 
 from bench import record
 from bench.common import DSN_ENV
+from tests.bench.schema import REPO, check_schema
 
-REPO = Path(__file__).resolve().parents[2]
 TINY: dict[str, list[str]] = {
     name: argv.split()
     for name, argv in {
@@ -92,34 +92,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str) -> Runs:
     return Runs(tmp_path_factory, pg_dsn)
 
 
-def _check_schema(doc: dict[str, Any]) -> None:
-    assert doc["schema"] == record.SCHEMA
-    machine = doc["machine"]
-    for key in ("cores", "memory_bytes", "python", "openssl", "uvloop", "git_commit"):
-        assert key in machine, key
-    assert machine["cores"] >= 1
-    assert machine["memory_bytes"] > 0
-    assert len(doc["load_before"]) == 3
-    assert len(doc["load_after"]) == 3
-    assert isinstance(doc["loaded"], bool)
-    assert doc["figures"], "a bench run that recorded no figure"
-    for f in doc["figures"]:
-        for key, kind in (("bench", str), ("name", str), ("unit", str), ("samples", list),
-                          ("cpu", dict), ("params", dict), ("load", float)):  # fmt: skip
-            assert isinstance(f[key], kind), (f["name"], key)
-        assert f["samples"]
-        assert all(isinstance(s, float) for s in f["samples"])
-        assert (f["min"], f["max"]) == (min(f["samples"]), max(f["samples"]))
-        if f["latency"] is not None:
-            lat = f["latency"]
-            assert lat["count"] > 0
-            assert lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
-
-
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_each_bench_writes_a_document_of_the_schema(runs: Runs, name: str) -> None:
     doc, out = runs(name)
-    _check_schema(doc)
+    check_schema(doc)
     assert doc["benches"][name]["error"] is None
     assert all(f["bench"] == name for f in doc["figures"])
     assert "results: " in out

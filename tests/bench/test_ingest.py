@@ -18,7 +18,7 @@ import pytest
 
 from bench import record
 from bench.common import DSN_ENV
-from tests.bench.test_benches import REPO, _check_schema
+from tests.bench.schema import REPO, check_schema
 
 TINY = ["--rows", "600", "--rounds", "3", "--rate", "20", "--seconds", "0.5"]
 TINY += ["--writeback-ops", "20"]
@@ -49,7 +49,7 @@ def _figure(doc: dict[str, Any], phase: str) -> list[dict[str, Any]]:
 
 
 def test_the_ingest_bench_writes_a_document_of_the_schema(run: dict[str, Any]) -> None:
-    _check_schema(run)
+    check_schema(run)
     assert run["benches"]["ingest"]["error"] is None
     assert {f["phase"] for f in run["figures"]} == {"initial copy", "live", "write-back"}
 

@@ -4,8 +4,6 @@ real control database and daemon."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 import orjson
@@ -14,22 +12,9 @@ import pytest
 from syncd.ingest.queue import IngestQueue
 from tests.e2e.conftest import RunningDaemon
 from tests.ingest.conftest import PROFILES, Staging, eventually, org_name
+from tests.ingest.helpers import syncd_ingest
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def syncd_ingest(*argv: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "syncd.ingest.cli",
-        *argv,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.mark.parametrize(

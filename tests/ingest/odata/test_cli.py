@@ -19,7 +19,7 @@ import pytest
 from syncd.ingest.queue import IngestQueue
 from tests.e2e.conftest import RunningDaemon
 from tests.ingest.conftest import Staging, eventually, org_name
-from tests.ingest.test_cli import syncd_ingest
+from tests.ingest.helpers import syncd_ingest
 
 pytestmark = pytest.mark.timeout(90)
 
