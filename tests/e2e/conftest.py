@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from syncd.auth import mint_token
@@ -31,7 +30,7 @@ from syncd.store import Changeset, StagingStore, apply_changeset
 from tests.support.crm import CRM
 
 __all__ = ["CRM"]
-from tests.support.pg import with_database
+from tests.support.pg import scratch_database
 
 
 @dataclass
@@ -140,14 +139,9 @@ def workdir() -> Any:
 
 @pytest.fixture
 async def control_dsn(pg_dsn: str) -> AsyncIterator[str]:
-    name = f"ctl_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(pg_dsn, name)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    """A control database of the test's own."""
+    async with scratch_database(pg_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture

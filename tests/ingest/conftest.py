@@ -31,7 +31,7 @@ from syncd.ingest.queue import IngestQueue, QueueSettings
 from syncd.ingest.sync import FAULT_ENV
 from syncd.store.sql import database_name
 from tests.e2e.conftest import RunningDaemon, run_daemon
-from tests.support.pg import with_database
+from tests.support.pg import scratch_database, with_database
 
 SOURCE_DDL = """
 CREATE TABLE account (
@@ -110,14 +110,9 @@ def short_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def control_dsn(pg_dsn: str) -> AsyncIterator[str]:
-    name = f"ctl_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(pg_dsn, name)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    """A control database of the test's own."""
+    async with scratch_database(pg_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture
