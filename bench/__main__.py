@@ -8,7 +8,7 @@ run one at a time so none steals the others' cores, and a failing bench does not
 rest: the runner reports it and exits non-zero at the end. All benches of one run write
 into one JSON document (bench/record.py) whose path is printed at the end.
 
-    python -m bench [--full] [--only codec,localdb,feed,upload,sync,fanout,peers,ingest]
+    python -m bench [--full] [--only codec,localdb,feed,upload,sync,fanout,peers,ingest,firstsync]
 """
 
 from __future__ import annotations
@@ -23,7 +23,17 @@ from typing import Final
 
 from bench import record
 
-BENCHES: Final = ("codec", "localdb", "feed", "upload", "sync", "fanout", "peers", "ingest")
+BENCHES: Final = (
+    "codec",
+    "localdb",
+    "feed",
+    "upload",
+    "sync",
+    "fanout",
+    "peers",
+    "ingest",
+    "firstsync",
+)
 QUICK: Final[dict[str, list[str]]] = {
     "codec": ["--batches", "20", "--repeat", "3"],
     "localdb": ["--rows", "50000", "--rounds", "3"],
@@ -33,6 +43,7 @@ QUICK: Final[dict[str, list[str]]] = {
     "fanout": ["--devices", "200", "--changes", "50"],
     "peers": ["--rows", "20000", "--devices", "10,50,100,200", "--changes", "20"],
     "ingest": [],
+    "firstsync": ["--rows", "200000", "--shaped-rows", "50000"],
 }
 FULL: Final[dict[str, list[str]]] = {
     "codec": [],
@@ -43,6 +54,7 @@ FULL: Final[dict[str, list[str]]] = {
     "fanout": [],
     "peers": ["--rows", "200000", "--devices", "10,100,200,400,800"],
     "ingest": ["--rows", "1000000"],
+    "firstsync": [],  # 1M and 3M rows, then 200k through the shaped link
 }
 
 

@@ -37,6 +37,7 @@ TINY: dict[str, list[str]] = {
         # No node on PATH: pouchdb-server is skipped; direct PostgreSQL runs at a tiny size.
         "peers": "--only pouchdb,postgres --rows 500 --devices 3 --changes 3 --rate 20"
         " --poll 0.2 --live-rows 100",
+        "firstsync": "--rows 3000 --shaped-rows 2000",
     }.items()
 }
 RUN_DEADLINE_S = 100
