@@ -13,14 +13,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import psutil
 import pytest
 
 from syncd.model import ClientModel
 from syncd.store import ControlStore, EmbeddedPostgres, OrgStores, StagingStore
 from tests.support.crm import CRM_MODEL
-from tests.support.pg import with_database
+from tests.support.pg import scratch_database
 
 __all__ = ["CRM_MODEL", "unique_name"]
 
@@ -60,26 +59,14 @@ def unique_name(prefix: str) -> str:
 
 
 @pytest.fixture
-async def fresh_database(pg_dsn: str) -> AsyncIterator[str]:
-    """The name of an empty database, dropped after the test."""
-    name = unique_name("t")
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        yield name
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def control(pg_dsn: str, fresh_database: str) -> AsyncIterator[ControlStore]:
+async def control(pg_dsn: str) -> AsyncIterator[ControlStore]:
     """A migrated control store on a database of its own."""
-    store = await ControlStore.connect(with_database(pg_dsn, fresh_database))
-    try:
-        yield store
-    finally:
-        await store.close()
+    async with scratch_database(pg_dsn) as dsn:
+        store = await ControlStore.connect(dsn)
+        try:
+            yield store
+        finally:
+            await store.close()
 
 
 @pytest.fixture
