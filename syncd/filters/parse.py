@@ -180,7 +180,7 @@ class _Parser:
             return IsNull(col, negated=op == "not_null")
         if ctype not in COMPARABLE_TYPES:
             raise FilterError(opath, f"a {ctype} column only supports is_null / not_null")
-        if op in COMPARE_OPS:
+        if isinstance(op, str) and op in COMPARE_OPS:  # a list or an object is an unknown op
             if op not in ("=", "!=") and ctype not in ORDERED_TYPES:
                 raise FilterError(opath, f"{op!r} needs an ordered type, not {ctype}")
             self._only(spec, path, {"column", "op", "value", "param"})

@@ -70,6 +70,7 @@ def test_every_kind_parses_and_round_trips(flt: dict[str, Any]) -> None:
          CON, "not synced by this profile"),
         ("account", {"and": [{"owner": "owner_id"}, {"column": "owner_id", "op": "~"}]},
          f"{ACC}.and[1].op", "unknown op '~'"),
+        ("account", {"column": "name", "op": ["="], "value": "m"}, f"{ACC}.op", "unknown op ['=']"),
         ("account", {"and": []}, f"{ACC}.and", "non-empty list"),
         ("account", {"column": "owner_id", "op": "=", "value": "seven"},
          f"{ACC}.value", "not a 64-bit integer"),
