@@ -7,6 +7,11 @@ entity. Every identifier is checked against the schema here, every literal again
 column's type, every parameter name against the fixed set below: a parsed filter can be
 compiled to SQL without further checks. Shorthands are expanded into the general nodes.
 
+What each kind's JSON means is its node class's own parse rule (``syncd.filters.nodes``:
+``FORMS`` by key, ``CONDITIONS`` by op); this module dispatches to them and holds what they
+share, the paths, the depth bound and the schema checks, handed to a rule as its ``Reader``.
+So a new kind of filter does not touch this module.
+
 Cross-entity rules (a ``related`` parent must be in the same profile, chains at most
 ``MAX_RELATED_DEPTH`` deep, no cycles) need every filter of the profile and live in
 ``syncd.model``.
@@ -17,34 +22,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from syncd.filters.nodes import (
-    COMPARE_OPS,
-    AllRows,
-    And,
-    Between,
-    Compare,
-    CompareOp,
+    CONDITIONS,
+    FORMS,
+    OP_SPELLINGS,
     FilterNode,
-    InList,
-    IsNull,
     Literal,
-    Membership,
-    Not,
-    Or,
     Param,
-    Related,
-    Within,
+    Spec,
 )
-from syncd.filters.values import (
-    COMPARABLE_TYPES,
-    ORDERED_TYPES,
-    TIME_TYPES,
-    BadValue,
-    coerce,
-    parse_duration,
-)
+from syncd.filters.values import COMPARABLE_TYPES, BadValue, coerce
 
 __all__ = [
     "LIST_PARAMS",
@@ -97,7 +86,7 @@ class SchemaView:
 def parse_filter(obj: object, entity: str, schema: SchemaView) -> FilterNode:
     """Validate a filter document for ``entity`` against ``schema`` (a FilterError names the
     path of the first problem)."""
-    return _Parser(entity, schema).node(obj, "", 0)
+    return _Parser(entity, schema).node(obj, "")
 
 
 def _join(path: str, part: str) -> str:
@@ -107,156 +96,85 @@ def _join(path: str, part: str) -> str:
 
 
 class _Parser:
+    """The dispatch to the node classes' rules (``FORMS``, ``CONDITIONS``) and the checks they
+    share; a rule is given the parser as its ``syncd.filters.nodes.Reader``."""
+
     def __init__(self, entity: str, schema: SchemaView) -> None:
-        self.entity = entity
+        self.filtered = entity
         self.schema = schema
         self.columns = schema.columns[entity]
+        self.depth = 0
 
-    def node(self, obj: object, path: str, depth: int) -> FilterNode:
-        if depth > MAX_DEPTH:
+    def node(self, obj: object, path: str) -> FilterNode:
+        if self.depth > MAX_DEPTH:
             raise FilterError(path, f"nested deeper than {MAX_DEPTH} levels")
         if not isinstance(obj, dict):
             raise FilterError(path, f"expected a JSON object, got {type(obj).__name__}")
-        spec = cast(dict[str, Any], obj)
-        for word in ("and", "or"):
-            if word in spec:
-                self._only(spec, path, {word})
-                items = spec[word]
-                ipath = _join(path, word)
-                if not isinstance(items, list) or not items:
-                    raise FilterError(ipath, "must be a non-empty list of filters")
-                parsed = tuple(
-                    self.node(item, _join(ipath, f"[{i}]"), depth + 1)
-                    for i, item in enumerate(items)
-                )
-                return And(parsed) if word == "and" else Or(parsed)
-        if "not" in spec:
-            self._only(spec, path, {"not"})
-            return Not(self.node(spec["not"], _join(path, "not"), depth + 1))
-        if "all" in spec:
-            self._only(spec, path, {"all"})
-            if spec["all"] is not True:
-                raise FilterError(_join(path, "all"), "must be true")
-            return AllRows()
-        if "related" in spec:
-            self._only(spec, path, {"related"})
-            return self.related(spec["related"], _join(path, "related"))
-        if "owner" in spec:
-            self._only(spec, path, {"owner"})
-            col = self.column(spec["owner"], _join(path, "owner"))
-            self._param_fits(col, "user.id", _join(path, "owner"))
-            return Compare(col, "=", Param("user.id"))
-        if "team" in spec:
-            self._only(spec, path, {"team"})
-            col = self.column(spec["team"], _join(path, "team"))
-            return self._membership_or_claim(col, "teams", "user.teams", _join(path, "team"))
-        if "business_unit" in spec:
-            self._only(spec, path, {"business_unit"})
-            where = _join(path, "business_unit")
-            col = self.column(spec["business_unit"], where)
-            if "business_unit" in self.schema.memberships:
-                self._membership_fits(col, "business_unit", where)
-                return InList(col, Membership("business_unit"))
-            self._param_fits(col, "user.business_unit", where)
-            return Compare(col, "=", Param("user.business_unit"))
+        spec = cast(Spec, obj)
+        for key, rule in FORMS.items():
+            if key in spec:
+                self.only(spec, path, {key})
+                return rule(spec[key], _join(path, key), self)
         if "column" in spec:
             return self.condition(spec, path)
-        raise FilterError(
-            path,
-            "expected one of: all, owner, team, business_unit, related, column, and, or, not",
-        )
+        raise FilterError(path, f"expected one of: {', '.join([*FORMS, 'column'])}")
 
-    # --- leaves -----------------------------------------------------------------------
-
-    def condition(self, spec: dict[str, Any], path: str) -> FilterNode:
+    def condition(self, spec: Spec, path: str) -> FilterNode:
         col = self.column(spec["column"], _join(path, "column"))
-        ctype = self.columns[col]
         op = spec.get("op")
-        if op == "IN":  # the first filter form spelled it in capitals
-            op = "in"
-        opath = _join(path, "op")
-        if op in ("is_null", "not_null"):
-            self._only(spec, path, {"column", "op"})
-            return IsNull(col, negated=op == "not_null")
-        if ctype not in COMPARABLE_TYPES:
-            raise FilterError(opath, f"a {ctype} column only supports is_null / not_null")
-        if isinstance(op, str) and op in COMPARE_OPS:  # a list or an object is an unknown op
-            if op not in ("=", "!=") and ctype not in ORDERED_TYPES:
-                raise FilterError(opath, f"{op!r} needs an ordered type, not {ctype}")
-            self._only(spec, path, {"column", "op", "value", "param"})
-            operand = self.operand(spec, col, path, want_list=False)
-            return Compare(col, cast(CompareOp, op), operand)
-        if op in ("in", "not_in"):
-            self._only(spec, path, {"column", "op", "value", "param", "membership"})
-            negated = op == "not_in"
-            if "membership" in spec:
-                if "value" in spec or "param" in spec:
-                    raise FilterError(path, "give exactly one of value, param, membership")
-                where = _join(path, "membership")
-                name = spec["membership"]
-                if not isinstance(name, str) or name not in self.schema.memberships:
-                    raise FilterError(where, f"unknown membership {name!r}")
-                self._membership_fits(col, name, where)
-                return InList(col, Membership(name), negated)
-            return InList(col, self.operand(spec, col, path, want_list=True), negated)
-        if op == "between":
-            self._only(spec, path, {"column", "op", "value"})
-            if ctype not in ORDERED_TYPES:
-                raise FilterError(opath, f"'between' needs an ordered type, not {ctype}")
-            vpath = _join(path, "value")
-            bounds = spec.get("value")
-            if not isinstance(bounds, list) or len(bounds) != 2:
-                raise FilterError(vpath, "must be a list [low, high]")
-            for i, b in enumerate(bounds):
-                self._literal(ctype, b, _join(vpath, f"[{i}]"))
-            return Between(col, Literal(bounds[0]), Literal(bounds[1]))
-        if op == "within":
-            self._only(spec, path, {"column", "op", "last", "next"})
-            if ctype not in TIME_TYPES:
-                raise FilterError(opath, f"'within' needs a timestamp or date column, not {ctype}")
-            given = [d for d in ("last", "next") if d in spec]
-            if len(given) != 1:
-                raise FilterError(path, "give exactly one of last, next")
-            direction = given[0]
-            try:
-                seconds = parse_duration(spec[direction])
-            except BadValue as exc:
-                raise FilterError(_join(path, direction), str(exc)) from None
-            return Within(col, "last" if direction == "last" else "next", seconds, spec[direction])
-        raise FilterError(
-            opath,
-            f"unknown op {op!r} (one of =, !=, <, <=, >, >=, in, not_in, between, within, "
-            "is_null, not_null)",
-        )
-
-    def related(self, obj: object, path: str) -> Related:
-        if not isinstance(obj, dict):
-            raise FilterError(path, 'expected {"entity": ..., "via": ...}')
-        spec = cast(dict[str, Any], obj)
-        self._only(spec, path, {"entity", "via"})
-        parent = spec.get("entity")
-        if not isinstance(parent, str) or parent not in self.schema.columns:
-            raise FilterError(_join(path, "entity"), f"unknown entity {parent!r}")
-        via = self.column(spec.get("via"), _join(path, "via"))
-        key_type = self.schema.columns[parent][self.schema.keys[parent]]
-        if self.columns[via] != key_type:
+        if isinstance(op, str):
+            op = OP_SPELLINGS.get(op, op)
+        rule = CONDITIONS.get(op) if isinstance(op, str) else None
+        if rule is None:
+            # A column that only supports null tests says so before the op is judged unknown.
+            self.comparable(col, _join(path, "op"))
             raise FilterError(
-                _join(path, "via"),
-                f"column {via!r} is {self.columns[via]}, but {parent}'s key is {key_type}",
+                _join(path, "op"), f"unknown op {op!r} (one of {', '.join(CONDITIONS)})"
             )
-        return Related(via, parent)
+        assert isinstance(op, str)
+        return rule(col, op, spec, path, self)
+
+    # --- the Reader the node classes' rules are given ----------------------------------
+
+    def child(self, obj: object, path: str) -> FilterNode:
+        self.depth += 1
+        try:
+            return self.node(obj, path)
+        finally:
+            self.depth -= 1
+
+    @staticmethod
+    def join(path: str, part: str) -> str:
+        return _join(path, part)
+
+    @staticmethod
+    def error(path: str, message: str) -> Exception:
+        return FilterError(path, message)
+
+    @staticmethod
+    def only(spec: Spec, path: str, allowed: set[str]) -> None:
+        for k in spec:
+            if k not in allowed:
+                names = ", ".join(sorted(allowed))
+                raise FilterError(_join(path, str(k)), f"unknown field (allowed here: {names})")
 
     def column(self, name: object, path: str) -> str:
         if not isinstance(name, str) or name not in self.columns:
-            raise FilterError(path, f"unknown column {name!r} of entity {self.entity!r}")
+            raise FilterError(path, f"unknown column {name!r} of entity {self.filtered!r}")
         return name
 
-    def operand(
-        self, spec: dict[str, Any], col: str, path: str, *, want_list: bool
-    ) -> Literal | Param:
+    def column_type(self, column: str) -> str:
+        return self.columns[column]
+
+    def comparable(self, column: str, path: str) -> None:
+        ctype = self.columns[column]
+        if ctype not in COMPARABLE_TYPES:
+            raise FilterError(path, f"a {ctype} column only supports is_null / not_null")
+
+    def operand(self, spec: Spec, column: str, path: str, *, want_list: bool) -> Literal | Param:
         if ("value" in spec) == ("param" in spec):
             raise FilterError(path, "give exactly one of value, param")
-        ctype = self.columns[col]
+        ctype = self.columns[column]
         if "param" in spec:
             where = _join(path, "param")
             name = spec["param"]
@@ -277,42 +195,44 @@ class _Parser:
             if not isinstance(value, list) or len(value) > MAX_IN_VALUES:
                 raise FilterError(where, f"must be a list of at most {MAX_IN_VALUES} values")
             for i, v in enumerate(value):
-                self._literal(ctype, v, _join(where, f"[{i}]"))
+                self.literal(ctype, v, _join(where, f"[{i}]"))
             return Literal(list(value))
-        self._literal(ctype, value, where)
+        self.literal(ctype, value, where)
         return Literal(value)
 
-    # --- checks -----------------------------------------------------------------------
-
-    def _literal(self, ctype: str, value: object, path: str) -> None:
+    @staticmethod
+    def literal(column_type: str, value: object, path: str) -> None:
         if isinstance(value, dict | list) or value is None:
-            raise FilterError(path, f"expected a {ctype} value (use is_null for nulls)")
+            raise FilterError(path, f"expected a {column_type} value (use is_null for nulls)")
         try:
-            coerce(ctype, value)
+            coerce(column_type, value)
         except BadValue as exc:
             raise FilterError(path, str(exc)) from None
 
-    def _param_fits(self, col: str, param: str, path: str) -> None:
-        if self.columns[col] not in COMPARABLE_TYPES:
-            raise FilterError(path, f"{param} cannot be compared with a {self.columns[col]}")
+    def param_fits(self, column: str, param: str, path: str) -> None:
+        if self.columns[column] not in COMPARABLE_TYPES:
+            raise FilterError(path, f"{param} cannot be compared with a {self.columns[column]}")
 
-    def _membership_fits(self, col: str, name: str, path: str) -> None:
+    def has_membership(self, name: str) -> bool:
+        return name in self.schema.memberships
+
+    def membership(self, name: object, path: str) -> str:
+        if not isinstance(name, str) or name not in self.schema.memberships:
+            raise FilterError(path, f"unknown membership {name!r}")
+        return name
+
+    def membership_fits(self, column: str, name: str, path: str) -> None:
         want = self.schema.memberships[name]
-        if self.columns[col] != want:
+        if self.columns[column] != want:
             raise FilterError(
-                path, f"column {col!r} is {self.columns[col]}, membership {name!r} lists {want}"
+                path,
+                f"column {column!r} is {self.columns[column]}, membership {name!r} lists {want}",
             )
 
-    def _membership_or_claim(self, col: str, name: str, claim: str, path: str) -> FilterNode:
-        if name in self.schema.memberships:
-            self._membership_fits(col, name, path)
-            return InList(col, Membership(name))
-        self._param_fits(col, claim, path)
-        return InList(col, Param(claim))
+    def entity(self, name: object, path: str) -> str:
+        if not isinstance(name, str) or name not in self.schema.columns:
+            raise FilterError(path, f"unknown entity {name!r}")
+        return name
 
-    @staticmethod
-    def _only(spec: dict[str, Any], path: str, allowed: set[str]) -> None:
-        for k in spec:
-            if k not in allowed:
-                names = ", ".join(sorted(allowed))
-                raise FilterError(_join(path, str(k)), f"unknown field (allowed here: {names})")
+    def key_type(self, entity: str) -> str:
+        return self.schema.columns[entity][self.schema.keys[entity]]
