@@ -1,12 +1,19 @@
-"""Binding: a parsed filter plus one device's parameter values, resolved to typed leaves.
+"""Bound filters: a parsed filter plus one device's parameter values, one class per kind.
 
-Strategy: everything that depends on who the device is happens here, once per plan: claim
-values are coerced to the type of the column they are compared with (a claim ``"7"`` against
-an integer column becomes ``7``), memberships get the user id in the membership table's type,
-and each ``related`` node gets its parent entity's own bound filter (so a chain of three is
-three nested bound trees). The result is all a compiler needs: ``syncd.store.filter_sql`` and
-``syncd.predicates.memory`` read these trees and never look at claims or JSON again. A value that
-cannot fit raises ``BindError``, which the plan reports to the device as "filter cannot apply".
+Strategy: everything that depends on who the device is happens at binding, once per plan:
+claim values are coerced to the type of the column they are compared with (a claim ``"7"``
+against an integer column becomes ``7``), memberships get the user id in the membership
+table's type, and each ``related`` node gets its parent entity's own bound filter (so a chain
+of three is three nested bound trees). A value that cannot fit raises ``BindError``, which the
+plan reports to the device as "filter cannot apply".
+
+Each bound class holds what its kind means above the syntax: how it is bound from its parsed
+node (``bind``, which ``Binder.node`` dispatches to), what it reads and whether it can move
+without a write of its own (``identity``, ``tables``, ``reads_clock``), and its value on a row
+held in memory, traced on request (``truth``, by the three-valued helpers of
+``syncd.predicates.memory``). Its SQL form is the store's (``syncd.store.filter_sql``): SQL is
+written only there. So a new kind is one class here, plus the syntax class and its SQL; mypy
+names the ``match`` statements that must learn it (``Binder.node`` here, the SQL compilers).
 """
 
 from __future__ import annotations
@@ -36,6 +43,19 @@ from syncd.filters.nodes import (
 )
 from syncd.filters.values import BadValue, coerce
 from syncd.model import ClientModel, Column, Entity, MembershipSpec, Profile
+from syncd.predicates.memory import (
+    Lookup,
+    Row,
+    Step,
+    Steps,
+    Truth,
+    compare,
+    conjunction,
+    disjunction,
+    is_in,
+    negate,
+)
+from syncd.predicates.memory import Related as RelatedStep
 
 __all__ = [
     "BAll",
@@ -50,6 +70,7 @@ __all__ = [
     "BRelated",
     "BWithin",
     "BindError",
+    "Binder",
     "BoundLeaf",
     "BoundNode",
     "BoundTree",
@@ -67,7 +88,9 @@ class BindError(ValueError):
 # rows: plans hash it, the hub groups devices by it), ``tables`` (the other staging tables
 # whose writes can move rows in or out) and ``reads_clock`` (whether the passing of time can).
 # A node that depends on neither moves only when its own row is written, which is what lets a
-# filter split into partitions (``syncd.predicates.partition``).
+# filter split into partitions (``syncd.predicates.partition``). ``truth`` is its value on a
+# row (``Lookup`` supplies related parents and membership sets); given a ``steps`` list, it
+# also appends its ``Step`` there, after its children's, which is how ``trace`` records why.
 
 
 def _v(value: object) -> Any:
@@ -82,6 +105,10 @@ _NONE: frozenset[str] = frozenset()
 class BAll:
     """Every row (a profile entity with no filter, or ``{"all": true}``)."""
 
+    @classmethod
+    def bind(cls, n: AllRows, b: Binder) -> BAll:
+        return cls()
+
     def identity(self) -> Any:
         return ["all"]
 
@@ -90,6 +117,11 @@ class BAll:
 
     def reads_clock(self) -> bool:
         return False
+
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        if steps is not None:
+            steps.append(Step("all", True))
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +132,11 @@ class BCompare:
     op: CompareOp
     value: object
 
+    @classmethod
+    def bind(cls, n: Compare, b: Binder) -> BCompare:
+        col = b.column(n.column)
+        return cls(col, n.op, b.scalar(col, n.operand))
+
     def identity(self) -> Any:
         return [self.op, self.column.name, _v(self.value)]
 
@@ -108,6 +145,13 @@ class BCompare:
 
     def reads_clock(self) -> bool:
         return False
+
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        value = row.get(self.column.name)
+        result = compare(self.op, value, self.value)
+        if steps is not None:
+            steps.append(Step("compare", result, self.column.name, self.op, value, self.value))
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +162,15 @@ class BIn:
     values: tuple[object, ...]
     negated: bool
 
+    @classmethod
+    def bind(cls, n: InList, b: Binder) -> BIn | BMember:
+        """A literal list or a list claim binds to its values; a membership to ``BMember``."""
+        col = b.column(n.column)
+        source = n.source
+        if isinstance(source, Membership):
+            return BMember.bind(col, source, n.negated, b)
+        return cls(col, b.many(col, source), n.negated)
+
     def identity(self) -> Any:
         op = "not_in" if self.negated else "in"
         return [op, self.column.name, [_v(v) for v in self.values]]
@@ -127,6 +180,15 @@ class BIn:
 
     def reads_clock(self) -> bool:
         return False
+
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        value = row.get(self.column.name)
+        found = is_in(value, self.values)
+        result = negate(found) if self.negated else found
+        if steps is not None:
+            kind = "not_in" if self.negated else "in"
+            steps.append(Step(kind, result, self.column.name, kind, value, self.values))
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +201,13 @@ class BMember:
     user: object  # the user id, typed like the membership table's user column
     negated: bool
 
+    @classmethod
+    def bind(cls, column: Column, source: Membership, negated: bool, b: Binder) -> BMember:
+        spec = b.model.membership(source.name)
+        table = b.model.entity(spec.entity)
+        user = b.typed(table.column(spec.user), b.user, f"membership {spec.name}")
+        return cls(column, spec, table, user, negated)
+
     def identity(self) -> Any:
         op = "not_member" if self.negated else "member"
         return [op, self.column.name, self.membership.name, _v(self.user)]
@@ -149,6 +218,18 @@ class BMember:
     def reads_clock(self) -> bool:
         return False
 
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        value = row.get(self.column.name)
+        members = lookup.members(self.membership, self.user)
+        found = is_in(value, members)
+        result = negate(found) if self.negated else found
+        if steps is not None:
+            kind = "not_member" if self.negated else "member"
+            listed = sorted(members, key=repr)
+            shown = {"membership": self.membership.name, "user": self.user, "values": listed}
+            steps.append(Step(kind, result, self.column.name, kind, value, shown))
+        return result
+
 
 @dataclass(frozen=True, slots=True)
 class BIsNull:
@@ -156,6 +237,10 @@ class BIsNull:
 
     column: Column
     negated: bool
+
+    @classmethod
+    def bind(cls, n: IsNull, b: Binder) -> BIsNull:
+        return cls(b.column(n.column), n.negated)
 
     def identity(self) -> Any:
         return ["not_null" if self.negated else "is_null", self.column.name]
@@ -166,6 +251,14 @@ class BIsNull:
     def reads_clock(self) -> bool:
         return False
 
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        value = row.get(self.column.name)
+        result = (value is not None) if self.negated else (value is None)
+        if steps is not None:
+            kind = "not_null" if self.negated else "is_null"
+            steps.append(Step(kind, result, self.column.name, kind, value))
+        return result
+
 
 @dataclass(frozen=True, slots=True)
 class BBetween:
@@ -174,6 +267,11 @@ class BBetween:
     column: Column
     low: object
     high: object
+
+    @classmethod
+    def bind(cls, n: Between, b: Binder) -> BBetween:
+        col = b.column(n.column)
+        return cls(col, b.scalar(col, n.low), b.scalar(col, n.high))
 
     def identity(self) -> Any:
         return ["between", self.column.name, _v(self.low), _v(self.high)]
@@ -184,6 +282,14 @@ class BBetween:
     def reads_clock(self) -> bool:
         return False
 
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        value = row.get(self.column.name)
+        result = conjunction((compare(">=", value, self.low), compare("<=", value, self.high)))
+        if steps is not None:
+            bounds = (self.low, self.high)
+            steps.append(Step("between", result, self.column.name, "between", value, bounds))
+        return result
+
 
 @dataclass(frozen=True, slots=True)
 class BWithin:
@@ -192,6 +298,10 @@ class BWithin:
     column: Column
     direction: TypingLiteral["last", "next"]
     seconds: int
+
+    @classmethod
+    def bind(cls, n: Within, b: Binder) -> BWithin:
+        return cls(b.column(n.column), n.direction, n.seconds)
 
     def identity(self) -> Any:
         return ["within", self.column.name, self.direction, self.seconds]
@@ -202,6 +312,15 @@ class BWithin:
     def reads_clock(self) -> bool:
         return True
 
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        op = ">=" if self.direction == "last" else "<="
+        value = row.get(self.column.name)
+        bound = cutoff(self, now)
+        result = compare(op, value, bound)
+        if steps is not None:
+            steps.append(Step("within", result, self.column.name, op, value, bound))
+        return result
+
 
 @dataclass(frozen=True, slots=True)
 class BRelated:
@@ -209,6 +328,10 @@ class BRelated:
 
     via: Column
     parent: BoundTree
+
+    @classmethod
+    def bind(cls, n: Related, b: Binder) -> BRelated:
+        return cls(b.column(n.via), b.parent(n.entity))
 
     def identity(self) -> Any:
         return ["related", self.via.name, self.parent.identity()]
@@ -219,12 +342,37 @@ class BRelated:
     def reads_clock(self) -> bool:
         return self.parent.reads_clock()
 
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        via = row.get(self.via.name)
+        parent = None if via is None else lookup.row(self.parent.entity.name, via)
+        parent_steps: Steps = None if steps is None else []
+        result: Truth
+        if parent is None:
+            result = False
+        elif self.parent.root is None:
+            result = True
+        else:
+            result = self.parent.root.truth(parent, lookup, now, parent_steps) is True
+        if steps is not None:
+            found = RelatedStep(
+                self.parent.entity.name,
+                via,
+                parent is not None,
+                parent_steps[0] if parent_steps else None,
+            )
+            steps.append(Step("related", result, self.via.name, None, via, related=found))
+        return result
+
 
 @dataclass(frozen=True, slots=True)
 class BAnd:
     """Every item holds."""
 
     items: tuple[BoundNode, ...]
+
+    @classmethod
+    def bind(cls, n: And, b: Binder) -> BAnd:
+        return cls(tuple(b.node(i) for i in n.items))
 
     def identity(self) -> Any:
         return ["and", [i.identity() for i in self.items]]
@@ -235,12 +383,23 @@ class BAnd:
     def reads_clock(self) -> bool:
         return any(i.reads_clock() for i in self.items)
 
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        inner: Steps = None if steps is None else []
+        result = conjunction([i.truth(row, lookup, now, inner) for i in self.items])
+        if steps is not None:
+            steps.append(Step("and", result, items=tuple(inner or ())))
+        return result
+
 
 @dataclass(frozen=True, slots=True)
 class BOr:
     """At least one item holds."""
 
     items: tuple[BoundNode, ...]
+
+    @classmethod
+    def bind(cls, n: Or, b: Binder) -> BOr:
+        return cls(tuple(b.node(i) for i in n.items))
 
     def identity(self) -> Any:
         return ["or", [i.identity() for i in self.items]]
@@ -251,12 +410,23 @@ class BOr:
     def reads_clock(self) -> bool:
         return any(i.reads_clock() for i in self.items)
 
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        inner: Steps = None if steps is None else []
+        result = disjunction([i.truth(row, lookup, now, inner) for i in self.items])
+        if steps is not None:
+            steps.append(Step("or", result, items=tuple(inner or ())))
+        return result
+
 
 @dataclass(frozen=True, slots=True)
 class BNot:
     """The item does not hold."""
 
     item: BoundNode
+
+    @classmethod
+    def bind(cls, n: Not, b: Binder) -> BNot:
+        return cls(b.node(n.item))
 
     def identity(self) -> Any:
         return ["not", self.item.identity()]
@@ -267,9 +437,17 @@ class BNot:
     def reads_clock(self) -> bool:
         return self.item.reads_clock()
 
+    def truth(self, row: Row, lookup: Lookup, now: datetime, steps: Steps = None) -> Truth:
+        inner: Steps = None if steps is None else []
+        result = negate(self.item.truth(row, lookup, now, inner))
+        if steps is not None:
+            steps.append(Step("not", result, items=tuple(inner or ())))
+        return result
 
-#: The closed unions of bound nodes: the compilers (``syncd.store.filter_sql``, ``memory``) match
-#: over them and end in ``assert_never``, so mypy names each place a new kind must be handled.
+
+#: The closed unions of bound nodes: the binder and the SQL compilers
+#: (``syncd.store.filter_sql``) match over them and end in ``assert_never``, so mypy names each
+#: place a new kind must be handled.
 BoundLeaf = BAll | BCompare | BIn | BMember | BIsNull | BBetween | BWithin | BRelated
 BoundNode = BoundLeaf | BAnd | BOr | BNot
 
@@ -309,10 +487,13 @@ def bind_tree(
     e = model.entity(entity)
     if access.node is None:
         return BoundTree(e, None, depth)
-    return BoundTree(e, _Binder(model, profile, e, params, user, depth).node(access.node), depth)
+    return BoundTree(e, Binder(model, profile, e, params, user, depth).node(access.node), depth)
 
 
-class _Binder:
+class Binder:
+    """One entity's filter being bound for one device: the dispatch to each bound class's
+    ``bind`` and the coercions they share (claims and literals to a column's type)."""
+
     def __init__(
         self,
         model: ClientModel,
@@ -326,41 +507,38 @@ class _Binder:
         self.params, self.user, self.depth = params, user, depth
 
     def node(self, n: FilterNode) -> BoundNode:
+        """``n`` bound by the bound class of its kind."""
         match n:
             case AllRows():
-                return BAll()
-            case And():
-                return BAnd(tuple(self.node(i) for i in n.items))
-            case Or():
-                return BOr(tuple(self.node(i) for i in n.items))
-            case Not():
-                return BNot(self.node(n.item))
-            case Related():
-                parent = bind_tree(
-                    self.model, self.profile, n.entity, self.params, self.user, self.depth + 1
-                )
-                return BRelated(self.entity.column(n.via), parent)
+                return BAll.bind(n, self)
             case Compare():
-                col = self.entity.column(n.column)
-                return BCompare(col, n.op, self.scalar(col, n.operand))
+                return BCompare.bind(n, self)
             case InList():
-                col = self.entity.column(n.column)
-                source = n.source
-                if isinstance(source, Membership):
-                    spec = self.model.membership(source.name)
-                    table = self.model.entity(spec.entity)
-                    user = self.typed(table.column(spec.user), self.user, f"membership {spec.name}")
-                    return BMember(col, spec, table, user, n.negated)
-                return BIn(col, self.many(col, source), n.negated)
+                return BIn.bind(n, self)
             case IsNull():
-                return BIsNull(self.entity.column(n.column), n.negated)
+                return BIsNull.bind(n, self)
             case Between():
-                col = self.entity.column(n.column)
-                return BBetween(col, self.scalar(col, n.low), self.scalar(col, n.high))
+                return BBetween.bind(n, self)
             case Within():
-                return BWithin(self.entity.column(n.column), n.direction, n.seconds)
+                return BWithin.bind(n, self)
+            case Related():
+                return BRelated.bind(n, self)
+            case And():
+                return BAnd.bind(n, self)
+            case Or():
+                return BOr.bind(n, self)
+            case Not():
+                return BNot.bind(n, self)
             case _:
                 assert_never(n)
+
+    def column(self, name: str) -> Column:
+        """A column of the entity being bound."""
+        return self.entity.column(name)
+
+    def parent(self, entity: str) -> BoundTree:
+        """A related parent's own filter, bound for the same device one level deeper."""
+        return bind_tree(self.model, self.profile, entity, self.params, self.user, self.depth + 1)
 
     def raw(self, p: Param) -> object:
         if p.name not in self.params or self.params[p.name] is None:
@@ -368,6 +546,7 @@ class _Binder:
         return self.params[p.name]
 
     def scalar(self, col: Column, operand: Literal | Param) -> object:
+        """One value for ``col``: a literal, or a single-valued claim."""
         if isinstance(operand, Literal):
             return self.typed(col, operand.value, "value")
         value = self.raw(operand)
@@ -376,6 +555,7 @@ class _Binder:
         return self.typed(col, value, operand.name)
 
     def many(self, col: Column, source: Literal | Param) -> tuple[object, ...]:
+        """A set of values for ``col``, sorted: a literal list, or a claim (a list or one)."""
         if isinstance(source, Literal):
             values = source.value
             what = "value"
@@ -391,6 +571,7 @@ class _Binder:
 
     @staticmethod
     def typed(col: Column, value: object, what: str) -> object:
+        """``value`` coerced to ``col``'s type (BindError naming ``what`` if it cannot be)."""
         try:
             return coerce(col.type, value)
         except BadValue as exc:

@@ -7,6 +7,9 @@ checks that over random rows. Rows are mappings of column name to the Python val
 returns (UUID, Decimal, aware datetime, date). Related parents and membership sets come from
 a ``Lookup`` supplied by the caller (a device-side cache, a test's model of staging).
 
+Each bound node evaluates itself (``truth`` in ``syncd.predicates.bound``) with the
+three-valued helpers below; this module holds what they share and the two entry points.
+
 Tracing: ``trace`` runs the same evaluation and also returns every node it evaluated as a
 ``Step`` (the node, the row's value, the bound operand and the three-valued result; for a
 related filter the parent's key, whether it was found and the parent filter's own trace),
@@ -16,30 +19,31 @@ evaluator that could disagree with this one. Without a trace the evaluation is u
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Protocol
 
 from syncd.model import MembershipSpec
-from syncd.predicates.bound import (
-    BAll,
-    BAnd,
-    BBetween,
-    BCompare,
-    BIn,
-    BIsNull,
-    BMember,
-    BNot,
-    BOr,
-    BoundNode,
-    BoundTree,
-    BRelated,
-    BWithin,
-    cutoff,
-)
 
-__all__ = ["Lookup", "Related", "Step", "matches", "trace"]
+if TYPE_CHECKING:  # bound.py evaluates with the helpers below, so it imports this module
+    from syncd.predicates.bound import BoundTree
+
+__all__ = [
+    "Lookup",
+    "Related",
+    "Row",
+    "Step",
+    "Steps",
+    "Truth",
+    "compare",
+    "conjunction",
+    "disjunction",
+    "is_in",
+    "matches",
+    "negate",
+    "trace",
+]
 
 Row = Mapping[str, object]
 Truth = bool | None
@@ -61,7 +65,7 @@ def matches(tree: BoundTree, row: Row, lookup: Lookup, now: datetime | None = No
     """Whether ``row`` is in ``tree``'s rows at ``now``, by the same three-valued logic as SQL."""
     if tree.root is None:
         return True
-    return _eval(tree.root, row, lookup, now or datetime.now(UTC)) is True
+    return tree.root.truth(row, lookup, now or datetime.now(UTC)) is True
 
 
 def _shown(value: object) -> object:
@@ -121,16 +125,23 @@ class Step:
         return out
 
 
+#: Where a node being traced appends its ``Step`` (None: not tracing). A node evaluates its
+#: children into a list of their own, so its step holds exactly its children's.
+Steps = list[Step] | None
+
+
 def trace(tree: BoundTree, row: Row, lookup: Lookup, now: datetime | None = None) -> Step | None:
     """``matches``, with the evaluation of every node; None when the tree takes every row."""
     if tree.root is None:
         return None
     steps: list[Step] = []
-    _eval(tree.root, row, lookup, now or datetime.now(UTC), steps)
+    tree.root.truth(row, lookup, now or datetime.now(UTC), steps)
     return steps[0]
 
 
-def _in(value: object, candidates: Collection[object]) -> Truth:
+def is_in(value: object, candidates: Collection[object]) -> Truth:
+    """SQL's ``value IN (candidates)``: false for an empty set, unknown for a null value or
+    when a null candidate might have matched."""
     if not candidates:
         return False
     if value is None:
@@ -140,11 +151,29 @@ def _in(value: object, candidates: Collection[object]) -> Truth:
     return None if None in candidates else False
 
 
-def _not(t: Truth) -> Truth:
+def negate(t: Truth) -> Truth:
+    """SQL's NOT: unknown stays unknown."""
     return None if t is None else not t
 
 
-def _compare(op: str, a: object, b: object) -> Truth:
+def conjunction(truths: Iterable[Truth]) -> Truth:
+    """SQL's AND over all of ``truths``: false wins over unknown."""
+    results = list(truths)
+    if any(r is False for r in results):
+        return False
+    return None if any(r is None for r in results) else True
+
+
+def disjunction(truths: Iterable[Truth]) -> Truth:
+    """SQL's OR over all of ``truths``: true wins over unknown."""
+    results = list(truths)
+    if any(r is True for r in results):
+        return True
+    return None if any(r is None for r in results) else False
+
+
+def compare(op: str, a: object, b: object) -> Truth:
+    """SQL's ``a op b`` for two values of one column's type; unknown if either is null."""
     if a is None or b is None:
         return None
     # Same Python type by construction (both bound to the column's type).
@@ -161,108 +190,3 @@ def _compare(op: str, a: object, b: object) -> Truth:
     if op == ">":
         return bool(x > y)
     return bool(x >= y)
-
-
-def _eval(
-    n: BoundNode, row: Row, lookup: Lookup, now: datetime, steps: list[Step] | None = None
-) -> Truth:
-    """The node's truth on ``row``; with ``steps``, its ``Step`` is appended there too."""
-    # Children evaluate into their own list, so a traced node holds exactly its children.
-    inner: list[Step] | None = None if steps is None else []
-    result: Truth
-    step: Step | None = None
-    match n:
-        case BAll():
-            result = True
-            if steps is not None:
-                step = Step("all", result)
-        case BAnd():
-            results = [_eval(i, row, lookup, now, inner) for i in n.items]
-            if any(r is False for r in results):
-                result = False
-            else:
-                result = None if any(r is None for r in results) else True
-            if inner is not None:
-                step = Step("and", result, items=tuple(inner))
-        case BOr():
-            results = [_eval(i, row, lookup, now, inner) for i in n.items]
-            if any(r is True for r in results):
-                result = True
-            else:
-                result = None if any(r is None for r in results) else False
-            if inner is not None:
-                step = Step("or", result, items=tuple(inner))
-        case BNot():
-            result = _not(_eval(n.item, row, lookup, now, inner))
-            if inner is not None:
-                step = Step("not", result, items=tuple(inner))
-        case BRelated():
-            via = row.get(n.via.name)
-            parent = None if via is None else lookup.row(n.parent.entity.name, via)
-            parent_steps: list[Step] | None = None if steps is None else []
-            if parent is None:
-                result = False
-            elif n.parent.root is None:
-                result = True
-            else:
-                result = _eval(n.parent.root, parent, lookup, now, parent_steps) is True
-            if steps is not None:
-                found = Related(
-                    n.parent.entity.name,
-                    via,
-                    parent is not None,
-                    parent_steps[0] if parent_steps else None,
-                )
-                step = Step("related", result, n.via.name, None, via, related=found)
-        case BCompare():
-            value = row.get(n.column.name)
-            result = _compare(n.op, value, n.value)
-            if steps is not None:
-                step = Step("compare", result, n.column.name, n.op, value, n.value)
-        case BIn():
-            value = row.get(n.column.name)
-            t = _in(value, n.values)
-            result = _not(t) if n.negated else t
-            if steps is not None:
-                kind = "not_in" if n.negated else "in"
-                step = Step(kind, result, n.column.name, kind, value, n.values)
-        case BMember():
-            value = row.get(n.column.name)
-            members = lookup.members(n.membership, n.user)
-            t = _in(value, members)
-            result = _not(t) if n.negated else t
-            if steps is not None:
-                kind = "not_member" if n.negated else "member"
-                listed = sorted(members, key=repr)
-                shown = {"membership": n.membership.name, "user": n.user, "values": listed}
-                step = Step(kind, result, n.column.name, kind, value, shown)
-        case BIsNull():
-            value = row.get(n.column.name)
-            result = (value is not None) if n.negated else (value is None)
-            if steps is not None:
-                kind = "not_null" if n.negated else "is_null"
-                step = Step(kind, result, n.column.name, kind, value)
-        case BBetween():
-            value = row.get(n.column.name)
-            low, high = _compare(">=", value, n.low), _compare("<=", value, n.high)
-            result = _and(low, high)
-            if steps is not None:
-                step = Step("between", result, n.column.name, "between", value, (n.low, n.high))
-        case BWithin():
-            op = ">=" if n.direction == "last" else "<="
-            value = row.get(n.column.name)
-            bound = cutoff(n, now)
-            result = _compare(op, value, bound)
-            if steps is not None:
-                step = Step("within", result, n.column.name, op, value, bound)
-        case _:
-            assert_never(n)
-    if steps is not None and step is not None:
-        steps.append(step)
-    return result
-
-
-def _and(a: Truth, b: Truth) -> Truth:
-    if a is False or b is False:
-        return False
-    return None if a is None or b is None else True

@@ -7,9 +7,10 @@ the entity's bound filter evaluated against the current staging row by the daemo
 in-memory evaluator in its tracing mode (``syncd.predicates.memory.trace``), which records
 every node with its operands and three-valued result, and for a related filter the parent's
 row and its own filter's trace, up the chain to the parent that decides. The evaluator reads
-parents and memberships through a ``Lookup``; explain fills one from staging first (the
-parent rows the chain reaches, the user's member values), so evaluation stays synchronous
-and is the daemon's, not a copy.
+parents and memberships through a ``Lookup``; explain fills one from staging with what the
+evaluator asks for (the parent rows the chain reaches, the user's member values), reading
+between evaluations, so evaluation stays synchronous and is the daemon's, not a copy, and
+this module knows no kind of filter node.
 
 Claims are not stored server-side (a token is the device's): the caller passes the ones
 that matter (teams, roles, custom claims); ``user.id`` is the user. A device that synced
@@ -23,29 +24,15 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, assert_never
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from syncd.auth import Claims
 from syncd.model import ClientModel, Entity, MembershipSpec
-from syncd.predicates.bound import (
-    BAll,
-    BAnd,
-    BBetween,
-    BCompare,
-    BIn,
-    BIsNull,
-    BMember,
-    BNot,
-    BOr,
-    BoundNode,
-    BoundTree,
-    BRelated,
-    BWithin,
-)
-from syncd.predicates.memory import trace
+from syncd.predicates.bound import BoundTree
+from syncd.predicates.memory import Step, trace
 from syncd.server.plan import PlanError, plan_for
 from syncd.store.bound_filter import BoundFilter
 from syncd.store.explain_reads import member_values, row_by_key
@@ -70,57 +57,60 @@ def jsonable(value: object) -> object:
 
 @dataclass
 class _Staged:
-    """A ``Lookup`` over rows and member values read from staging beforehand."""
+    """A ``Lookup`` over rows and member values read from staging beforehand, which notes what
+    the evaluator asked for that had not been read yet (``wanted``), to be read next."""
 
-    rows: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
+    model: ClientModel
+    rows: dict[tuple[str, str], Mapping[str, object] | None] = field(default_factory=dict)
     members_of: dict[tuple[str, str], list[object]] = field(default_factory=dict)
+    wanted_rows: dict[tuple[str, str], tuple[Entity, object]] = field(default_factory=dict)
+    wanted_members: dict[tuple[str, str], tuple[MembershipSpec, object]] = field(
+        default_factory=dict
+    )
 
     def row(self, entity: str, key: object) -> Mapping[str, object] | None:
-        return self.rows.get((entity, str(key)))
+        at = (entity, str(key))
+        if at not in self.rows:
+            self.wanted_rows[at] = (self.model.entity(entity), key)
+        return self.rows.get(at)
 
     def members(self, membership: MembershipSpec, user: object) -> Collection[object]:
-        return self.members_of.get((membership.name, str(user)), [])
+        at = (membership.name, str(user))
+        if at not in self.members_of:
+            self.wanted_members[at] = (membership, user)
+        return self.members_of.get(at, [])
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.wanted_rows or self.wanted_members)
+
+    async def read_wanted(self, pool: asyncpg.Pool) -> None:
+        for at, (entity, key) in self.wanted_rows.items():
+            self.rows[at] = await row_by_key(pool, entity, key)
+        for at, (membership, user) in self.wanted_members.items():
+            table = self.model.entity(membership.entity)
+            self.members_of[at] = await member_values(pool, membership, table, user)
+        self.wanted_rows.clear()
+        self.wanted_members.clear()
 
 
-async def _gather(
-    pool: asyncpg.Pool, tree: BoundTree, row: Mapping[str, Any], staged: _Staged
-) -> None:
-    """Read what evaluating ``tree`` on ``row`` will look up: parents, memberships."""
-    if tree.root is None:
-        return
-    for node in _leaves(tree.root):
-        match node:
-            case BRelated():
-                via = row.get(node.via.name)
-                if via is None:
-                    continue
-                parent_entity = node.parent.entity
-                key = (parent_entity.name, str(via))
-                if key not in staged.rows:
-                    staged.rows[key] = await row_by_key(pool, parent_entity, via)
-                parent = staged.rows[key]
-                if parent is not None:
-                    await _gather(pool, node.parent, parent, staged)
-            case BMember():
-                mkey = (node.membership.name, str(node.user))
-                if mkey not in staged.members_of:
-                    staged.members_of[mkey] = await member_values(
-                        pool, node.membership, node.table, node.user
-                    )
-            case BAll() | BCompare() | BIn() | BIsNull() | BBetween() | BWithin():
-                pass
-            case _:
-                assert_never(node)
+async def _traced(
+    pool: asyncpg.Pool, model: ClientModel, tree: BoundTree, row: Mapping[str, Any], now: datetime
+) -> Step | None:
+    """``trace`` of ``row``, with every parent row and member set it reads read from staging.
 
-
-def _leaves(node: BoundNode) -> list[Any]:
-    match node:
-        case BAnd() | BOr():
-            return [leaf for item in node.items for leaf in _leaves(item)]
-        case BNot():
-            return _leaves(node.item)
-        case _:
-            return [node]
+    The evaluator itself says what it reads: each pass that asked for something not read yet
+    (a parent named by the row, the user's members, then the grandparent the parent names)
+    is followed by reading it and evaluating again, until a pass asks for nothing new. Each
+    related level adds one pass, so a chain of three takes at most four; the last pass ran on
+    staging's rows alone, and nothing here knows the kinds of filter nodes.
+    """
+    staged = _Staged(model)
+    while True:
+        steps = trace(tree, row, staged, now)
+        if not staged.wanted:
+            return steps
+        await staged.read_wanted(pool)
 
 
 @dataclass(frozen=True)
@@ -180,10 +170,7 @@ async def explain_row(
             shown,
         )
     assert isinstance(subscription.filter, BoundFilter)  # what plan_for binds
-    tree = subscription.filter.tree
-    staged = _Staged()
-    await _gather(pool, tree, row, staged)
-    steps = trace(tree, row, staged, now or datetime.now(UTC))
+    steps = await _traced(pool, model, subscription.filter.tree, row, now or datetime.now(UTC))
     assert steps is not None
     verdict = steps.result is True
     said = {True: "true", False: "false", None: "unknown (a null compared)"}[steps.result]
