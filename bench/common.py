@@ -254,12 +254,20 @@ class DaemonProcess:
     """
 
     def __init__(
-        self, pg: PgServer, *, batch_size: int = 1000, profile: Path | None = None
+        self,
+        pg: PgServer,
+        *,
+        batch_size: int = 1000,
+        profile: Path | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.base = pg.base / "daemon"
         self.base.mkdir(exist_ok=True)
         self.config_path = self.base / "syncd.toml"
-        self.config_path.write_text(_toml(_daemon_settings(self.base, pg.control_dsn, batch_size)))
+        settings = _daemon_settings(self.base, pg.control_dsn, batch_size)
+        for table, values in (overrides or {}).items():
+            settings.setdefault(table, {}).update(values)
+        self.config_path.write_text(_toml(settings))
         self.log_path = self.base / "syncd.log"
         self._profile = profile
         self._proc: subprocess.Popen[bytes] | None = None

@@ -38,6 +38,8 @@ TINY: dict[str, list[str]] = {
         "peers": "--only pouchdb,postgres --rows 500 --devices 3 --changes 3 --rate 20"
         " --poll 0.2 --live-rows 100",
         "firstsync": "--rows 3000 --shaped-rows 2000",
+        "fleet": "--devices 20 --org-b-devices 4 --storm-devices 6 --storm-teams 2 --workers 2"
+        " --rows 500 --fanout-changes 2 --fanout-all-changes 2 --single-changes 4 --rate 20",
     }.items()
 }
 RUN_DEADLINE_S = 100
@@ -127,6 +129,24 @@ def test_sync_records_live_percentiles_over_three_rounds(runs: Runs) -> None:
 def test_figures_without_ceiling_still_repeat_three_times(runs: Runs, name: str) -> None:
     doc, _ = runs(name)
     assert all(f["repeats"] == 3 for f in doc["figures"])
+
+
+def test_fleet_connects_every_device_and_delivers_every_change(runs: Runs) -> None:
+    doc, out = runs("fleet")
+    figures = {f["name"]: f for f in doc["figures"]}
+    connected = figures["live devices connected"]
+    assert connected["value"] == connected["params"]["asked"] == 24
+    fanouts = [f for f in doc["figures"] if f["phase"] == "fanout"]
+    assert len(fanouts) == 2
+    for f in fanouts:
+        assert f["params"]["delivered"] == f["params"]["expected"] > 0
+    singles = [f for f in doc["figures"] if f["phase"] == "one-device"]
+    assert [f["params"]["lost"] for f in singles] == [0, 0]
+    storm = figures["reconnect storm, all caught up"]
+    assert storm["params"] == {"devices": 24, "busy": storm["params"]["busy"], "failed": 0}
+    # Every figure of the table is printed beside its same-run ceiling.
+    for line in ("bare TLS", "daemon RSS per live device", "handshakes/s during that storm"):
+        assert line in out
 
 
 def test_a_missing_node_skips_pouchdb_with_a_message(runs: Runs) -> None:
