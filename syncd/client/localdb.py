@@ -19,8 +19,14 @@ docs/ARCHITECTURE.md "First sync of a big device"). Durability is unchanged (the
 WAL, the same synchronous=NORMAL); small batches put the default back, and
 `journal_size_limit` shrinks the WAL file again after the next checkpoint.
 
-Server rows are applied with a version-guarded upsert (see `LocalTable.upsert_sql`), passing the
-decoded wire rows straight to `executemany`: no Python work per row or per value.
+Server rows are applied with a version-guarded upsert (see `LocalTable.upsert_sql`), up to
+ROWS_PER_STATEMENT rows per statement (`LocalTable.upsert_rows_sql`), the decoded wire rows'
+values bound as they are: no Python work per value, and one `sqlite3_step` per few hundred
+rows instead of one per row. That halves SQLite's time per row against `executemany`, and
+matters twice while the SDK decodes the next group on the event loop: `executemany` gives up
+the GIL around each row's step and then waits for it back, up to the interpreter's switch
+interval (5 ms) when the other thread is busy, so a commit in the worker thread crawled
+while the pump decoded (docs/ARCHITECTURE.md, "First sync of a big device").
 
 Pending edits win locally. Each local edit changes the visible table and appends to
 `_syncd_outbox` in the same transaction. While a key has queued edits, the server's row for it
@@ -50,6 +56,7 @@ entity the model no longer has become recorded rejections (UNKNOWN_ENTITY).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
@@ -113,6 +120,11 @@ BULK_ROWS = 5_000
 BULK_WAL_PAGES = 10_000
 #: SQLite's default, for live sessions' small batches.
 DEFAULT_WAL_PAGES = 1_000
+#: Rows per multi-row upsert: the fastest here of 100-4,000 (bench/localdb.py); a statement
+#: of 500 CRM rows holds ~1 MB of prepared program, and longer ones got slower.
+ROWS_PER_STATEMENT = 500
+#: Bound parameters per statement, at most (and never above the connection's own limit).
+PARAMS_PER_STATEMENT = 16_384
 #: The WAL file is cut back to this many bytes when it is reset after a checkpoint.
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
@@ -472,12 +484,39 @@ class LocalDB:
                 if pending:
                     self._apply_under_edits(cur, entity, upserts, deletes, pending)
                     continue
-                if upserts:
-                    cur.executemany(entity.upsert_sql(entity.table), upserts)
+                self._upsert(cur, entity, entity.table, upserts)
                 if deletes:
                     cur.executemany(entity.delete_sql(entity.table), ((k,) for k in deletes))
             if checkpoint is not None:
                 self._set_meta(cur, _CHECKPOINT, bytes(checkpoint))
+
+    def _upsert(
+        self, cur: sqlite3.Cursor, entity: LocalTable, table: str, rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Upsert server rows in order, ROWS_PER_STATEMENT at a time (module docstring).
+
+        A statement's size is the most rows that fit, else the largest power of two left,
+        so a connection prepares at most ~10 statement sizes per table. Rows not all of the
+        entity's width go through `executemany` one by one, which refuses the first wrong one
+        with SQLite's own error instead of binding values into the wrong columns.
+        """
+        if not rows:
+            return
+        width = entity.row_width()
+        if set(map(len, rows)) != {width}:
+            cur.executemany(entity.upsert_sql(table), rows)
+            return
+        params = min(PARAMS_PER_STATEMENT, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        most = max(1, min(ROWS_PER_STATEMENT, params // width))
+        done, total = 0, len(rows)
+        while done < total:
+            left = total - done
+            size = most if left >= most else 1 << (left.bit_length() - 1)
+            part = rows[done : done + size]
+            cur.execute(
+                entity.upsert_rows_sql(table, size), list(itertools.chain.from_iterable(part))
+            )
+            done += size
 
     def _set_wal_pages(self, pages: int) -> None:
         with self._lock:
@@ -499,10 +538,9 @@ class LocalDB:
         held: list[Sequence[Any]] = []
         for row in upserts:
             (held if len(row) > index and row[index] in pending else direct).append(row)
-        if direct:
-            cur.executemany(entity.upsert_sql(entity.table), direct)
+        self._upsert(cur, entity, entity.table, direct)
         if held:
-            cur.executemany(entity.upsert_sql(entity.base), held)
+            self._upsert(cur, entity, entity.base, held)
             cur.executemany(
                 "DELETE FROM _syncd_gone WHERE entity = ? AND key = ?",
                 ((entity.name, row[index]) for row in held),
