@@ -13,6 +13,10 @@ runs in a subprocess (its own core; its CPU and RSS are read from /proc). For ea
   wire bytes per row, the daemon's CPU seconds per million rows;
 * committed: the SDK (`SyncClient` + `LocalDB`) into SQLite, with zstd: rows/s to caught_up,
   peak RSS of the device (this process) and of the daemon, sampled every 50 ms;
+* committed, device alone: the same SDK download from bench/replay.py, which plays what the
+  daemon sent the zstd device above (recorded after TLS) as fast as the SDK reads it, so
+  the figure is the device's own (TLS, zstd, msgpack, SQLite) with no daemon or PostgreSQL
+  competing for the cores; with the device's CPU seconds per million rows;
 * resumable: the SDK cut off (its task cancelled, like an app killed) once half the rows
   are committed, then resumed: rows sent twice, and whether the device ends with every row.
 
@@ -68,6 +72,7 @@ from bench.common import (
     rss_bytes,
     with_database,
 )
+from bench.replay import ReplayServer
 from bench.shaper import Link, ShapingProxy
 from protocol import (
     NEED_DATA,
@@ -87,6 +92,7 @@ from protocol import (
 )
 from syncd.client import LocalDB
 from syncd.client.session import SyncClient
+from syncd.devcerts import ensure_dev_pki
 from syncd.model import ClientModel
 from syncd.store.feed import wire_select_list
 from syncd.store.sql import database_name
@@ -181,9 +187,14 @@ class WireResult:
 
 
 async def wire_download(
-    endpoint: Endpoint, org: str, codecs: tuple[str, ...], pid: int | None
+    endpoint: Endpoint,
+    org: str,
+    codecs: tuple[str, ...],
+    pid: int | None,
+    recording: Path | None = None,
 ) -> WireResult:
-    """A device that decodes and acks only: what the daemon and the link can push."""
+    """A device that decodes and acks only: what the daemon and the link can push. With
+    `recording`, what the daemon sent (after TLS) is also written there, for bench.replay."""
     cpu0 = cpu_seconds(pid)
     reader, writer = await asyncio.open_connection(
         endpoint.host,
@@ -203,6 +214,8 @@ async def wire_download(
     )
     writer.write(conn.send(hello))
     rows = wire = 0
+    sink = contextlib.ExitStack()
+    keep = None if recording is None else sink.enter_context(recording.open("wb")).write
     started = time.perf_counter()
     try:
         while True:
@@ -210,6 +223,8 @@ async def wire_download(
             if event is NEED_DATA:
                 data = await reader.read(READ_CHUNK)
                 wire += len(data)
+                if keep is not None:
+                    keep(data)
                 conn.receive_data(data)
                 continue
             if isinstance(event, ConnectionClosed | Error):
@@ -225,6 +240,7 @@ async def wire_download(
         seconds = time.perf_counter() - started
         writer.write(conn.send(Goodbye(reason="bench done")))
     finally:
+        sink.close()
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
@@ -299,6 +315,17 @@ async def sdk_download(
     )
 
 
+async def replayed_download(
+    endpoint: Endpoint, org: str, recording: Path, path: Path
+) -> tuple[SdkResult, float]:
+    """The SDK's download of a recorded stream from bench.replay: (result, device CPU s)."""
+    pki = ensure_dev_pki(endpoint.ca_cert.parent)
+    with ReplayServer(recording, pki.server_cert, pki.server_key) as server:
+        cpu0 = time.process_time()
+        result = await sdk_download(endpoint, org, path, None, port=server.port)
+        return result, time.process_time() - cpu0
+
+
 async def resumed_download(
     endpoint: Endpoint, org: str, path: Path, total: int
 ) -> tuple[int, int, int]:
@@ -339,24 +366,30 @@ async def one_size(
     run = record.current()
     params = {"rows": rows}
     pg_s = await pg_ceiling(pg, org)
-    zstd = await wire_download(endpoint, org, ("zstd",), pid)
+    recording = folder / f"stream-{rows}.bin"
+    zstd = await wire_download(endpoint, org, ("zstd",), pid, recording)
     plain = await wire_download(endpoint, org, (), pid)
     pg_again = await pg_ceiling(pg, org)
     ceiling_rate = rows / min(pg_s, pg_again)
     sdk = await sdk_download(endpoint, org, folder / f"device-{rows}.db", pid)
     sqlite_default = sqlite_ceiling(folder / f"device-{rows}.db", folder, 1_000)
     sqlite_bulk = sqlite_ceiling(folder / f"device-{rows}.db", folder, 10_000)
+    alone, alone_cpu = await replayed_download(endpoint, org, recording, folder / "alone.db")
+    if alone.rows != rows + OWNERS:
+        raise RuntimeError(f"the replayed download committed {alone.rows:,} of {rows + OWNERS:,}")
     kept, resent_rows, final = await resumed_download(
         endpoint, org, folder / f"cut-{rows}.db", rows
     )
     expected = rows + OWNERS
     resent = resent_rows - (expected - kept)
     for suffix in ("", "-wal", "-shm"):
-        for name in (f"device-{rows}.db", f"cut-{rows}.db"):
+        for name in (f"device-{rows}.db", f"cut-{rows}.db", "alone.db"):
             (folder / f"{name}{suffix}").unlink(missing_ok=True)
+    recording.unlink()
 
     received_zstd, received_plain = zstd.rows / zstd.seconds, plain.rows / plain.seconds
     committed = sdk.rows / sdk.seconds
+    committed_alone = alone.rows / alone.seconds
     for name, value, top, top_name in (
         ("received rows/s, zstd", received_zstd, ceiling_rate, "asyncpg streaming"),
         ("received rows/s, no compression", received_plain, ceiling_rate, "asyncpg streaming"),
@@ -369,6 +402,18 @@ async def one_size(
         (
             "committed rows/s vs raw SQLite, bulk WAL",
             committed,
+            (rows + OWNERS) / sqlite_bulk,
+            "raw SQLite, bulk WAL",
+        ),
+        (
+            "committed rows/s, device alone (replayed stream)",
+            committed_alone,
+            (rows + OWNERS) / sqlite_default,
+            "raw SQLite, default WAL",
+        ),
+        (
+            "committed rows/s, device alone, vs raw SQLite bulk WAL",
+            committed_alone,
             (rows + OWNERS) / sqlite_bulk,
             "raw SQLite, bulk WAL",
         ),
@@ -399,6 +444,13 @@ async def one_size(
                 higher_is_better=False,
                 params=params,
             )
+    run.figure(
+        "device CPU s per 1M rows, device alone",
+        "s",
+        [alone_cpu * 1e6 / alone.rows],
+        higher_is_better=False,
+        params=params,
+    )
     for who, peak in sdk.peak_rss.items():
         run.figure(f"peak RSS, {who}", "bytes", [peak], higher_is_better=False, params=params)
     run.figure(
@@ -443,6 +495,14 @@ async def one_size(
                 f" / {committed * sqlite_bulk / (rows + OWNERS):.0%}",
                 f"{sdk.wire_bytes / sdk.rows:.1f}",
                 "",
+            ],
+            [
+                "committed by the SDK, device alone",
+                f"{committed_alone:,.0f}",
+                f"{committed_alone * sqlite_default / (rows + OWNERS):.0%}"
+                f" / {committed_alone * sqlite_bulk / (rows + OWNERS):.0%}",
+                f"{alone.wire_bytes / alone.rows:.1f}",
+                f"device {alone_cpu * 1e6 / alone.rows:.2f}",
             ],
         ],
     )

@@ -188,3 +188,15 @@ def test_the_report_refuses_a_file_that_is_not_a_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert f"{bogus} is not a {record.SCHEMA} run document" in done.stderr
+
+
+def test_firstsync_measures_the_device_alone_beside_raw_sqlite(runs: Runs) -> None:
+    """The SDK fed by bench.replay commits every row, and the figure sits beside raw SQLite."""
+    doc, out = runs("firstsync")
+    figures = {f["name"]: f for f in doc["figures"]}
+    alone = figures["committed rows/s, device alone (replayed stream)"]
+    assert alone["samples"][0] > 0
+    assert alone["ceiling_name"] == "raw SQLite, default WAL"
+    assert alone["ratio"] == pytest.approx(alone["samples"][0] / alone["ceiling_samples"][0])
+    assert figures["device CPU s per 1M rows, device alone"]["samples"][0] > 0
+    assert "committed by the SDK, device alone" in out
