@@ -22,11 +22,12 @@ WAL, the same synchronous=NORMAL); small batches put the default back, and
 Server rows are applied with a version-guarded upsert (see `LocalTable.upsert_sql`), up to
 ROWS_PER_STATEMENT rows per statement (`LocalTable.upsert_rows_sql`), the decoded wire rows'
 values bound as they are: no Python work per value, and one `sqlite3_step` per few hundred
-rows instead of one per row. That halves SQLite's time per row against `executemany`, and
-matters twice while the SDK decodes the next group on the event loop: `executemany` gives up
-the GIL around each row's step and then waits for it back, up to the interpreter's switch
-interval (5 ms) when the other thread is busy, so a commit in the worker thread crawled
-while the pump decoded (docs/ARCHITECTURE.md, "First sync of a big device").
+rows instead of one per row: about 0.6x the CPU per row of `executemany` here (1.6-2.7
+against 2.4-4.2 us for bench's CRM rows). It also matters while the SDK decodes the next group
+on the event loop: `executemany` gives up the GIL around each row's step and then waits for
+it back, up to the interpreter's switch interval (5 ms) while the other thread is busy, so a
+commit in the worker thread crawled (4,000-16,000 rows/s beside a busy decoding thread)
+whenever the pump had data to decode (docs/ARCHITECTURE.md, "First sync of a big device").
 
 Pending edits win locally. Each local edit changes the visible table and appends to
 `_syncd_outbox` in the same transaction. While a key has queued edits, the server's row for it

@@ -205,7 +205,7 @@ class LocalTable:
         """`upsert_sql` for `rows` rows at once (multi-row VALUES; parameters: the rows'
         values one row after the other), applied in order as if one by one.
 
-        One statement, so one `sqlite3_step`, for many rows: 2x the rows/s of `executemany`
+        One statement, so one `sqlite3_step`, for many rows: 1.5-2x the rows/s of `executemany`
         of the one-row form on bench's CRM rows (bench/localdb.py), whose per-row step
         also releases and takes back the GIL once per row (docs/ARCHITECTURE.md, "First
         sync of a big device").
