@@ -195,8 +195,12 @@ def test_firstsync_measures_the_device_alone_beside_raw_sqlite(runs: Runs) -> No
     doc, out = runs("firstsync")
     figures = {f["name"]: f for f in doc["figures"]}
     alone = figures["committed rows/s, device alone (replayed stream)"]
-    assert alone["samples"][0] > 0
     assert alone["ceiling_name"] == "raw SQLite, default WAL"
-    assert alone["ratio"] == pytest.approx(alone["samples"][0] / alone["ceiling_samples"][0])
+    # Three replays, each beside its own raw SQLite run, and the ratio of their medians.
+    assert len(alone["samples"]) == len(alone["ceiling_samples"]) == 3
+    assert min(alone["samples"]) > 0
+    assert alone["ratio"] == pytest.approx(
+        statistics.median(alone["samples"]) / statistics.median(alone["ceiling_samples"])
+    )
     assert figures["device CPU s per 1M rows, device alone"]["samples"][0] > 0
     assert "committed by the SDK, device alone" in out
