@@ -16,8 +16,9 @@ WAL grow to BULK_WAL_PAGES before SQLite checkpoints it into the database, inste
 default 1,000 pages: each checkpoint is an fsync and a rewrite of the pages it copies, and
 with the default a 1M-row download spent a third of its time in them (bench/firstsync.py,
 docs/ARCHITECTURE.md "First sync of a big device"). Durability is unchanged (the same
-WAL, the same synchronous=NORMAL); small batches put the default back, and
-`journal_size_limit` shrinks the WAL file again after the next checkpoint.
+WAL, the same synchronous=NORMAL); small batches with rows put the default back (a token
+alone does not, see `apply_batch`), and `journal_size_limit` shrinks the WAL file again
+after the next checkpoint.
 
 Server rows are applied with a version-guarded upsert (see `LocalTable.upsert_sql`), up to
 ROWS_PER_STATEMENT rows per statement (`LocalTable.upsert_rows_sql`), the decoded wire rows'
@@ -477,7 +478,12 @@ class LocalDB:
         leaves the previous checkpoint, so the server re-sends it.
         """
         rows = sum(len(upserts) + len(deletes) for _name, upserts, deletes in changes)
-        self._set_wal_pages(BULK_WAL_PAGES if rows >= BULK_ROWS else DEFAULT_WAL_PAGES)
+        if rows:
+            # A token alone (the CaughtUp after a bulk download) keeps the setting: putting
+            # the default back there would checkpoint the bulk WAL inside the commit the
+            # session waits on before it reports caught up (150-170 ms of a 200,000-row
+            # first sync here). The next batch with rows decides, or close() checkpoints.
+            self._set_wal_pages(BULK_WAL_PAGES if rows >= BULK_ROWS else DEFAULT_WAL_PAGES)
         with self._write() as cur:
             for name, upserts, deletes in changes:
                 entity = self._entity(name)

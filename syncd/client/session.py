@@ -511,7 +511,13 @@ class SyncClient:
         if not buffered.changes and token is None:
             return
         await self._settled()
-        self._applying = asyncio.create_task(self._commit(buffered, token, priority))
+        # Handed to the thread here, not from the task: the pump does not yield to the event
+        # loop while frames are buffered, so a task's first step (and with it the commit)
+        # would wait until the whole next group was decoded, and the two took turns again.
+        applied = asyncio.get_running_loop().run_in_executor(
+            None, self.db.apply_batch, buffered.changes, token
+        )
+        self._applying = asyncio.create_task(self._commit(buffered, applied, token, priority))
 
     async def _settled(self) -> None:
         """Wait until the group in flight, if any, is committed (raising if it failed)."""
@@ -527,9 +533,13 @@ class SyncClient:
                 self._applying = None
 
     async def _commit(
-        self, buffered: _Buffered, token: bytes | None, priority: int | None = None
+        self,
+        buffered: _Buffered,
+        applied: asyncio.Future[None],
+        token: bytes | None,
+        priority: int | None = None,
     ) -> None:
-        await asyncio.to_thread(self.db.apply_batch, buffered.changes, token)
+        await applied
         for _entity, upserts, deletes in buffered.changes:
             self.stats.rows_applied += len(upserts)
             self.stats.deletes_applied += len(deletes)

@@ -35,3 +35,23 @@ def test_bulk_batches_widen_the_wal_and_small_ones_restore_it(tmp_path: Path) ->
     raw = sqlite3.connect(tmp_path / "d.db")
     assert raw.execute("SELECT count(*) FROM note").fetchone()[0] == BULK_ROWS + 3
     raw.close()
+
+
+def test_a_token_alone_after_a_bulk_batch_leaves_the_wal_to_the_next_rows(tmp_path: Path) -> None:
+    """The CaughtUp after a first sync commits only its token: it keeps the bulk setting
+    (no checkpoint of the whole WAL before the app hears "caught up"), and the token is
+    stored all the same; the next batch with rows puts the default back."""
+    with LocalDB.open(tmp_path / "d.db") as db:
+        db.apply_schema([NOTE], "f")
+        db.apply_batch([("note", _rows(BULK_ROWS), [])], b"t1")
+        db.apply_batch([], b"t2")
+        assert _pages(db) == BULK_WAL_PAGES
+        assert db.checkpoint() == b"t2"
+        db.apply_batch([("note", [], [str(uuid.UUID(int=0))])], b"t3")
+        assert _pages(db) == DEFAULT_WAL_PAGES
+        assert db.count("note") == BULK_ROWS - 1
+    raw = sqlite3.connect(tmp_path / "d.db")
+    assert raw.execute("SELECT value FROM _syncd_meta WHERE name = 'checkpoint'").fetchone() == (
+        b"t3",
+    )
+    raw.close()
