@@ -101,6 +101,15 @@ class _Live:
     members: set[LiveMember] = field(default_factory=set)
 
 
+@dataclass(eq=False)
+class _Joining:
+    """A member waiting to join, with its gap reader and what it waits on."""
+
+    member: LiveMember
+    catch_up: Callable[[Snapshot, Snapshot, WindowTimes], Awaitable[None]]
+    done: asyncio.Future[None]
+
+
 @dataclass
 class _Read:
     """One partition's window, encoded: its tombstones and its rows in separate frames."""
@@ -148,15 +157,18 @@ class LiveHub:
         self._wake = asyncio.Event()
         self._last_signal = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._joiners: list[_Joining] = []
+        self._join_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"hub:{self.org}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._join_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._drop_all()
 
     @property
@@ -177,30 +189,115 @@ class LiveHub:
     ) -> None:
         """Make `member` live. `catch_up(since, until, times)` sends the gap (since, until]
         itself, time-relative filters at `times`; the hub is locked meanwhile, so the member's
-        next frames start exactly at `until`."""
+        next frames start exactly at `until`.
+
+        Joins are taken in batches by one task of the hub's (so a joiner that is cancelled
+        cannot abandon the others): see ``_join_batch``."""
+        joining = _Joining(member, catch_up, asyncio.get_running_loop().create_future())
+        self._joiners.append(joining)
+        if self._join_task is None or self._join_task.done():
+            self._join_task = asyncio.create_task(self._take_joins(), name=f"joins:{self.org}")
+        await joining.done
+
+    async def _take_joins(self) -> None:
         async with self._lock:
-            position = self._position
-            if position is None or not position.sees_all_of(member.checkpoint):
-                # The hub is behind this member: move it past the member's snapshot first.
-                # When many sessions join at once, the first one advances the hub and the
-                # rest find it already ahead, so each only reads its own small gap.
-                if self._members:
-                    await self._advance()
-                else:
-                    self._position = await self._staging.current_checkpoint()
-                    self._position_at = self.clock()
-            assert self._position is not None
-            assert self._position_at is not None
-            times = WindowTimes(member.checkpoint_at, self._position_at)
-            await catch_up(member.checkpoint, self._position, times)
-            member.checkpoint = self._position
-            member.checkpoint_at = self._position_at
-            self._members.add(member)
-            for partition in member.plan.partitions:
-                live = self._partitions.get(partition.key)
-                if live is None:
-                    live = self._partitions[partition.key] = _Live(partition)
-                live.members.add(member)
+            while self._joiners:
+                batch, self._joiners = self._joiners, []
+                try:
+                    await self._join_batch([j for j in batch if not j.done.done()])
+                except BaseException as exc:
+                    for j in batch:
+                        if not j.done.done():
+                            j.done.set_exception(
+                                exc if isinstance(exc, Exception) else ConnectionError("hub closed")
+                            )
+                    if not isinstance(exc, Exception):
+                        raise
+
+    async def _join_batch(self, batch: list[_Joining]) -> None:
+        """Join every member of `batch` at the hub's position.
+
+        A reconnect storm or a fleet forming brings thousands of joiners whose gaps are
+        mostly empty for them. So the hub first advances past every joiner's snapshot (once
+        for the batch), then, per distinct joiner snapshot, asks the change log once which of
+        the joiners' partitions the gap touched and whose uploads it holds; only a joiner
+        with a touched partition, an upload of its own in the gap, or a time-relative filter
+        reads its gap. The others join as they are, with their checkpoint unchanged, exactly
+        as a member the hub's own windows do not touch keeps its checkpoint."""
+        if not batch:
+            return
+        position = self._position
+        if position is None or not all(position.sees_all_of(j.member.checkpoint) for j in batch):
+            if self._members:
+                await self._advance()
+            else:
+                self._position = await self._staging.current_checkpoint()
+                self._position_at = self.clock()
+        position = self._position
+        assert position is not None
+        assert self._position_at is not None
+        groups: dict[Snapshot, list[_Joining]] = {}
+        for j in batch:
+            groups.setdefault(j.member.checkpoint, []).append(j)
+        for since, joiners in groups.items():
+            needs = await self._gap_readers(since, position, joiners)
+            for j in joiners:
+                if j.done.done():
+                    continue  # the session ended while waiting
+                member = j.member
+                if j in needs:
+                    times = WindowTimes(member.checkpoint_at, self._position_at)
+                    try:
+                        await j.catch_up(member.checkpoint, position, times)
+                    except Exception as exc:
+                        if not j.done.done():
+                            j.done.set_exception(exc)
+                        continue
+                    member.checkpoint = position
+                    member.checkpoint_at = self._position_at
+                if j.done.done():
+                    continue
+                self._add(member)
+                j.done.set_result(None)
+
+    async def _gap_readers(
+        self, since: Snapshot, position: Snapshot, joiners: list[_Joining]
+    ) -> set[_Joining]:
+        """The joiners of snapshot `since` that must read the gap (since, position]."""
+        if since == position:
+            # No gap; only time may have moved a time-relative filter's rows.
+            return {j for j in joiners if any(p.time_relative for p in j.member.plan.partitions)}
+        plain: list[Partition] = []
+        needs: set[_Joining] = set()
+        for j in joiners:
+            if any(p.time_relative for p in j.member.plan.partitions):
+                needs.add(j)
+            else:
+                plain.extend(j.member.plan.partitions)
+        try:
+            unique = list({p.key: p for p in plain}.values())
+            touched = {p.key for p in await self._touched(since, unique)}
+            origins = await origins_in_window(self._staging.fetch, since, position)
+            # After the reads, as a window checks it: compaction may have run meanwhile.
+            # History gone: each joiner's own read says so to its session.
+            await self._staging.ensure_history(since)
+        except ResyncRequired:
+            return set(joiners)
+        for j in joiners:
+            member = j.member
+            if (member.origin is not None and member.origin in origins) or any(
+                p.key in touched for p in member.plan.partitions
+            ):
+                needs.add(j)
+        return needs
+
+    def _add(self, member: LiveMember) -> None:
+        self._members.add(member)
+        for partition in member.plan.partitions:
+            live = self._partitions.get(partition.key)
+            if live is None:
+                live = self._partitions[partition.key] = _Live(partition)
+            live.members.add(member)
 
     def leave(self, member: LiveMember) -> None:
         if member not in self._members:
@@ -234,6 +331,15 @@ class LiveHub:
                             self._metrics.commit_to_send_seconds.labels(org=self.org).observe(
                                 time.monotonic() - signalled
                             )
+                    else:
+                        # Nobody to deliver to: forget the position instead of letting it
+                        # fall behind this commit unnoticed. A session that joins next,
+                        # from a snapshot taken before the commit, would otherwise find the
+                        # hub "ahead" of it, skip its gap, and miss the commit until the
+                        # next one (found by tests/e2e/test_slow_device.py). Without a
+                        # position the next joiner starts the hub at a fresh snapshot and
+                        # reads its own gap up to it.
+                        self._position = None
             except Exception:
                 # A failed window leaves the position unchanged: the next signal retries it.
                 _log.exception("live window failed", extra={"org": self.org})

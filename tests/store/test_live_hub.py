@@ -147,3 +147,44 @@ async def test_a_member_that_leaves_frees_its_partitions(
         assert hub.partition_count == 0
     finally:
         await hub.close()
+
+
+async def test_joiners_at_once_read_their_gap_only_when_it_touched_their_rows(
+    staging: StagingStore, crm_model: ClientModel
+) -> None:
+    """A reconnect storm: many sessions join from one older snapshot. One question to the
+    change log per snapshot says whose partitions the gap touched; only those read it."""
+    hub = LiveHub("org", staging, batch_size=100, metrics=Metrics())
+    before = await staging.current_checkpoint()
+    gap_rows = [dict(r, owner_id=1) for r in accounts(4)]
+    await ingest(staging, crm_model, gap_rows)  # in the gap of every joiner: owner 1 only
+    devices = [Device(str(user)) for user in (1, 2, 3, 2)]
+    gaps: list[tuple[str, Snapshot, Snapshot]] = []
+
+    def reader(device: Device) -> Any:
+        async def catch_up(since: Snapshot, until: Snapshot, _times: WindowTimes) -> None:
+            gaps.append((device.user, since, until))
+
+        return catch_up
+
+    members = [member(crm_model, d, before) for d in devices]
+    try:
+        await asyncio.gather(
+            *(hub.join(m, reader(d)) for m, d in zip(members, devices, strict=True))
+        )
+        (gap,) = gaps  # user 1's device alone: the gap touched no partition of users 2 and 3
+        assert gap[0] == "1"
+        assert gap[1] == before
+        assert gap[2].sees_all_of(before)
+        assert gap[2] != before
+        # Every joiner is live: the next window reaches users 2 and 3, who skipped the gap.
+        hub.start()
+        later = [dict(r, owner_id=2) for r in accounts(3, start=50)]
+        await ingest(staging, crm_model, later)
+        hub.signal("account")
+        for d in (devices[1], devices[3]):
+            await d.wait_for(3)
+            assert d.keys() == {str(r["id"]) for r in later}
+        assert devices[2].keys() == set()
+    finally:
+        await hub.close()
