@@ -215,23 +215,51 @@ class DeviceRecords:
 
     async def session_closed(self, end: SessionEnd) -> None:
         """Forget the live session; keep the device's last checkpoint and error."""
+        await self.sessions_closed([end])
+
+    async def sessions_closed(self, ends: Sequence[SessionEnd]) -> None:
+        """`session_closed` for many sessions in one statement (a shutdown or a network
+        drop closes thousands at once). Several ends of one device
+        apply in order: the last checkpoint and the last error given win."""
+        if not ends:
+            return
+        merged: dict[tuple[str, str], SessionEnd] = {}
+        for end in ends:
+            before = merged.get((end.org, end.device_id))
+            if before is not None:
+                keep_checkpoint = end.checkpoint is None
+                end = SessionEnd(
+                    end.session_id,
+                    end.org,
+                    end.device_id,
+                    before.checkpoint if keep_checkpoint else end.checkpoint,
+                    before.checkpoint_at if keep_checkpoint else end.checkpoint_at,
+                    end.error if end.error is not None else before.error,
+                )
+            merged[(end.org, end.device_id)] = end
+        rows = list(merged.values())
+        # One statement, as a single end was: the same lock order as before (live_sessions,
+        # then devices), so an org being removed meanwhile cannot deadlock with it.
         await self._pool.execute(
             """
-            WITH gone AS (DELETE FROM live_sessions WHERE session_id = $1)
-            UPDATE devices SET
+            WITH gone AS (DELETE FROM live_sessions WHERE session_id = ANY($1::text[]))
+            UPDATE devices d SET
                 last_seen = now(),
-                checkpoint = coalesce($4, checkpoint),
-                checkpoint_at = CASE WHEN $4::bytea IS NULL THEN checkpoint_at ELSE $5 END,
-                last_error = coalesce($6, last_error),
-                last_error_at = CASE WHEN $6::text IS NULL THEN last_error_at ELSE now() END
-            WHERE org = $2 AND device_id = $3
+                checkpoint = coalesce(e.checkpoint, d.checkpoint),
+                checkpoint_at = CASE WHEN e.checkpoint IS NULL THEN d.checkpoint_at
+                                     ELSE e.at END,
+                last_error = coalesce(e.error, d.last_error),
+                last_error_at = CASE WHEN e.error IS NULL THEN d.last_error_at ELSE now() END
+            FROM unnest($2::text[], $3::text[], $4::bytea[], $5::timestamptz[], $6::text[])
+                 AS e(org, device_id, checkpoint, at, error)
+            WHERE d.org = e.org AND d.device_id = e.device_id
             """,
-            end.session_id,
-            end.org,
-            end.device_id,
-            None if end.checkpoint is None else end.checkpoint.encode(),
-            end.checkpoint_at,
-            end.error,
+            [e.session_id for e in ends],
+            [e.org for e in rows],
+            [e.device_id for e in rows],
+            [None if e.checkpoint is None else e.checkpoint.encode() for e in rows],
+            [e.checkpoint_at for e in rows],
+            [e.error for e in rows],
         )
 
     async def record_refusal(self, org: str, device_id: str, user_id: str, error: str) -> None:
