@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from protocol import Message, PreparedFrame
 
@@ -28,7 +28,10 @@ class SendQueue:
     hub never waits: `offer` takes a whole window or nothing.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self, limit: int, direct: Callable[[Sequence[Outgoing]], bool] | None = None
+    ) -> None:
+        self._direct = direct
         self._items: deque[Outgoing] = deque()
         self._limit = limit
         self._readable = asyncio.Event()
@@ -36,6 +39,10 @@ class SendQueue:
         self._writable.set()
 
     def offer(self, frames: Sequence[Outgoing]) -> bool:
+        """Take a whole window or nothing; with nothing queued, `direct` (the session's
+        write to its transport) may take it at once instead."""
+        if not self._items and self._direct is not None and self._direct(frames):
+            return True
         if len(self._items) + len(frames) > self._limit:
             return False
         self._items.extend(frames)
