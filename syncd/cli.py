@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 import traceback
@@ -123,6 +124,12 @@ async def _serve(config: Config, *, demo: bool) -> int:
         started.cancel()
         serving.result()
         return EXIT_CRASH
+    # What start-up built (modules, models, pools, caches) lives as long as the process:
+    # take it out of the cyclic collector's generations, so a full collection walks the
+    # sessions' objects only. Here, not in Daemon.startup: a process that starts daemons
+    # one after another (the tests) would freeze each one's garbage.
+    gc.collect()
+    gc.freeze()
     if demo:
         _print_demo(daemon.device_port, config, created=bool(created and created[0]))
     await serving
