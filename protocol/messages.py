@@ -95,6 +95,10 @@ class Message:
 
     __slots__ = ()
     TYPE: ClassVar[str]
+    SESSION_ANYTIME: ClassVar[bool] = False
+    """True for a message its sender (the role unions below) may send at any point of a
+    session (SYNCING, LIVE, CLOSING) without moving either state: ``protocol.state`` adds
+    those transitions from this flag, so such a message needs no entry of its own there."""
 
 
 def _check_code(owner: str, value: object) -> ErrorCode:
@@ -167,6 +171,7 @@ class Ack(Message):
     """The device durably applied everything up to this checkpoint."""
 
     TYPE: ClassVar[str] = "ack"
+    SESSION_ANYTIME: ClassVar[bool] = True
     checkpoint: bytes
 
     def __post_init__(self) -> None:
@@ -211,6 +216,7 @@ class Upload(Message):
     """A batch of offline edits, applied by the server in one transaction."""
 
     TYPE: ClassVar[str] = "upload"
+    SESSION_ANYTIME: ClassVar[bool] = True
     batch_id: str
     ops: tuple[UploadOp, ...] = field(metadata={"nested": UploadOp, "many": True})
 
@@ -232,6 +238,7 @@ class RefreshToken(Message):
     """A fresh bearer token replacing the one sent in Hello."""
 
     TYPE: ClassVar[str] = "refresh_token"
+    SESSION_ANYTIME: ClassVar[bool] = True
     token: str
 
     def __post_init__(self) -> None:
@@ -243,6 +250,7 @@ class Ping(Message):
     """Liveness probe; either side may send it, the other answers Pong with the nonce."""
 
     TYPE: ClassVar[str] = "ping"
+    SESSION_ANYTIME: ClassVar[bool] = True
     nonce: int
 
     def __post_init__(self) -> None:
@@ -254,6 +262,7 @@ class Pong(Message):
     """Answer to Ping, echoing its nonce."""
 
     TYPE: ClassVar[str] = "pong"
+    SESSION_ANYTIME: ClassVar[bool] = True
     nonce: int
 
     def __post_init__(self) -> None:
@@ -436,6 +445,7 @@ class UploadResult(Message):
     """Outcomes of an Upload batch, one per op, in order."""
 
     TYPE: ClassVar[str] = "upload_result"
+    SESSION_ANYTIME: ClassVar[bool] = True
     batch_id: str
     results: tuple[OpResult, ...] = field(metadata={"nested": OpResult, "many": True})
 
@@ -453,6 +463,7 @@ class TokenExpiring(Message):
     """The token expires at this unix time; send RefreshToken before then."""
 
     TYPE: ClassVar[str] = "token_expiring"
+    SESSION_ANYTIME: ClassVar[bool] = True
     expires_at: int
 
     def __post_init__(self) -> None:
@@ -464,6 +475,7 @@ class TokenRefreshed(Message):
     """RefreshToken accepted; the session now expires at this unix time."""
 
     TYPE: ClassVar[str] = "token_refreshed"
+    SESSION_ANYTIME: ClassVar[bool] = True
     expires_at: int
 
     def __post_init__(self) -> None:

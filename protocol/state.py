@@ -24,27 +24,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
+from typing import Any, get_args
 
 from protocol.errors import LocalProtocolError
 from protocol.messages import (
-    Ack,
     CaughtUp,
     Changes,
     Checkpoint,
+    DeviceMessage,
     Error,
     GoingAway,
     Goodbye,
     Hello,
     Message,
     ModelChanged,
-    Ping,
-    Pong,
-    RefreshToken,
     Resync,
-    TokenExpiring,
-    TokenRefreshed,
-    Upload,
-    UploadResult,
+    ServerMessage,
     Welcome,
 )
 
@@ -102,6 +97,11 @@ def _add(
             TRANSITIONS[key] = state if target is None else target
 
 
+def _anytime(union: Any) -> list[type[Message]]:
+    """The messages of a role's union flagged ``SESSION_ANYTIME``."""
+    return [m for m in get_args(union) if m.SESSION_ANYTIME]
+
+
 D, S = Role.DEVICE, Role.SERVER
 SENT, RECEIVED = Origin.SENT, Origin.RECEIVED
 _SESSION = (State.SYNCING, State.LIVE, State.CLOSING)
@@ -110,7 +110,7 @@ _SESSION = (State.SYNCING, State.LIVE, State.CLOSING)
 _add(D, [State.CONNECTING], [Hello], SENT, State.AWAITING_WELCOME)
 _add(D, [State.CONNECTING, State.AWAITING_WELCOME, *_SESSION], [Error], SENT, State.CLOSED)
 _add(D, [State.AWAITING_WELCOME, *_SESSION], [Goodbye], SENT, State.CLOSED)
-_add(D, _SESSION, [Ping, Pong, Ack, Upload, RefreshToken], SENT)
+_add(D, _SESSION, _anytime(DeviceMessage), SENT)
 
 # How server messages move the device.
 _add(D, [State.AWAITING_WELCOME], [Welcome], RECEIVED, State.SYNCING)
@@ -120,14 +120,13 @@ _add(D, [State.SYNCING, State.LIVE], [GoingAway], RECEIVED, State.CLOSING)
 _add(D, [State.CONNECTING, State.AWAITING_WELCOME, *_SESSION], [Error], RECEIVED, State.CLOSED)
 
 # What the server sends.
-_SERVER_ANYTIME: list[type[Message]] = [Ping, Pong, UploadResult, TokenExpiring, TokenRefreshed]
 _add(S, [State.AWAITING_HELLO, State.AUTHENTICATING, *_SESSION], [Error], SENT, State.CLOSED)
 _add(S, [State.AUTHENTICATING], [Welcome], SENT, State.SYNCING)
 _add(S, [State.SYNCING, State.LIVE], [Changes, Checkpoint], SENT)
 _add(S, [State.SYNCING], [CaughtUp], SENT, State.LIVE)
 _add(S, [State.SYNCING, State.LIVE], [Resync, ModelChanged], SENT, State.SYNCING)
 _add(S, [State.SYNCING, State.LIVE], [GoingAway], SENT, State.CLOSING)
-_add(S, _SESSION, _SERVER_ANYTIME, SENT)
+_add(S, _SESSION, _anytime(ServerMessage), SENT)
 
 # How device messages move the server.
 _add(S, [State.AWAITING_HELLO], [Hello], RECEIVED, State.AUTHENTICATING)
