@@ -31,7 +31,7 @@ import orjson
 
 from protocol import ErrorCode
 from syncd.store import ControlStore, Listener
-from syncd.store.devices import DEVICES_CHANNEL, Kind, SessionEnd
+from syncd.store.devices import DEVICES_CHANNEL, Kind, SessionEnd, SessionOpen
 from syncd.store.snapshot import Snapshot
 
 __all__ = ["HEARTBEAT_SECONDS", "STALE_AFTER", "DeviceControl", "OperatedSession"]
@@ -86,8 +86,8 @@ class DeviceControl:
         self._listener: Listener | None = None
         self._stored: dict[str, Snapshot] = {}
         self._pending: set[asyncio.Task[None]] = set()
-        self._closing: list[tuple[SessionEnd, asyncio.Future[None]]] = []
-        self._closer: asyncio.Task[None] | None = None
+        self._pending_records: list[tuple[SessionOpen | SessionEnd, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._records.register_instance(self.instance_id, self.instance_name)
@@ -96,9 +96,9 @@ class DeviceControl:
         await self._listener.start()
 
     async def close(self) -> None:
-        if self._closer is not None:  # the last session ends are written before we go
+        if self._writer is not None:  # the last session records are written before we go
             with contextlib.suppress(Exception):
-                await self._closer
+                await self._writer
         for task in list(self._pending):
             task.cancel()
         if self._listener is not None:
@@ -126,16 +126,7 @@ class DeviceControl:
         app: str,
         pending_uploads: int | None = None,
     ) -> None:
-        await self._records.session_opened(
-            self.instance_id,
-            session_id,
-            org,
-            device,
-            user,
-            app,
-            pending_uploads,
-            self.instance_name,
-        )
+        await self._journal(SessionOpen(session_id, org, device, user, app, pending_uploads))
 
     async def closed(self, session: OperatedSession, error: str | None) -> None:
         identity = session.identity()
@@ -152,29 +143,52 @@ class DeviceControl:
             acked[1] if acked is not None else None,
             error,
         )
+        await self._journal(end)
+
+    async def _journal(self, event: SessionOpen | SessionEnd) -> None:
+        """Record a session's open or end, waiting until it is written."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._closing.append((end, done))
-        if self._closer is None or self._closer.done():
-            self._closer = asyncio.create_task(self._write_closes(), name="session-ends")
+        self._pending_records.append((event, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_records(), name="session-records")
         await done
 
-    async def _write_closes(self) -> None:
-        """Group commit of session ends: while one batch is written the next accumulates,
-        so 10,000 sessions ending together (a shutdown, a network drop) cost a few
-        statements instead of 10,000 round trips through the pool. Each closer still waits
-        for its own record (``syncctl devices`` shows it once the session is gone)."""
-        while self._closing:
-            batch, self._closing = self._closing, []
+    async def _write_records(self) -> None:
+        """Group commit of session opens and ends: while one batch is written the next
+        accumulates, so 10,000 sessions opening or ending together (a fleet forming, a
+        reconnect storm, a shutdown) cost a few statements instead of 10,000 round trips
+        through the control pool. Each session still waits for its own record (``syncctl
+        devices`` shows it). A batch's opens are written before its ends: a session's end is
+        never queued before its open, and ends of earlier sessions of a device touch other
+        fields than a later open. A batch that fails is retried record by record, so one
+        bad record (an org removed meanwhile) fails its own session only."""
+        while self._pending_records:
+            batch, self._pending_records = self._pending_records, []
+            opens = [e for e, _ in batch if isinstance(e, SessionOpen)]
+            ends = [e for e, _ in batch if isinstance(e, SessionEnd)]
             try:
-                await self._records.sessions_closed([end for end, _ in batch])
-            except Exception as exc:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
+                await self._records.sessions_opened(self.instance_id, self.instance_name, opens)
+                await self._records.sessions_closed(ends)
+            except Exception:
+                for event, done in batch:
+                    try:
+                        await self._write_one(event)
+                    except Exception as exc:
+                        if not done.done():
+                            done.set_exception(exc)
+                    else:
+                        if not done.done():
+                            done.set_result(None)
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _write_one(self, event: SessionOpen | SessionEnd) -> None:
+        if isinstance(event, SessionOpen):
+            await self._records.sessions_opened(self.instance_id, self.instance_name, [event])
+        else:
+            await self._records.sessions_closed([event])
 
     async def refused(self, org: str, device: str, user: str, error: str) -> None:
         await self._records.record_refusal(org, device, user, error)

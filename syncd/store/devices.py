@@ -35,6 +35,7 @@ __all__ = [
     "LiveSession",
     "Revocation",
     "SessionEnd",
+    "SessionOpen",
 ]
 
 #: NOTIFY channel for kicks and revocations (JSON payloads; '' after a reconnect).
@@ -76,6 +77,18 @@ class Revocation:
     kind: Kind
     subject: str
     revoked_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpen:
+    """What an opening session records of its device and of itself."""
+
+    session_id: str
+    org: str
+    device_id: str
+    user_id: str
+    app_version: str
+    pending_uploads: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +196,25 @@ class DeviceRecords:
         user's data is another download) and its live session, in one statement; the
         instance's row is put back if another instance took it for gone (DO NOTHING takes no
         row lock, so concurrent opens do not queue on it)."""
+        opened = SessionOpen(session_id, org, device_id, user_id, app_version, pending_uploads)
+        await self.sessions_opened(instance_id, instance_name, [opened])
+
+    async def sessions_opened(
+        self, instance_id: uuid.UUID, instance_name: str, opens: Sequence[SessionOpen]
+    ) -> None:
+        """`session_opened` for many sessions in one statement (a fleet forming or a
+        reconnect storm opens thousands at once). Several opens of one device: the last
+        one's user and app version win, as they would one after another."""
+        if not opens:
+            return
+        devices = list({(o.org, o.device_id): o for o in opens}.values())
         await self._pool.execute(
             """
             WITH instance AS (
-                INSERT INTO instances (id, name) VALUES ($1, $8) ON CONFLICT (id) DO NOTHING
+                INSERT INTO instances (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
             ), device AS (
                 INSERT INTO devices (org, device_id, user_id, app_version, pending_uploads)
-                VALUES ($3, $4, $5, $6, $7)
+                SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int[])
                 ON CONFLICT (org, device_id) DO UPDATE SET
                     last_seen = now(),
                     app_version = EXCLUDED.app_version,
@@ -201,16 +226,22 @@ class DeviceRecords:
                     user_id = EXCLUDED.user_id
             )
             INSERT INTO live_sessions (session_id, instance_id, org, device_id, user_id)
-            VALUES ($2, $1, $3, $4, $5) ON CONFLICT (session_id) DO NOTHING
+            SELECT s.session_id, $1, s.org, s.device_id, s.user_id
+            FROM unnest($8::text[], $9::text[], $10::text[], $11::text[])
+                 AS s(session_id, org, device_id, user_id)
+            ON CONFLICT (session_id) DO NOTHING
             """,
             instance_id,
-            session_id,
-            org,
-            device_id,
-            user_id,
-            app_version,
-            pending_uploads,
             instance_name,
+            [o.org for o in devices],
+            [o.device_id for o in devices],
+            [o.user_id for o in devices],
+            [o.app_version for o in devices],
+            [o.pending_uploads for o in devices],
+            [o.session_id for o in opens],
+            [o.org for o in opens],
+            [o.device_id for o in opens],
+            [o.user_id for o in opens],
         )
 
     async def session_closed(self, end: SessionEnd) -> None:
