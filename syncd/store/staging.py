@@ -22,8 +22,10 @@ from syncd.model import ClientModel, Column, Entity
 from syncd.store.feed import (
     ChangeBatch,
     Subscription,
+    dependencies,
     incremental_pages,
     own_leavers,
+    time_relative,
     touched_values,
     written_since,
 )
@@ -322,9 +324,24 @@ class ChangeStream:
         self._initial_after = dict(initial_after or {})
         self._origin = origin
 
+    async def _quiet(self, since: Snapshot) -> set[str]:
+        """The entities whose window has nothing: neither their table nor a table their
+        filter reads was written after ``since`` (one statement), and time does not move
+        their rows. A device coming back after a restart mostly finds every entity quiet,
+        so a reconnect storm costs this one statement per device, not ~5 per entity."""
+        plain = [s for s in self._subscriptions if not time_relative(s)]
+        if not plain:
+            return set()
+        tables = {s.entity.name: {s.entity.name, *dependencies(s)} for s in plain}
+        written = await self._store.written_tables(since, sorted(set().union(*tables.values())))
+        return {name for name, reads in tables.items() if not reads & written}
+
     async def __aiter__(self) -> AsyncGenerator[ChangeBatch, None]:
         fetch = self._store.fetch
+        quiet = await self._quiet(self.since) if self.since is not None else set()
         for sub in self._subscriptions:
+            if sub.entity.name in quiet:
+                continue
             if self.since is None:
                 after = self._initial_after.get(sub.entity.name)
                 # aclosing: a consumer that stops early (the device left) stops the statements
