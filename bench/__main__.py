@@ -8,7 +8,8 @@ run one at a time so none steals the others' cores, and a failing bench does not
 rest: the runner reports it and exits non-zero at the end. All benches of one run write
 into one JSON document (bench/record.py) whose path is printed at the end.
 
-    python -m bench [--full] [--only codec,localdb,feed,upload,sync,fanout,peers,ingest,firstsync]
+    python -m bench [--full] [--only NAME,...]   (codec localdb feed upload sync fanout
+                                               peers ingest firstsync fleet)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ BENCHES: Final = (
     "peers",
     "ingest",
     "firstsync",
+    "fleet",
 )
 QUICK: Final[dict[str, list[str]]] = {
     "codec": ["--batches", "20", "--repeat", "3"],
@@ -44,6 +46,7 @@ QUICK: Final[dict[str, list[str]]] = {
     "peers": ["--rows", "20000", "--devices", "10,50,100,200", "--changes", "20"],
     "ingest": [],
     "firstsync": ["--rows", "200000", "--shaped-rows", "50000"],
+    "fleet": ["--devices", "2000", "--storm-devices", "1000"],
 }
 FULL: Final[dict[str, list[str]]] = {
     "codec": [],
@@ -55,6 +58,7 @@ FULL: Final[dict[str, list[str]]] = {
     "peers": ["--rows", "200000", "--devices", "10,100,200,400,800"],
     "ingest": ["--rows", "1000000"],
     "firstsync": [],  # 1M and 3M rows, then 200k through the shaped link
+    "fleet": [],  # 10,000 devices of org A, 5,000 fresh ones storming
 }
 
 

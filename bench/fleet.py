@@ -364,7 +364,7 @@ class Meter:
             out = record.results_dir() / f"fleet-{self.phase}-{os.getpid()}.speedscope.json"
             self._spy = subprocess.Popen(  # noqa: ASYNC220 (before the phase's clock starts)
                 [_py_spy(), "record", "--pid", str(self.daemon.pid), "--rate", "200",
-                 "--format", "speedscope", "--output", str(out)],
+                 "--nonblocking", "--format", "speedscope", "--output", str(out)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             print(f"profiling the daemon during {self.phase}: {out}", flush=True)
@@ -940,6 +940,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
     Meter.profile = args.profile
+    if args.profile and not Path(_py_spy()).exists():
+        sys.exit("bench.fleet: --profile needs py-spy (pip install py-spy), not found")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with record.bench_run("fleet", argv), embedded_server("syncd-fleet-") as pg:

@@ -46,6 +46,7 @@ from protocol import (
     ConnectionClosed,
     Error,
     ErrorCode,
+    GoingAway,
     Goodbye,
     Hello,
     Message,
@@ -217,8 +218,10 @@ class FleetDevice:
                         self.caught_up.set()
                 elif isinstance(event, Ping):
                     writer.write(conn.send(Pong(nonce=event.nonce)))
-                elif isinstance(event, Error):
-                    return  # GOING_AWAY at a restart, or a drop: the bench reconnects
+                elif isinstance(event, Error | GoingAway):
+                    # The daemon is stopping (or ended us): hang up as a phone does; the
+                    # bench reconnects when it wants to.
+                    return
         except (OSError, ConnectionError, ssl.SSLError, EOFError):
             return
         finally:
