@@ -73,7 +73,7 @@ from bench.common import (
     with_database,
 )
 from bench.fleet_devices import MARK, worker_main
-from bench.latency import Latency, summarize
+from bench.latency import summarize
 from syncd.devcerts import ensure_dev_pki
 from syncd.store.sql import database_name
 
@@ -416,13 +416,7 @@ def _rate(times: Sequence[float], t0: float) -> float:
     return len(times) / max(max(times) - t0, 1e-9) if times else 0.0
 
 
-def _lat(values: Sequence[float]) -> Latency:
-    return summarize(values)
-
-
-async def ceiling_phase(
-    fleet: Fleet, pki_dir: Any, count: int, report: Report
-) -> tuple[float, float]:
+async def ceiling_phase(fleet: Fleet, pki_dir: Path, count: int) -> tuple[float, float]:
     """The echo server's handshakes/s for ``count`` connections at once, and its KiB each."""
     pki = ensure_dev_pki(pki_dir)
     server = subprocess.Popen(  # noqa: ASYNC220 (started once, before anything is measured)
@@ -519,9 +513,7 @@ async def run(pg: PgServer, args: argparse.Namespace) -> None:
             )
         )
         # The ceiling first, while the daemon idles (its CPU is not the echo server's).
-        ceiling_rate, ceiling_kib = await ceiling_phase(
-            fleet, daemon.base / "certs", args.devices, report
-        )
+        ceiling_rate, ceiling_kib = await ceiling_phase(fleet, daemon.base / "certs", args.devices)
         await fleet.add(a_specs + b_specs)
         await _phases(
             pg,
@@ -624,7 +616,7 @@ async def _phases(
                 GOALS["fan1k"],
             ),
             (
-                f"1 change reaching all {args.devices + 0:,} devices",
+                f"1 change reaching all {args.devices:,} devices",
                 int(ALL_TEAM),
                 args.fanout_all_changes,
                 GOALS["fanall"],
@@ -639,7 +631,7 @@ async def _phases(
             async with Meter(daemon, fleet, pg, "fanout") as m:
                 for _ in range(count):
                     deliveries.append(await changes.deliver(commit_a, owner))
-            lat = _lat([d.last_ms for d in deliveries])
+            lat = summarize([d.last_ms for d in deliveries])
             got = sum(d.count for d in deliveries)
             want = sum(d.expected for d in deliveries)
             per_delivery_us = m.usage.daemon / max(got, 1) * 1e6
@@ -704,7 +696,7 @@ async def _phases(
                 stop.set()
                 if bg is not None:
                     await bg
-            lat = _lat([d.last_ms for d in singles if d.count])
+            lat = summarize([d.last_ms for d in singles if d.count])
             lost = sum(1 for d in singles if d.count < d.expected)
             label = "a change for one device" + (
                 ", an org-wide change every second" if background else ", fleet idle"
@@ -760,7 +752,7 @@ async def _phases(
                 storm_task = asyncio.create_task(storm())
                 during = await org_b_changes(storm_done, 100_000)
                 out = await storm_task
-            q, d = _lat([x.last_ms for x in quiet]), _lat([x.last_ms for x in during])
+            q, d = summarize([x.last_ms for x in quiet]), summarize([x.last_ms for x in during])
             seconds = max(out["caught_up"], default=t0) - t0
             print(
                 f"org B p99 {q.p99:.0f} ms quiet, {d.p99:.0f} ms while {out['ok']:,} fresh "

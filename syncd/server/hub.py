@@ -16,10 +16,12 @@ A member whose queue is full is a slow device: it is dropped from the hub with t
 of the last window it received whole and catches up on its own later, so one slow phone
 never grows memory or holds back the others.
 
-Joining is done under the hub's lock so no window is missed or seen twice: unless the hub
-already sees everything the session's checkpoint sees, the hub first advances to a fresh
-snapshot (taken after the session's), then the session reads the small gap between its
-checkpoint and the hub's position itself.
+Joining is done under the hub's lock so no window is missed or seen twice, in batches taken
+by one task of the hub's: unless the hub already sees everything the joiners' checkpoints
+see, it first advances once to a fresh snapshot (taken after theirs); then, per distinct
+joiner snapshot, one question to the change log says which joiners' partitions the gap
+touched, and only those sessions read the gap between their checkpoint and the hub's
+position themselves. A hub with no members keeps no position.
 
 Time moves rows too (a ``within`` filter): the hub's position carries the wall time of its
 snapshot (from ``clock``, which tests may set), every window evaluates time-relative filters at
