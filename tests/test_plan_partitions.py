@@ -169,3 +169,67 @@ def test_owner_filter_is_one_piece_keyed_by_the_user_so_untouched_owners_cost_no
     (anded,) = of(plan(model({"filter": both}), "7", ()), "account")
     assert anded.column is not None
     assert (anded.column.name, anded.value) == ("owner_id", 7)
+
+
+RELATED = {"related": {"entity": "account", "via": "account_id"}}
+
+
+def chain_model(account: Any, contact: Any = RELATED) -> ClientModel:
+    d = field_model()
+    d["profiles"] = {
+        "field": {"offline": True, "entities": {"account": account, "contact": {"filter": contact}}}
+    }
+    d["default_profile"] = "field"
+    return ClientModel.parse(d)
+
+
+def contact_partition(m: ClientModel, user: str) -> Partition:
+    (p,) = [
+        p
+        for p in plan(m, user, ("1",), "field").partitions
+        if p.subscription.entity.name == "contact"
+    ]
+    return p
+
+
+def test_related_and_membership_filters_are_keyed_by_the_user_with_one_shape() -> None:
+    owner = chain_model({"filter": {"owner": "owner_id"}})
+    members = chain_model({"filter": {"team": "team_id"}})  # over the staging teams membership
+    with_plain = chain_model(
+        {"filter": {"owner": "owner_id"}},
+        {"and": [RELATED, {"column": "email", "op": "not_null"}]},
+    )
+    for m in (owner, members, with_plain):
+        a, b = contact_partition(m, "7"), contact_partition(m, "8")
+        assert a.keyed is not None
+        assert b.keyed is not None
+        assert a.key != b.key  # each user's rows are their own
+        assert a.shape == b.shape  # but one question covers both
+        assert {a.value, b.value} in ({7, 8}, {"7", "8"})
+    assert contact_partition(owner, "7").shape != contact_partition(members, "7").shape
+    (accounts,) = [
+        p
+        for p in plan(members, "7", (), "field").partitions
+        if p.subscription.entity.name == "account"
+    ]
+    assert accounts.keyed is not None
+    assert accounts.keyed.hops == ()  # a membership at the top
+
+
+def test_filters_whose_rows_move_other_ways_are_not_keyed() -> None:
+    cases = [
+        (
+            {"filter": {"owner": "owner_id"}},
+            {"or": [RELATED, {"column": "email", "op": "=", "value": "x"}]},
+        ),
+        ({"filter": {"owner": "owner_id"}}, {"not": RELATED}),
+        ({}, RELATED),  # an unfiltered parent: not per user at all
+        ({"filter": {"column": "team_id", "op": "in", "param": "user.teams"}}, RELATED),
+        ({"filter": {"column": "modified_at", "op": "within", "last": "30d"}}, RELATED),
+        ({"filter": {"column": "team_id", "op": "not_in", "membership": "teams"}}, RELATED),
+    ]
+    for account, contact in cases:
+        assert contact_partition(chain_model(account, contact), "7").keyed is None, (
+            account,
+            contact,
+        )

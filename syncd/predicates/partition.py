@@ -27,13 +27,15 @@ touch cost nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from syncd.filters.nodes import And, Compare, FilterNode, InList, Param
-from syncd.model import Column
-from syncd.predicates.bound import BAnd, BCompare, BIn, BoundNode, BoundTree
+from syncd.model import Column, Entity
+from syncd.predicates.bound import BAnd, BCompare, BIn, BMember, BoundNode, BoundTree, BRelated
 
-__all__ = ["Piece", "split_claim_list"]
+__all__ = ["KeyPath", "NodeOf", "Piece", "keyed_path", "split_claim_list"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +107,106 @@ def _with(tree: BoundTree, root: BoundNode) -> BoundTree:
 def _plain(n: BoundNode) -> bool:
     """True when ``n`` depends only on the row's own columns (no other table, no clock)."""
     return not n.tables() and not n.reads_clock()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPath:
+    """How a filter that reads other tables is keyed by one per-user value.
+
+    The rows of the entity are those whose chain of related parents (``hops``: each entity
+    with the column pointing at the next one's key) ends at a row of ``leaf_entity`` that
+    ``leaf`` accepts: ``owner = <claim>``, or a staging membership of the user. Everything
+    else in the filter is plain (the row's own columns only), so a window can move a row of
+    this filter for value ``v`` only if a row written in it, followed up the chain, reaches a
+    leaf row keyed by ``v`` (or a written membership row is ``v``'s):
+    ``feed.touched_keyed`` asks that for every live value of one ``shape`` in one statement.
+    """
+
+    hops: tuple[tuple[Entity, Column], ...]
+    leaf_entity: Entity
+    leaf: BCompare | BMember
+    shape: list[Any]
+    """The filter's identity with the value left out: equal shapes differ only by value."""
+
+    @property
+    def value(self) -> object:
+        return self.leaf.value if isinstance(self.leaf, BCompare) else self.leaf.user
+
+    @property
+    def value_column(self) -> Column:
+        """The column the value is typed like (the membership's user column for a member)."""
+        leaf = self.leaf
+        if isinstance(leaf, BCompare):
+            return leaf.column
+        return leaf.table.column(leaf.membership.user)
+
+
+NodeOf = Callable[[str], FilterNode | None]
+"""An entity's parsed filter in the profile the tree was bound from (related parents)."""
+
+
+def keyed_path(node_of: NodeOf, tree: BoundTree) -> KeyPath | None:
+    """The key path of ``tree`` (see `KeyPath`), or None when its rows can move in a way no
+    single value says (an ``or``, a ``not``, a clock, a negated membership, a related parent
+    filtered by something else). Only filters that read other tables are keyed: a plain one
+    splits (``split_claim_list``)."""
+    found = _keyed(node_of, tree)
+    if found is None or not found[0]:
+        return None
+    hops, leaf_entity, leaf, shape_root = found[1]
+    return KeyPath(hops, leaf_entity, leaf, BoundTree(tree.entity, shape_root, 0).identity())
+
+
+_Found = tuple[
+    bool, tuple[tuple[tuple[Entity, Column], ...], Entity, BCompare | BMember, BoundNode]
+]
+
+
+def _keyed(node_of: NodeOf, tree: BoundTree) -> _Found | None:
+    """(reads other tables, (hops, leaf entity, leaf, root with the value left out))."""
+    root, node = tree.root, node_of(tree.entity.name)
+    if root is None or node is None:
+        return None
+    if isinstance(root, BAnd):
+        if not isinstance(node, And) or len(node.items) != len(root.items):
+            return None
+        pairs = list(zip(node.items, root.items, strict=True))
+    else:
+        pairs = [(node, root)]
+    others = [i for i, (_, b) in enumerate(pairs) if not _plain(b)]
+    if len(others) > 1:
+        return None
+    if others:
+        at = others[0]
+        step = _keyed_item(node_of, tree, pairs[at][1])
+    else:
+        claims = [i for i, (n, b) in enumerate(pairs) if _claim_compare(n, b)]
+        if not claims:
+            return None
+        at = claims[0]
+        b = pairs[at][1]
+        assert isinstance(b, BCompare)
+        step = (False, ((), tree.entity, b, BCompare(b.column, b.op, None)))
+    if step is None:
+        return None
+    reads, (hops, leaf_entity, leaf, item) = step
+    if isinstance(root, BAnd):
+        return reads, (hops, leaf_entity, leaf, _replaced(root, at, item))
+    return reads, (hops, leaf_entity, leaf, item)
+
+
+def _keyed_item(node_of: NodeOf, tree: BoundTree, b: BoundNode) -> _Found | None:
+    if isinstance(b, BMember) and not b.negated:
+        return True, ((), tree.entity, b, BMember(b.column, b.membership, b.table, None, False))
+    if isinstance(b, BRelated) and not b.parent.reads_clock():
+        inner = _keyed(node_of, b.parent)
+        if inner is None:
+            return None
+        hops, leaf_entity, leaf, parent_root = inner[1]
+        shape = BRelated(b.via, BoundTree(b.parent.entity, parent_root, b.parent.depth))
+        return True, (((tree.entity, b.via), *hops), leaf_entity, leaf, shape)
+    return None
+
+
+def _claim_compare(n: FilterNode, b: BoundNode) -> bool:
+    return isinstance(n, Compare) and isinstance(b, BCompare) and _claim_equal(n)

@@ -451,13 +451,19 @@ class LiveHub:
         return own
 
     async def _touched(self, since: Snapshot, partitions: list[Partition]) -> list[Partition]:
-        """The partitions a window since ``since`` may have rows for: every whole partition,
-        and the pieces of split ones whose value a written row held (one statement per split
-        column, however many pieces and devices)."""
+        """The partitions a window since ``since`` may have rows for: the whole partitions
+        whose tables were written, the pieces of split ones whose value a written row held
+        (one statement per split column, however many pieces and devices), and the keyed
+        ones (a related parent's owner, a staging membership) whose value a written row
+        leads to (one statement per shape, however many users)."""
         due: list[Partition] = []
         whole: list[Partition] = []
         split: dict[tuple[str, str, str], tuple[Entity, Column, list[Partition]]] = {}
+        keyed: dict[str, list[Partition]] = {}
         for p in partitions:
+            if p.keyed is not None:
+                keyed.setdefault(p.shape, []).append(p)
+                continue
             if p.column is None:
                 whole.append(p)
                 continue
@@ -469,6 +475,12 @@ class LiveHub:
             values = list(dict.fromkeys(p.value for p in pieces))
             hit = await self._staging.touched_values(entity, column, values, since)
             due.extend(p for p in pieces if p.value in hit)
+        for group in keyed.values():
+            path = group[0].keyed
+            assert path is not None
+            values = list(dict.fromkeys(p.value for p in group))
+            hit = await self._staging.touched_keyed(path, values, since)
+            due.extend(p for p in group if p.value in hit)
         return due
 
     async def _whole_touched(self, since: Snapshot, whole: list[Partition]) -> list[Partition]:

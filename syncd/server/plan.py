@@ -31,8 +31,9 @@ import orjson
 
 from protocol import CodedError, ColumnSchema, EntitySchema, ErrorCode, ModelSummary
 from syncd.auth import Claims
-from syncd.model import AccessSpec, ClientModel, Column, Entity
-from syncd.predicates.partition import split_claim_list
+from syncd.filters.nodes import FilterNode
+from syncd.model import AccessSpec, ClientModel, Column, Entity, Profile
+from syncd.predicates.partition import KeyPath, NodeOf, keyed_path, split_claim_list
 from syncd.server.sync_token import plan_digest
 from syncd.store import Subscription
 from syncd.store.bound_filter import BindError, BoundFilter, bind_filter
@@ -55,6 +56,12 @@ class Partition:
     column: Column | None = None
     """For a piece of a split filter: the rows are those whose ``column`` equals ``value``."""
     value: object = None
+    keyed: KeyPath | None = None
+    """For a filter keyed by one per-user value through other tables (a related parent's
+    owner, a staging membership): how to ask which values a window touched (``value`` is
+    this partition's)."""
+    shape: str = ""
+    """With ``keyed``: partitions of equal shape differ only by ``value`` (one question)."""
 
     @property
     def time_relative(self) -> bool:
@@ -155,7 +162,7 @@ def plan_for(
         subscriptions.append(Subscription(entity, row_filter))
         schemas.append(_entity_schema(entity))
         hashes[name] = _digest([entity.schema_json(), access.filter, bound])
-        partitions.extend(_partitions(entity, access, row_filter))
+        partitions.extend(_partitions(entity, access, row_filter, _node_of(profile)))
     fingerprint = _digest([[s.name, s.key, [[c.name, c.type] for c in s.columns]] for s in schemas])
     summary = ModelSummary(fingerprint=fingerprint, entities=tuple(schemas))
     return DevicePlan(
@@ -170,8 +177,16 @@ def plan_for(
     )
 
 
+def _node_of(profile: Profile) -> NodeOf:
+    def node_of(name: str) -> FilterNode | None:
+        access = profile.access(name)
+        return None if access is None else access.node
+
+    return node_of
+
+
 def _partitions(
-    entity: Entity, access: AccessSpec, row_filter: BoundFilter | None
+    entity: Entity, access: AccessSpec, row_filter: BoundFilter | None, node_of: NodeOf
 ) -> tuple[Partition, ...]:
     """The entity's partitions. Keys cover the schema (the wire layout) and the partition's
     own bound filter, not the profile's filter text: different profiles or users whose
@@ -181,9 +196,13 @@ def _partitions(
         return (Partition(_digest([schema, None]), Subscription(entity)),)
     pieces = split_claim_list(access.node, row_filter.tree)
     if pieces is None:
-        return (
-            Partition(_digest([schema, row_filter.identity]), Subscription(entity, row_filter)),
-        )
+        key = _digest([schema, row_filter.identity])
+        sub = Subscription(entity, row_filter)
+        path = keyed_path(node_of, row_filter.tree)
+        if path is None:
+            return (Partition(key, sub),)
+        shape = _digest([schema, path.shape])
+        return (Partition(key, sub, value=path.value, keyed=path, shape=shape),)
     out = []
     for piece in pieces:
         f = BoundFilter(piece.tree)

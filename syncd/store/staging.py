@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from syncd.model import ClientModel, Column, Entity
+from syncd.predicates.partition import KeyPath
 from syncd.store.feed import (
     ChangeBatch,
     Subscription,
@@ -41,6 +42,7 @@ from syncd.store.snapshot import (
     SnapshotBusy,
 )
 from syncd.store.sql import ident
+from syncd.store.touched_keys import touched_keyed
 
 __all__ = ["ChangeStream", "StagingStore", "create_database", "drop_database"]
 
@@ -216,6 +218,13 @@ class StagingStore:
     ) -> set[object]:
         """Which `values` rows written since `since` held in `column` (``feed.touched_values``)."""
         return await touched_values(self.fetch, entity, column, values, since)
+
+    async def touched_keyed(
+        self, path: KeyPath, values: Sequence[object], since: Snapshot
+    ) -> set[object]:
+        """Which `values` of keyed partitions of one shape a window since `since` may have
+        rows for (``touched_keys.touched_keyed``)."""
+        return await touched_keyed(self.fetch, path, values, since)
 
     async def written_tables(self, since: Snapshot, tables: Sequence[str]) -> set[str]:
         """Which of `tables` were written since `since`."""
