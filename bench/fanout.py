@@ -13,6 +13,11 @@ Scenarios, all 1,000 devices of one profile:
 * ``50 teams``: ``owner_id in user.teams`` with one team (of 50) per user: 50 partitions;
 * ``owner per user``: ``{"owner": "owner_id"}``, each device sees its own user's rows: one
   partition per user, read only when a change touches that owner;
+* ``field workers``: the demo's default profile, accounts by owner and the contacts of
+  those accounts (a ``related`` filter); each change is a contact inserted under one user's
+  account. Each user's contacts are a partition of their own that reads ``account``: a
+  keyed partition (``syncd.store.touched_keys``), asked once per window which owners the
+  written rows lead to, so a change should cost what an owner change costs;
 * ``50 teams, pairs``: the same filter with two random teams of the 50 per user: still one
   partition per team (the plan splits a claim list into one piece per value), 50 of them,
   though the users hold hundreds of distinct team pairs.
@@ -23,6 +28,7 @@ commit-to-device p50/p99. The goal of the issue is that the cost per change foll
 partitions a change touches, not the devices nor their distinct filters.
 
     python -m bench.fanout [--devices N] [--teams N] [--changes N] [--rate R] [--rows N]
+                           [--only SCENARIO ...]
 """
 
 from __future__ import annotations
@@ -81,8 +87,25 @@ def _model(scenario: Scenario) -> dict[str, Any]:
         account = {"filter": {"owner": "owner_id"}}
     elif scenario.teams_per_user:  # "teams" are owner ids 0..teams-1; the claim carries them
         account = {"filter": {"column": "owner_id", "op": "in", "param": "user.teams"}}
-    model["profiles"] = {"sales": {"offline": True, "entities": {"account": account}}}
+    entities: dict[str, Any] = {"account": account}
+    if scenario.contacts:
+        model["entities"] = {**model["entities"], "contact": CONTACT}
+        entities["contact"] = {"filter": {"related": {"entity": "account", "via": "account_id"}}}
+    model["profiles"] = {"sales": {"offline": True, "entities": entities}}
     return model
+
+
+# The field worker's second entity: contacts of the accounts the user owns. ``name`` is at
+# the account's NAME_INDEX, so one marker check serves both entities.
+CONTACT: Final[dict[str, Any]] = {
+    "key": "id",
+    "columns": {"id": "uuid", "account_id": "uuid", "name": "text"},
+}
+
+
+def owned_account(owner: int) -> uuid.UUID:
+    """The account each user of the field-worker scenario owns (besides the loaded ones)."""
+    return uuid.UUID(int=10**9 + owner)
 
 
 @dataclass(frozen=True)
@@ -91,6 +114,7 @@ class Scenario:
     org: str
     teams_per_user: int  # 0: org-wide, no filter
     owner: bool = False  # an owner filter instead: user i sees the rows with owner_id = i
+    contacts: bool = False  # with owner: contacts of owned accounts too; changes are contacts
 
     def teams_of(self, user: int, teams: int, rnd: random.Random) -> list[str]:
         if self.teams_per_user == 0:
@@ -246,7 +270,20 @@ async def run_scenario(
         " VALUES ($1, $2, $3, $4, $5, $6, $7)"
     )
 
+    if scenario.contacts:
+        contact = await conn.prepare(
+            "INSERT INTO contact (id, account_id, name) VALUES ($1, $2, $3)"
+        )
+        await conn.executemany(
+            "INSERT INTO account (id, owner_id, name, city, amount, modified_at, status)"
+            " VALUES ($1, $2, 'owned', 'Oslo', 1, now(), 0)",
+            [(owned_account(i), i) for i in range(args.devices)],
+        )
+
     async def commit(n: int, team: int) -> float:
+        if scenario.contacts:
+            await contact.fetch(uuid.uuid4(), owned_account(team), f"{LIVE_PREFIX}{n}")
+            return time.perf_counter()
         now = datetime.now(UTC)
         await insert.fetch(uuid.uuid4(), team, f"{LIVE_PREFIX}{n}", "Oslo", Decimal(1), now, 0)
         return time.perf_counter()
@@ -345,6 +382,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of --changes commits per scenario"
     )
+    parser.add_argument(
+        "--only", nargs="+", metavar="SCENARIO", help="run only these scenarios (by name)"
+    )
     return parser.parse_args(argv)
 
 
@@ -355,7 +395,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         Scenario(f"{args.teams} teams", "fan-team", 1),
         Scenario(f"{args.teams} teams, pairs", "fan-pairs", 2),
         Scenario("owner per user", "fan-owner", 0, owner=True),
+        Scenario("field workers", "fan-field", 0, owner=True, contacts=True),
     ]
+    if args.only:
+        scenarios = [s for s in scenarios if s.name in args.only]
     with record.bench_run("fanout", argv), embedded_server("syncd-fan-") as pg:
         uvloop.run(run(pg, args, scenarios))
 
