@@ -19,6 +19,11 @@ reads other tables (``related``, staging memberships) or the clock (``within``):
 filters move without a write of their own, which a piece keyed by one column value would not
 see. Everything else stays one piece: the whole bound filter, as before.
 
+A filter that reads other tables is not split, but it may be *keyed* (`KeyPath`): when its
+only way of reading them is a related chain ending at ``owner = <claim>`` or a staging
+membership of the user, each user's partition is read only in windows whose writes lead to
+that user (``store.touched_keys``).
+
 Because a piece's rows move only by their own writes, a window has something for a piece only
 if a row written in it held the piece's value: the store's ``touched_values`` asks that of the
 change log for all live pieces of a column in one statement, so the pieces a change does not

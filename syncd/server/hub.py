@@ -5,7 +5,8 @@ join it as members of every partition of their plan (``DevicePlan.partitions``: 
 one entity that many plans share, such as one team's accounts or all of an entity). When the
 org's staging database signals a commit, the hub takes one snapshot S, asks the change log
 once per split column which of its live values rows written in the window held (a piece whose
-value no written row held has nothing to send), reads the window (hub position, S] once per
+value no written row held has nothing to send), and once per keyed shape which users the
+written rows lead to through related parents or memberships (``store.touched_keys``), reads the window (hub position, S] once per
 remaining partition, encodes its tombstones and its rows once, and hands each member the
 frames of its partitions: every tombstone first, then every row, then one checkpoint (encoded
 once per distinct plan). Tombstones first because a row moving from team 7 to team 8 is a
