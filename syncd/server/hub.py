@@ -1,17 +1,17 @@
 """Live fan-out: one read and one encoding per window per partition, whatever the devices.
 
-Strategy (ARCHITECTURE.md decisions 4 and 5). Every org has one hub. Sessions that have caught up
-join it as members of every partition of their plan (``DevicePlan.partitions``: the rows of
+Strategy (ARCHITECTURE.md decisions 4 and 5). Every org has one hub. Sessions that have caught
+up join it as members of every partition of their plan (``DevicePlan.partitions``: the rows of
 one entity that many plans share, such as one team's accounts or all of an entity). When the
-org's staging database signals a commit, the hub takes one snapshot S, asks the change log
-once per split column which of its live values rows written in the window held (a piece whose
-value no written row held has nothing to send), and once per keyed shape which users the
-written rows lead to through related parents or memberships (``store.touched_keys``), reads the window (hub position, S] once per
-remaining partition, encodes its tombstones and its rows once, and hands each member the
-frames of its partitions: every tombstone first, then every row, then one checkpoint (encoded
-once per distinct plan). Tombstones first because a row moving from team 7 to team 8 is a
-tombstone of piece 7 and a row of piece 8, and a device holding both teams must keep it. A
-row is in at most one piece of a split entity, so no device gets it twice.
+org's staging database signals a commit, the hub takes one snapshot S, asks the change log once
+per split column which of its live values rows written in the window held (a piece whose value
+no written row held has nothing to send), and once per keyed shape which users the written rows
+lead to through related parents or memberships (``store.touched_keys``), reads the window (hub
+position, S] once per remaining partition, encodes its tombstones and its rows once, and hands
+each member the frames of its partitions: every tombstone first, then every row, then one
+checkpoint (encoded once per distinct plan). Tombstones first because a row moving from team 7
+to team 8 is a tombstone of piece 7 and a row of piece 8, and a device holding both teams must
+keep it. A row is in at most one piece of a split entity, so no device gets it twice.
 
 A member whose queue is full is a slow device: it is dropped from the hub with the checkpoint
 of the last window it received whole and catches up on its own later, so one slow phone
