@@ -346,13 +346,28 @@ def _py_spy() -> str:
     return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
+def spy_on(daemon: DaemonProcess, phase: str) -> subprocess.Popen[bytes] | None:
+    """With ``--profile`` naming ``phase``, py-spy sampling the daemon (it writes its
+    speedscope file beside the run's results when interrupted or when the daemon exits)."""
+    if phase not in Meter.profile or daemon.pid is None:
+        return None
+    out = record.results_dir() / f"fleet-{phase}-{os.getpid()}.speedscope.json"
+    spy = subprocess.Popen(
+        [_py_spy(), "record", "--pid", str(daemon.pid), "--rate", "200",
+         "--nonblocking", "--format", "speedscope", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    print(f"profiling the daemon during {phase}: {out}", flush=True)
+    return spy
+
+
 class Meter:
     """Measures a phase's CPU use: ``async with Meter(...) as m: ...; m.usage``.
 
-    With ``--profile PHASE`` the daemon is sampled by py-spy during that phase (a speedscope
-    file beside the run's results), the way the fleet's costs were found."""
+    With ``--profile PHASE ...`` the daemon is sampled by py-spy during those phases (a
+    speedscope file each, beside the run's results), the way the fleet's costs were found."""
 
-    profile: str | None = None
+    profile: frozenset[str] = frozenset()
 
     def __init__(self, daemon: DaemonProcess, fleet: Fleet, pg: PgServer, phase: str) -> None:
         self.daemon, self.fleet, self.pg, self.phase = daemon, fleet, pg, phase
@@ -360,14 +375,7 @@ class Meter:
         self._spy: subprocess.Popen[bytes] | None = None
 
     async def __aenter__(self) -> Meter:
-        if self.profile == self.phase and self.daemon.pid is not None:
-            out = record.results_dir() / f"fleet-{self.phase}-{os.getpid()}.speedscope.json"
-            self._spy = subprocess.Popen(  # noqa: ASYNC220 (before the phase's clock starts)
-                [_py_spy(), "record", "--pid", str(self.daemon.pid), "--rate", "200",
-                 "--nonblocking", "--format", "speedscope", "--output", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            print(f"profiling the daemon during {self.phase}: {out}", flush=True)
+        self._spy = spy_on(self.daemon, self.phase)
         self._d0 = cpu_seconds(self.daemon.pid) or 0.0
         self._f0 = await self.fleet.cpu()
         self._p0 = postgres_cpu_seconds(self.pg)
@@ -797,9 +805,12 @@ async def _phases(
         if args.skip_storm:
             return
         live = sum(await fleet.each("live"))
+        spy = spy_on(daemon, "shutdown")
         t_stop = time.monotonic()
         daemon.stop()
         shutdown_s = time.monotonic() - t_stop
+        if spy is not None:
+            spy.wait(60)  # it ends with the daemon
         print(f"shutdown with {live:,} live devices: {shutdown_s:.1f} s", flush=True)
         report.add(
             "shutdown with every device live",
@@ -900,8 +911,18 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile",
-        choices=["connect", "fanout", "one-device", "one-device-busy", "fairness", "storm"],
-        help="sample the daemon with py-spy during this phase",
+        choices=[
+            "connect",
+            "fanout",
+            "one-device",
+            "one-device-busy",
+            "fairness",
+            "shutdown",
+            "storm",
+        ],
+        nargs="+",
+        default=[],
+        help="sample the daemon with py-spy during these phases",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a small fleet (300 devices) to check the bench itself"
@@ -931,7 +952,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
-    Meter.profile = args.profile
+    Meter.profile = frozenset(args.profile)
     if args.profile and not Path(_py_spy()).exists():
         sys.exit("bench.fleet: --profile needs py-spy (pip install py-spy), not found")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
