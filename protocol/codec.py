@@ -16,6 +16,13 @@ frame), never the decoder's own (its exception texts, option names or Python typ
 The Changes hot path does not walk rows here: messages.Changes validates its rows with a
 few C-level passes instead (see there).
 
+Arrays decode to tuples, not lists (``use_list=False``): every message constructor turns
+arrays into tuples anyway, and a Changes frame's rows are kept as decoded. A tuple of
+scalars is untracked by the cyclic garbage collector at its first collection, and cheaper
+to build; a list of the same row stays tracked while the device holds it, and is walked
+again by every collection until it is freed. With lists, a device's first sync of 1M rows
+spent ~1.2 s of ~6 s in the collector (docs/ARCHITECTURE.md, "First sync of a big device").
+
 PROTOCOL.md, "Payload encoding":
     Map keys are str only, and a key appears at most once in a map. Extension types are
     not used, including the timestamp extension (-1). Containers nest at most 32 levels.
@@ -41,7 +48,9 @@ MAX_DEPTH = 32
 #: Python types a decoded scalar may have (Timestamp and ExtType objects are not among them).
 PRIMITIVE_TYPES: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes})
 
-_CONTAINER_TYPES = (list, dict)
+#: Arrays decode as tuples (see the module docstring); lists are accepted too, for trees
+#: built by hand (tests, from_wire of a JSON form).
+_ARRAY_TYPES: frozenset[type] = frozenset({list, tuple})
 
 
 def _reject_ext(code: int, data: bytes) -> NoReturn:
@@ -111,7 +120,7 @@ def unpack(payload: bytes) -> Any:
             raw=False,
             strict_map_key=True,
             object_pairs_hook=_map_once,
-            use_list=True,
+            use_list=False,
             timestamp=0,
             ext_hook=_reject_ext,
             # Every element takes at least one byte, so no honest container or string can
@@ -143,7 +152,7 @@ def check_tree(obj: object, *, depth: int = 0) -> None:
     while stack:
         node, level = pop()
         node_type = type(node)
-        if node_type is list:
+        if node_type in _ARRAY_TYPES:
             level += 1
             if level > MAX_DEPTH:
                 _too_deep()

@@ -329,13 +329,16 @@ class Welcome(Message):
             raise fail("Welcome", "model", "expected ModelSummary")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Changes(Message):
     """Rows to upsert and keys to delete for one entity.
 
     Each upsert row is the entity's column values in schema order, then the row version.
     Validation runs in C (`set(map(type, ...))`) and keeps the rows exactly as given, so
-    decoding 1,000 rows builds no per-row Python objects beyond msgpack's own lists.
+    decoding 1,000 rows builds no per-row Python objects beyond msgpack's own tuples
+    (decoded arrays are tuples, `protocol.codec`; a sender may build rows as lists). Two
+    Changes are equal when they carry the same entity, rows and keys, whichever sequence
+    types hold them.
     """
 
     TYPE: ClassVar[str] = "changes"
@@ -362,6 +365,17 @@ class Changes(Message):
                 raise fail("Changes", "upserts", "the last value of a row must be its version")
         if deletes and not set(map(type, deletes)) <= _KEY_TYPES:
             raise fail("Changes", "deletes", "keys must be bool/int/float/str/bin")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Changes):
+            return NotImplemented
+        return (
+            self.entity == other.entity
+            and tuple(map(tuple, self.upserts)) == tuple(map(tuple, other.upserts))
+            and tuple(self.deletes) == tuple(other.deletes)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # rows may be lists, as with eq=True
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ __all__ = ["decode_payload", "encode_frame", "from_wire", "to_wire"]
 
 #: Fields of Changes validated by Changes itself; every other field gets the generic walk.
 _CHANGES_ROW_FIELDS = frozenset({"upserts", "deletes"})
+#: What a decoded array is: a tuple from `unpack`, a list in trees built by hand.
+_ARRAY_TYPES: frozenset[type] = frozenset({list, tuple})
 
 
 def _encode_value(value: object) -> object:
@@ -64,7 +66,7 @@ def _struct_from_map(cls: type[Any], wire: object, where: str) -> Any:
         nested = f.metadata.get("nested")
         if nested is not None and value is not None:
             if f.metadata.get("many"):
-                if type(value) is not list:
+                if type(value) not in _ARRAY_TYPES:
                     raise RemoteProtocolError(f"{where}.{f.name}: expected array")
                 value = tuple(
                     _struct_from_map(nested, item, f"{where}.{f.name}[{index}]")
