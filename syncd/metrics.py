@@ -86,6 +86,7 @@ _LAG_BUCKETS: Final = (
 _FIRST_SYNC_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # A TLS handshake costs ~1 ms of CPU here; the full protocol handshake adds a token check
 # and a database lookup, and the configured timeout caps it at seconds.
+_GC_BUCKETS: Final = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _HANDSHAKE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -201,6 +202,14 @@ class Metrics:
             "Time from a change's commit in staging to its frame being written to a device.",
             ["org"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gc_pause_seconds = Histogram(
+            "syncd_gc_pause_seconds",
+            "How long each garbage collection stopped the daemon, by generation (2: full);"
+            " nothing is sent to any device meanwhile.",
+            ["generation"],
+            buckets=_GC_BUCKETS,
             registry=r,
         )
         self.handshake_seconds = Histogram(

@@ -133,6 +133,7 @@ def test_every_metric_is_prefixed_and_has_no_per_device_labels(metrics: Metrics)
         "syncd_errors",
         "syncd_first_sync_seconds",
         "syncd_frames_encoded",
+        "syncd_gc_pause_seconds",
         "syncd_handshake_seconds",
         "syncd_live_drops",
         "syncd_refusals",
@@ -239,3 +240,30 @@ async def test_slow_client_is_timed_out(port: int) -> None:
     status, _, body = await request(port, b"GET /metrics HTTP/1.1\r\n")
     assert status == 408
     assert b"in time" in body
+
+
+def test_gc_pauses_are_observed_per_generation_until_removed(metrics: Metrics) -> None:
+    import gc
+
+    from syncd.gc_pauses import GcPauses
+
+    def full_collections() -> float:
+        value = metrics.registry.get_sample_value(
+            "syncd_gc_pause_seconds_count", {"generation": "2"}
+        )
+        return value or 0.0
+
+    watcher = GcPauses(metrics.gc_pause_seconds)
+    watcher.install()
+    watcher.install()  # once only: a second install must not double-count
+    try:
+        gc.collect()
+        assert full_collections() == 1
+        gc.collect(0)
+        assert metrics.registry.get_sample_value(
+            "syncd_gc_pause_seconds_count", {"generation": "0"}
+        )
+    finally:
+        watcher.remove()
+    gc.collect()
+    assert full_collections() == 1

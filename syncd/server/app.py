@@ -42,6 +42,7 @@ from syncd.auth import KeyConfigError, TokenVerifier
 from syncd.config import Config, HostPort
 from syncd.devcerts import ensure_dev_pki
 from syncd.fdlimit import FEW_DEVICES, device_capacity
+from syncd.gc_pauses import GcPauses
 from syncd.jwks import JwksFetchError, RemoteKeySet, discover_jwks_uri
 from syncd.logs import scrub_text
 from syncd.metrics import Metrics
@@ -109,6 +110,7 @@ class Daemon:
     def __init__(self, config: Config, *, prepare: Prepare | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
+        self._gc_pauses = GcPauses(self.metrics.gc_pause_seconds)
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
         self.started = asyncio.Event()
@@ -166,6 +168,7 @@ class Daemon:
     async def startup(self) -> None:
         cfg = self.config
         run = self._run
+        self._gc_pauses.install()
         if cfg.ops.listen is not None:
             run.ops = await _listen(
                 "ops.listen",
@@ -544,6 +547,7 @@ class Daemon:
             await asyncio.to_thread(run.embedded.stop)
         if run.lock is not None:
             run.lock.release()
+        self._gc_pauses.remove()
         self._run = _Running()
 
     async def _wait(
