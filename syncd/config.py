@@ -171,6 +171,10 @@ class SyncConfig:
     """...and of one org, so one org's storm leaves room for the others."""
     busy_retry_after_seconds: float
     """The base delay given to a device refused for those budgets (spread over 1x-2x)."""
+    initial_read_order: str
+    """How unfiltered entities are read for a download from scratch: "key" (keyset pages in
+    key order) or "storage" (heap block ranges, key order within a page; ARCHITECTURE.md,
+    issue 16)."""
 
 
 @dataclass(frozen=True)
@@ -588,6 +592,7 @@ def _sync(s: _Section) -> SyncConfig:
         max_first_downloads=s.integer("max_first_downloads", 1024, 1, 1_000_000),
         max_first_downloads_per_org=s.integer("max_first_downloads_per_org", 512, 1, 1_000_000),
         busy_retry_after_seconds=s.number("busy_retry_after_seconds", 2.0, 0.01, 3600.0),
+        initial_read_order=s.choice("initial_read_order", "key", ("key", "storage")),
     )
 
 

@@ -38,6 +38,7 @@ def test_defaults_in_dev_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert config.admin.tcp_listen is None
     assert config.ops.listen == HostPort("127.0.0.1", 9464)
     assert config.database.embedded
+    assert config.sync.initial_read_order == "key"
     assert config.database.embedded_dir == tmp_path / "var" / "pg"
     assert config.database.pool_max == 10
     assert config.ops.health_interval_seconds == 1.0
@@ -192,6 +193,10 @@ def test_environment_errors_name_key_and_variable(env: dict[str, str], message: 
         ("[sync]\nbatch_size = 'abc'\n", "sync.batch_size: must be an integer between"),
         ("[sync]\nbatch_size = true\n", "sync.batch_size: must be an integer"),
         ("[sync]\nbatch_sise = 5\n", "sync.batch_sise: unknown key"),
+        (
+            "[sync]\ninitial_read_order = 'heap'\n",
+            "sync.initial_read_order: must be one of key, storage, got 'heap'",
+        ),
         ("[synk]\nbatch_size = 5\n", "synk: unknown section"),
         ("listen = 'x'\n", "listen: unknown section"),
         ("[server]\ninstance_name = 5\n", "server.instance_name: must be a string, got 5"),

@@ -23,6 +23,7 @@ from syncd.server.sync_token import (
     plan_digest,
 )
 from syncd.store import Snapshot
+from syncd.store.initial import BlockPosition
 
 ME = Binding(b"\x01" * 16, "user-7", "phone-1")
 RING = Keyring({1: b"k" * 32})
@@ -44,6 +45,43 @@ def test_round_trip_with_progress_and_done() -> None:
     assert RING.open(RING.seal(original, ME), ME) == original
     complete = token()
     assert RING.open(RING.seal(complete, ME), ME) == complete
+
+
+def test_round_trip_of_heap_positions() -> None:
+    inside = token(done=frozenset({0}), progress=Progress(1, BlockPosition(16453, 120, 280, "k")))
+    assert RING.open(RING.seal(inside, ME), ME) == inside
+    between = token(progress=Progress(1, BlockPosition(16453, 280)))
+    assert RING.open(RING.seal(between, ME), ME) == between
+
+
+def test_a_key_progress_sealed_before_heap_positions_still_opens() -> None:
+    """Tokens already on devices name the last key sent; they resume key-ordered."""
+    payload = msgpack.packb(
+        [1000, 5, [1, 2], None, plan_digest({"account": "a1"}), b"\x01", [1, "k-42"]],
+        use_bin_type=True,
+    )
+    assert SyncToken.from_payload(payload).progress == Progress(1, "k-42")
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        [1, 2],  # too short
+        [1, 2, 3, "k", 5],  # too long
+        [-1, 0, 0, None],  # a negative filenode
+        [1, 2**32, 0, None],  # a block number PostgreSQL never has
+        [1, 2, 3, True],  # not a key
+        [1, 2, 3, "x" * (MAX_PROGRESS_KEY_BYTES + 1)],  # a key too long
+        [1, 2, 3, [4]],  # nested
+    ],
+)
+def test_malformed_heap_positions_are_refused(position: list[object]) -> None:
+    payload = msgpack.packb(
+        [1000, 5, [], None, plan_digest({"account": "a1"}), None, [0, position]],
+        use_bin_type=True,
+    )
+    with pytest.raises(SyncTokenError, match="progress"):
+        SyncToken.from_payload(payload)
 
 
 @pytest.mark.parametrize(
@@ -136,6 +174,15 @@ def test_worst_case_tokens_fit_the_protocol_limit() -> None:
     sealed = RING.seal(mid_download, ME)
     assert len(sealed) <= MAX_CHECKPOINT_LENGTH
     assert RING.open(sealed, ME) == mid_download
+    longest = BlockPosition(2**32 - 1, 2**32 - 2, 2**32 - 1, "x" * MAX_PROGRESS_KEY_BYTES)
+    in_blocks = token(
+        checkpoint=mid_download.checkpoint,
+        done=mid_download.done,
+        progress=Progress(MAX_ENTITIES - 1, longest),
+    )
+    sealed = RING.seal(in_blocks, ME)
+    assert len(sealed) <= MAX_CHECKPOINT_LENGTH
+    assert RING.open(sealed, ME) == in_blocks
     far = tuple(xmin + i * 2**33 for i in range(MAX_XIP))
     complete = token(checkpoint=Snapshot(xmin, far[-1] + 1, far))
     assert RING.open(RING.seal(complete, ME), ME) == complete

@@ -621,4 +621,5 @@ def _session_settings(cfg: Config) -> SessionSettings:
         send_queue_frames=s.send_queue_frames,
         checkpoint_rows=s.checkpoint_rows,
         checkpoint_bytes=s.checkpoint_bytes,
+        storage_order=s.initial_read_order == "storage",
     )

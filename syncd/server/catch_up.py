@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from protocol import Checkpoint as CheckpointMsg
 from protocol import ErrorCode, Resync, encode_changes_within
@@ -47,6 +48,7 @@ from syncd.server.sync_token import (
 from syncd.server.tokens import TokenService
 from syncd.store import ChangeBatch, ChangeStream, CheckpointAhead, ResyncRequired, Snapshot
 from syncd.store.feed import Subscription, WindowTimes
+from syncd.store.initial import TableRewritten
 
 __all__ = ["CatchUp", "Seal", "by_priority"]
 
@@ -86,6 +88,7 @@ class CatchUp:
         checkpoint_bytes: int,
         on_token: Callable[[SyncToken], None],
         on_start_over: Callable[[], None],
+        storage_order: bool = False,
     ) -> None:
         self._org = org
         self._tokens = tokens
@@ -103,6 +106,9 @@ class CatchUp:
         """Called with a valid token the device resumes from (its lag is observed)."""
         self._on_start_over = on_start_over
         """Called when the device must download everything anew."""
+        self._storage_order = storage_order
+        """Downloads of unfiltered entities from scratch read heap block ranges
+        (``sync.initial_read_order = "storage"``), not key order."""
 
     async def resume_point(self, raw: bytes | None, plan: DevicePlan) -> Resume:
         """Where the device's token says it is; a device starting over is told so first."""
@@ -188,8 +194,7 @@ class CatchUp:
         done = {s.entity.name for s in incremental}
         todo = timed(by_priority(initial), times)
         for position, sub in enumerate(todo):
-            stream = ChangeStream(staging, None, until, (sub,), batch_size, origin=self._origin)
-            await self._send_initial(stream, plan, sub.entity.name, (until, until_at), done, meter)
+            await self._send_initial(sub, None, plan, (until, until_at), done, meter)
             done.add(sub.entity.name)
             await self._priority_checkpoint(
                 plan, sub, todo[position + 1 :], (until, until_at), done, meter
@@ -216,16 +221,7 @@ class CatchUp:
             if at is not None:
                 sub = sub.at(WindowTimes(None, at))
             after = resume.unfinished[name]
-            stream = ChangeStream(
-                self._org.staging,
-                None,
-                snapshot,
-                (sub,),
-                self._batch_size,
-                initial_after=None if after is None else {name: after},
-                origin=self._origin,
-            )
-            await self._send_initial(stream, plan, name, (snapshot, at), done, meter)
+            await self._send_initial(sub, after, plan, (snapshot, at), done, meter)
             done.add(name)
             await self._priority_checkpoint(
                 plan, sub, todo[position + 1 :], (snapshot, at), done, meter
@@ -259,27 +255,54 @@ class CatchUp:
 
     async def _send_initial(
         self,
-        stream: ChangeStream,
+        sub: Subscription,
+        after: Any,
         plan: DevicePlan,
-        name: str,
         until: tuple[Snapshot, datetime | None],
         done: set[str],
         meter: CheckpointInterval,
     ) -> None:
-        """Send an initial download of entity `name`, with a resumable checkpoint whenever
-        the rows or bytes sent since the previous one reach the interval announced in
-        Welcome (PROTOCOL.md, "Checkpoints"), counted across entities."""
+        """Send an initial download of `sub` at snapshot `until` from position `after` (None:
+        from the start), with a resumable checkpoint whenever the rows or bytes sent since
+        the previous one reach the interval announced in Welcome (PROTOCOL.md, "Checkpoints"),
+        counted across entities.
+
+        A table rewritten under a heap-order download (``TableRewritten``: its blocks hold
+        other rows now, whether since the token or since the last page) restarts the entity:
+        a Resync of it first (PROTOCOL.md, "Resuming a download"), so the device drops what
+        it got, then every row again at the same snapshot. Nothing is lost or kept twice, and
+        the checkpoints that follow name the new relfilenode."""
+        name = sub.entity.name
         index = plan.order.index(name)
-        async for batch, size in self._batches(stream):
-            meter.add(batch, size)
-            if meter.due() and batch.last_key is not None and progress_fits(batch.last_key):
-                progress = Progress(index, batch.last_key)
-                try:
-                    token = self._seal(*until, plan.indexes(done), progress)
-                except TokenTooLarge:
-                    continue  # a long key or a busy snapshot: the next batch tries again
-                meter.reset()
-                await self._sends.put(CheckpointMsg(token=token))
+        while True:
+            stream = ChangeStream(
+                self._org.staging,
+                None,
+                until[0],
+                (sub,),
+                self._batch_size,
+                initial_after=None if after is None else {name: after},
+                origin=self._origin,
+                storage_order=self._storage_order,
+            )
+            try:
+                async for batch, size in self._batches(stream):
+                    meter.add(batch, size)
+                    if meter.due() and batch.last_key is not None and progress_fits(batch.last_key):
+                        progress = Progress(index, batch.last_key)
+                        try:
+                            token = self._seal(*until, plan.indexes(done), progress)
+                        except TokenTooLarge:
+                            continue  # a long key or a busy snapshot: the next batch tries again
+                        meter.reset()
+                        await self._sends.put(CheckpointMsg(token=token))
+                return
+            except TableRewritten as exc:
+                _log.info("download restarts", extra={"entity": name, "reason": str(exc)})
+                await self._sends.put(
+                    Resync(entities=(name,), code=ErrorCode.CHECKPOINT_TOO_OLD, reason=str(exc))
+                )
+                after = None
 
     async def send_gap(
         self,

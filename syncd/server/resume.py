@@ -26,7 +26,7 @@ __all__ = ["CheckpointInterval", "Resume"]
 class Resume:
     """Where a device resumes: the snapshot it holds entities at (None: nothing), entities
     to download from scratch, and entities whose download at `since` was cut off (entity ->
-    the last key it got, None when not started)."""
+    where it got, the last key or a heap ``BlockPosition``; None when not started)."""
 
     since: Snapshot | None = None
     at: datetime | None = None

@@ -118,6 +118,8 @@ class SessionSettings:
     """A download carries a resumable checkpoint at least this often in rows, and"""
     checkpoint_bytes: int
     """in bytes of Changes frames: a device cut off loses at most about this much."""
+    storage_order: bool = False
+    """Download unfiltered entities in heap block ranges (``sync.initial_read_order``)."""
 
 
 class _End(Exception):
@@ -456,6 +458,7 @@ class DeviceSession:
             checkpoint_bytes=settings.checkpoint_bytes,
             on_token=lambda token: self._observe_lag("reconnect", token),
             on_start_over=start_over,
+            storage_order=settings.storage_order,
         )
 
     def _gap_sender(

@@ -19,8 +19,17 @@ Layout (msgpack; PROTOCOL.md keeps it opaque to devices)::
 ``done`` is nil when every entity of the plan is complete at the checkpoint; during an
 initial download it is a bitmap over the plan's entity names in sorted order (bit i of byte
 i // 8, least significant first). ``progress`` names the entity being downloaded (an index
-into the same order) and the key of the last row sent: that entity is complete up to the key
-(keys are scanned in order); entities neither done nor in progress are not started.
+into the same order) and how far it got, in one of two forms (``syncd.store.initial``):
+
+* ``[filenode, block, end, key | nil]``, a heap-order download (``BlockPosition``): every
+  row in the table's blocks before ``block`` was sent, and with a key, the rows of blocks
+  [block, end) up to that key (a range is sent in key order). ``filenode`` is the table's
+  relfilenode then; a table rewritten since restarts the entity (a Resync of it).
+* a key (str, int or bin), a key-ordered download: complete up to the key. Filtered
+  entities are downloaded so, and tokens sealed before heap-order downloads existed name
+  keys for every entity; both resume after the key.
+
+Entities neither done nor in progress are not started.
 
 The MAC is HMAC-SHA256 truncated to 128 bits over a domain tag, the binding and the
 payload bytes. Keys are identified by a small integer so that a key can be rotated while
@@ -42,6 +51,7 @@ import orjson
 
 from syncd.model import MAX_PROFILE_ENTITIES
 from syncd.store import CheckpointError, Snapshot
+from syncd.store.initial import BlockPosition
 from syncd.store.snapshot import MAX_RUNNING
 
 __all__ = [
@@ -64,8 +74,8 @@ PLAN_DIGEST_BYTES = 16
 #: whole token well under PROTOCOL.md's 1,024-byte checkpoint limit. The model validator
 #: refuses profiles with more.
 MAX_ENTITIES = MAX_PROFILE_ENTITIES
-#: A mid-download checkpoint records the last key sent; a key longer than this (encoded) is
-#: not worth a checkpoint of its own, and the session waits for the next row that fits.
+#: A mid-download checkpoint may record the last key sent; a key longer than this (encoded)
+#: is not worth a checkpoint of its own, and the session waits for the next batch that fits.
 MAX_PROGRESS_KEY_BYTES = 256
 #: PostgreSQL lists each transaction in progress at the snapshot (a cluster's backends bound
 #: that list: 100 by default). 100 entries of at most 9 bytes keep a complete token under
@@ -111,10 +121,17 @@ class Binding:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """An initial download of the plan's entity number `entity` that reached key `after`."""
+    """An initial download of the plan's entity number `entity` that reached `after`: a heap
+    position, or the key of the last row of a key-ordered download."""
 
     entity: int
-    after: str | int | bytes
+    after: str | int | bytes | BlockPosition
+
+    def packed(self) -> list[Any]:
+        after = self.after
+        if isinstance(after, BlockPosition):
+            return [self.entity, [after.filenode, after.block, after.end, after.after]]
+        return [self.entity, after]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +151,7 @@ class SyncToken:
         if len(cp.xip) > MAX_XIP:
             raise TokenTooLarge(f"snapshot lists {len(cp.xip)} running transactions")
         done = None if self.done is None else _bitmap(self.done)
-        progress = None if self.progress is None else [self.progress.entity, self.progress.after]
+        progress = None if self.progress is None else self.progress.packed()
         at = None if self.at is None else _micros(self.at)
         # Running transactions as gaps from the previous one: usually a byte or two each.
         gaps = [b - a for a, b in itertools.pairwise((cp.xmin, *cp.xip))]
@@ -251,19 +268,31 @@ def _unbitmap(raw: object) -> frozenset[int]:
 
 
 def _progress(raw: object) -> Progress:
-    if not (
-        isinstance(raw, list)
-        and len(raw) == 2
-        and _uint(raw[0])
-        and raw[0] < MAX_ENTITIES
-        and progress_fits(raw[1])
-    ):
+    if not (isinstance(raw, list) and len(raw) == 2 and _uint(raw[0]) and raw[0] < MAX_ENTITIES):
         raise SyncTokenError("malformed sync token progress")
-    return Progress(raw[0], raw[1])
+    entity, after = raw
+    if isinstance(after, list):
+        if not (
+            len(after) == 4
+            and all(_uint(v) and v < 2**32 for v in after[:3])
+            and (after[3] is None or _key_fits(after[3]))
+        ):
+            raise SyncTokenError("malformed sync token progress")
+        return Progress(entity, BlockPosition(*after))
+    if not _key_fits(after):
+        raise SyncTokenError("malformed sync token progress")
+    return Progress(entity, after)
 
 
 def progress_fits(after: Any) -> bool:
-    """Whether a key is small enough to be a mid-download checkpoint's position."""
+    """Whether a position (a key, or a heap position and its key) is small enough to be a
+    mid-download checkpoint's."""
+    if isinstance(after, BlockPosition):
+        return after.after is None or _key_fits(after.after)
+    return _key_fits(after)
+
+
+def _key_fits(after: Any) -> bool:
     if isinstance(after, str):
         return len(after.encode()) <= MAX_PROGRESS_KEY_BYTES
     if isinstance(after, bytes):

@@ -246,9 +246,11 @@ class ChangeBatch:
     """Upserts are wire rows (values in model column order, then ``_version``), given as
     asyncpg Records or tuples; deletes are key values in their wire form.
 
-    ``last_key`` is the wire key of the last row of a batch from an initial scan (rows come in
-    key order), None for incremental batches: with the stream's snapshot it is where a cut-off
-    initial download resumes (``ChangeStream(..., initial_after={entity: last_key})``).
+    ``last_key`` is where a batch from an initial scan leaves it: the wire key of its last row
+    (keyset pages come in key order), or a heap ``BlockPosition`` (block ranges,
+    ``syncd.store.initial``); None for incremental batches. With the stream's snapshot it is
+    where a cut-off initial download resumes (``ChangeStream(..., initial_after={entity:
+    last_key})``).
     """
 
     entity: str

@@ -306,8 +306,9 @@ class ChangeStream:
 
     An initial download (since=None) cut off part way resumes at the same ``checkpoint`` with
     ``initial_after`` = {entity: ``last_key`` of the last batch the device applied}: that
-    entity's scan starts strictly after the key. Entities before it in the subscription order
-    are the caller's to skip (they are complete on the device).
+    entity's scan starts strictly after that position (a key, or a heap ``BlockPosition``).
+    Entities before it in the subscription order are the caller's to skip (they are complete
+    on the device).
     """
 
     def __init__(
@@ -320,9 +321,11 @@ class ChangeStream:
         *,
         initial_after: Mapping[str, Any] | None = None,
         origin: str | None = None,
+        storage_order: bool = False,
     ) -> None:
         """`origin` names the device the window is for (``uploads.origin_of``): rows it
-        wrote itself in the window are accounted for as rows it holds."""
+        wrote itself in the window are accounted for as rows it holds. `storage_order` reads
+        initial downloads of unfiltered entities in heap block ranges (``initial_pages``)."""
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
         self._store = store
@@ -332,6 +335,7 @@ class ChangeStream:
         self._batch_size = batch_size
         self._initial_after = dict(initial_after or {})
         self._origin = origin
+        self._storage_order = storage_order
 
     async def _quiet(self, since: Snapshot) -> set[str]:
         """The entities whose window has nothing: neither their table nor a table their
@@ -356,7 +360,14 @@ class ChangeStream:
                 # aclosing: a consumer that stops early (the device left) stops the statements
                 # the scan reads ahead right away, not whenever the generator is collected.
                 async with contextlib.aclosing(
-                    initial_pages(fetch, sub, self.checkpoint, self._batch_size, after=after)
+                    initial_pages(
+                        fetch,
+                        sub,
+                        self.checkpoint,
+                        self._batch_size,
+                        after=after,
+                        storage_order=self._storage_order,
+                    )
                 ) as pages:
                     async for batch in pages:
                         yield batch

@@ -8,7 +8,8 @@ started (nothing repeated past a checkpoint), the rows received minus the rows l
 each session's last checkpoint add up to the download exactly, and the device ends with
 staging's keys. The slow version (`make test-long`) does 3,000,000 rows with the SDK into
 SQLite through a proxy that cuts at random byte offsets, and bounds the re-sent rows by one
-checkpoint interval per cut.
+checkpoint interval per cut. Both run with each ``sync.initial_read_order`` (key order, and
+heap block ranges whose checkpoints name a block range and a key).
 """
 
 from __future__ import annotations
@@ -95,9 +96,19 @@ def lost_after_last_checkpoint(messages: list[Message]) -> int:
     return lost
 
 
-@pytest.fixture
-async def paged(workdir: Path, control_dsn: str) -> AsyncIterator[RunningDaemon]:
-    async with run_daemon(workdir, control_dsn, batch_size=BATCH, checkpoint_rows=EVERY) as d:
+@pytest.fixture(params=["key", "storage"])
+async def paged(
+    workdir: Path, control_dsn: str, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningDaemon]:
+    """A daemon reading initial downloads in each ``sync.initial_read_order``: key order, or
+    heap block ranges whose checkpoints name a block and a key (syncd/store/initial.py)."""
+    async with run_daemon(
+        workdir,
+        control_dsn,
+        batch_size=BATCH,
+        checkpoint_rows=EVERY,
+        initial_read_order=request.param,
+    ) as d:
         yield d
 
 
@@ -149,13 +160,16 @@ async def _sdk_sync_cut_at(running: RunningDaemon, db: LocalDB, org: str, cut: i
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
+@pytest.mark.parametrize("order", ["key", "storage"])
 async def test_a_3m_first_sync_cut_at_random_points_ends_with_every_row(
-    workdir: Path, control_dsn: str, tmp_path: Path
+    workdir: Path, control_dsn: str, tmp_path: Path, order: str
 ) -> None:
     total = 3_000_000
     seed = int.from_bytes(os.urandom(4), "big")
     rnd = random.Random(seed)
-    async with run_daemon(workdir, control_dsn, checkpoint_rows=20_000) as running:
+    async with run_daemon(
+        workdir, control_dsn, checkpoint_rows=20_000, initial_read_order=order
+    ) as running:
         org, store = await load(running, total)
         with LocalDB.open(tmp_path / "device.db") as db:
             received = cuts = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,13 +74,16 @@ class WireDevice:
         ack: bool = True,
         live: asyncio.Event | None = None,
         until: Callable[[WireDevice], bool] | None = None,
+        on_changes: Callable[[int], Awaitable[None]] | None = None,
     ) -> Session:
         """Connect, send Hello with the stored token and read until caught_up (or until
         `cut_after_changes` Changes frames arrived: then the link is dropped, as a phone
         losing signal would, and everything not yet checkpointed is lost).
 
         With `until`, stay live after caught_up (setting `live`) and keep applying what the
-        server sends until ``until(self)`` holds after a checkpoint."""
+        server sends until ``until(self)`` holds after a checkpoint. `on_changes` is awaited
+        with the count of Changes frames after each one, before the device reads on (so the
+        server waits on a device that does something else meanwhile)."""
         session = Session()
         self._pending.clear()
         reader, writer = await asyncio.open_connection(
@@ -114,6 +117,8 @@ class WireDevice:
                     changes += 1
                     if cut_after_changes is not None and changes >= cut_after_changes:
                         raise Cut
+                    if on_changes is not None:
+                        await on_changes(changes)
                 elif isinstance(event, Resync):
                     self._pending.clear()
                     self.checkpoint = None
