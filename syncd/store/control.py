@@ -21,6 +21,7 @@ import orjson
 
 from syncd.model import ClientModel
 from syncd.store.devices import DeviceRecords
+from syncd.store.pooling import keep_session
 from syncd.store.sql import ORG_RE
 from syncd.store.sync_errors import SyncErrors
 
@@ -214,7 +215,7 @@ class ControlStore:
 
     @classmethod
     async def connect(cls, dsn: str, *, max_size: int = 4, migrate: bool = True) -> ControlStore:
-        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size)
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size, reset=keep_session)
         store = cls(pool, dsn)
         if migrate:
             try:

@@ -33,6 +33,7 @@ from syncd.store.feed import (
 from syncd.store.initial import initial_pages
 from syncd.store.lag import Lag, changes_after
 from syncd.store.listen import Listener
+from syncd.store.pooling import keep_session
 from syncd.store.schema import NOTIFY_CHANNEL, ensure_schema
 from syncd.store.snapshot import (
     MAX_RUNNING,
@@ -63,17 +64,6 @@ _CONNECTION_LOST = (
     asyncpg.InternalClientError,  # a dead connection reused before its loss was noticed
     OSError,
 )
-
-
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    """Release a pooled connection as is.
-
-    asyncpg's default reset runs `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
-    on every release: one more round trip per feed page. Staging connections hold no session
-    state to reset: locks are transaction-scoped (`pg_advisory_xact_lock`), settings are
-    `SET LOCAL`, LISTEN uses a dedicated connection, and asyncpg itself still rolls back a
-    transaction left open.
-    """
 
 
 class StoreClosed(Exception):
@@ -112,7 +102,7 @@ class StagingStore:
                         min_size=0,
                         max_size=self._max_size,
                         server_settings=SERVER_SETTINGS,
-                        reset=_keep_session,
+                        reset=keep_session,
                     )
         return self._pool
 
