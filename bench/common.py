@@ -269,6 +269,7 @@ class DaemonProcess:
             settings.setdefault(table, {}).update(values)
         self.config_path.write_text(_toml(settings))
         self.log_path = self.base / "syncd.log"
+        self._starts = 0
         self._profile = profile
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -278,6 +279,11 @@ class DaemonProcess:
         if self._profile is not None:
             command += ["-m", "cProfile", "-o", str(self._profile)]
         command += ["-m", "syncd", "serve", "--config", str(self.config_path)]
+        # Each start logs to a file of its own, so a restart keeps the previous run's log
+        # (its shutdown, say) for the bench to read.
+        self._starts += 1
+        name = "syncd.log" if self._starts == 1 else f"syncd.{self._starts}.log"
+        self.log_path = self.base / name
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
+import orjson
 import uvloop
 
 from bench import record
@@ -344,6 +346,30 @@ class Usage:
 def _py_spy() -> str:
     """py-spy from PATH, or beside this interpreter (a virtualenv's bin/)."""
     return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def _log_problems(path: Path) -> str:
+    """What the daemon logged at warning and above in ``path``, counted by level and
+    message, with the first exception seen: a shutdown that logs per session is slow."""
+    counts: Counter[tuple[str, str]] = Counter()
+    first_exception = ""
+    for line in path.read_bytes().splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            counts[("unparsed", line[:80].decode(errors="replace"))] += 1
+            continue
+        level = str(entry.get("level", ""))
+        if level in ("warning", "error", "critical"):
+            counts[(level, str(entry.get("msg", ""))[:80])] += 1
+            if not first_exception and entry.get("exc"):
+                first_exception = str(entry["exc"]).splitlines()[-1][:200]
+    if not counts:
+        return f"{path.name}: nothing logged at warning or above"
+    listed = "; ".join(f"{n:,} x {level} {msg!r}" for (level, msg), n in counts.most_common(5))
+    return f"{path.name}: {listed}" + (
+        f"; first exception: {first_exception}" if first_exception else ""
+    )
 
 
 def spy_on(daemon: DaemonProcess, phase: str) -> subprocess.Popen[bytes] | None:
@@ -812,6 +838,7 @@ async def _phases(
         if spy is not None:
             spy.wait(60)  # it ends with the daemon
         print(f"shutdown with {live:,} live devices: {shutdown_s:.1f} s", flush=True)
+        print(_log_problems(daemon.log_path), flush=True)
         report.add(
             "shutdown with every device live",
             f"{shutdown_s:.1f} s",
