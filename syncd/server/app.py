@@ -138,6 +138,12 @@ class Daemon:
         return self._run.devices
 
     @property
+    def session_tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The tasks of the sessions running now (what shutdown drains): awaiting them says
+        when those sessions have ended and released what they held."""
+        return frozenset(self._run.session_tasks)
+
+    @property
     def embedded(self) -> EmbeddedPostgres | None:
         return self._run.embedded
 

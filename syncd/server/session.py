@@ -417,12 +417,17 @@ class DeviceSession:
             )
             self._dropped, self._replan = None, False
             self._member = member
-            await self.org.hub.join(member, self._gap_sender(catch_up, plan))
-            self._set_state("live")
-            while self._dropped is None and not self._replan:
-                self._wake.clear()
-                await self._wake.wait()
-            self.org.hub.leave(member)
+            try:
+                await self.org.hub.join(member, self._gap_sender(catch_up, plan))
+                self._set_state("live")
+                while self._dropped is None and not self._replan:
+                    self._wake.clear()
+                    await self._wake.wait()
+            finally:
+                # Also when the session ends (this task is cancelled): a member left behind
+                # would be offered every later window of its partitions, its frames piling
+                # up in a queue nobody reads until the hub dropped it as "slow".
+                self.org.hub.leave(member)
             self._member = None
             self.stats.rows_sent += member.rows_sent
             self._set_state("syncing")
