@@ -192,8 +192,11 @@ async def _block_pages(
         rows = _started(fetch(f"{sql} ORDER BY {k} LIMIT $2", *args))
         return _Range(rows, start, end, after is not None)
 
+    # Ranges aim below the limit: one that holds more goes on after its last key, which reads
+    # its blocks again (aimed at the limit itself, half the ranges did, at half the speed).
+    target = max(1, limit * 3 // 4)
     density = table.rows_per_block
-    span = _FIRST_SPAN if density is None else max(1, min(round(limit / density), _MAX_SPAN))
+    span = _FIRST_SPAN if density is None else max(1, min(round(target / density), _MAX_SPAN))
     ahead: deque[_Range] = deque()
     planned = 0 if position is None else position.block  # the first block not in a range yet
     if position is not None and position.after is not None:
@@ -220,7 +223,7 @@ async def _block_pages(
                 ahead.appendleft(page(current.start, current.end, rows[-1][key_index]))
                 span = max(1, span // 2)
             else:
-                span = _span(limit, len(rows) / (current.end - current.start), span)
+                span = _span(target, len(rows) / (current.end - current.start), span)
             # One turn of the loop puts the next statement on the wire before the caller's
             # encoding, which does not await, would hold it back.
             await asyncio.sleep(0)
@@ -237,13 +240,13 @@ async def _block_pages(
         await _abandon([p.rows for p in ahead])
 
 
-def _span(limit: int, rows_per_block: float, span: int) -> int:
-    """Blocks for a range of about ``limit`` rows at ``rows_per_block``; at most four times
+def _span(target: int, rows_per_block: float, span: int) -> int:
+    """Blocks for a range of about ``target`` rows at ``rows_per_block``; at most four times
     ``span``, so a sparse stretch does not size a range for a dense one (a range holding more
-    than ``limit`` goes on in key order, which rereads its blocks)."""
+    than the limit goes on in key order, which rereads its blocks)."""
     if rows_per_block <= 0:
         return min(span * 4, _MAX_SPAN)
-    return max(1, min(round(limit / rows_per_block), span * 4, _MAX_SPAN))
+    return max(1, min(round(target / rows_per_block), span * 4, _MAX_SPAN))
 
 
 @dataclass(frozen=True, slots=True)
