@@ -48,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -60,6 +61,7 @@ from typing import Any, Final
 import asyncpg
 import orjson
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import record
 from bench.common import (
@@ -329,6 +331,9 @@ class Usage:
     devices: float
     postgres: float
     seconds: float
+    full_gcs: int = 0
+    """The daemon's full garbage collections in the phase (``syncd_gc_pause_seconds``)."""
+    full_gc_seconds: float = 0.0
 
     def share(self) -> dict[str, float | None]:
         s = max(self.seconds, 1e-9)
@@ -340,7 +345,32 @@ class Usage:
             f"{share['daemon'] or 0:.0%}",
             f"{share['bench'] or 0:.0%}",
             f"{share['postgres'] or 0:.0%}",
+            f"{self.full_gcs}, {self.full_gc_seconds:.1f} s",
         ]
+
+
+def full_gcs(ops_port: int | None) -> tuple[int, float]:
+    """The daemon's full collections so far and their seconds, from its /metrics."""
+    if ops_port is None:
+        return 0, 0.0
+    url = f"http://127.0.0.1:{ops_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return 0, 0.0  # the daemon is stopping: the phase's count is what was read before
+    count, seconds = 0, 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "syncd_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("generation") != "2":
+                continue
+            if sample.name.endswith("_count"):
+                count = int(sample.value)
+            elif sample.name.endswith("_sum"):
+                seconds = sample.value
+    return count, seconds
 
 
 def _py_spy() -> str:
@@ -349,10 +379,12 @@ def _py_spy() -> str:
 
 
 def _log_problems(path: Path) -> str:
-    """What the daemon logged at warning and above in ``path``, counted by level and
-    message, with the first exception seen: a shutdown that logs per session is slow."""
+    """The daemon's "sessions drained" line in ``path`` (how its shutdown went) and what it
+    logged at warning and above, counted by level and message, with the first exception
+    seen: a shutdown that logs per session is slow."""
     counts: Counter[tuple[str, str]] = Counter()
     first_exception = ""
+    drained: dict[str, Any] = {}
     for line in path.read_bytes().splitlines():
         try:
             entry = orjson.loads(line)
@@ -360,16 +392,17 @@ def _log_problems(path: Path) -> str:
             counts[("unparsed", line[:80].decode(errors="replace"))] += 1
             continue
         level = str(entry.get("level", ""))
+        if entry.get("msg") == "sessions drained":
+            drained = {k: entry.get(k) for k in ("closed", "cancelled", "unfinished", "seconds")}
         if level in ("warning", "error", "critical"):
             counts[(level, str(entry.get("msg", ""))[:80])] += 1
             if not first_exception and entry.get("exc"):
                 first_exception = str(entry["exc"]).splitlines()[-1][:200]
+    summary = f"{path.name}: sessions drained {drained or '(no line)'}; "
     if not counts:
-        return f"{path.name}: nothing logged at warning or above"
+        return summary + "nothing logged at warning or above"
     listed = "; ".join(f"{n:,} x {level} {msg!r}" for (level, msg), n in counts.most_common(5))
-    return f"{path.name}: {listed}" + (
-        f"; first exception: {first_exception}" if first_exception else ""
-    )
+    return summary + listed + (f"; first exception: {first_exception}" if first_exception else "")
 
 
 def spy_on(daemon: DaemonProcess, phase: str) -> subprocess.Popen[bytes] | None:
@@ -394,6 +427,8 @@ class Meter:
     speedscope file each, beside the run's results), the way the fleet's costs were found."""
 
     profile: frozenset[str] = frozenset()
+    ops_port: int | None = None
+    """The daemon's metrics endpoint, for its garbage collections."""
 
     def __init__(self, daemon: DaemonProcess, fleet: Fleet, pg: PgServer, phase: str) -> None:
         self.daemon, self.fleet, self.pg, self.phase = daemon, fleet, pg, phase
@@ -405,6 +440,7 @@ class Meter:
         self._d0 = cpu_seconds(self.daemon.pid) or 0.0
         self._f0 = await self.fleet.cpu()
         self._p0 = postgres_cpu_seconds(self.pg)
+        self._g0 = await asyncio.to_thread(full_gcs, self.ops_port)
         self._t0 = time.monotonic()
         return self
 
@@ -415,6 +451,9 @@ class Meter:
             postgres_cpu_seconds(self.pg) - self._p0,
             time.monotonic() - self._t0,
         )
+        count, seconds = await asyncio.to_thread(full_gcs, self.ops_port)
+        self.usage.full_gcs = count - self._g0[0]
+        self.usage.full_gc_seconds = seconds - self._g0[1]
         if self._spy is not None:
             self._spy.send_signal(signal.SIGINT)
             await asyncio.to_thread(self._spy.wait, 60)
@@ -429,7 +468,7 @@ class Report:
     def add(
         self, figure: str, value: str, ceiling: str, goal: str, usage: Usage | None = None
     ) -> None:
-        self.rows.append([figure, value, ceiling, goal, *(usage.cells() if usage else ["-"] * 3)])
+        self.rows.append([figure, value, ceiling, goal, *(usage.cells() if usage else ["-"] * 4)])
 
     def print(self) -> None:
         print_table(
@@ -441,6 +480,7 @@ class Report:
                 "daemon CPU",
                 "devices CPU",
                 "pg CPU",
+                "daemon full GCs",
             ],
             self.rows,
         )
@@ -523,10 +563,12 @@ async def run(pg: PgServer, args: argparse.Namespace) -> None:
     report = Report()
     for org in (ORG_A, ORG_B):
         await load_org(pg, org, args.rows, model=_model())
-    port = _free_port()
+    port, ops_port = _free_port(), _free_port()
     overrides: dict[str, dict[str, Any]] = {
         "server": {"listen": f"127.0.0.1:{port}"},
+        "ops": {"listen": f"127.0.0.1:{ops_port}"},
     }
+    Meter.ops_port = ops_port
     daemon = DaemonProcess(pg, overrides=overrides)
     workers = [Worker(i) for i in range(args.workers)]
     fleet = Fleet(workers)
