@@ -566,7 +566,7 @@ async def run(pg: PgServer, args: argparse.Namespace) -> None:
     port, ops_port = _free_port(), _free_port()
     overrides: dict[str, dict[str, Any]] = {
         "server": {"listen": f"127.0.0.1:{port}"},
-        "ops": {"listen": f"127.0.0.1:{ops_port}"},
+        "ops": {"listen": f"127.0.0.1:{ops_port}", "gc_freeze_waves": not args.no_gc_waves},
     }
     Meter.ops_port = ops_port
     daemon = DaemonProcess(pg, overrides=overrides)
@@ -975,6 +975,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fanout-all-changes", type=int, default=10)
     parser.add_argument("--single-changes", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0, help="one-device changes per second")
+    parser.add_argument(
+        "--no-gc-waves",
+        action="store_true",
+        help="the daemon freezes the collector after start-up only (ops.gc_freeze_waves false)",
+    )
     parser.add_argument(
         "--skip-storm", action="store_true", help="no restart and reconnect storm at the end"
     )

@@ -105,6 +105,7 @@ def _check_config(config: Config) -> int:
 
 
 async def _serve(config: Config, *, demo: bool) -> int:
+    from syncd.gc_freeze import FreezeAfterWaves
     from syncd.server.app import Daemon
 
     created: list[bool] = []
@@ -117,6 +118,8 @@ async def _serve(config: Config, *, demo: bool) -> int:
         created.append(await ensure_demo_org(registry) is not None)
 
     daemon = Daemon(config, prepare=prepare if demo else None)
+    if config.ops.gc_freeze_waves:
+        daemon.gc_waves = FreezeAfterWaves(lambda: len(daemon.session_tasks))
     serving = asyncio.create_task(daemon.serve())
     started = asyncio.create_task(daemon.started.wait())
     await asyncio.wait([serving, started], return_when=asyncio.FIRST_COMPLETED)
@@ -126,8 +129,9 @@ async def _serve(config: Config, *, demo: bool) -> int:
         return EXIT_CRASH
     # What start-up built (modules, models, pools, caches) lives as long as the process:
     # take it out of the cyclic collector's generations, so a full collection walks the
-    # sessions' objects only. Here, not in Daemon.startup: a process that starts daemons
-    # one after another (the tests) would freeze each one's garbage.
+    # sessions' objects only; later waves of sessions are frozen too (``daemon.gc_waves``).
+    # Here, not in Daemon.startup: a process that starts daemons one after another (the
+    # tests) would freeze each one's garbage.
     gc.collect()
     gc.freeze()
     if demo:

@@ -110,6 +110,9 @@ class OpsConfig:
     health_interval_seconds: float
     """How often the control database and every org's staging database are probed (and
     the embedded PostgreSQL's process checked): readiness is at most this stale."""
+    gc_freeze_waves: bool = True
+    """``syncd serve`` freezes the garbage collector's objects after waves of new sessions
+    (``syncd.gc_freeze``); false: only after start-up."""
 
 
 @dataclass(frozen=True)
@@ -432,6 +435,7 @@ def load_config(
             health_interval_seconds=sections["ops"].number(
                 "health_interval_seconds", 1.0, 0.05, 60.0
             ),
+            gc_freeze_waves=sections["ops"].boolean("gc_freeze_waves", True),
         ),
         database=_database(sections["database"], server.data_dir),
         auth=_auth(sections["auth"], server),

@@ -42,6 +42,7 @@ def test_defaults_in_dev_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert config.database.embedded_dir == tmp_path / "var" / "pg"
     assert config.database.pool_max == 10
     assert config.ops.health_interval_seconds == 1.0
+    assert config.ops.gc_freeze_waves is True
     assert config.auth.algorithms == ("ES256", "RS256", "EdDSA")
     assert config.auth.leeway_seconds == 30
     assert (config.auth.jwks_url, config.auth.oidc_discovery) == ("", False)
@@ -116,6 +117,7 @@ def test_environment_overrides_convert_to_the_key_type(tmp_path: Path) -> None:
             "SYNCD_SYNC__SHUTDOWN_GRACE_SECONDS": "0.5",
             "SYNCD_AUTH__ALGORITHMS": "ES256, EdDSA",
             "SYNCD_OPS__LISTEN": "",
+            "SYNCD_OPS__GC_FREEZE_WAVES": "false",
             "SYNCD_CONFIG": "ignored: not a SECTION__KEY variable",
             "HOME": "/root",
         },
@@ -126,6 +128,7 @@ def test_environment_overrides_convert_to_the_key_type(tmp_path: Path) -> None:
     assert config.sync.shutdown_grace_seconds == 0.5
     assert config.auth.algorithms == ("ES256", "EdDSA")
     assert config.ops.listen is None
+    assert config.ops.gc_freeze_waves is False
 
 
 def test_command_line_overrides_win_over_environment(tmp_path: Path) -> None:

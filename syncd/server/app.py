@@ -42,6 +42,7 @@ from syncd.auth import KeyConfigError, TokenVerifier
 from syncd.config import Config, HostPort
 from syncd.devcerts import ensure_dev_pki
 from syncd.fdlimit import FEW_DEVICES, device_capacity
+from syncd.gc_freeze import FreezeAfterWaves
 from syncd.gc_pauses import GcPauses
 from syncd.jwks import JwksFetchError, RemoteKeySet, discover_jwks_uri
 from syncd.logs import scrub_text
@@ -118,6 +119,9 @@ class Daemon:
         self.device_port: int | None = None
         self.ops_port: int | None = None
         self._prepare = prepare
+        self.gc_waves: FreezeAfterWaves | None = None
+        """Set by ``syncd serve`` (not the tests, whose process runs many daemons): freezes
+        the collector's objects after waves of new sessions (``syncd.gc_freeze``)."""
         self._verifier: TokenVerifier | None = None
         self._run = _Running()
         sync = config.sync
@@ -240,6 +244,8 @@ class Daemon:
             asyncio.create_task(run.health.run(), name="health"),
             asyncio.create_task(run.devices.run(), name="instance-heartbeat"),
         ]
+        if self.gc_waves is not None:
+            run.maintenance.append(asyncio.create_task(self.gc_waves.run(), name="gc-waves"))
         if run.embedded is not None:
             supervisor = EmbeddedSupervisor(
                 run.embedded,
@@ -409,12 +415,17 @@ class Daemon:
         task = asyncio.current_task()
         if task is not None:
             run.session_tasks.add(task)
+        waves = self.gc_waves
+        if waves is not None:
+            waves.opened()
         try:
             await session.run()
         finally:
             run.sessions.discard(session)
             if task is not None:
                 run.session_tasks.discard(task)
+            if waves is not None:
+                waves.ended()
 
     async def _expire_connections(self) -> None:
         """After the embedded server restarted: no pooled connection of the dead one is
