@@ -18,7 +18,9 @@ with the default a 1M-row download spent a third of its time in them (bench/firs
 docs/ARCHITECTURE.md "First sync of a big device"). Durability is unchanged (the same
 WAL, the same synchronous=NORMAL); small batches with rows put the default back (a token
 alone does not, see `apply_batch`), and `journal_size_limit` shrinks the WAL file again
-after the next checkpoint.
+after the next checkpoint. During a bulk download the checkpoints themselves run in a
+thread of their own beside the commits (`syncd.client.walcheckpoint`): inside a commit,
+each took 390-430 ms of a 20,000-row group's 60-100 and stopped the pump's decoding.
 
 Server rows are applied with a version-guarded upsert (see `LocalTable.upsert_sql`), up to
 ROWS_PER_STATEMENT rows per statement (`LocalTable.upsert_rows_sql`), the decoded wire rows'
@@ -90,6 +92,7 @@ from syncd.client.outbox import (
     encode_values,
 )
 from syncd.client.unsent import write_unsent
+from syncd.client.walcheckpoint import BackgroundCheckpoint
 
 MIN_SQLITE = (3, 37, 0)
 """STRICT tables (3.37) reject wrongly typed server values; upserts need 3.24, DROP COLUMN 3.35."""
@@ -122,6 +125,11 @@ BULK_ROWS = 5_000
 BULK_WAL_PAGES = 10_000
 #: SQLite's default, for live sessions' small batches.
 DEFAULT_WAL_PAGES = 1_000
+#: During a bulk download the WAL is checkpointed in a thread of its own after each commit
+#: (`syncd.client.walcheckpoint`), and restarted from its start once its file is this large:
+#: half the bound (4 KiB pages), so SQLite's own checkpoint inside a commit does not come
+#: first.
+BULK_RESTART_BYTES = BULK_WAL_PAGES // 2 * 4096
 #: Rows per multi-row upsert: the fastest here of 100-4,000 (bench/localdb.py); a statement
 #: of 500 CRM rows holds ~1 MB of prepared program, and longer ones got slower.
 ROWS_PER_STATEMENT = 500
@@ -170,12 +178,16 @@ def _now_us() -> int:
 class LocalDB:
     """The SDK's SQLite store. Build with `LocalDB.open(path)`; close with `close()`."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, checkpoints: BackgroundCheckpoint | None = None
+    ) -> None:
         self._db = connection
         # Re-entrant: apply_schema swaps the entity cache under the same hold as its commit.
         self._lock = threading.RLock()
         self._entities: dict[str, LocalTable] = {}
         self._wal_pages = DEFAULT_WAL_PAGES
+        #: Bulk downloads' WAL checkpoints, off the commits (None: not a WAL file).
+        self.checkpoints = checkpoints
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> LocalDB:
@@ -184,10 +196,14 @@ class LocalDB:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per call.
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
+            (mode,) = connection.execute("PRAGMA journal_mode=WAL").fetchone()
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            db = cls(connection)
+            file = cls._path(connection.cursor())  # "": in memory, no WAL
+            checkpoints = (
+                BackgroundCheckpoint(file, BULK_RESTART_BYTES) if mode == "wal" and file else None
+            )
+            db = cls(connection, checkpoints)
             with db._write() as cur:
                 for ddl in _META_DDL:
                     cur.execute(ddl)
@@ -200,7 +216,11 @@ class LocalDB:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            try:
+                if self.checkpoints is not None:
+                    self.checkpoints.close()
+            finally:
+                self._db.close()
 
     def __enter__(self) -> LocalDB:
         return self
@@ -484,6 +504,9 @@ class LocalDB:
             # session waits on before it reports caught up (150-170 ms of a 200,000-row
             # first sync here). The next batch with rows decides, or close() checkpoints.
             self._set_wal_pages(BULK_WAL_PAGES if rows >= BULK_ROWS else DEFAULT_WAL_PAGES)
+        bulk = self.checkpoints if rows >= BULK_ROWS else None
+        if bulk is not None:
+            bulk.before_write()
         with self._write() as cur:
             for name, upserts, deletes in changes:
                 entity = self._entity(name)
@@ -496,6 +519,8 @@ class LocalDB:
                     cur.executemany(entity.delete_sql(entity.table), ((k,) for k in deletes))
             if checkpoint is not None:
                 self._set_meta(cur, _CHECKPOINT, bytes(checkpoint))
+        if bulk is not None:
+            bulk.after_commit()
 
     def _upsert(
         self, cur: sqlite3.Cursor, entity: LocalTable, table: str, rows: Sequence[Sequence[Any]]

@@ -55,3 +55,33 @@ def test_a_token_alone_after_a_bulk_batch_leaves_the_wal_to_the_next_rows(tmp_pa
         b"t3",
     )
     raw.close()
+
+
+def test_a_long_bulk_download_is_checkpointed_beside_its_commits_and_its_wal_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    """Each bulk commit starts a checkpoint in another thread (syncd/client/walcheckpoint.py)
+    and the WAL restarts from its start once its file reaches `restart_bytes`: 12 groups of
+    ~2.8 MB would otherwise leave a WAL of ~33 MB, under SQLite's own bulk bound of 40 MB."""
+    path = tmp_path / "d.db"
+    groups, body = 12, "x" * 500
+    with LocalDB.open(path) as db:
+        db.apply_schema([NOTE], "f")
+        checkpoints = db.checkpoints
+        assert checkpoints is not None
+        checkpoints.restart_bytes = 8 * 1024 * 1024
+        batches = [
+            [[key, body, 1] for key, _note, _version in _rows(BULK_ROWS, group * BULK_ROWS)]
+            for group in range(groups)
+        ]
+        largest_wal = 0
+        for group, rows in enumerate(batches):  # back to back, as the SDK's commits run
+            db.apply_batch([("note", rows, [])], f"t{group}".encode())
+            largest_wal = max(largest_wal, Path(f"{path}-wal").stat().st_size)
+        assert checkpoints.checkpoints >= 2
+        assert largest_wal < 16 * 1024 * 1024
+        assert db.count("note") == groups * BULK_ROWS
+        assert db.checkpoint() == f"t{groups - 1}".encode()
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT count(*) FROM note").fetchone()[0] == groups * BULK_ROWS
+    raw.close()
