@@ -14,13 +14,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Top-level modules of syncd/ that support every layer: configuration, logs, auth, metrics.
+# Top-level modules of syncd/ that support every layer: configuration, logs, auth, metrics,
+# the process's garbage-collector policy.
 SUPPORT = frozenset(
     {
         "syncd.auth",
         "syncd.config",
         "syncd.devcerts",
         "syncd.fdlimit",
+        "syncd.gc_freeze",
+        "syncd.gc_pauses",
         "syncd.jwks",
         "syncd.logs",
         "syncd.metrics",
