@@ -124,7 +124,8 @@ class KeyPath:
     else in the filter is plain (the row's own columns only), so a window can move a row of
     this filter for value ``v`` only if a row written in it, followed up the chain, reaches a
     leaf row keyed by ``v`` (or a written membership row is ``v``'s):
-    ``feed.touched_keyed`` asks that for every live value of one ``shape`` in one statement.
+    ``store.touched_keys.touched_keyed`` asks that for every live value of one ``shape`` at
+    once, in one statement.
     """
 
     hops: tuple[tuple[Entity, Column], ...]
@@ -156,19 +157,28 @@ def keyed_path(node_of: NodeOf, tree: BoundTree) -> KeyPath | None:
     filtered by something else). Only filters that read other tables are keyed: a plain one
     splits (``split_claim_list``)."""
     found = _keyed(node_of, tree)
-    if found is None or not found[0]:
+    if found is None or not found.reads_tables:
         return None
-    hops, leaf_entity, leaf, shape_root = found[1]
-    return KeyPath(hops, leaf_entity, leaf, BoundTree(tree.entity, shape_root, 0).identity())
+    shape = BoundTree(tree.entity, found.shape, 0).identity()
+    return KeyPath(found.hops, found.leaf_entity, found.leaf, shape)
 
 
-_Found = tuple[
-    bool, tuple[tuple[tuple[Entity, Column], ...], Entity, BCompare | BMember, BoundNode]
-]
+@dataclass(frozen=True, slots=True)
+class _Keyed:
+    """A tree (or one item of it) found keyed, on the way to a `KeyPath`."""
+
+    reads_tables: bool
+    hops: tuple[tuple[Entity, Column], ...]
+    leaf_entity: Entity
+    leaf: BCompare | BMember
+    shape: BoundNode
+    """The tree's root (or the item) with the leaf's value left out."""
 
 
-def _keyed(node_of: NodeOf, tree: BoundTree) -> _Found | None:
-    """(reads other tables, (hops, leaf entity, leaf, root with the value left out))."""
+def _keyed(node_of: NodeOf, tree: BoundTree) -> _Keyed | None:
+    """``tree`` keyed: one item that reads other tables and is keyed itself, every other
+    item plain; or, with no such item, a claim compared with ``=`` (a related parent's
+    owner filter)."""
     root, node = tree.root, node_of(tree.entity.name)
     if root is None or node is None:
         return None
@@ -181,9 +191,10 @@ def _keyed(node_of: NodeOf, tree: BoundTree) -> _Found | None:
     others = [i for i, (_, b) in enumerate(pairs) if not _plain(b)]
     if len(others) > 1:
         return None
+    found: _Keyed | None
     if others:
         at = others[0]
-        step = _keyed_item(node_of, tree, pairs[at][1])
+        found = _keyed_item(node_of, tree, pairs[at][1])
     else:
         claims = [i for i, (n, b) in enumerate(pairs) if _claim_compare(n, b)]
         if not claims:
@@ -191,25 +202,30 @@ def _keyed(node_of: NodeOf, tree: BoundTree) -> _Found | None:
         at = claims[0]
         b = pairs[at][1]
         assert isinstance(b, BCompare)
-        step = (False, ((), tree.entity, b, BCompare(b.column, b.op, None)))
-    if step is None:
-        return None
-    reads, (hops, leaf_entity, leaf, item) = step
-    if isinstance(root, BAnd):
-        return reads, (hops, leaf_entity, leaf, _replaced(root, at, item))
-    return reads, (hops, leaf_entity, leaf, item)
+        found = _Keyed(False, (), tree.entity, b, BCompare(b.column, b.op, None))
+    if found is None or not isinstance(root, BAnd):
+        return found
+    return _Keyed(
+        found.reads_tables,
+        found.hops,
+        found.leaf_entity,
+        found.leaf,
+        _replaced(root, at, found.shape),
+    )
 
 
-def _keyed_item(node_of: NodeOf, tree: BoundTree, b: BoundNode) -> _Found | None:
+def _keyed_item(node_of: NodeOf, tree: BoundTree, b: BoundNode) -> _Keyed | None:
+    """A membership of the user, or a related parent whose own filter is keyed."""
     if isinstance(b, BMember) and not b.negated:
-        return True, ((), tree.entity, b, BMember(b.column, b.membership, b.table, None, False))
+        shape = BMember(b.column, b.membership, b.table, None, False)
+        return _Keyed(True, (), tree.entity, b, shape)
     if isinstance(b, BRelated) and not b.parent.reads_clock():
         inner = _keyed(node_of, b.parent)
         if inner is None:
             return None
-        hops, leaf_entity, leaf, parent_root = inner[1]
-        shape = BRelated(b.via, BoundTree(b.parent.entity, parent_root, b.parent.depth))
-        return True, (((tree.entity, b.via), *hops), leaf_entity, leaf, shape)
+        parent = BoundTree(b.parent.entity, inner.shape, b.parent.depth)
+        hops = ((tree.entity, b.via), *inner.hops)
+        return _Keyed(True, hops, inner.leaf_entity, inner.leaf, BRelated(b.via, parent))
     return None
 
 
