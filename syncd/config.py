@@ -89,6 +89,10 @@ class ServerConfig:
     data_dir: Path
     instance_name: str
     dev_mode: bool
+    tls_ticket_key: Path | None = None
+    """The TLS session-ticket key file (``syncd.tls_tickets``), shared by every instance
+    so a device resumes its TLS session after a restart or on another instance; None:
+    OpenSSL's random key of this process."""
 
 
 @dataclass(frozen=True)
@@ -466,6 +470,7 @@ def _server(s: _Section) -> ServerConfig:
         data_dir=data_dir,
         instance_name=instance_name,
         dev_mode=s.boolean("dev_mode", False),
+        tls_ticket_key=s.optional_path("tls_ticket_key"),
     )
 
 

@@ -25,12 +25,14 @@ from cryptography.hazmat.primitives import serialization
 
 from syncd.auth import KeyConfigError, load_jwks, load_public_key_pem
 from syncd.config import Config
+from syncd.tls_tickets import TicketKeyError, install_ticket_key, key_name, read_ticket_key
 
 __all__ = [
     "DataDirLock",
     "StartupError",
     "check_files",
     "inert_settings",
+    "install_ticket_key_file",
     "listen_error",
     "server_tls_context",
 ]
@@ -89,8 +91,12 @@ class DataDirLock:
             os.close(fd)
 
 
-def server_tls_context(cert: Path, key: Path, *, prefix: str) -> ssl.SSLContext:
-    """A server-side TLS context from `cert`/`key`; errors name `<prefix>.tls_cert|tls_key`."""
+def server_tls_context(
+    cert: Path, key: Path, *, prefix: str, ticket_key: Path | None = None
+) -> ssl.SSLContext:
+    """A server-side TLS context from `cert`/`key`, its session tickets encrypted with the
+    key in `ticket_key` when given (``syncd.tls_tickets``); errors name
+    `<prefix>.tls_cert|tls_key|tls_ticket_key`."""
     for name, path in (("tls_cert", cert), ("tls_key", key)):
         try:
             path.read_bytes()
@@ -103,7 +109,24 @@ def server_tls_context(cert: Path, key: Path, *, prefix: str) -> ssl.SSLContext:
     except (ssl.SSLError, ValueError) as exc:
         setting, cause = _diagnose(cert, key, exc)
         raise StartupError(f"{prefix}.{setting}", cause) from None
+    # One ticket per handshake, not OpenSSL's two: a device resumes with its latest session
+    # only, and each ticket costs the server an encryption and a record (ARCHITECTURE.md,
+    # issue 10, "TLS session resumption").
+    ctx.num_tickets = 1
+    if ticket_key is not None:
+        install_ticket_key_file(ctx, ticket_key, f"{prefix}.tls_ticket_key")
     return ctx
+
+
+def install_ticket_key_file(ctx: ssl.SSLContext, path: Path, setting: str) -> str:
+    """Give `ctx` the ticket key in `path`; its name (public, for the log), or
+    StartupError naming `setting`."""
+    try:
+        key = read_ticket_key(path)
+        install_ticket_key(ctx, key)
+    except TicketKeyError as exc:
+        raise StartupError(setting, str(exc)) from None
+    return key_name(key)
 
 
 def _diagnose(cert: Path, key: Path, exc: Exception) -> tuple[str, str]:
@@ -138,7 +161,15 @@ def check_files(config: Config) -> None:
     """
     server = config.server
     if not server.dev_mode or server.tls_cert.exists() or server.tls_key.exists():
-        server_tls_context(server.tls_cert, server.tls_key, prefix="server")
+        server_tls_context(
+            server.tls_cert, server.tls_key, prefix="server", ticket_key=server.tls_ticket_key
+        )
+    elif server.tls_ticket_key is not None:
+        install_ticket_key_file(
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+            server.tls_ticket_key,
+            "server.tls_ticket_key",
+        )
     admin = config.admin
     if admin.tcp_listen is not None and admin.tls_cert and admin.tls_key and admin.client_ca:
         ctx = server_tls_context(admin.tls_cert, admin.tls_key, prefix="admin")

@@ -24,12 +24,14 @@ SUPPORT = frozenset(
         "syncd.fdlimit",
         "syncd.gc_freeze",
         "syncd.gc_pauses",
+        "syncd.group_call",
         "syncd.jwks",
         "syncd.logs",
         "syncd.metrics",
         "syncd.ops_http",
         "syncd.preflight",
         "syncd.sdnotify",
+        "syncd.tls_tickets",
     }
 )
 # The processes' entry points, above everything.

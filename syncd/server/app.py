@@ -52,6 +52,7 @@ from syncd.preflight import (
     DataDirLock,
     StartupError,
     check_files,
+    install_ticket_key_file,
     listen_error,
     server_tls_context,
 )
@@ -123,6 +124,7 @@ class Daemon:
         """Set by ``syncd serve`` (not the tests, whose process runs many daemons): freezes
         the collector's objects after waves of new sessions (``syncd.gc_freeze``)."""
         self._verifier: TokenVerifier | None = None
+        self._device_tls: ssl.SSLContext | None = None
         self._run = _Running()
         sync = config.sync
         self.admission = Admission(
@@ -158,12 +160,14 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.handle_exit)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload_ticket_key)
         try:
             await self.startup()
             await self.should_exit.wait()
         finally:
             await self.shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
@@ -195,7 +199,13 @@ class Daemon:
         if cfg.server.dev_mode:
             dev_key = ensure_dev_pki(cfg.server.tls_cert.parent).token_key
         check_files(cfg)
-        tls = server_tls_context(cfg.server.tls_cert, cfg.server.tls_key, prefix="server")
+        tls = server_tls_context(
+            cfg.server.tls_cert,
+            cfg.server.tls_key,
+            prefix="server",
+            ticket_key=cfg.server.tls_ticket_key,
+        )
+        self._device_tls = tls
         run.device_server = await _listen(
             "server.listen",
             cfg.server.listen,
@@ -281,6 +291,26 @@ class Daemon:
         watchdog = watchdog_interval()
         if watchdog is not None:
             run.maintenance.append(asyncio.create_task(_watchdog(watchdog), name="watchdog"))
+
+    def reload_ticket_key(self) -> None:
+        """SIGHUP: read ``server.tls_ticket_key`` again and encrypt new tickets with it.
+
+        Runs in the loop (not in the signal's context) and only reads a small file, so it
+        acts at once rather than setting a flag. Tickets under the previous key get one full
+        handshake. A file that became unusable is logged and the key in use is kept: the
+        daemon goes on serving."""
+        path = self.config.server.tls_ticket_key
+        if path is None or self._device_tls is None:
+            _log.info("SIGHUP: no server.tls_ticket_key to reload")
+            return
+        try:
+            name = install_ticket_key_file(self._device_tls, path, "server.tls_ticket_key")
+        except StartupError as exc:
+            _log.error(
+                "TLS ticket key not reloaded, the previous one stays", extra={"error": str(exc)}
+            )
+            return
+        _log.info("TLS ticket key reloaded", extra={"key_name": name})
 
     async def _token_verifier(self) -> TokenVerifier:
         auth = self.config.auth
