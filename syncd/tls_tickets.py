@@ -197,17 +197,24 @@ def _ssl_ctx_pointer(ctx: ssl.SSLContext, lib: _LibSSL) -> int:
     pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
     if not pointer:
         raise TicketKeyError("the context holds no SSL_CTX where CPython keeps it")
+    if not _is_ssl_ctx_of(ctx, pointer, lib):
+        raise TicketKeyError(
+            "the pointer read from the ssl context is not its SSL_CTX (CPython's layout "
+            "differs from the one this module knows): ticket keys cannot be installed"
+        )
+    return pointer
+
+
+def _is_ssl_ctx_of(ctx: ssl.SSLContext, pointer: int, lib: _LibSSL) -> bool:
+    """Whether OpenSSL sees `ctx`'s options at `pointer`, with `OP_NO_TICKET` both set and
+    cleared: a pointer to anything else would have to follow both changes."""
     original = ctx.options
     try:
         for options in (original | ssl.OP_NO_TICKET, original & ~ssl.OP_NO_TICKET):
             ctx.options = options
             if lib.SSL_CTX_get_options(pointer) != int(ctx.options):
-                raise TicketKeyError(
-                    "the pointer read from the ssl context is not its SSL_CTX (CPython's "
-                    "layout differs from the one this module knows): ticket keys cannot be "
-                    "installed"
-                )
+                return False
+        return True
     finally:
         # Tickets are the point: leave OP_NO_TICKET cleared whatever it was.
         ctx.options = original & ~ssl.OP_NO_TICKET
-    return pointer

@@ -15,6 +15,7 @@ from syncd.client.errors import (
 from syncd.client.localdb import DatabaseBindingError, InvalidEdit, LocalDB, UnknownEntity
 from syncd.client.localschema import EntitySchema, EntitySchemaLike, InvalidSchema
 from syncd.client.outbox import Binding, SyncError, Unsent, UploadBatch, UploadOp, UploadResult
+from syncd.client.tls import ResumingContext, client_context
 
 __all__ = [
     "AuthenticationRefused",
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidSchema",
     "LocalDB",
     "ProtocolMismatch",
+    "ResumingContext",
     "ServerBusy",
     "ServerError",
     "SyncError",
@@ -36,4 +38,5 @@ __all__ = [
     "UploadBatch",
     "UploadOp",
     "UploadResult",
+    "client_context",
 ]

@@ -33,6 +33,7 @@ import uvloop
 
 from syncd.client.localdb import DatabaseBindingError, LocalDB
 from syncd.client.session import ServerError, SyncClient, SyncStats
+from syncd.client.tls import client_context
 from syncd.config import ConfigError, parse_host_port
 
 __all__ = ["main"]
@@ -97,7 +98,7 @@ async def _sync(args: argparse.Namespace) -> int:
         print("syncd-client: --org is required (the token has no org claim)", file=sys.stderr)
         return 2
     try:
-        context = ssl.create_default_context(cafile=str(args.ca))
+        context = client_context(args.ca)  # resumes its TLS session on reconnects
     except (OSError, ssl.SSLError) as exc:
         print(f"syncd-client: --ca {args.ca}: {exc}", file=sys.stderr)
         return 2

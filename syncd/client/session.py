@@ -85,6 +85,7 @@ from syncd.client.errors import ServerError, server_error
 from syncd.client.localdb import LocalDB
 from syncd.client.localschema import EntitySchema
 from syncd.client.outbox import Binding
+from syncd.client.tls import offering
 
 __all__ = ["ServerError", "SyncClient", "SyncStats", "reconnect_delay", "token_subject"]
 
@@ -170,7 +171,9 @@ class SyncClient:
     stays connected and reconnects after drops and GoingAway, honouring retry_after_ms as a
     minimum. Rows land in the ``LocalDB`` in the transaction that stores their checkpoint, so
     a device cut off anywhere resumes where it stopped. Errors the server sends are raised as
-    the typed ``ServerError`` subclasses of ``syncd.client.errors``.
+    the typed ``ServerError`` subclasses of ``syncd.client.errors``. Given a
+    ``syncd.client.client_context()``, each reconnect offers the TLS session of the last
+    connection (``tls_session_reused`` says whether the server took it).
     """
 
     def __init__(
@@ -226,6 +229,12 @@ class SyncClient:
         self.caught_up = asyncio.Event()
         self.checkpoint_applied = asyncio.Event()
         self._conn: Connection | None = None
+        #: The TLS session of the last connection and the name it was made for, offered on
+        #: the next connect when `ssl_context` is a ``syncd.client.tls.ResumingContext``.
+        self._tls_session: ssl.SSLSession | None = None
+        self._tls_session_name = ""
+        #: Whether the last connect resumed a TLS session (an abbreviated handshake).
+        self.tls_session_reused = False
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.StreamReader | None = None
         self._buffer = _Buffered()
@@ -325,13 +334,20 @@ class SyncClient:
         await asyncio.to_thread(self.db.forget_unanchored_rows)
         self._conn = Connection(Role.DEVICE)
         self.caught_up.clear()
-        self._reader, self._writer = await asyncio.open_connection(
-            self.host,
-            self.port,
-            ssl=self._ssl,
-            server_hostname=self._server_hostname,
-            limit=READ_CHUNK,
-        )
+        # The session of this client's last connection, if it was to the same TLS name: a
+        # resumed handshake (syncd.client.tls; PROTOCOL.md, "Transport").
+        tls_name = self._server_hostname or self.host
+        offer = self._tls_session if self._tls_session_name == tls_name else None
+        with offering(self._ssl, offer):
+            self._reader, self._writer = await asyncio.open_connection(
+                self.host,
+                self.port,
+                ssl=self._ssl,
+                server_hostname=self._server_hostname,
+                limit=READ_CHUNK,
+            )
+        ssl_object: ssl.SSLObject | None = self._writer.get_extra_info("ssl_object")
+        self.tls_session_reused = ssl_object is not None and ssl_object.session_reused
         await self._send(
             Hello(
                 versions=(1,),
@@ -345,7 +361,15 @@ class SyncClient:
                 pending_uploads=await asyncio.to_thread(self.db.pending_count),
             )
         )
-        message = await self._next()
+        try:
+            message = await self._next()
+        finally:
+            # After the first frame, whatever it says (a busy refusal's retry resumes too): a
+            # TLS 1.3 server sends its ticket right after the handshake, so by now the
+            # session holds it, and one without a ticket cannot be resumed.
+            session = ssl_object.session if ssl_object is not None else None
+            if session is not None and session.has_ticket:
+                self._tls_session, self._tls_session_name = session, tls_name
         if not isinstance(message, Welcome):
             raise server_error(ErrorCode.UNEXPECTED_MESSAGE, f"expected Welcome, got {message!r}")
         self.welcome = message
