@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -161,10 +161,18 @@ def embedded_server(prefix: str = "syncd-bench-") -> Iterator[PgServer]:
 
 
 async def load_org(
-    pg: PgServer, org: str, rows: int, *, model: dict[str, Any] = CRM_MODEL, seed: int = 1
+    pg: PgServer,
+    org: str,
+    rows: int,
+    *,
+    model: dict[str, Any] = CRM_MODEL,
+    seed: int = 1,
+    rows_of: Callable[[int, int], Iterable[Sequence[Any]]] = crm_rows,
 ) -> float:
-    """Provision `org`, COPY `rows` CRM rows into it, then publish its model. Returns seconds
-    spent loading. The model goes last: a daemon that sees it sees the whole data set."""
+    """Provision `org`, COPY `rows` rows of `rows_of(rows, seed)` (bench's CRM rows unless
+    told: bench/shapes.py has another shape) into its `account` entity, then publish its
+    model. Returns seconds spent loading. The model goes last: a daemon that sees it sees
+    the whole data set."""
     await create_database(pg.dsn, pg.control_db)
     parsed = ClientModel.parse(model)
     control = await ControlStore.connect(pg.control_dsn)
@@ -180,7 +188,7 @@ async def load_org(
             record.current().note("postgresql", f"{version.major}.{version.minor}")
             with progress.bar(f"loading org {org!r} by COPY", rows) as bar:
                 async with conn.transaction():
-                    await bulk_load(conn, entity, progress.counted(crm_rows(rows, seed), bar))
+                    await bulk_load(conn, entity, progress.counted(rows_of(rows, seed), bar))
             await conn.execute("ANALYZE account")
         loaded = time.perf_counter() - started
         await control.put_model(org, parsed)

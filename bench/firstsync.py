@@ -35,12 +35,22 @@ page, and the heap-order streaming ceiling; every shape with the feed's casts an
 snapshot-visibility test. Ratios compare times (the ceiling's, streaming every row, over the
 shape's), so a filtered shape above 100% read its rows in less time than streaming them all.
 
-`--codecs` instead prints the codec micro-measure behind protocol/compression.py's choice
-(ratio and MB/s of zstd levels and lz4 on 1,000-row CRM Changes frames; lz4 only if the
-`lz4` package is installed).
+`--shape` names the rows the `account` entity holds (bench/shapes.py): `narrow`, bench's CRM
+rows (~85 wire bytes, the default: every figure recorded before it existed is on them), or
+`crm`, contact-like rows of ~156 bytes (names, e-mail, phone, company, city, status, two
+timestamps, a description), the row size issue 16's compression goal was set on; a list runs
+every size on each shape in turn.
+
+`--codecs` instead prints the codec micro-measure behind protocol/compression.py's choice,
+on each shape's rows (bench/framecodecs.py: zstd levels, lz4, bigger frames, a trained
+dictionary, a column-wise layout; no database). `--compression` runs that micro-measure and
+then, per shape and size, the end-to-end figures of compression only: a protocol-level
+device's download with zstd and without, alternated 3 times, each beside asyncpg streaming
+the same rows (rows/s, wire bytes per row, the daemon's CPU seconds per million rows).
 
     python -m bench.firstsync [--rows 1000000,3000000] [--shaped-rows 200000]
-                              [--mbit 20] [--rtt-ms 50] [--codecs]
+                              [--shape narrow[,crm]] [--mbit 20] [--rtt-ms 50]
+                              [--codecs | --compression] [--codec-rows 200000]
 """
 
 from __future__ import annotations
@@ -63,14 +73,13 @@ import asyncpg
 import psutil
 import uvloop
 
-from bench import record
+from bench import framecodecs, record
 from bench.common import (
     CRM_MODEL,
     DaemonProcess,
     Endpoint,
     PgServer,
     cpu_seconds,
-    crm_rows,
     embedded_server,
     load_org,
     print_table,
@@ -79,6 +88,7 @@ from bench.common import (
 )
 from bench.replay import ReplayServer
 from bench.shaper import Link, ShapingProxy
+from bench.shapes import SHAPES, Shape, model_with
 from protocol import (
     NEED_DATA,
     Ack,
@@ -93,7 +103,6 @@ from protocol import (
     Ping,
     Pong,
     Role,
-    encode_changes,
 )
 from syncd.client import LocalDB
 from syncd.client.session import SyncClient
@@ -118,13 +127,25 @@ MODEL: Final[dict[str, Any]] = {
     "profiles": {"sales": {"offline": True, "entities": {"owner": {}, "account": {}}}},
     "default_profile": "sales",
 }
+#: Where COPY starts when a shape's rows are loaded (bench.common.load_org's default seed).
+SEED: Final = 1
+
+
+def model_for(shape: Shape) -> dict[str, Any]:
+    """MODEL with its `account` entity in `shape`'s columns (MODEL itself for `narrow`)."""
+    return model_with(MODEL, shape)
+
+
+def org_for(shape: Shape, rows: int) -> str:
+    """The org holding `rows` accounts of `shape` ("big<rows>" for `narrow`, as before)."""
+    return f"big{rows}" if shape.name == "narrow" else f"{shape.name}{rows}"
 
 
 # --- stage --------------------------------------------------------------------------------
 
 
-async def load(pg: PgServer, org: str, rows: int) -> None:
-    await load_org(pg, org, rows, model=MODEL)
+async def load(pg: PgServer, org: str, rows: int, shape: Shape) -> None:
+    await load_org(pg, org, rows, model=model_for(shape), seed=SEED, rows_of=shape.rows)
     conn = await asyncpg.connect(with_database(pg.dsn, database_name(org)))
     try:
         await conn.copy_records_to_table(
@@ -137,9 +158,9 @@ async def load(pg: PgServer, org: str, rows: int) -> None:
 # --- ceilings -----------------------------------------------------------------------------
 
 
-async def pg_ceiling(pg: PgServer, org: str) -> float:
+async def pg_ceiling(pg: PgServer, org: str, model: dict[str, Any] = MODEL) -> float:
     """Seconds for asyncpg to stream the org's accounts with the feed's casts, kept nowhere."""
-    entity = ClientModel.parse(MODEL).entity("account")
+    entity = ClientModel.parse(model).entity("account")
     conn = await asyncpg.connect(with_database(pg.dsn, database_name(org)))
     try:
         started = time.perf_counter()
@@ -368,15 +389,21 @@ def mb(n: float) -> str:
 
 
 async def one_size(
-    pg: PgServer, endpoint: Endpoint, org: str, rows: int, pid: int | None, folder: Path
+    pg: PgServer,
+    endpoint: Endpoint,
+    shape: Shape,
+    rows: int,
+    pid: int | None,
+    folder: Path,
 ) -> None:
     run = record.current()
-    params = {"rows": rows}
-    pg_s = await pg_ceiling(pg, org)
+    org, model = org_for(shape, rows), model_for(shape)
+    params = {"rows": rows, "shape": shape.name}
+    pg_s = await pg_ceiling(pg, org, model)
     recording = folder / f"stream-{rows}.bin"
     zstd = await wire_download(endpoint, org, ("zstd",), pid, recording)
     plain = await wire_download(endpoint, org, (), pid)
-    pg_again = await pg_ceiling(pg, org)
+    pg_again = await pg_ceiling(pg, org, model)
     ceiling_rate = rows / min(pg_s, pg_again)
     sdk = await sdk_download(endpoint, org, folder / f"device-{rows}.db", pid)
     # The device alone and raw SQLite, alternating: each ratio from neighbouring samples.
@@ -483,7 +510,10 @@ async def one_size(
         params={**params, "kept_at_cut": kept, "final": final, "expected": expected},
     )
 
-    print(f"\n{rows:,} accounts + {OWNERS:,} owners, load {record.load_average()[0]:.2f}")
+    print(
+        f"\n{rows:,} accounts ({shape.name} rows) + {OWNERS:,} owners,"
+        f" load {record.load_average()[0]:.2f}"
+    )
     print_table(
         ["path", "rows/s", "vs ceiling", "wire bytes/row", "daemon CPU s/1M rows"],
         [
@@ -581,13 +611,15 @@ def owners_filter(owners: int) -> Any:
     return RowFilter.from_spec(spec, {"o": list(range(owners))})
 
 
-async def feed_options(pg: PgServer, org: str, rounds: int = 3) -> None:
+async def feed_options(
+    pg: PgServer, org: str, model: dict[str, Any] = MODEL, rounds: int = 3
+) -> None:
     """Seconds per shape of reading every account at one snapshot, best of `rounds`."""
     from syncd.store import Snapshot
     from syncd.store.feed import Subscription
     from syncd.store.initial import BlockPosition, initial_pages
 
-    entity = ClientModel.parse(MODEL).entity("account")
+    entity = ClientModel.parse(model).entity("account")
     pool = await asyncpg.create_pool(
         with_database(pg.dsn, database_name(org)), min_size=1, max_size=4
     )
@@ -770,116 +802,181 @@ async def feed_options(pg: PgServer, org: str, rounds: int = 3) -> None:
         await pool.close()
 
 
-def codecs() -> None:
-    """Ratio and speed of each codec on 1,000-row CRM Changes frames in key order."""
-    import zstandard
+async def compression(
+    pg: PgServer, endpoint: Endpoint, shape: Shape, rows: int, pid: int | None
+) -> None:
+    """Wire bytes per row, the daemon's CPU and rows/s of one device's download, with zstd
+    and without, alternated REPEATS times, each round beside asyncpg streaming the rows."""
+    run = record.current()
+    org, model = org_for(shape, rows), model_for(shape)
+    params = {"rows": rows, "shape": shape.name}
+    ceilings: list[float] = []
+    downloads: dict[str, list[WireResult]] = {"zstd": [], "none": []}
+    for _ in range(REPEATS):
+        ceilings.append((rows + OWNERS) / await pg_ceiling(pg, org, model))
+        for label, offered in (("zstd", ("zstd",)), ("none", ())):
+            result = await wire_download(endpoint, org, offered, pid)
+            if result.rows != rows + OWNERS:
+                raise RuntimeError(f"the download sent {result.rows:,} of {rows + OWNERS:,}")
+            downloads[label].append(result)
 
-    rows = sorted(
-        (
-            [str(r[0]), r[1], r[2], r[3], str(r[4]), int(r[5].timestamp() * 1e6), r[6], 1 + i % 97]
-            for i, r in enumerate(crm_rows(200_000))
-        ),
-        key=lambda r: str(r[0]),
+    def per_row(label: str) -> list[float]:
+        return [r.wire_bytes / r.rows for r in downloads[label]]
+
+    def cpu(label: str) -> list[float]:
+        return [r.daemon_cpu * 1e6 / r.rows for r in downloads[label] if r.daemon_cpu is not None]
+
+    def rates(label: str) -> list[float]:
+        return [r.rows / r.seconds for r in downloads[label]]
+
+    run.figure(
+        "compression: wire bytes/row, zstd",
+        "bytes",
+        per_row("zstd"),
+        ceiling_samples=per_row("none"),
+        ceiling_name="no compression",
+        higher_is_better=False,
+        params=params,
     )
-    frames = [
-        encode_changes("account", rows[i : i + 1000], []).data[4:]
-        for i in range(0, len(rows), 1000)
-    ]
-    raw = sum(map(len, frames))
-    found: list[list[object]] = [["none", "1.00", f"{raw / len(rows):.1f}", "", ""]]
-
-    def measure(
-        name: str, pack: Callable[[bytes], bytes], unpack: Callable[[bytes], bytes]
-    ) -> None:
-        started = time.perf_counter()
-        packed = [pack(f) for f in frames]
-        packing = time.perf_counter() - started
-        started = time.perf_counter()
-        for p in packed:
-            unpack(p)
-        unpacking = time.perf_counter() - started
-        size = sum(map(len, packed))
-        found.append(
+    if cpu("zstd") and cpu("none"):
+        run.figure(
+            "compression: daemon CPU s per 1M rows, zstd",
+            "s",
+            cpu("zstd"),
+            ceiling_samples=cpu("none"),
+            ceiling_name="no compression",
+            higher_is_better=False,
+            params=params,
+        )
+    for label in ("zstd", "none"):
+        run.figure(
+            f"compression: received rows/s, {label}",
+            "rows/s",
+            rates(label),
+            ceiling_samples=ceilings,
+            ceiling_name="asyncpg streaming",
+            params=params,
+        )
+    median = statistics.median
+    ceiling = median(ceilings)
+    table: list[list[object]] = [["asyncpg streaming ceiling", f"{ceiling:,.0f}", "100%", "", ""]]
+    for label, name in (("zstd", "received, zstd -1"), ("none", "received, no compression")):
+        daemon = f"{median(cpu(label)):.2f}" if cpu(label) else ""
+        table.append(
             [
                 name,
-                f"{raw / size:.2f}",
-                f"{size / len(rows):.1f}",
-                f"{raw / packing / 1e6:,.0f}",
-                f"{raw / unpacking / 1e6:,.0f}",
+                f"{median(rates(label)):,.0f}",
+                f"{median(rates(label)) / ceiling:.0%}",
+                f"{median(per_row(label)):.1f}",
+                daemon,
             ]
         )
-        record.current().figure(
-            f"codec {name}: ratio", "x", [raw / size], params={"frames": len(frames)}
-        )
-        record.current().figure(f"codec {name}: compress MB/s", "MB/s", [raw / packing / 1e6])
-
-    for level in (1, 3, 6):
-        compressor, decompressor = (
-            zstandard.ZstdCompressor(level=level),
-            zstandard.ZstdDecompressor(),
-        )
-        measure(f"zstd -{level}", compressor.compress, decompressor.decompress)
-    try:
-        import lz4.frame  # type: ignore[import-untyped, import-not-found, unused-ignore]
-    except ImportError:
-        record.current().skip("lz4", "the lz4 package is not installed (pip install lz4)")
-    else:
-        measure("lz4", lz4.frame.compress, lz4.frame.decompress)
-    print(f"{len(frames)} Changes frames of 1,000 CRM rows, load {record.load_average()[0]:.2f}")
-    print_table(["codec", "ratio", "bytes/row", "compress MB/s", "decompress MB/s"], found)
+    print(
+        f"\n{shape.name} rows: {rows:,} accounts + {OWNERS:,} owners, medians of {REPEATS}"
+        f" alternated downloads, load {record.load_average()[0]:.2f}"
+    )
+    print_table(["path", "rows/s", "vs ceiling", "wire bytes/row", "daemon CPU s/1M rows"], table)
+    fewer = median(per_row("none")) / median(per_row("zstd"))
+    rounds = [n / z for n, z in zip(per_row("none"), per_row("zstd"), strict=True)]
+    cost = f"{median(cpu('zstd')) - median(cpu('none')):+.2f}" if cpu("zstd") else "unknown"
+    print(
+        f"{shape.name}: zstd sends {fewer:.2f}x fewer wire bytes per row"
+        f" (per round {', '.join(f'{x:.2f}x' for x in rounds)}),"
+        f" daemon CPU {cost} s per million rows"
+    )
 
 
 async def main_async(
     pg: PgServer, endpoint: Endpoint, args: argparse.Namespace, pid: int | None
 ) -> None:
+    if args.compression:
+        for shape in args.shapes:
+            for rows in args.sizes:
+                await compression(pg, endpoint, shape, rows, pid)
+        return
     with tempfile.TemporaryDirectory(prefix="syncd-firstsync-") as tmp:
         folder = Path(tmp)
-        for rows in args.sizes:
-            await one_size(pg, endpoint, f"big{rows}", rows, pid, folder)
+        for shape in args.shapes:
+            for rows in args.sizes:
+                await one_size(pg, endpoint, shape, rows, pid, folder)
         if args.shaped_rows:
             link = Link.of(args.mbit, args.rtt_ms)
             await shaped(endpoint, "shaped", args.shaped_rows, link, pid, folder)
+
+
+def _shapes(text: str) -> list[Shape]:
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown row shape {', '.join(unknown) or repr(text)}; known: {', '.join(SHAPES)}"
+        )
+    return [SHAPES[n] for n in names]
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", default="1000000,3000000", help="comma-separated sizes")
     parser.add_argument("--shaped-rows", type=int, default=200_000, help="0 skips the shaped run")
+    parser.add_argument(
+        "--shape",
+        dest="shapes",
+        type=_shapes,
+        default=[SHAPES["narrow"]],
+        help=f"comma-separated row shapes of bench/shapes.py ({', '.join(SHAPES)}; default narrow)",
+    )
     parser.add_argument("--mbit", type=float, default=20.0)
     parser.add_argument("--rtt-ms", type=float, default=50.0)
-    parser.add_argument("--codecs", action="store_true", help="only the codec micro-measure")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--codecs", action="store_true", help="only the codec micro-measure")
+    only.add_argument(
+        "--compression",
+        action="store_true",
+        help="only compression: the codec micro-measure, then each shape's downloads"
+        " with and without zstd",
+    )
+    only.add_argument(
         "--feed-options", action="store_true", help="only the server read shapes, first size"
+    )
+    parser.add_argument(
+        "--codec-rows",
+        type=int,
+        default=framecodecs.DEFAULT_ROWS,
+        help="rows per shape of the codec micro-measure",
     )
     args = parser.parse_args(argv)
     args.sizes = [int(n) for n in args.rows.split(",") if n]
     return args
 
 
-def _orgs(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
-    for rows in args.sizes:
-        yield f"big{rows}", rows
+def _orgs(args: argparse.Namespace) -> Iterator[tuple[str, int, Shape]]:
+    for shape in args.shapes:
+        for rows in args.sizes:
+            yield org_for(shape, rows), rows, shape
     if args.shaped_rows:
-        yield "shaped", args.shaped_rows
+        yield "shaped", args.shaped_rows, args.shapes[0]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
     with record.bench_run("firstsync", argv):
-        if args.codecs:
-            codecs()
-            return
+        if args.codecs or args.compression:
+            framecodecs.codecs([s.name for s in args.shapes], args.codec_rows)
+            if args.codecs:
+                return
+            args.shaped_rows = 0
         with embedded_server() as pg:
 
             async def prepare() -> None:
-                for org, rows in _orgs(args):
-                    await load(pg, org, rows)
+                for org, rows, shape in _orgs(args):
+                    await load(pg, org, rows, shape)
 
             if args.feed_options:
-                args.sizes, args.shaped_rows = args.sizes[:1], 0
+                args.shapes, args.sizes, args.shaped_rows = args.shapes[:1], args.sizes[:1], 0
             uvloop.run(prepare())
             if args.feed_options:
-                uvloop.run(feed_options(pg, f"big{args.sizes[0]}"))
+                shape = args.shapes[0]
+                uvloop.run(feed_options(pg, org_for(shape, args.sizes[0]), model_for(shape)))
                 return
             daemon = DaemonProcess(pg)
             with daemon as endpoint:

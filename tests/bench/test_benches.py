@@ -38,8 +38,11 @@ TINY: dict[str, list[str]] = {
         "peers": "--only pouchdb,postgres --rows 500 --devices 3 --changes 3 --rate 20"
         " --poll 0.2 --live-rows 100",
         "firstsync": "--rows 3000 --shaped-rows 2000",
+        # A variant of a bench is "bench:variant": the same module with other arguments.
+        "firstsync:compression": "--compression --shape narrow,crm --rows 2000 --codec-rows 3000",
         "fleet": "--devices 20 --org-b-devices 4 --storm-devices 6 --storm-teams 2 --workers 2"
         " --rows 500 --fanout-changes 2 --fanout-all-changes 2 --single-changes 4 --rate 20",
+        "tls_resume": "--connections 8 --devices 2 --repeat 1",
     }.items()
 }
 RUN_DEADLINE_S = 100
@@ -55,6 +58,11 @@ def _path_without_node(tmp: Path) -> str:
     if git:
         (bin_dir / "git").symlink_to(git)
     return str(bin_dir)
+
+
+def _bench(name: str) -> str:
+    """The bench module a TINY entry runs ("firstsync:compression" runs bench.firstsync)."""
+    return name.split(":", 1)[0]
 
 
 class Runs:
@@ -80,13 +88,14 @@ class Runs:
             DSN_ENV: self._dsn,
             "PATH": _path_without_node(tmp),
         }
+        bench = _bench(name)
         done = subprocess.run(
-            [sys.executable, "-m", f"bench.{name}", *TINY[name]],
+            [sys.executable, "-m", f"bench.{bench}", *TINY[name]],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_DEADLINE_S,
             check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        (path,) = (tmp / "results").glob(f"*-{name}-*.json")
+        (path,) = (tmp / "results").glob(f"*-{bench}-*.json")
         return orjson.loads(path.read_bytes()), done.stdout
 
 
@@ -99,8 +108,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, pg_dsn: str) -> Runs:
 def test_each_bench_writes_a_document_of_the_schema(runs: Runs, name: str) -> None:
     doc, out = runs(name)
     check_schema(doc)
-    assert doc["benches"][name]["error"] is None
-    assert all(f["bench"] == name for f in doc["figures"])
+    assert doc["benches"][_bench(name)]["error"] is None
+    assert all(f["bench"] == _bench(name) for f in doc["figures"])
     assert "results: " in out
 
 
@@ -143,10 +152,31 @@ def test_fleet_connects_every_device_and_delivers_every_change(runs: Runs) -> No
     singles = [f for f in doc["figures"] if f["phase"] == "one-device"]
     assert [f["params"]["lost"] for f in singles] == [0, 0]
     storm = figures["reconnect storm, all caught up"]
-    assert storm["params"] == {"devices": 24, "busy": storm["params"]["busy"], "failed": 0}
+    # Every handshake of the storm resumed: the restarted daemon has the same ticket key file.
+    assert storm["params"] == {
+        "devices": 24,
+        "busy": storm["params"]["busy"],
+        "failed": 0,
+        "tls_resumed": 1.0,
+    }
     # Every figure of the issue's table is printed beside its same-run ceiling.
     for line in ("bare TLS", "daemon RSS per live device", "handshakes/s during that storm"):
         assert line in out
+
+
+def test_tls_resume_resumes_every_offered_session_across_a_restart(runs: Runs) -> None:
+    doc, out = runs("tls_resume")
+    resumed = {
+        (f["params"]["tickets"], f["params"]["mode"]): f["params"]["resumed"]
+        for f in doc["figures"]
+        if f["unit"] == "us"
+    }
+    assert resumed == {
+        (tickets, mode): 0.0 if mode == "full" else 1.0
+        for tickets in (1, 2)
+        for mode in ("full", "resumed", "after restart")
+    }
+    assert "server us/handshake" in out
 
 
 def test_a_missing_node_skips_pouchdb_with_a_message(runs: Runs) -> None:
@@ -204,3 +234,37 @@ def test_firstsync_measures_the_device_alone_beside_raw_sqlite(runs: Runs) -> No
     )
     assert figures["device CPU s per 1M rows, device alone"]["samples"][0] > 0
     assert "committed by the SDK, device alone" in out
+
+
+def test_firstsync_compression_measures_both_row_shapes_end_to_end(runs: Runs) -> None:
+    """Each shape's downloads with and without zstd, in one run: fewer wire bytes with zstd,
+    the daemon's CPU per million rows recorded for both, and the codec micro-measure."""
+    doc, out = runs("firstsync:compression")
+    by_shape: dict[str, dict[str, Any]] = {}
+    for f in doc["figures"]:
+        if f["name"].startswith("compression: "):
+            by_shape.setdefault(f["params"]["shape"], {})[f["name"]] = f
+    assert set(by_shape) == {"narrow", "crm"}
+    plain_bytes = {}
+    for shape, figures in by_shape.items():
+        wire = figures["compression: wire bytes/row, zstd"]
+        assert wire["ceiling_name"] == "no compression"
+        assert len(wire["samples"]) == len(wire["ceiling_samples"]) == 3
+        # zstd sends fewer bytes than no compression, every round.
+        assert all(z < n for z, n in zip(wire["samples"], wire["ceiling_samples"], strict=True))
+        plain_bytes[shape] = statistics.median(wire["ceiling_samples"])
+        cpu = figures["compression: daemon CPU s per 1M rows, zstd"]
+        assert len(cpu["samples"]) == len(cpu["ceiling_samples"]) == 3
+        received = figures["compression: received rows/s, zstd"]
+        assert received["ceiling_name"] == "asyncpg streaming"
+        assert min(received["samples"]) > 0
+        assert f"{shape}: zstd sends " in out
+    # The crm rows are the wider ones on the wire, as bench/shapes.py says.
+    assert plain_bytes["crm"] > 1.4 * plain_bytes["narrow"]
+    codecs = {
+        (f["params"]["shape"], f["name"]) for f in doc["figures"] if f["name"].startswith("codec ")
+    }
+    for shape in ("narrow", "crm"):
+        assert (shape, f"codec zstd -1, {shape}: ratio") in codecs
+        assert (shape, f"codec zstd -1 + 110 KiB dictionary per entity, {shape}: ratio") in codecs
+        assert (shape, f"codec zstd -1 per column, frames of 1,000 rows, {shape}: ratio") in codecs
