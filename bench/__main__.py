@@ -9,7 +9,7 @@ rest: the runner reports it and exits non-zero at the end. All benches of one ru
 into one JSON document (bench/record.py) whose path is printed at the end.
 
     python -m bench [--full] [--only NAME,...]   (codec localdb feed upload sync fanout
-                                               peers ingest firstsync fleet)
+                                               peers ingest firstsync fleet tls_resume)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ BENCHES: Final = (
     "ingest",
     "firstsync",
     "fleet",
+    "tls_resume",
 )
 QUICK: Final[dict[str, list[str]]] = {
     "codec": ["--batches", "20", "--repeat", "3"],
@@ -47,6 +48,7 @@ QUICK: Final[dict[str, list[str]]] = {
     "ingest": [],
     "firstsync": ["--rows", "200000", "--shaped-rows", "50000"],
     "fleet": ["--devices", "2000", "--storm-devices", "1000"],
+    "tls_resume": ["--connections", "600"],
 }
 FULL: Final[dict[str, list[str]]] = {
     "codec": [],
@@ -59,6 +61,7 @@ FULL: Final[dict[str, list[str]]] = {
     "ingest": ["--rows", "1000000"],
     "firstsync": [],  # 1M and 3M rows, then 200k through the shaped link
     "fleet": [],  # 10,000 devices of org A, 5,000 fresh ones storming
+    "tls_resume": [],
 }
 
 

@@ -80,6 +80,7 @@ from bench.fleet_devices import MARK, worker_main
 from bench.latency import summarize
 from syncd.devcerts import ensure_dev_pki
 from syncd.store.sql import database_name
+from syncd.tls_tickets import new_ticket_key_text
 
 ORG_A: Final = "fleet-a"
 ORG_B: Final = "fleet-b"
@@ -232,13 +233,14 @@ class Fleet:
             "failed": 0,
             "busy": 0,
             "retries": 0,
+            "tls_resumed": 0,
             "tls_done": [],
             "welcomed": [],
             "caught_up": [],
             "errors": {},
         }
         for outcome in await asyncio.gather(*calls):
-            for key in ("ok", "failed", "busy", "retries"):
+            for key in ("ok", "failed", "busy", "retries", "tls_resumed"):
                 merged[key] += outcome[key]
             for key in ("tls_done", "welcomed", "caught_up"):
                 merged[key] += outcome[key]
@@ -564,8 +566,17 @@ async def run(pg: PgServer, args: argparse.Namespace) -> None:
     for org in (ORG_A, ORG_B):
         await load_org(pg, org, args.rows, model=_model())
     port, ops_port = _free_port(), _free_port()
+    server: dict[str, Any] = {"listen": f"127.0.0.1:{port}"}
+    if not args.no_ticket_key:
+        # Shared by the daemon before and after its restart, as by instances: the storm's
+        # devices resume their TLS sessions (README, Operations, "TLS session tickets").
+        ticket_key = pg.base / "ticket.key"
+        fd = os.open(ticket_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(new_ticket_key_text())
+        server["tls_ticket_key"] = str(ticket_key)
     overrides: dict[str, dict[str, Any]] = {
-        "server": {"listen": f"127.0.0.1:{port}"},
+        "server": server,
         "ops": {"listen": f"127.0.0.1:{ops_port}", "gc_freeze_waves": not args.no_gc_waves},
     }
     Meter.ops_port = ops_port
@@ -895,11 +906,14 @@ async def _phases(
         seconds = max(out["caught_up"], default=t0) - t0
         welcomes = _rate(out["welcomed"], t0)
         ratio = welcomes / ceiling_rate if ceiling_rate else 0.0
+        handshakes = len(out["tls_done"])
+        resumed = out["tls_resumed"] / handshakes if handshakes else 0.0
         print(
             f"storm: {out['ok']:,} devices back and caught up in {seconds:.1f} s "
             f"({out['busy']} busy answers, {out['retries']} retries, {out['failed']} failed "
             f"{out['errors']}); {welcomes:,.0f} Welcomes/s = {ratio:.2f}x the bare TLS "
-            f"loop's {ceiling_rate:,.0f}/s",
+            f"loop's {ceiling_rate:,.0f}/s (full handshakes); TLS sessions resumed: "
+            f"{out['tls_resumed']:,} of {handshakes:,} handshakes ({resumed:.0%})",
             flush=True,
         )
         report.add(
@@ -922,7 +936,12 @@ async def _phases(
             higher_is_better=False,
             phase="storm",
             cpu=m.usage.share(),
-            params={"devices": out["ok"], "busy": out["busy"], "failed": out["failed"]},
+            params={
+                "devices": out["ok"],
+                "busy": out["busy"],
+                "failed": out["failed"],
+                "tls_resumed": resumed,
+            },
         )
         run.figure(
             "Welcomes/s during the reconnect storm",
@@ -997,6 +1016,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         default=[],
         help="sample the daemon with py-spy during these phases",
+    )
+    parser.add_argument(
+        "--no-ticket-key",
+        action="store_true",
+        help="no server.tls_ticket_key: the storm after the restart does full TLS handshakes",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a small fleet (300 devices) to check the bench itself"

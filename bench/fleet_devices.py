@@ -1,10 +1,11 @@
 """One process of the fleet bench's devices: thousands of protocol-level devices on one loop.
 
 Strategy. The devices are what the daemon sees of a phone, and nothing more: a TLS
-connection, a Hello with a token (and the last checkpoint when resuming), Acks for every
-Checkpoint and CaughtUp, Pongs for Pings, and a decoder that looks at each row's name to
-time the marked rows the bench commits (``fleet N``). No SQLite: a thousand SQLite clients
-would not fit on two cores, and the figures are the daemon's.
+connection (offering the TLS session of its last one, as the SDK does), a Hello with a
+token (and the last checkpoint when resuming), Acks for every Checkpoint and CaughtUp, Pongs
+for Pings, and a decoder that looks at each row's name to time the marked rows the bench
+commits (``fleet N``). No SQLite: a thousand SQLite clients would not fit on two cores, and
+the figures are the daemon's.
 
 The bench's main process drives several of these over a ``multiprocessing`` pipe with small
 requests (connect these devices, tell me when change N has reached every device of yours
@@ -56,6 +57,7 @@ from protocol import (
     Welcome,
 )
 from syncd.auth import mint_token
+from syncd.client.tls import client_context, offering
 
 READ_CHUNK: Final = 64 * 1024
 NAME_INDEX: Final = 2
@@ -106,6 +108,8 @@ class Outcome:
     failed: int = 0
     busy: int = 0
     retries: int = 0
+    tls_resumed: int = 0
+    """Handshakes that resumed the device's previous TLS session (its ticket)."""
     tls_done: list[float] = field(default_factory=list)
     welcomed: list[float] = field(default_factory=list)
     caught_up: list[float] = field(default_factory=list)
@@ -117,6 +121,7 @@ class Outcome:
             "failed": self.failed,
             "busy": self.busy,
             "retries": self.retries,
+            "tls_resumed": self.tls_resumed,
             "tls_done": self.tls_done,
             "welcomed": self.welcomed,
             "caught_up": self.caught_up,
@@ -141,6 +146,8 @@ class FleetDevice:
             ttl_seconds=TOKEN_TTL_S,
         )
         self.checkpoint: bytes | None = None
+        #: The TLS session of the last connection, offered on the next (as the SDK does).
+        self.tls_session: ssl.SSLSession | None = None
         self.live = False
         self.caught_up = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
@@ -164,15 +171,18 @@ class FleetDevice:
 
     async def _open(self, resume: bool, outcome: Outcome) -> None:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(
-                self.fleet.host,
-                self.fleet.port,
-                ssl=self.fleet.context,
-                server_hostname="localhost",
-                local_addr=(self.fleet.source, 0),
-                limit=READ_CHUNK,
-            )
+            with offering(self.fleet.context, self.tls_session):
+                reader, writer = await asyncio.open_connection(
+                    self.fleet.host,
+                    self.fleet.port,
+                    ssl=self.fleet.context,
+                    server_hostname="localhost",
+                    local_addr=(self.fleet.source, 0),
+                    limit=READ_CHUNK,
+                )
             outcome.tls_done.append(time.monotonic())
+            ssl_object = writer.get_extra_info("ssl_object")
+            outcome.tls_resumed += bool(ssl_object.session_reused)
             conn = Connection(Role.DEVICE)
             checkpoint = self.checkpoint if resume else None
             hello = Hello(
@@ -189,6 +199,8 @@ class FleetDevice:
             except BaseException:
                 writer.close()
                 raise
+            if ssl_object.session is not None and ssl_object.session.has_ticket:
+                self.tls_session = ssl_object.session  # the ticket came before this frame
         if isinstance(first, Error):
             writer.close()
             if first.code == ErrorCode.OVERLOADED:
@@ -263,7 +275,7 @@ class Fleet:
         self.port: int = setup["port"]
         self.source: str = setup["source"]
         self.token_key = Path(setup["token_key"]).read_bytes()
-        self.context = ssl.create_default_context(cafile=setup["ca_cert"])
+        self.context = client_context(setup["ca_cert"])
         self.devices: dict[int, FleetDevice] = {}
         self.arrivals: dict[int, Arrival] = {}
         self._waits: dict[int, tuple[int, asyncio.Future[None]]] = {}
