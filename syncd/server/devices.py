@@ -23,13 +23,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 import orjson
 
 from protocol import ErrorCode
+from syncd.group_call import GroupCall
 from syncd.store import ControlStore, Listener
 from syncd.store.devices import DEVICES_CHANNEL, Kind, SessionEnd, SessionOpen
 from syncd.store.snapshot import Snapshot
@@ -86,8 +87,9 @@ class DeviceControl:
         self._listener: Listener | None = None
         self._stored: dict[str, Snapshot] = {}
         self._pending: set[asyncio.Task[None]] = set()
-        self._pending_records: list[tuple[SessionOpen | SessionEnd, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._records_written: GroupCall[SessionOpen | SessionEnd, None] = GroupCall(
+            self._write_records, name="session-records"
+        )
 
     async def start(self) -> None:
         await self._records.register_instance(self.instance_id, self.instance_name)
@@ -96,9 +98,8 @@ class DeviceControl:
         await self._listener.start()
 
     async def close(self) -> None:
-        if self._writer is not None:  # the last session records are written before we go
-            with contextlib.suppress(Exception):
-                await self._writer
+        # The last session records are written before we go.
+        await self._records_written.drain()
         for task in list(self._pending):
             task.cancel()
         if self._listener is not None:
@@ -147,48 +148,25 @@ class DeviceControl:
 
     async def _journal(self, event: SessionOpen | SessionEnd) -> None:
         """Record a session's open or end, waiting until it is written."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending_records.append((event, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_records(), name="session-records")
-        await done
+        await self._records_written(event)
 
-    async def _write_records(self) -> None:
-        """Group commit of session opens and ends: while one batch is written the next
-        accumulates, so 10,000 sessions opening or ending together (a fleet forming, a
-        reconnect storm, a shutdown) cost a few statements instead of 10,000 round trips
-        through the control pool. Each session still waits for its own record (``syncctl
-        devices`` shows it). A batch's opens are written before its ends: a session's end is
-        never queued before its open, and ends of earlier sessions of a device touch other
-        fields than a later open. A batch that fails is retried record by record, so one
-        bad record (an org removed meanwhile) fails its own session only."""
-        while self._pending_records:
-            batch, self._pending_records = self._pending_records, []
-            opens = [e for e, _ in batch if isinstance(e, SessionOpen)]
-            ends = [e for e, _ in batch if isinstance(e, SessionEnd)]
-            try:
-                await self._records.sessions_opened(self.instance_id, self.instance_name, opens)
-                await self._records.sessions_closed(ends)
-            except Exception:
-                for event, done in batch:
-                    try:
-                        await self._write_one(event)
-                    except Exception as exc:
-                        if not done.done():
-                            done.set_exception(exc)
-                    else:
-                        if not done.done():
-                            done.set_result(None)
-                continue
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
-
-    async def _write_one(self, event: SessionOpen | SessionEnd) -> None:
-        if isinstance(event, SessionOpen):
-            await self._records.sessions_opened(self.instance_id, self.instance_name, [event])
-        else:
-            await self._records.sessions_closed([event])
+    async def _write_records(self, batch: Sequence[SessionOpen | SessionEnd]) -> list[None]:
+        """One round of the group commit of session opens and ends: while one round is
+        written the next accumulates, so 10,000 sessions opening or ending together (a fleet
+        forming, a reconnect storm, a shutdown) cost a few statements instead of 10,000
+        round trips through the control pool. Each session still waits for its own record
+        (``syncctl devices`` shows it). A round's opens are written before its ends: a
+        session's end is never queued before its open, and ends of earlier sessions of a
+        device touch other fields than a later open. A round that fails is retried record
+        by record (``GroupCall``), so one bad record (an org removed meanwhile) fails its
+        own session only."""
+        opens = [e for e in batch if isinstance(e, SessionOpen)]
+        ends = [e for e in batch if isinstance(e, SessionEnd)]
+        if opens:
+            await self._records.sessions_opened(self.instance_id, self.instance_name, opens)
+        if ends:
+            await self._records.sessions_closed(ends)
+        return [None] * len(batch)
 
     async def refused(self, org: str, device: str, user: str, error: str) -> None:
         await self._records.record_refusal(org, device, user, error)

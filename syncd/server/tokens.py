@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
+from syncd.group_call import GroupCall
 from syncd.server.sync_token import Binding, Keyring, SyncToken, UnknownTokenKey
 from syncd.store import ControlStore
 
@@ -48,6 +49,14 @@ class TokenService:
         self._plans: OrderedDict[tuple[str, bytes], Mapping[str, str]] = OrderedDict()
         self._saved: dict[tuple[str, bytes], float] = {}
         self._keys_loaded = time.monotonic()
+        # A reconnect storm's sessions look up and refresh their plans together
+        # (``syncd.group_call``): a statement per round instead of two per device.
+        self._plan_loads: GroupCall[tuple[str, bytes], Mapping[str, str] | None] = GroupCall(
+            self._load_plans, name="plan-loads", isolate=False
+        )
+        self._plan_saves: GroupCall[tuple[str, bytes, Mapping[str, str]], None] = GroupCall(
+            self._save_plans, name="plan-saves"
+        )
 
     @classmethod
     async def load(cls, control: ControlStore) -> TokenService:
@@ -66,7 +75,7 @@ class TokenService:
         now = time.monotonic()
         if saved is not None and now - saved < PLAN_REFRESH_SECONDS:
             return
-        await self._control.save_plan(org, digest, hashes)
+        await self._plan_saves((org, digest, hashes))
         if len(self._saved) >= PLAN_CACHE_ENTRIES * 16:
             self._saved.clear()  # a bound, not a policy: the next save of each is a no-op
         self._saved[key] = now
@@ -95,10 +104,22 @@ class TokenService:
         if hashes is not None:
             self._plans.move_to_end(key)
             return hashes
-        loaded = await self._control.load_plan(org, digest)
+        loaded = await self._plan_loads(key)
         if loaded is not None:
             self._cache(key, loaded)
         return loaded
+
+    async def _load_plans(
+        self, keys: Sequence[tuple[str, bytes]]
+    ) -> list[Mapping[str, str] | None]:
+        found = await self._control.load_plans(list(dict.fromkeys(keys)))
+        return [found.get(key) for key in keys]
+
+    async def _save_plans(
+        self, plans: Sequence[tuple[str, bytes, Mapping[str, str]]]
+    ) -> list[None]:
+        await self._control.save_plans(plans)
+        return [None] * len(plans)
 
     # -- upkeep -------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -424,26 +424,37 @@ class ControlStore:
                 raise KeyError(key_id)
             await _notify(conn, TOKEN_KEYS_CHANGED)
 
-    async def save_plan(self, org: str, digest: bytes, hashes: Mapping[str, str]) -> None:
-        """Keep the entity -> hash map a token names by `digest` (or mark it used again)."""
+    async def save_plans(self, plans: Sequence[tuple[str, bytes, Mapping[str, str]]]) -> None:
+        """Keep the entity -> hash maps tokens name by (org, digest), or mark them used
+        again: one statement for a whole round of sessions (``TokenService.remember``)."""
+        distinct = {(org, digest): hashes for org, digest, hashes in plans}
         await self._pool.execute(
             """
-            INSERT INTO sync_plans (org, digest, hashes) VALUES ($1, $2, $3::json)
+            INSERT INTO sync_plans (org, digest, hashes)
+            SELECT org, digest, hashes::json
+            FROM unnest($1::text[], $2::bytea[], $3::text[]) AS p(org, digest, hashes)
             ON CONFLICT (org, digest) DO UPDATE SET used_at = now()
             """,
-            org,
-            digest,
-            orjson.dumps(dict(hashes)).decode(),
+            [org for org, _ in distinct],
+            [digest for _, digest in distinct],
+            [orjson.dumps(dict(hashes)).decode() for hashes in distinct.values()],
         )
 
-    async def load_plan(self, org: str, digest: bytes) -> dict[str, str] | None:
-        text = await self._pool.fetchval(
-            "SELECT hashes::text FROM sync_plans WHERE org = $1 AND digest = $2", org, digest
+    async def load_plans(
+        self, keys: Sequence[tuple[str, bytes]]
+    ) -> dict[tuple[str, bytes], dict[str, str]]:
+        """The maps of those (org, digest) keys that are kept; pruned ones are missing."""
+        rows = await self._pool.fetch(
+            """
+            SELECT p.org, p.digest, p.hashes::text
+            FROM sync_plans p
+            JOIN unnest($1::text[], $2::bytea[]) AS q(org, digest)
+              ON p.org = q.org AND p.digest = q.digest
+            """,
+            [org for org, _ in keys],
+            [digest for _, digest in keys],
         )
-        if text is None:
-            return None
-        hashes: dict[str, str] = orjson.loads(text)
-        return hashes
+        return {(r[0], bytes(r[1])): orjson.loads(r[2]) for r in rows}
 
     async def prune_plans(self, unused_for: timedelta) -> int:
         """Forget plans no token was issued for in `unused_for` (their devices resync)."""

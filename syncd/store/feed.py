@@ -78,6 +78,7 @@ __all__ = [
     "touched_since",
     "wire_select_list",
     "written_since",
+    "written_since_each",
 ]
 
 # Spells a column as an SQL expression of the row source being filtered.
@@ -289,15 +290,41 @@ async def written_since(fetch: Fetch, since: Snapshot, entities: Sequence[str]) 
     """Which of ``entities`` have a change logged after ``since`` (writes after the window's
     end count too: a superset, so a caller that skips the others misses nothing). One index
     probe per entity on (entity, txid)."""
+    (written,) = await written_since_each(fetch, [(since, entities)])
+    return written
+
+
+async def written_since_each(
+    fetch: Fetch, questions: Sequence[tuple[Snapshot, Sequence[str]]]
+) -> list[set[str]]:
+    """``written_since`` for several (checkpoint, entities) questions in one statement: a
+    reconnect storm's sessions ask it together (``StagingStore.written_tables``)."""
+    index: list[int] = []
+    xmins: list[int] = []
+    snapshots: list[tuple[int, int, tuple[int, ...]]] = []
+    names: list[str] = []
+    for i, (since, entities) in enumerate(questions):
+        for entity in entities:
+            index.append(i)
+            xmins.append(since.xmin)
+            snapshots.append(since.as_pg())
+            names.append(entity)
+    answers: list[set[str]] = [set() for _ in questions]
+    if not names:
+        return answers
     rows = await fetch(
-        "SELECT e FROM unnest($3::text[]) e WHERE EXISTS (SELECT 1 FROM _syncd_changes c"
-        " WHERE c.entity = e AND c.txid >= $1::xid8"
-        " AND NOT pg_visible_in_snapshot(c.txid, $2::pg_snapshot))",
-        since.xmin,
-        since.as_pg(),
-        list(entities),
+        "SELECT q.i, q.e FROM unnest($1::int[], $2::xid8[], $3::pg_snapshot[], $4::text[])"
+        " AS q(i, xmin, snap, e) WHERE EXISTS (SELECT 1 FROM _syncd_changes c"
+        " WHERE c.entity = q.e AND c.txid >= q.xmin"
+        " AND NOT pg_visible_in_snapshot(c.txid, q.snap))",
+        index,
+        xmins,
+        snapshots,
+        names,
     )
-    return {r[0] for r in rows}
+    for row in rows:
+        answers[row[0]].add(row[1])
+    return answers
 
 
 def _as_of(snapshot: Snapshot) -> TableSql:

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from syncd.group_call import GroupCall
 from syncd.model import ClientModel, Column, Entity
 from syncd.predicates.partition import KeyPath
 from syncd.store.feed import (
@@ -28,7 +29,7 @@ from syncd.store.feed import (
     own_leavers,
     time_relative,
     touched_values,
-    written_since,
+    written_since_each,
 )
 from syncd.store.initial import initial_pages
 from syncd.store.lag import Lag, changes_after
@@ -81,6 +82,14 @@ class StagingStore:
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._closed = False
+        # A reconnect storm's sessions ask these together (``syncd.group_call``): each
+        # answer is read after its question, so sharing it changes no window.
+        self._positions: GroupCall[None, tuple[Snapshot, int]] = GroupCall(
+            self._read_positions, name=f"staging-position-{org}", isolate=False
+        )
+        self._written: GroupCall[tuple[Snapshot, tuple[str, ...]], set[str]] = GroupCall(
+            self._read_written, name=f"staging-written-{org}", isolate=False
+        )
 
     async def connect(self, **settings: Any) -> asyncpg.Connection:
         """A dedicated connection (not pooled), e.g. for LISTEN or long ingest work."""
@@ -166,12 +175,19 @@ class StagingStore:
         return rows
 
     async def current_checkpoint(self) -> Snapshot:
-        rows = await self.fetch("SELECT pg_current_snapshot()")
-        return Snapshot.from_pg(rows[0][0])
+        snapshot, _horizon = await self._positions(None)
+        return snapshot
 
     async def horizon(self) -> int:
-        rows = await self.fetch("SELECT horizon FROM _syncd_meta")
-        return int(rows[0][0])
+        _snapshot, horizon = await self._positions(None)
+        return horizon
+
+    async def _read_positions(self, asked: Sequence[None]) -> list[tuple[Snapshot, int]]:
+        """The current snapshot and the change log's horizon, one statement for every
+        caller of a round (all of them asked before it started)."""
+        rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
+        position = (Snapshot.from_pg(rows[0][0]), int(rows[0][1]))
+        return [position] * len(asked)
 
     async def changes(
         self,
@@ -183,23 +199,22 @@ class StagingStore:
     ) -> ChangeStream:
         """Open the window (since, now]; raises ResyncRequired if its history is gone."""
         for _ in range(SNAPSHOT_ATTEMPTS):
-            rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
-            snapshot = Snapshot.from_pg(rows[0][0])
+            snapshot, horizon = await self._positions(None)
             if len(snapshot.xip) <= MAX_RUNNING:
                 break
             await asyncio.sleep(SNAPSHOT_RETRY_SECONDS)
         else:
             raise SnapshotBusy(f"more than {MAX_RUNNING} transactions running at every snapshot")
         if since is not None:
-            _check_resumable(since, snapshot, int(rows[0][1]))
+            _check_resumable(since, snapshot, horizon)
         return ChangeStream(
             self, since, snapshot, tuple(subscriptions), batch_size, initial_after=initial_after
         )
 
     async def check_resumable(self, since: Snapshot) -> None:
         """Raise ResyncRequired or CheckpointAhead unless a window can start at `since`."""
-        rows = await self.fetch("SELECT pg_current_snapshot(), horizon FROM _syncd_meta")
-        _check_resumable(since, Snapshot.from_pg(rows[0][0]), int(rows[0][1]))
+        snapshot, horizon = await self._positions(None)
+        _check_resumable(since, snapshot, horizon)
 
     # -- what the live hub asks (so that it composes no SQL) -----------------------------
 
@@ -217,8 +232,17 @@ class StagingStore:
         return await touched_keyed(self.fetch, path, values, since)
 
     async def written_tables(self, since: Snapshot, tables: Sequence[str]) -> set[str]:
-        """Which of `tables` were written since `since`."""
-        return await written_since(self.fetch, since, tables)
+        """Which of `tables` were written since `since` (asked with the other sessions of
+        a round: after a restart most share one checkpoint, so a storm costs a statement
+        per round, not per device)."""
+        return await self._written((since, tuple(tables)))
+
+    async def _read_written(
+        self, asked: Sequence[tuple[Snapshot, tuple[str, ...]]]
+    ) -> list[set[str]]:
+        distinct = list(dict.fromkeys(asked))
+        answers = dict(zip(distinct, await written_since_each(self.fetch, distinct), strict=True))
+        return [set(answers[question]) for question in asked]
 
     async def ensure_history(self, since: Snapshot) -> None:
         """ResyncRequired unless the change log still reaches `since`: checked after a
