@@ -916,6 +916,7 @@ async def _phases(
             f"{out['tls_resumed']:,} of {handshakes:,} handshakes ({resumed:.0%})",
             flush=True,
         )
+        print(f"during the storm, {_log_problems(daemon.log_path)}", flush=True)
         report.add(
             f"{out['ok']:,} devices reconnecting at once, all caught up",
             f"{seconds:.1f} s",
