@@ -17,8 +17,11 @@ rows (what the daemon sends by default). The options, in three groups:
   says "no dictionary", so this is a protocol change);
 * column-wise: each column of a frame packed as one msgpack array and compressed as its own
   zstd -1 frame (the layout of Parquet and Arrow: a column's values share their structure,
-  so each gets its own entropy tables), at 1,000 and 10,000 rows, and with the uuid key as
-  its 16 bytes instead of 36 characters (both a new Changes layout).
+  so each gets its own entropy tables), at 1,000 and 10,000 rows; and typed, the uuid key
+  as its 16 bytes instead of 36 characters and integer and timestamp columns as byte planes
+  of 8-byte ints (both a new Changes layout). Both layouts decode back to the same values
+  (`column_values`, tests/bench/test_shapes.py): a figure of a lossy layout would mean
+  nothing.
 
 Compress and decompress speeds are MB/s of uncompressed frame bytes, on one core.
 """
@@ -26,6 +29,7 @@ Compress and decompress speeds are MB/s of uncompressed frame bytes, on one core
 from __future__ import annotations
 
 import lzma
+import struct
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -54,6 +58,11 @@ DICT_BYTES: Final = 112_640
 #: train it on the entity's staging rows, not on the frames it then sends.
 DICT_SAMPLE_ROWS: Final = 100
 DICT_SEED: Final = 2
+#: Column types sent as 8-byte integers in the typed column-wise layout.
+_INTEGERS: Final = frozenset({"integer", "timestamp"})
+#: What an integer column's payload holds in the typed layout: byte planes, or msgpack (a
+#: column with a NULL in this frame).
+_PLANES, _MSGPACK = b"\x01", b"\x00"
 #: The version the first loaded row gets (COPY stamps rows in order; key order scrambles it).
 FIRST_VERSION: Final = 1_000_000
 
@@ -73,16 +82,43 @@ def changes_frames(rows: Sequence[tuple[Any, ...]], per_frame: int) -> list[byte
 
 
 def column_frames(
-    rows: Sequence[tuple[Any, ...]], per_frame: int, *, uuid_bytes: bool
+    rows: Sequence[tuple[Any, ...]], per_frame: int, types: Sequence[str] | None = None
 ) -> list[list[bytes]]:
-    """Each frame as one msgpack array per column (the key as 16 bytes with `uuid_bytes`)."""
+    """Each frame as one payload per column: a msgpack array of its values, or with `types`
+    (the column types, then "integer" for the version) typed: the uuid key as its 16 bytes
+    and each integer or timestamp column with no NULL as 8-byte big-endian ints in byte
+    planes (every value's first byte, then every second byte, ...: the planes of the high
+    bytes are nearly constant, which zstd sees; Blosc's shuffle)."""
     frames = []
     for i in range(0, len(rows), per_frame):
         columns = [list(c) for c in zip(*rows[i : i + per_frame], strict=True)]
-        if uuid_bytes:
-            columns[0] = [uuid.UUID(k).bytes for k in columns[0]]
-        frames.append([msgpack.packb(c) for c in columns])
+        frame = []
+        for n, values in enumerate(columns):
+            kind = None if types is None else types[n]
+            if kind == "uuid":
+                frame.append(b"".join(uuid.UUID(v).bytes for v in values))
+            elif kind in _INTEGERS and None not in values:
+                packed = struct.pack(f">{len(values)}q", *values)
+                frame.append(_PLANES + b"".join(packed[plane::8] for plane in range(8)))
+            elif kind in _INTEGERS:
+                frame.append(_MSGPACK + msgpack.packb(values))
+            else:
+                frame.append(msgpack.packb(values))
+        frames.append(frame)
     return frames
+
+
+def column_values(payload: bytes, kind: str | None, count: int) -> list[Any]:
+    """The values of one column payload of `column_frames` (`kind` None: untyped)."""
+    if kind == "uuid":
+        return [str(uuid.UUID(bytes=payload[k : k + 16])) for k in range(0, len(payload), 16)]
+    if kind in _INTEGERS and payload[:1] == _PLANES:
+        planes = [payload[1 + p * count : 1 + (p + 1) * count] for p in range(8)]
+        packed = bytes(b for value in zip(*planes, strict=True) for b in value)
+        return list(struct.unpack(f">{count}q", packed))
+    if kind in _INTEGERS:
+        payload = payload[1:]
+    return list(msgpack.unpackb(payload))
 
 
 @dataclass(frozen=True)
@@ -190,9 +226,10 @@ def measure_shape(shape: Shape, count: int) -> tuple[int, list[Option]]:
                 FRAME_ROWS,
             )
         )
+    types = [*shape.columns.values(), "integer"]
     for per_frame in (FRAME_ROWS, BIG_FRAME_ROWS):
-        for uuid_bytes in (False, True):
-            columns = column_frames(rows, per_frame, uuid_bytes=uuid_bytes)
+        for typed in (False, True):
+            columns = column_frames(rows, per_frame, types if typed else None)
             started = time.perf_counter()
             packed = [[zstd1.compress(c) for c in frame] for frame in columns]
             packing = time.perf_counter() - started
@@ -202,10 +239,10 @@ def measure_shape(shape: Shape, count: int) -> tuple[int, list[Option]]:
                     plain.decompress(c)
             unpacking = time.perf_counter() - started
             raw = sum(len(c) for frame in columns for c in frame)
-            key = ", key as 16 bytes" if uuid_bytes else ""
+            layout = ", typed (key as 16 bytes, integers in byte planes)" if typed else ""
             options.append(
                 Option(
-                    f"zstd -1 per column, frames of {per_frame:,} rows{key}",
+                    f"zstd -1 per column, frames of {per_frame:,} rows{layout}",
                     proposed,
                     sum(len(c) for frame in packed for c in frame),
                     raw / packing / 1e6,

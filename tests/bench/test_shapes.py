@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import uuid
-from itertools import islice
 from pathlib import Path
 
 import asyncpg
@@ -18,7 +17,7 @@ import pytest
 
 from bench.common import CRM_MODEL, PgServer, load_org, with_database
 from bench.firstsync import parse
-from bench.framecodecs import changes_frames, column_frames, key_ordered_rows
+from bench.framecodecs import changes_frames, column_frames, column_values, key_ordered_rows
 from bench.shapes import SHAPES, model_with, wire_values
 from protocol.coltypes import COLUMN_TYPES
 from syncd.model import ClientModel
@@ -92,16 +91,29 @@ async def test_crm_rows_load_by_copy_and_read_back_as_wire_values(
 
 
 def test_column_frames_hold_the_same_values_as_the_row_frames() -> None:
+    """Both column-wise layouts the codec micro-measure compresses are lossless."""
     rows = key_ordered_rows(CRM, 2500)
-    assert [str(r[0]) for r in rows] == sorted(str(r[0]) for r in rows)
-    frames = changes_frames(rows, 1000)
-    assert len(frames) == 3
-    columns = column_frames(rows, 1000, uuid_bytes=True)
-    decoded = [list(zip(*(msgpack.unpackb(c) for c in frame), strict=True)) for frame in columns]
-    assert [len(d) for d in decoded] == [1000, 1000, 500]
-    first = decoded[0][0]
-    assert first[0] == uuid.UUID(rows[0][0]).bytes
-    assert list(first[1:]) == list(islice(rows[0], 1, None))
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    assert len(changes_frames(rows, 1000)) == 3
+    types = [*CRM.columns.values(), "integer"]
+    for kinds in (None, types):
+        frames = column_frames(rows, 1000, kinds)
+        assert [len(f) for f in frames] == [len(types)] * 3
+        decoded = []
+        for frame, count in zip(frames, (1000, 1000, 500), strict=True):
+            values = [
+                column_values(c, None if kinds is None else kinds[n], count)
+                for n, c in enumerate(frame)
+            ]
+            decoded.append(list(zip(*values, strict=True)))
+        assert [row for frame in decoded for row in frame] == rows
+    # The typed layout does change the bytes: the key as 16 bytes, not 36 characters.
+    typed = column_frames(rows[:10], 10, types)[0]
+    assert len(typed[0]) == 160
+    # A NULL in an integer column of a frame falls back to msgpack, still lossless.
+    holes = [(r[0], None, *r[2:]) for r in rows[:3]]
+    (frame,) = column_frames(holes, 3, types)
+    assert column_values(frame[1], "integer", 3) == [None, None, None]
 
 
 def test_an_unknown_shape_is_refused_with_the_known_ones_named(
