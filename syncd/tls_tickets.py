@@ -24,6 +24,9 @@ key is read back after it is set. Any failure raises `TicketKeyError` saying whi
 failed; the daemon turns it into a start-up error naming the setting, because a configured
 key that is silently not used would only show as a slow storm.
 
+With the key, the context's tickets are also made good for 7 days, TLS 1.3's maximum,
+instead of OpenSSL's 2 hours (`TICKET_LIFETIME_SECONDS` says why).
+
 Calls are made from the event loop's thread, which is also the only thread that runs
 handshakes on the daemon's context, so a key is never replaced under a handshake.
 
@@ -47,6 +50,7 @@ from typing import Final
 
 __all__ = [
     "TICKET_KEY_BYTES",
+    "TICKET_LIFETIME_SECONDS",
     "TicketKeyError",
     "install_ticket_key",
     "key_name",
@@ -59,6 +63,11 @@ TICKET_KEY_BYTES: Final = 80
 #: `SSL_CTX_ctrl` commands behind the `SSL_CTX_{get,set}_tlsext_ticket_keys` macros (ssl.h).
 _GET_TICKET_KEYS: Final = 58
 _SET_TICKET_KEYS: Final = 59
+#: How long a ticket is good for: the most TLS 1.3 allows (RFC 8446, 4.6.1), not OpenSSL's
+#: 2 hours, because what matters is the restart storm, and a device that stayed connected
+#: for days before it holds a ticket as old as that connection. Rotating the key (SIGHUP)
+#: is what bounds the exposure of a key, not this.
+TICKET_LIFETIME_SECONDS: Final = 7 * 24 * 3600
 #: CPython versions whose ``PySSLContext`` is known to start with ``SSL_CTX *ctx``.
 _VERIFIED_PYTHONS: Final = ((3, 8), (3, 14))
 
@@ -105,7 +114,8 @@ def key_name(key: bytes) -> str:
 
 
 def install_ticket_key(ctx: ssl.SSLContext, key: bytes) -> None:
-    """Make `ctx` encrypt new tickets with `key` and accept tickets made with it.
+    """Make `ctx` encrypt new tickets with `key` and accept tickets made with it, for
+    `TICKET_LIFETIME_SECONDS`.
 
     Tickets under any earlier key of this context stop being accepted: their devices do
     one full handshake and get a ticket under the new key. Raises `TicketKeyError` when a
@@ -131,6 +141,9 @@ def install_ticket_key(ctx: ssl.SSLContext, key: bytes) -> None:
     ):
         lib.ERR_clear_error()
         raise TicketKeyError("OpenSSL did not keep the ticket key it was given")
+    lib.SSL_CTX_set_timeout(pointer, TICKET_LIFETIME_SECONDS)
+    if lib.SSL_CTX_get_timeout(pointer) != TICKET_LIFETIME_SECONDS:
+        raise TicketKeyError("OpenSSL did not keep the ticket lifetime it was given")
 
 
 class _LibSSL:
@@ -142,6 +155,8 @@ class _LibSSL:
             self.SSL_CTX_get_options = handle.SSL_CTX_get_options
             self.OpenSSL_version_num = handle.OpenSSL_version_num
             self.ERR_clear_error = handle.ERR_clear_error
+            self.SSL_CTX_set_timeout = handle.SSL_CTX_set_timeout
+            self.SSL_CTX_get_timeout = handle.SSL_CTX_get_timeout
         except AttributeError as exc:
             raise TicketKeyError(
                 f"the OpenSSL that Python's ssl module uses does not export {exc.name} "
@@ -156,6 +171,10 @@ class _LibSSL:
         self.OpenSSL_version_num.argtypes = []
         self.ERR_clear_error.restype = None
         self.ERR_clear_error.argtypes = []
+        self.SSL_CTX_set_timeout.restype = ctypes.c_long
+        self.SSL_CTX_set_timeout.argtypes = [ctypes.c_void_p, ctypes.c_long]
+        self.SSL_CTX_get_timeout.restype = ctypes.c_long
+        self.SSL_CTX_get_timeout.argtypes = [ctypes.c_void_p]
 
 
 _loaded: _LibSSL | None = None

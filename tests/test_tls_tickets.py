@@ -4,6 +4,7 @@ across restarts and instances, is tests/e2e/test_tls_resumption.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import ssl
@@ -12,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from syncd.client import client_context
+from syncd.devcerts import ensure_dev_pki
 from syncd.tls_tickets import (
     TICKET_KEY_BYTES,
+    TICKET_LIFETIME_SECONDS,
     TicketKeyError,
     _is_ssl_ctx_of,
     _libssl,
@@ -52,6 +56,38 @@ def test_installing_a_key_turns_tickets_on() -> None:
     ctx.options |= ssl.OP_NO_TICKET
     install_ticket_key(ctx, os.urandom(TICKET_KEY_BYTES))
     assert not ctx.options & ssl.OP_NO_TICKET
+
+
+async def test_tickets_made_under_a_key_are_good_for_seven_days(tmp_path: Path) -> None:
+    """OpenSSL's 2 hours would expire the ticket of a device connected since before that,
+    the usual case in the storm after a restart."""
+    pki = ensure_dev_pki(tmp_path / "certs")
+    server = server_context()
+    server.load_cert_chain(pki.server_cert, pki.server_key)
+    install_ticket_key(server, os.urandom(TICKET_KEY_BYTES))
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read(1))
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server)
+    try:
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1",
+                listener.sockets[0].getsockname()[1],
+                ssl=client_context(pki.ca_cert),
+                server_hostname="localhost",
+            )
+            writer.write(b"x")
+            await reader.readexactly(1)  # the ticket comes before it
+            session = writer.get_extra_info("ssl_object").session
+            writer.close()
+    finally:
+        listener.close()
+    assert session.has_ticket
+    assert session.ticket_lifetime_hint == TICKET_LIFETIME_SECONDS == 7 * 24 * 3600
 
 
 def test_a_key_of_the_wrong_size_is_refused() -> None:
