@@ -12,7 +12,7 @@ callback, so this module reaches the context's `SSL_CTX` itself through ctypes.
 
 How, and the guard around it. CPython's `_ssl` keeps the `SSL_CTX *` as the first field
 after ``PyObject_HEAD`` of its context object (``PySSLContext`` in ``Modules/_ssl.c``, the
-same from 3.8 to 3.14), so it is read at ``id(ctx) + object.__basicsize__``. OpenSSL's
+same from 3.8 to 3.13), so it is read at ``id(ctx) + object.__basicsize__``. OpenSSL's
 functions are looked up through the ``_ssl`` extension's own handle, which searches the
 libraries it was linked against: the libssl that made the context, not whichever one some
 other wheel brought along. Before anything is written, the pointer and the library are
@@ -68,8 +68,9 @@ _SET_TICKET_KEYS: Final = 59
 #: for days before it holds a ticket as old as that connection. Rotating the key (SIGHUP)
 #: is what bounds the exposure of a key, not this.
 TICKET_LIFETIME_SECONDS: Final = 7 * 24 * 3600
-#: CPython versions whose ``PySSLContext`` is known to start with ``SSL_CTX *ctx``.
-_VERIFIED_PYTHONS: Final = ((3, 8), (3, 14))
+#: CPython versions whose ``PySSLContext`` is known to start with ``SSL_CTX *ctx``: a newer
+#: one is refused (a clear start-up error) until its ``Modules/_ssl.c`` has been read.
+_VERIFIED_PYTHONS: Final = ((3, 8), (3, 13))
 
 
 class TicketKeyError(Exception):
