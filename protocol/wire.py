@@ -36,12 +36,28 @@ def _encode_value(value: object) -> object:
     return value
 
 
+_ENCODING: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
+_DECODING: dict[type[Any], tuple[tuple[str, bool, type[Any] | None, bool], ...]] = {}
+
+
+def _layout(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
+    """(name, omit when nil) per field, in declaration order. Read once per class: walking
+    ``dataclasses.fields()`` on every encode was a third of encoding a Checkpoint frame,
+    which the live fan-out does per device per change."""
+    layout = _ENCODING.get(cls)
+    if layout is None:
+        layout = tuple((f.name, bool(f.metadata.get("omit_nil"))) for f in fields(cls))
+        _ENCODING[cls] = layout
+    return layout
+
+
 def _struct_to_map(struct: object) -> dict[str, object]:
     # Fields marked omit_nil (added after version 1 shipped) are left out when nil.
+    cls: type[Any] = type(struct)
     return {
-        f.name: _encode_value(value)
-        for f in fields(struct)  # type: ignore[arg-type]
-        if (value := getattr(struct, f.name)) is not None or not f.metadata.get("omit_nil")
+        name: _encode_value(value)
+        for name, omit_nil in _layout(cls)
+        if (value := getattr(struct, name)) is not None or not omit_nil
     }
 
 
@@ -52,29 +68,46 @@ def to_wire(message: Message) -> dict[str, object]:
     return wire
 
 
+def _decoding_layout(cls: type[Any]) -> tuple[tuple[str, bool, type[Any] | None, bool], ...]:
+    """(name, optional, nested class, many) per field, read once per class (the server
+    decodes an Ack per device per live change)."""
+    layout = _DECODING.get(cls)
+    if layout is None:
+        layout = tuple(
+            (
+                f.name,
+                bool(f.metadata.get("optional")),
+                f.metadata.get("nested"),
+                bool(f.metadata.get("many")),
+            )
+            for f in fields(cls)
+        )
+        _DECODING[cls] = layout
+    return layout
+
+
 def _struct_from_map(cls: type[Any], wire: object, where: str) -> Any:
     if type(wire) is not dict:
         raise RemoteProtocolError(f"{where}: expected map, got {wire_type_name(wire)}")
     kwargs: dict[str, object] = {}
-    for f in fields(cls):
-        if f.name in wire:
-            value = wire[f.name]
-        elif f.metadata.get("optional"):
+    for name, optional, nested, many in _decoding_layout(cls):
+        if name in wire:
+            value = wire[name]
+        elif optional:
             value = None
         else:
-            raise RemoteProtocolError(f"{where}: missing field {f.name!r}")
-        nested = f.metadata.get("nested")
+            raise RemoteProtocolError(f"{where}: missing field {name!r}")
         if nested is not None and value is not None:
-            if f.metadata.get("many"):
+            if many:
                 if type(value) not in _ARRAY_TYPES:
-                    raise RemoteProtocolError(f"{where}.{f.name}: expected array")
+                    raise RemoteProtocolError(f"{where}.{name}: expected array")
                 value = tuple(
-                    _struct_from_map(nested, item, f"{where}.{f.name}[{index}]")
+                    _struct_from_map(nested, item, f"{where}.{name}[{index}]")
                     for index, item in enumerate(value)
                 )
             else:
-                value = _struct_from_map(nested, value, f"{where}.{f.name}")
-        kwargs[f.name] = value
+                value = _struct_from_map(nested, value, f"{where}.{name}")
+        kwargs[name] = value
     try:
         return cls(**kwargs)
     except LocalProtocolError as exc:

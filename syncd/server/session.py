@@ -193,6 +193,7 @@ class DeviceSession:
         # The last tokens this session sealed: an Ack of one of them needs no MAC check
         # (the common case, one per live window per device); any other Ack is opened.
         self._sealed: dict[bytes, SyncToken] = {}
+        self._kept_binding: tuple[object, Binding] | None = None
         self._complete: SyncToken | None = None
         """The last acknowledged checkpoint that covers every entity (``syncctl devices``)."""
         self._identity: tuple[str, str, str] | None = None
@@ -504,9 +505,16 @@ class DeviceSession:
         return origin_of(self._claims.subject, self.device_id)
 
     def _binding(self) -> Binding:
+        """Whom this session's tokens are for; kept per org record (a token is sealed per
+        live change, and ``UUID.bytes`` computes its bytes on every read)."""
         assert self.org is not None
         assert self._claims is not None
-        return Binding(self.org.record.incarnation.bytes, self._claims.subject, self.device_id)
+        record = self.org.record
+        kept = self._kept_binding
+        if kept is None or kept[0] is not record:
+            binding = Binding(record.incarnation.bytes, self._claims.subject, self.device_id)
+            kept = self._kept_binding = (record, binding)
+        return kept[1]
 
     def _on_dropped(self, checkpoint: Snapshot) -> None:
         if self.org is not None:
