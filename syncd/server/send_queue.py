@@ -10,11 +10,10 @@ the writer takes every queued frame at once and joins them into one TLS write.
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from protocol import Message, PreparedFrame
+from syncd.server.wakeup import Wakeup
 
 __all__ = ["Outgoing", "SendQueue"]
 
@@ -32,11 +31,12 @@ class SendQueue:
         self, limit: int, direct: Callable[[Sequence[Outgoing]], bool] | None = None
     ) -> None:
         self._direct = direct
-        self._items: deque[Outgoing] = deque()
+        # A list, not a deque: the writer takes everything at once, and a deque's first
+        # block is 760 bytes per session (``syncd.server.wakeup``).
+        self._items: list[Outgoing] = []
         self._limit = limit
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._readable = Wakeup()
+        self._writable = Wakeup(is_set=True)
 
     def offer(self, frames: Sequence[Outgoing]) -> bool:
         """Take a whole window or nothing; with nothing queued, `direct` (the session's
@@ -64,7 +64,6 @@ class SendQueue:
         while not self._items:
             self._readable.clear()
             await self._readable.wait()
-        items = list(self._items)
-        self._items.clear()
+        items, self._items = self._items, []
         self._writable.set()
         return items

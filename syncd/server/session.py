@@ -83,6 +83,7 @@ from syncd.server.sync_token import (
     SyncTokenError,
 )
 from syncd.server.upload_batch import apply_upload_batch
+from syncd.server.wakeup import Wakeup
 from syncd.store import (
     Snapshot,
     StoreClosed,
@@ -186,7 +187,7 @@ class DeviceSession:
         self._claims: Claims | None = None
         self._plan: DevicePlan | None = None
         self._end: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         self._dropped: Snapshot | None = None
         self._replan = False
         self._acked: SyncToken | None = None
