@@ -33,7 +33,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgpack
@@ -131,6 +131,8 @@ class Option:
     compress_mb_s: float
     decompress_mb_s: float | None
     rows_per_frame: int
+    #: For the column-wise layouts: compressed bytes of each column (with "_version").
+    columns: dict[str, int] = field(default_factory=dict)
 
 
 def _timed(pack: Callable[[bytes], bytes], payloads: Sequence[bytes]) -> tuple[list[bytes], float]:
@@ -227,6 +229,7 @@ def measure_shape(shape: Shape, count: int) -> tuple[int, list[Option]]:
             )
         )
     types = [*shape.columns.values(), "integer"]
+    names = [*shape.columns, "_version"]
     for per_frame in (FRAME_ROWS, BIG_FRAME_ROWS):
         for typed in (False, True):
             columns = column_frames(rows, per_frame, types if typed else None)
@@ -240,6 +243,10 @@ def measure_shape(shape: Shape, count: int) -> tuple[int, list[Option]]:
             unpacking = time.perf_counter() - started
             raw = sum(len(c) for frame in columns for c in frame)
             layout = ", typed (key as 16 bytes, integers in byte planes)" if typed else ""
+            by_column = dict.fromkeys(names, 0)
+            for frame in packed:
+                for column, c in zip(names, frame, strict=True):
+                    by_column[column] += len(c)
             options.append(
                 Option(
                     f"zstd -1 per column, frames of {per_frame:,} rows{layout}",
@@ -248,6 +255,7 @@ def measure_shape(shape: Shape, count: int) -> tuple[int, list[Option]]:
                     raw / packing / 1e6,
                     raw / unpacking / 1e6,
                     per_frame,
+                    by_column,
                 )
             )
     return sum(map(len, frames)), options
@@ -282,3 +290,8 @@ def codecs(shape_names: Sequence[str], count: int = DEFAULT_ROWS) -> None:
         print_table(
             ["codec", "protocol", "bytes/row", "ratio", "compress MB/s", "decompress MB/s"], table
         )
+        # Where the bytes go, column by column: what a layout would have to shrink.
+        for o in options:
+            if o.columns and o.rows_per_frame == FRAME_ROWS:
+                spread = ", ".join(f"{c} {n / count:.1f}" for c, n in o.columns.items())
+                print(f"bytes/row per column, {o.name}: {spread}")
