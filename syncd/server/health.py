@@ -112,12 +112,12 @@ class HealthMonitor:
 
     async def check(self) -> None:
         """Probe every database once and publish the result."""
-        control_error = await self._probe(self._control.ping, self._control.pool_saturated)
+        control_error = await self._probe(self._control.ping, self._control.answering)
         # An org without a model has no staging database yet (it is created with the
         # first model) and nothing to serve: probing it would only mark it down.
         orgs = [org for org in self._registry.all() if org.model is not None]
         results = await asyncio.gather(
-            *(self._probe(org.staging.ping, org.staging.pool_saturated) for org in orgs)
+            *(self._probe(org.staging.ping, org.staging.answering) for org in orgs)
         )
         org_errors = {
             org.name: error for org, error in zip(orgs, results, strict=True) if error is not None
@@ -126,9 +126,12 @@ class HealthMonitor:
         self._publish(control_error, org_errors)
 
     async def _probe(
-        self, query: Callable[[], Awaitable[object]], saturated: Callable[[], bool]
+        self, query: Callable[[], Awaitable[object]], answering: Callable[[float], bool]
     ) -> str | None:
-        if saturated():
+        # A pool whose statements came back a moment ago needs no probe: a busy event loop
+        # (a reconnect storm) can read a probe's reply too late and call a database that
+        # answers hundreds of statements a second down (``syncd.store.pooling``).
+        if answering(PROBE_TIMEOUT_SECONDS):
             return None
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):

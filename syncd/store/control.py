@@ -21,7 +21,7 @@ import orjson
 
 from syncd.model import ClientModel
 from syncd.store.devices import DeviceRecords
-from syncd.store.pooling import keep_session
+from syncd.store.pooling import SessionKeeper
 from syncd.store.sql import ORG_RE
 from syncd.store.sync_errors import SyncErrors
 
@@ -205,9 +205,10 @@ class StoredModel:
 class ControlStore:
     """Typed access to the control database through one bounded pool."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, keeper: SessionKeeper | None = None) -> None:
         self._pool = pool
         self._dsn = dsn
+        self._keeper = keeper
         #: Devices, instances, live sessions and revocations (issue 11), on the same pool.
         self.devices = DeviceRecords(pool)
         #: The sync error table (issue 11), on the same pool.
@@ -215,8 +216,9 @@ class ControlStore:
 
     @classmethod
     async def connect(cls, dsn: str, *, max_size: int = 4, migrate: bool = True) -> ControlStore:
-        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size, reset=keep_session)
-        store = cls(pool, dsn)
+        keeper = SessionKeeper()
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size, reset=keeper.reset)
+        store = cls(pool, dsn, keeper)
         if migrate:
             try:
                 await store.migrate()
@@ -232,10 +234,14 @@ class ControlStore:
         """One round trip on a pooled connection (the daemon's health probe)."""
         await self._pool.fetchval("SELECT 1")
 
-    def pool_saturated(self) -> bool:
-        """True when every connection is in use (a probe would only wait in line)."""
+    def answering(self, within: float) -> bool:
+        """True when the pool's own traffic shows the server answers: every connection is
+        in use (a probe would only wait in line behind them), or one came back healthy in
+        the last `within` seconds (``SessionKeeper``)."""
         pool = self._pool
-        return bool(pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0)
+        if pool.get_size() >= pool.get_max_size() and pool.get_idle_size() == 0:
+            return True
+        return self._keeper is not None and self._keeper.answered_within(within)
 
     async def expire_connections(self) -> None:
         """Replace pooled connections on next use (after the server restarted)."""

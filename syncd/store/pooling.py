@@ -12,14 +12,38 @@ syncd's connections hold no session state to reset: advisory locks are transacti
 transaction, and asyncpg itself still rolls back a transaction left open before calling
 this. A pool whose users do keep session
 state (the ingest role's queue takes a session-level advisory lock) keeps the default.
+
+The hook also notes when a connection last came back healthy (asyncpg calls it only for a
+connection that is open and not mid-cancellation): that the server answered a statement a
+moment ago is evidence it is up, which the daemon's health probe takes instead of a
+``SELECT 1`` of its own. In a reconnect storm the event loop can be too busy to read a
+probe's reply within the probe's timeout, and the probe then declared a database that was
+answering hundreds of statements a second "unreachable" and refused every new session
+(bench.fleet, 10,000 devices: 301 busy answers in one storm).
 """
 
 from __future__ import annotations
 
+import math
+import time
+
 import asyncpg
 
-__all__ = ["keep_session"]
+__all__ = ["SessionKeeper"]
 
 
-async def keep_session(_conn: asyncpg.Connection) -> None:
-    """Release a pooled connection as is (see the module docstring for why that is safe)."""
+class SessionKeeper:
+    """A pool's ``reset`` hook (one per pool): releases a connection as is (the module
+    docstring says why that is safe) and remembers when one last did."""
+
+    __slots__ = ("_answered_at",)
+
+    def __init__(self) -> None:
+        self._answered_at = -math.inf
+
+    async def reset(self, _conn: asyncpg.Connection) -> None:
+        self._answered_at = time.monotonic()
+
+    def answered_within(self, seconds: float) -> bool:
+        """Whether a connection came back healthy in the last `seconds`."""
+        return time.monotonic() - self._answered_at <= seconds

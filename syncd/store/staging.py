@@ -34,7 +34,7 @@ from syncd.store.feed import (
 from syncd.store.initial import initial_pages
 from syncd.store.lag import Lag, changes_after
 from syncd.store.listen import Listener
-from syncd.store.pooling import keep_session
+from syncd.store.pooling import SessionKeeper
 from syncd.store.schema import NOTIFY_CHANNEL, ensure_schema
 from syncd.store.snapshot import (
     MAX_RUNNING,
@@ -81,6 +81,7 @@ class StagingStore:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        self._keeper = SessionKeeper()
         self._closed = False
         # A reconnect storm's sessions ask these together (``syncd.group_call``): each
         # answer is read after its question, so sharing it changes no window.
@@ -111,7 +112,7 @@ class StagingStore:
                         min_size=0,
                         max_size=self._max_size,
                         server_settings=SERVER_SETTINGS,
-                        reset=keep_session,
+                        reset=self._keeper.reset,
                     )
         return self._pool
 
@@ -131,11 +132,15 @@ class StagingStore:
         idle = pool.get_idle_size()
         return pool.get_size() - idle, idle
 
-    def pool_saturated(self) -> bool:
-        """True when every connection of the pool is in use (a health probe would only wait
-        in line behind the sessions, and they are evidence enough that the server answers)."""
+    def answering(self, within: float) -> bool:
+        """True when the pool's own traffic shows the server answers: every connection is
+        in use (a health probe would only wait in line behind the sessions, and they are
+        evidence enough), or one came back healthy in the last `within` seconds
+        (``SessionKeeper``)."""
         in_use, idle = self.pool_usage()
-        return in_use >= self._max_size and idle == 0
+        if in_use >= self._max_size and idle == 0:
+            return True
+        return self._pool is not None and self._keeper.answered_within(within)
 
     async def close(self) -> None:
         """Close the pool for good; a later query raises StoreClosed."""
