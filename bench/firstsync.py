@@ -23,7 +23,8 @@ runs in a subprocess (its own core; its CPU and RSS are read from /proc). For ea
 
 Then, through bench/shaper.py (default 20 Mbit/s, 50 ms RTT), the SDK's first sync of a
 smaller org: time to the first usable entity (priority 0 committed), total time, and the
-total against the link's floor, bytes / bandwidth.
+total against the link's floor, bytes / bandwidth; then the same download by an SDK that
+offers no codec (what compression saves on such a link).
 
 `--feed-options` instead measures, on the first size, the shapes the server could read an
 initial download in (docs/ARCHITECTURE.md, "First sync of a big device"): the feed as it is
@@ -325,8 +326,15 @@ def sdk_client(
 
 
 async def sdk_download(
-    endpoint: Endpoint, org: str, path: Path, pid: int | None, port: int | None = None
+    endpoint: Endpoint,
+    org: str,
+    path: Path,
+    pid: int | None,
+    port: int | None = None,
+    **kw: Any,
 ) -> SdkResult:
+    """The SDK's first sync into a new database at `path`; `kw` goes to SyncClient (say,
+    `compression=()` for a device that offers no codec)."""
     first: list[float] = []
     started = time.perf_counter()
 
@@ -335,7 +343,7 @@ async def sdk_download(
             first.append(time.perf_counter() - started)
 
     with LocalDB.open(path) as db, PeakRss({"device": psutil.Process().pid, "daemon": pid}) as rss:
-        client = sdk_client(endpoint, db, org, port, on_priority_complete=usable)
+        client = sdk_client(endpoint, db, org, port, on_priority_complete=usable, **kw)
         stats = await client.sync_once()
         seconds = time.perf_counter() - started
     return SdkResult(
@@ -594,12 +602,29 @@ async def shaped(
             higher_is_better=False,
             params=params,
         )
+    # The same download by a device that offers no codec: what compression saves on a link.
+    async with ShapingProxy(endpoint.host, endpoint.port, link) as bare:
+        plain = await sdk_download(
+            endpoint, org, folder / "shaped-plain.db", pid, port=bare.port, compression=()
+        )
+    plain_floor = link.seconds_for(bare.downstream.bytes)
+    run.figure(
+        "shaped: total seconds, no compression",
+        "s",
+        [plain.seconds],
+        ceiling_samples=[plain_floor],
+        ceiling_name="bytes / bandwidth",
+        higher_is_better=False,
+        params=params,
+    )
     first = "n/a" if sdk.first_usable is None else f"{sdk.first_usable:.2f} s"
     print(
         f"\nshaped link {params['mbit']:g} Mbit/s, {params['rtt_ms']:g} ms RTT, {rows:,} accounts,"
         f" load {record.load_average()[0]:.2f}: first usable entity (priority 0) {first};"
         f" total {sdk.seconds:.1f} s for {mb(proxy.downstream.bytes)}, floor {floor:.1f} s"
-        f" ({sdk.seconds / floor:.2f}x)"
+        f" ({sdk.seconds / floor:.2f}x); without compression {plain.seconds:.1f} s for"
+        f" {mb(bare.downstream.bytes)}, floor {plain_floor:.1f} s"
+        f" ({plain.seconds / plain_floor:.2f}x)"
     )
 
 

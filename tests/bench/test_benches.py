@@ -268,3 +268,16 @@ def test_firstsync_compression_measures_both_row_shapes_end_to_end(runs: Runs) -
         assert (shape, f"codec zstd -1, {shape}: ratio") in codecs
         assert (shape, f"codec zstd -1 + 110 KiB dictionary per entity, {shape}: ratio") in codecs
         assert (shape, f"codec zstd -1 per column, frames of 1,000 rows, {shape}: ratio") in codecs
+
+
+def test_firstsync_times_the_shaped_link_with_and_without_compression(runs: Runs) -> None:
+    """Through the shaper, the SDK's download with zstd and without, each beside its floor:
+    without compression more bytes cross the link, so its floor is the higher one."""
+    doc, out = runs("firstsync")
+    figures = {f["name"]: f for f in doc["figures"]}
+    zstd, plain = figures["shaped: total seconds"], figures["shaped: total seconds, no compression"]
+    for f in (zstd, plain):
+        assert f["ceiling_name"] == "bytes / bandwidth"
+        assert f["samples"][0] >= f["ceiling_samples"][0] > 0
+    assert plain["ceiling_samples"][0] > 1.3 * zstd["ceiling_samples"][0]
+    assert "without compression" in out
