@@ -40,6 +40,11 @@ _log = logging.getLogger(__name__)
 
 #: A database that takes longer than this for `SELECT 1` is as good as down for devices.
 PROBE_TIMEOUT_SECONDS: Final = 2.0
+#: A probe that timed out while the event loop ran this late proves nothing about the
+#: database (a reconnect storm's handshakes can delay every callback by a second or more).
+LAG_INCONCLUSIVE_SECONDS: Final = 0.5
+#: How often the loop's lateness is sampled while a probe is out.
+LAG_TICK_SECONDS: Final = 0.05
 #: Restart backoff of the embedded server: quick first retries (orphaned backends exit in
 #: well under a second), then at most this long between attempts.
 RESTART_BACKOFF_START_SECONDS: Final = 0.1
@@ -54,6 +59,32 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class LoopLag:
+    """How late the event loop ran a ticker while the probes were out: the worst delay
+    past a tick's due time (``async with`` runs the ticker)."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopLag:
+        self._ticker = asyncio.create_task(self._tick(), name="health-loop-lag")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_TICK_SECONDS
+            await asyncio.sleep(LAG_TICK_SECONDS)
+            self.worst = max(self.worst, loop.time() - due)
 
 
 class HealthMonitor:
@@ -112,33 +143,27 @@ class HealthMonitor:
 
     async def check(self) -> None:
         """Probe every database once and publish the result."""
-        control_error = await self._probe(self._control.ping, self._control.answering)
-        # An org without a model has no staging database yet (it is created with the
-        # first model) and nothing to serve: probing it would only mark it down.
-        orgs = [org for org in self._registry.all() if org.model is not None]
-        results = await asyncio.gather(
-            *(self._probe(org.staging.ping, org.staging.answering) for org in orgs)
-        )
+        lag = LoopLag()
+        async with lag:
+            control_error = await probe(
+                self._control.ping, self._control.answering, lag, self.control_error
+            )
+            # An org without a model has no staging database yet (it is created with the
+            # first model) and nothing to serve: probing it would only mark it down.
+            orgs = [org for org in self._registry.all() if org.model is not None]
+            results = await asyncio.gather(
+                *(
+                    probe(
+                        org.staging.ping, org.staging.answering, lag, self.org_errors.get(org.name)
+                    )
+                    for org in orgs
+                )
+            )
         org_errors = {
             org.name: error for org, error in zip(orgs, results, strict=True) if error is not None
         }
         self._probed = {org.name: org for org in orgs}
         self._publish(control_error, org_errors)
-
-    async def _probe(
-        self, query: Callable[[], Awaitable[object]], answering: Callable[[float], bool]
-    ) -> str | None:
-        # A pool whose statements came back a moment ago needs no probe: a busy event loop
-        # (a reconnect storm) can read a probe's reply too late and call a database that
-        # answers hundreds of statements a second down (``syncd.store.pooling``).
-        if answering(PROBE_TIMEOUT_SECONDS):
-            return None
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-                await query()
-        except Exception as exc:
-            return _describe(exc)
-        return None
 
     def _publish(self, control_error: str | None, org_errors: dict[str, str]) -> None:
         if control_error != self.control_error:
@@ -187,6 +212,33 @@ class HealthMonitor:
             org.retry_ms = self._retry_ms
             up = everything_down is None and error is None
             metrics.org_staging_up.labels(org=org.name).set(1 if up else 0)
+
+
+async def probe(
+    query: Callable[[], Awaitable[object]],
+    answering: Callable[[float], bool],
+    lag: LoopLag,
+    previous: str | None,
+) -> str | None:
+    """One database's state: None when it answers, else why not; `previous` when a probe
+    timed out while the event loop itself was late (the result would be the loop's)."""
+    # A pool whose statements came back a moment ago needs no probe: a busy event loop
+    # (a reconnect storm) can read a probe's reply too late and call a database that
+    # answers hundreds of statements a second down (``syncd.store.pooling``).
+    if answering(PROBE_TIMEOUT_SECONDS):
+        return None
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            await query()
+    except TimeoutError as exc:
+        if lag.worst >= LAG_INCONCLUSIVE_SECONDS:
+            # The loop itself was that late: the reply may be sitting unread. Say
+            # nothing new; the next probe, or the sessions' own errors, will tell.
+            return previous
+        return _describe(exc)
+    except Exception as exc:
+        return _describe(exc)
+    return None
 
 
 class EmbeddedSupervisor:
