@@ -147,7 +147,6 @@ def plan_for(
         )
     params = filter_params(claims)
     subscriptions: list[Subscription] = []
-    schemas: list[EntitySchema] = []
     hashes: dict[str, str] = {}
     partitions: list[Partition] = []
     for name, access in profile.entities:
@@ -160,15 +159,12 @@ def plan_for(
             ) from None
         bound: Any = None if row_filter is None else row_filter.identity
         subscriptions.append(Subscription(entity, row_filter))
-        schemas.append(_entity_schema(entity))
         hashes[name] = _digest([entity.schema_json(), access.filter, bound])
         partitions.extend(_partitions(entity, access, row_filter, _node_of(profile)))
-    fingerprint = _digest([[s.name, s.key, [[c.name, c.type] for c in s.columns]] for s in schemas])
-    summary = ModelSummary(fingerprint=fingerprint, entities=tuple(schemas))
     return DevicePlan(
         model_version,
         profile_name,
-        summary,
+        _summary(model, profile),
         tuple(subscriptions),
         hashes,
         tuple(partitions),
@@ -209,6 +205,28 @@ def _partitions(
         key = _digest([schema, f.identity])
         out.append(Partition(key, Subscription(entity, f), piece.column, piece.value))
     return tuple(out)
+
+
+#: The Welcome's model summary per (model, profile), shared by every session of the profile
+#: (it depends on no claim): built per session, it was ~1 KiB of each idle device's memory
+#: and a digest per connect. The model is kept in the value so its id cannot be reused.
+_SUMMARIES: dict[tuple[int, str], tuple[ClientModel, ModelSummary]] = {}
+#: A bound, not a policy: models are replaced on every model change.
+_SUMMARIES_KEPT = 256
+
+
+def _summary(model: ClientModel, profile: Profile) -> ModelSummary:
+    key = (id(model), profile.name)
+    kept = _SUMMARIES.get(key)
+    if kept is not None and kept[0] is model:
+        return kept[1]
+    schemas = [_entity_schema(model.entity(name)) for name, _ in profile.entities]
+    fingerprint = _digest([[s.name, s.key, [[c.name, c.type] for c in s.columns]] for s in schemas])
+    summary = ModelSummary(fingerprint=fingerprint, entities=tuple(schemas))
+    if len(_SUMMARIES) >= _SUMMARIES_KEPT:
+        _SUMMARIES.clear()
+    _SUMMARIES[key] = (model, summary)
+    return summary
 
 
 def _entity_schema(entity: Entity) -> EntitySchema:
