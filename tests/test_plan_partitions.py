@@ -237,15 +237,15 @@ def test_filters_whose_rows_move_other_ways_are_not_keyed() -> None:
 
 def test_sessions_of_one_profile_share_the_welcome_summary_until_the_model_changes() -> None:
     first = model({"filter": CLAIM_TEAMS})
-    a = plan_for(first, 1, "sales", Claims("6", "o", 2**40, (), (1,), {}))
-    b = plan_for(first, 1, "sales", Claims("7", "o", 2**40, (), (2,), {}))
+    a = plan_for(first, 1, "sales", Claims("6", "o", 2**40, (), ("1",), {}))
+    b = plan_for(first, 1, "sales", Claims("7", "o", 2**40, (), ("2",), {}))
     assert a.hashes != b.hashes  # their filters differ by their claims
     assert a.summary is b.summary  # the model summary is one object, not one per session
     changed = field_model()
     changed["entities"]["account"]["columns"]["extra"] = "text"
     del changed["memberships"]
     changed["profiles"] = {"sales": {"offline": True, "entities": {"account": {}, "task": {}}}}
-    c = plan_for(ClientModel.parse(changed), 2, "sales", Claims("6", "o", 2**40, (), (1,), {}))
+    c = plan_for(ClientModel.parse(changed), 2, "sales", Claims("6", "o", 2**40, (), ("1",), {}))
     account = next(e for e in c.summary.entities if e.name == "account")
     assert "extra" in [col.name for col in account.columns]
     assert c.summary.fingerprint != a.summary.fingerprint
