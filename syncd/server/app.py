@@ -125,6 +125,7 @@ class Daemon:
         the collector's objects after waves of new sessions (``syncd.gc_freeze``)."""
         self._verifier: TokenVerifier | None = None
         self._device_tls: ssl.SSLContext | None = None
+        self._ticket_key_name: str | None = None
         self._run = _Running()
         sync = config.sync
         self.admission = Admission(
@@ -199,12 +200,11 @@ class Daemon:
         if cfg.server.dev_mode:
             dev_key = ensure_dev_pki(cfg.server.tls_cert.parent).token_key
         check_files(cfg)
-        tls = server_tls_context(
-            cfg.server.tls_cert,
-            cfg.server.tls_key,
-            prefix="server",
-            ticket_key=cfg.server.tls_ticket_key,
-        )
+        tls = server_tls_context(cfg.server.tls_cert, cfg.server.tls_key, prefix="server")
+        if cfg.server.tls_ticket_key is not None:
+            self._ticket_key_name = install_ticket_key_file(
+                tls, cfg.server.tls_ticket_key, "server.tls_ticket_key"
+            )
         self._device_tls = tls
         run.device_server = await _listen(
             "server.listen",
@@ -279,6 +279,8 @@ class Daemon:
                 "admin": str(cfg.admin.socket),
                 "orgs": len(run.registry.all()),
                 "devices_at_most": device_capacity(),
+                # The same on every instance that shares the file (None: this process's own).
+                "tls_ticket_key_name": self._ticket_key_name,
             },
         )
         if device_capacity() < FEW_DEVICES:
@@ -310,6 +312,7 @@ class Daemon:
                 "TLS ticket key not reloaded, the previous one stays", extra={"error": str(exc)}
             )
             return
+        self._ticket_key_name = name
         _log.info("TLS ticket key reloaded", extra={"key_name": name})
 
     async def _token_verifier(self) -> TokenVerifier:

@@ -69,6 +69,7 @@ async def test_sighup_installs_the_new_key(tmp_path: Path, control_dsn: str) -> 
     base = tmp_path / "var"
     pki = ensure_dev_pki(base / "certs")
     path = key_file(tmp_path / "ticket.key")
+    first_key = path.read_text()
     env = {
         "PATH": os.environ.get("PATH", ""),
         "XDG_RUNTIME_DIR": str(tmp_path),
@@ -91,6 +92,8 @@ async def test_sighup_installs_the_new_key(tmp_path: Path, control_dsn: str) -> 
     try:
         async with asyncio.timeout(60):
             serving = await logged("syncd serving")
+            # What an operator compares across instances: the key's public name.
+            assert serving["tls_ticket_key_name"] == first_key[:32]
             port = int(str(serving["devices"]).rsplit(":", 1)[1])
             # A device of an org this daemon does not serve: refused after TLS, which is
             # all this needs (its session holds the daemon's ticket by then).
