@@ -254,7 +254,9 @@ class FleetDevice:
 
 
 async def _next(conn: Connection, reader: asyncio.StreamReader) -> Message | Error:
-    """The next message (an Error included); EOFError when the daemon closed."""
+    """The next message (an Error included); ConnectionResetError when the daemon closed,
+    which a device retries as the SDK does (a daemon too busy to finish a TLS handshake
+    within its timeout closes a connection the device already counts as open)."""
     while True:
         event = conn.next_event()
         if event is NEED_DATA:
@@ -262,7 +264,7 @@ async def _next(conn: Connection, reader: asyncio.StreamReader) -> Message | Err
             conn.receive_data(data)
             continue
         if isinstance(event, ConnectionClosed):
-            raise EOFError("closed")
+            raise ConnectionResetError("the daemon closed the connection")
         assert isinstance(event, Message)
         return event
 
