@@ -611,29 +611,40 @@ class Daemon:
         self, tasks: Iterable[asyncio.Task[None]], seconds: float, *, forced_too: bool = False
     ) -> set[asyncio.Task[None]]:
         """Wait for `tasks` up to `seconds` (or until a second signal, unless `forced_too`);
-        return those still running."""
+        return those still running.
+
+        One done-callback per task and one future for all of them: ``asyncio.wait(...,
+        FIRST_COMPLETED)`` in a loop added and removed a callback on every remaining task
+        each time one finished, O(n^2) for n sessions, and at 10,000 sessions that
+        bookkeeping was an eighth of a shutdown that then outlasted its grace."""
         tasks = list(tasks)
-        waiting: set[asyncio.Future[Any]] = set(tasks)
-        if not waiting:
+        running = [task for task in tasks if not task.done()]
+        if not running:
             return set()
+        all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        left = len(running)
+
+        def one_done(_task: asyncio.Task[None]) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0 and not all_done.done():
+                all_done.set_result(None)
+
+        for task in running:
+            task.add_done_callback(one_done)
+        waiting: set[asyncio.Future[Any]] = {all_done}
         force: asyncio.Task[Any] | None = None
         if not forced_too:
             force = asyncio.create_task(self.force_exit.wait())
             waiting.add(force)
         try:
-            deadline = time.monotonic() + seconds
-            while (remaining := deadline - time.monotonic()) > 0:
-                done, _ = await asyncio.wait(
-                    waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiting -= done
-                if force is not None and force in done:
-                    break
-                if waiting <= {force}:
-                    break
+            await asyncio.wait(waiting, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if force is not None:
                 force.cancel()
+            for task in running:
+                task.remove_done_callback(one_done)
+            all_done.cancel()
         return {task for task in tasks if not task.done()}
 
 
