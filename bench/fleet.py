@@ -397,7 +397,8 @@ def _log_problems(path: Path) -> str:
         if entry.get("msg") == "sessions drained":
             drained = {k: entry.get(k) for k in ("closed", "cancelled", "unfinished", "seconds")}
         if level in ("warning", "error", "critical"):
-            counts[(level, str(entry.get("msg", ""))[:80])] += 1
+            cause = f" ({entry['error']})" if entry.get("error") else ""  # e.g. a probe's
+            counts[(level, (str(entry.get("msg", "")) + cause)[:120])] += 1
             if not first_exception and entry.get("exc"):
                 first_exception = str(entry["exc"]).splitlines()[-1][:200]
     summary = f"{path.name}: sessions drained {drained or '(no line)'}; "
