@@ -40,8 +40,9 @@ _log = logging.getLogger(__name__)
 
 #: A database that takes longer than this for `SELECT 1` is as good as down for devices.
 PROBE_TIMEOUT_SECONDS: Final = 2.0
-#: A probe that timed out while the event loop ran this late proves nothing about the
-#: database (a reconnect storm's handshakes can delay every callback by a second or more).
+#: A probe that timed out while the event loop stalled this long, or ran its 50 ms ticks a
+#: tick late on average, proves nothing about the database (a reconnect storm's handshakes
+#: delay every callback; bench.fleet's 10,000-device storms had both).
 LAG_INCONCLUSIVE_SECONDS: Final = 0.5
 #: How often the loop's lateness is sampled while a probe is out.
 LAG_TICK_SECONDS: Final = 0.05
@@ -62,12 +63,24 @@ def _describe(exc: BaseException) -> str:
 
 
 class LoopLag:
-    """How late the event loop ran a ticker while the probes were out: the worst delay
-    past a tick's due time (``async with`` runs the ticker)."""
+    """How late the event loop ran a ticker while the probes were out: the worst delay past
+    a tick's due time, and the mean (``async with`` runs the ticker)."""
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self._late = 0.0
+        self._ticks = 0
         self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def mean(self) -> float:
+        return self._late / self._ticks if self._ticks else 0.0
+
+    def busy(self) -> bool:
+        """Whether the loop was too late for a probe's timeout to mean anything: one stall
+        of LAG_INCONCLUSIVE_SECONDS, or every tick a tick late on average (a probe needs
+        a dozen loop steps: a new pooled connection's start-up, the statement, the release)."""
+        return self.worst >= LAG_INCONCLUSIVE_SECONDS or self.mean >= LAG_TICK_SECONDS
 
     async def __aenter__(self) -> LoopLag:
         self._ticker = asyncio.create_task(self._tick(), name="health-loop-lag")
@@ -84,7 +97,10 @@ class LoopLag:
         while True:
             due = loop.time() + LAG_TICK_SECONDS
             await asyncio.sleep(LAG_TICK_SECONDS)
-            self.worst = max(self.worst, loop.time() - due)
+            late = loop.time() - due
+            self.worst = max(self.worst, late)
+            self._late += late
+            self._ticks += 1
 
 
 class HealthMonitor:
@@ -231,7 +247,7 @@ async def probe(
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
             await query()
     except TimeoutError as exc:
-        if lag.worst >= LAG_INCONCLUSIVE_SECONDS:
+        if lag.busy():
             # The loop itself was that late: the reply may be sitting unread. Say
             # nothing new; the next probe, or the sessions' own errors, will tell.
             return previous
