@@ -43,9 +43,6 @@ class GroupCall(Generic[T, R]):
         self._isolate = isolate
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._rounds: asyncio.Task[None] | None = None
-        self.rounds = 0
-        """Rounds run so far (each cost one call of ``answer``, or one per item if isolated
-        after a failure): what the tests and the bench compare with the items."""
 
     async def __call__(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -69,7 +66,6 @@ class GroupCall(Generic[T, R]):
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                self.rounds += 1
                 await self._round(batch)
                 batch = []
         finally:  # cancelled (the loop is closing): nobody is left waiting forever

@@ -23,9 +23,6 @@ class Wakeup:
         self._is_set = is_set
         self._waiters: list[asyncio.Future[None]] | None = None
 
-    def is_set(self) -> bool:
-        return self._is_set
-
     def set(self) -> None:
         self._is_set = True
         waiters, self._waiters = self._waiters, None
