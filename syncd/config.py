@@ -162,6 +162,8 @@ class SyncConfig:
     max_frame_size: int
     heartbeat_interval_seconds: float
     handshake_timeout_seconds: float
+    max_tls_handshakes: int
+    """TLS handshakes of device connections run at once; more accepted ones wait a turn."""
     idle_timeout_seconds: float
     token_expiry_warning_seconds: float
     shutdown_grace_seconds: float
@@ -584,6 +586,7 @@ def _sync(s: _Section) -> SyncConfig:
         max_frame_size=s.integer("max_frame_size", 4 * 1024 * 1024, 1024, 256 * 1024 * 1024),
         heartbeat_interval_seconds=heartbeat,
         handshake_timeout_seconds=s.number("handshake_timeout_seconds", 10.0, 0.1, 600.0),
+        max_tls_handshakes=s.integer("max_tls_handshakes", 256, 1, 1_000_000),
         idle_timeout_seconds=idle,
         token_expiry_warning_seconds=s.number("token_expiry_warning_seconds", 120.0, 0.0, 86400.0),
         shutdown_grace_seconds=s.number("shutdown_grace_seconds", 10.0, 0.0, 3600.0),

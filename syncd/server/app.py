@@ -125,6 +125,8 @@ class Daemon:
         the collector's objects after waves of new sessions (``syncd.gc_freeze``)."""
         self._verifier: TokenVerifier | None = None
         self._device_tls: ssl.SSLContext | None = None
+        self._kept_settings: tuple[Config, SessionSettings] | None = None
+        self._handshakes = asyncio.Semaphore(config.sync.max_tls_handshakes)
         self._ticket_key_name: str | None = None
         self._run = _Running()
         sync = config.sync
@@ -209,12 +211,10 @@ class Daemon:
         run.device_server = await _listen(
             "server.listen",
             cfg.server.listen,
-            asyncio.start_server(
-                self._on_device,
+            asyncio.get_running_loop().create_server(
+                self._new_session,
                 cfg.server.listen.host,
                 cfg.server.listen.port,
-                ssl=tls,
-                ssl_handshake_timeout=cfg.sync.handshake_timeout_seconds,
                 backlog=4096,
                 start_serving=False,
             ),
@@ -426,46 +426,96 @@ class Daemon:
                 raise listen_error("admin.tcp_listen", str(cfg.admin.tcp_listen), exc) from None
             raise StartupError("admin.socket", f"{cfg.admin.socket}: {exc.strerror}") from None
 
-    async def _on_device(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _new_session(self) -> DeviceSession:
+        """The protocol of a device connection being accepted (its TLS handshake follows)."""
         run = self._run
         cfg = self.config
         assert run.registry is not None
         assert run.devices is not None
         assert self._verifier is not None
-        session = DeviceSession(
-            reader,
-            writer,
+        settings = self._kept_settings
+        if settings is None or settings[0] is not cfg:
+            # One settings object for every session of a configuration, not one each.
+            settings = self._kept_settings = (cfg, _session_settings(cfg))
+        return DeviceSession(
             registry=run.registry,
             devices=run.devices,
             verifier=self._verifier,
-            settings=_session_settings(cfg),
+            settings=settings[1],
             metrics=self.metrics,
             admission=self.admission,
+            serve=self._serve_device,
         )
+
+    def _serve_device(self, session: DeviceSession) -> None:
+        """A device finished its TLS handshake: run its session in a task of its own."""
+        run = self._run
         if self.draining:
-            session.going_away(_retry_ms(cfg), "server is draining")
+            session.going_away(_retry_ms(self.config), "server is draining")
         run.sessions.add(session)
-        task = asyncio.current_task()
-        if task is not None:
-            run.session_tasks.add(task)
+        task = asyncio.get_running_loop().create_task(self._run_session(session))
+        run.session_tasks.add(task)
         waves = self.gc_waves
         if waves is not None:
             waves.opened()
+
+    async def _run_session(self, session: DeviceSession) -> None:
+        run = self._run
+        task = asyncio.current_task()
         try:
-            await session.run()
+            if await self._secure(session):
+                await session.run()
         except asyncio.CancelledError:
             # Shutdown cancels the sessions that outlive its grace, and this task ends
-            # there. It is asyncio.start_server's connection task, whose done-callback asks
-            # task.exception(): for a cancelled task that raises, and asyncio logs "Exception
-            # in callback" with a traceback per session (10,100 of them took most of a 29 s
-            # shutdown in bench.fleet). The session is over either way: end normally.
+            # there. Nobody awaits a session's task, so a cancelled one that raised would
+            # only be logged ("Exception in callback" with a traceback per session, when
+            # asyncio.start_server ran them: 10,100 of them took most of a 29 s shutdown in
+            # bench.fleet). The session is over either way: end normally.
             pass
         finally:
             run.sessions.discard(session)
             if task is not None:
                 run.session_tasks.discard(task)
+            waves = self.gc_waves
             if waves is not None:
                 waves.ended()
+
+    async def _secure(self, session: DeviceSession) -> bool:
+        """The device's TLS handshake, at most ``sync.max_tls_handshakes`` at once.
+
+        Why (issue 10, reconnect storms): with TLS on the listening socket every accepted
+        connection's handshake ran at once, so 10,000 devices reconnecting shared the loop
+        10,000 ways, none finished early, and those past the handshake timeout were dropped
+        to retry (700-1,400 retries in three of five storms). Under a budget the early
+        handshakes finish early and their devices get on with their sessions, while later
+        connections wait, accepted and unread, for a turn; the timeout counts from the start
+        of a connection's own handshake (PROTOCOL.md, "Handshake deadlines")."""
+        tls = self._device_tls
+        assert tls is not None
+        plain = session.transport
+        async with self._handshakes:
+            if self.draining or plain.is_closing():
+                plain.abort()  # shutting down: the device reconnects to whoever serves next
+                return False
+            try:
+                secured = await asyncio.get_running_loop().start_tls(
+                    plain,
+                    session,
+                    tls,
+                    server_side=True,
+                    ssl_handshake_timeout=self.config.sync.handshake_timeout_seconds,
+                )
+            except (OSError, ssl.SSLError, TimeoutError, RuntimeError) as exc:
+                # Not a TLS client, a failed or timed-out handshake, or a device that gave
+                # up: nothing of a session began, and none is logged above debug.
+                _log.debug("TLS handshake failed", extra={"error": type(exc).__name__})
+                plain.abort()
+                return False
+        if secured is None:  # asyncio's type allows it; a server-side start_tls returns one
+            plain.abort()
+            return False
+        session.secured(secured)
+        return True
 
     async def _expire_connections(self) -> None:
         """After the embedded server restarted: no pooled connection of the dead one is

@@ -1,17 +1,24 @@
 """One device session: handshake, catch-up, live mode, and the messages a device sends.
 
 Strategy. The protocol object (`protocol.Connection`, sans-IO) validates every byte and
-every transition; this module wraps it in asyncio the way uvicorn wraps h11. Three tasks
-share a session:
+every transition; this module wraps it in asyncio the way uvicorn wraps h11: the session is
+the connection's `asyncio.Protocol`, so a live device that is idle or keeping up costs one
+task, not five (issue 10: memory per device, and a task wakeup per Ack).
 
 * the main task runs the handshake, then the sync loop: catch up from the device's
   checkpoint in batches (each batch fetched on a pooled connection that is released
   before the frame is queued, ARCHITECTURE.md decision 5), then join the org's live hub and wait
   until the hub drops us (slow device), the configuration changes, or the session ends;
-* the reader task decodes what the device sends (acks, pings, uploads, token refreshes)
-  and enforces the idle timeout;
-* the writer task drains the bounded outgoing queue, joining every queued frame into one
-  TLS write (ARCHITECTURE.md, ceilings: one write per small frame caps fan-out at ~60k frames/s).
+* what the device sends (acks, pings, uploads, token refreshes) is decoded in
+  `data_received` itself; a message that must wait on something (an upload, a token
+  refresh, an Ack of a token this session did not seal lately) is handled by a task of
+  its own while reading pauses, so messages still apply one at a time in the order sent;
+* frames are written to the transport by whoever produces them while nothing is queued;
+  a writer task exists only while frames are queued behind a full transport, and joins
+  every queued frame into one TLS write (ARCHITECTURE.md, ceilings: one write per small
+  frame caps fan-out at ~60k frames/s);
+* one timer handle per session sends the heartbeat, warns before the token expires and
+  enforces the idle timeout.
 
 Whatever ends the session (a protocol error, an auth failure, the daemon draining, the
 device leaving) is funnelled into `_End`, which carries the Error code to send, if any.
@@ -21,14 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, assert_never
+from typing import Any, assert_never, cast
 
 from protocol import (
     NEED_DATA,
@@ -95,13 +103,13 @@ __all__ = ["DeviceSession", "SessionSettings"]
 
 _log = logging.getLogger(__name__)
 
-# Reads are sized to a TLS record's worth of frames; bigger reads only add latency.
-READ_CHUNK = 64 * 1024
 # Unsent bytes a transport may hold and still take a live window directly (the hub's
 # fast path); above it frames queue and the writer task waits for the device.
 DIRECT_WRITE_BUFFER = 64 * 1024
 # Tokens kept per session for Acks (each ~100 bytes): devices ack within a frame or two.
 SEALED_KEPT = 4
+# A timer may run up to the loop's clock resolution early; a deadline this close counts.
+_TIMER_SLACK = 0.002
 
 
 @dataclass(frozen=True)
@@ -145,19 +153,75 @@ class _End(Exception):
         return cls.code(exc.code, exc.message, exc.retry_after_ms)
 
 
-class DeviceSession:
-    """One device connection, from Hello to close.
+class DeviceSession(asyncio.Protocol):
+    """One device connection, from Hello to close, and the connection's asyncio protocol.
 
     Authenticates the token, sends Welcome, brings the device up to date (resuming from its
     sync token or downloading anew), joins the org's live hub, applies uploads and answers
     heartbeats. It holds no database connection while it waits on the network, and its
     outbox is bounded (ARCHITECTURE.md decision 5).
+
+    `serve(session)` is called when the TCP connection is accepted (`connection_made`,
+    reading paused); the caller runs the TLS handshake over `transport` with this session as
+    its protocol (``loop.start_tls``), hands the TLS transport to `secured` and runs
+    `session.run()`, in a task of its own.
     """
+
+    # Slots, not a dict: a dict of ~50 attributes was 1.6 KiB of every live device.
+    __slots__ = (
+        "_acked",
+        "_acked_counter",
+        "_admission",
+        "_busy",
+        "_claims",
+        "_complete",
+        "_conn",
+        "_context",
+        "_counters",
+        "_devices",
+        "_download_slot",
+        "_download_started",
+        "_dropped",
+        "_end",
+        "_end_cancelled",
+        "_identity",
+        "_kept_binding",
+        "_lag_children",
+        "_last_received",
+        "_loop",
+        "_lost",
+        "_member",
+        "_metrics",
+        "_next_ping",
+        "_nonce",
+        "_plan",
+        "_reading",
+        "_received",
+        "_received_counter",
+        "_registry",
+        "_replan",
+        "_sealed",
+        "_sends",
+        "_serve",
+        "_settings",
+        "_sync_task",
+        "_timer",
+        "_transport",
+        "_verifier",
+        "_wake",
+        "_warned",
+        "_write_paused",
+        "_write_room",
+        "_writer",
+        "device_id",
+        "org",
+        "session_id",
+        "state",
+        "stats",
+    )
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         *,
         registry: OrgRegistry,
         devices: DeviceControl,
@@ -165,9 +229,31 @@ class DeviceSession:
         settings: SessionSettings,
         metrics: Metrics,
         admission: Admission,
+        serve: Callable[[DeviceSession], object],
     ) -> None:
-        self._reader = reader
-        self._writer = writer
+        self._serve = serve
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._received = Wakeup()
+        """Set by each read before reading is live (what the handshake waits on)."""
+        self._reading = False
+        """Live reading: `data_received` handles messages itself (from after Welcome)."""
+        self._busy: asyncio.Task[None] | None = None
+        """A message being handled that had to wait; reading is paused meanwhile."""
+        self._writer: asyncio.Task[None] | None = None
+        self._write_paused = False
+        self._write_room = Wakeup(is_set=True)
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_received = 0.0
+        self._next_ping = 0.0
+        self._nonce = 0
+        self._warned = False
+        self._context: contextvars.Context | None = None
+        """The session's log context, for what runs in transport callbacks and timers."""
+        self._sync_task: asyncio.Task[Any] | None = None
+        self._end_cancelled = False
+        self._received_counter: Any = None
         self._registry = registry
         self._devices = devices
         self._verifier = verifier
@@ -177,7 +263,9 @@ class DeviceSession:
         self._download_slot: DownloadSlot | None = None
         """Held from Welcome to the first catch-up of a device with no token (admission)."""
         self._conn = Connection(Role.SERVER, max_frame_size=settings.max_frame_size)
-        self._sends = SendQueue(settings.send_queue_frames, direct=self._write_direct)
+        self._sends = SendQueue(
+            settings.send_queue_frames, direct=self._write_direct, on_queued=self._start_writer
+        )
         self._counters: tuple[Any, Any] | None = None
         self._lag_children: dict[str, Any] = {}
         self._acked_counter: Any = None
@@ -186,7 +274,7 @@ class DeviceSession:
         self.org: OrgRuntime | None = None
         self._claims: Claims | None = None
         self._plan: DevicePlan | None = None
-        self._end: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
+        self._end: asyncio.Future[_End] = self._loop.create_future()
         self._wake = Wakeup()
         self._dropped: Snapshot | None = None
         self._replan = False
@@ -200,10 +288,62 @@ class DeviceSession:
         self._identity: tuple[str, str, str] | None = None
         self._download_started: float | None = None
         """When a download from nothing began (syncd_first_sync_seconds), until it completes."""
-        self._tasks: list[asyncio.Task[None]] = []
         self._member: LiveMember | None = None
         self.state = "handshake"
         self.stats = SessionStats()
+
+    # --- asyncio protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The TCP connection, before TLS: nothing is read until the handshake starts, so
+        the ClientHello waits in the kernel for ``start_tls`` instead of being read here."""
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.pause_reading()
+        self._serve(self)
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The connection's transport: TCP until `secured`, then TLS."""
+        return self._transport_of()
+
+    def secured(self, transport: asyncio.Transport) -> None:
+        """The TLS handshake is done: from now on the session speaks over `transport`."""
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.bytes_received += len(data)
+        counter = self._received_counter
+        if counter is None and self.org is not None:
+            counter = self._received_counter = self._metrics.bytes_received.labels(
+                org=self.org.name
+            )
+        if counter is not None:
+            counter.inc(len(data))
+        self._last_received = self._loop.time()
+        self._conn.receive_data(data)
+        self._on_input()
+
+    def eof_received(self) -> bool:
+        self._conn.receive_data(b"")
+        self._on_input()
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self._write_room.set()  # a writer waiting for room learns the connection is gone
+        if exc is not None:
+            self._finish_with(_End(None, why="connection lost"))
+        self._conn.receive_data(b"")
+        self._on_input()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._write_room.clear()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._write_room.set()
 
     # --- entry points -------------------------------------------------------------------
 
@@ -222,27 +362,9 @@ class DeviceSession:
                 self._download_started = started
             await self._welcome(hello)
             self._metrics.handshake_seconds.observe(time.monotonic() - started)
-            self._tasks = [
-                asyncio.create_task(self._write_loop()),
-                asyncio.create_task(self._read_loop()),
-                asyncio.create_task(self._heartbeat_loop()),
-            ]
-            sync = asyncio.create_task(self._sync(hello))
-            try:
-                waiters: list[asyncio.Future[Any]] = [sync, self._end]
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sync.cancel()
-                with contextlib.suppress(asyncio.CancelledError, _End):
-                    await sync
-            if sync.done() and not sync.cancelled() and sync.exception() is not None:
-                exc = sync.exception()
-                if isinstance(exc, _End):
-                    end = exc
-                else:
-                    raise exc  # type: ignore[misc]
-            if end is None and self._end.done():
-                end = self._end.result()
+            self._context = contextvars.copy_context()
+            self._start_reading()
+            end = await self._sync_until_end(hello)
         except TimeoutError:
             end = _End.code(ErrorCode.HANDSHAKE_TIMEOUT, "no Hello within the handshake timeout")
         except _End as exc:
@@ -264,6 +386,22 @@ class DeviceSession:
             why = end.why if end is not None else "connection lost"
             if self.stats.log_end(why):
                 self._metrics.refusals.labels(code=why).inc()
+
+    async def _sync_until_end(self, hello: Hello) -> _End:
+        """Run the sync loop in this task until something ends the session: `_finish_with`
+        cancels the loop (one task per session instead of a sync task beside a waiter)."""
+        task = asyncio.current_task()
+        assert task is not None
+        if not self._end.done():
+            self._sync_task = task
+            try:
+                await self._sync(hello)
+            except asyncio.CancelledError:
+                if not self._end_cancelled or task.uncancel() > 0:
+                    raise  # cancelled from outside too (shutdown's grace is over)
+            finally:
+                self._sync_task = None
+        return self._end.result()
 
     def _observe_lag(self, when: str, token: SyncToken) -> None:
         if token.at is not None and self.org is not None:
@@ -308,12 +446,15 @@ class DeviceSession:
         while True:
             event = self._conn.next_event()
             if event is NEED_DATA:
-                data = await self._reader.read(READ_CHUNK)
-                self._conn.receive_data(data)
+                self._received.clear()
+                await self._received.wait()
                 continue
             if isinstance(event, ConnectionClosed):
                 raise ConnectionResetError("device closed before Hello")
             if isinstance(event, Hello):
+                # Nothing more is read until Welcome is sent (`_start_reading`): what the
+                # device sends meanwhile stays in the kernel, bounded by its buffers.
+                self._transport_of().pause_reading()
                 return event
             raise RemoteProtocolError(
                 f"expected Hello, got {type(event).__name__}", ErrorCode.UNEXPECTED_MESSAGE
@@ -539,35 +680,44 @@ class DeviceSession:
 
     # --- reading ------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    def _start_reading(self) -> None:
+        """From Welcome on: messages are handled as they arrive, and the timers run."""
+        self._reading = True
+        self._last_received = self._loop.time()
+        if self._heartbeat(ping=False):
+            self._arm_timer()
+        self._transport_of().resume_reading()
+        self._pump()
+
+    def _on_input(self) -> None:
+        """Bytes or the end of the stream arrived: handle what they complete."""
+        if not self._reading:
+            self._received.set()
+        elif self._busy is None:
+            context = self._context
+            if context is None:
+                self._pump()
+            else:
+                context.run(self._pump)
+
+    def _pump(self) -> None:
+        """Handle every complete message received so far, in order, until one must wait."""
         try:
-            while True:
+            while self._reading and self._busy is None:
                 event = self._conn.next_event()
                 if isinstance(event, NeedData):
-                    async with asyncio.timeout(self._settings.idle_timeout):
-                        data = await self._reader.read(READ_CHUNK)
-                    self.stats.bytes_received += len(data)
-                    if self.org is not None:
-                        self._metrics.bytes_received.labels(org=self.org.name).inc(len(data))
-                    self._conn.receive_data(data)
-                    continue
+                    return
                 if isinstance(event, ConnectionClosed):
                     self._finish_with(_End(None, why="device closed the connection"))
                     return
-                await self._handle(event)
-        except TimeoutError:
-            self._finish_with(_End.code(ErrorCode.IDLE_TIMEOUT, "no data within the idle timeout"))
-        except RemoteProtocolError as exc:
-            self._metrics.errors.labels(code=exc.code.name).inc()
-            self._finish_with(_End(raw=error_frame_for(exc), why=exc.code.name))
-        except _End as end:
-            self._finish_with(end)
-        except (ConnectionError, OSError):
-            self._finish_with(_End(None, why="connection lost"))
+                self._handle(event)
+        except Exception as exc:
+            self._failed(exc)
 
-    async def _handle(self, message: Message) -> None:
+    def _handle(self, message: Message) -> None:
         """Act on one message from the device: every type a device sends is a case, which
-        mypy checks (``DeviceMessage``), so a new one cannot be ignored by omission."""
+        mypy checks (``DeviceMessage``), so a new one cannot be ignored by omission. A case
+        that must wait on a database or another task goes to `_later`."""
         received = sent_by_device(message)
         match received:
             case Ping():
@@ -575,11 +725,15 @@ class DeviceSession:
             case Pong():
                 pass  # any traffic resets the idle timeout; the nonce needs no check
             case Ack():
-                await self._on_ack(received)
+                token = self._sealed.get(received.checkpoint)
+                if token is None:
+                    self._later(self._open_ack(received))
+                else:
+                    self._on_ack(token)
             case Upload():
-                self._sends.push(self._result_frame(await self._upload(received)))
+                self._later(self._answer_upload(received))
             case RefreshToken():
-                await self._on_refresh(received)
+                self._later(self._on_refresh(received))
             case Goodbye():
                 self._finish_with(_End(None, why="goodbye"))
             case Error():
@@ -591,15 +745,48 @@ class DeviceSession:
             case _:
                 assert_never(received)
 
-    async def _on_ack(self, ack: Ack) -> None:
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Handle a message in a task of its own; nothing more is read until it is done."""
+        self._busy = self._loop.create_task(self._handled(work))
+        self._transport_of().pause_reading()
+
+    async def _handled(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as exc:
+            self._failed(exc)
+        finally:
+            self._busy = None
+        if self._reading:
+            self._transport_of().resume_reading()
+            self._pump()
+
+    def _failed(self, exc: Exception) -> None:
+        """What ends a session when handling the device's input fails."""
+        if isinstance(exc, RemoteProtocolError):
+            self._metrics.errors.labels(code=exc.code.name).inc()
+            self._finish_with(_End(raw=error_frame_for(exc), why=exc.code.name))
+        elif isinstance(exc, _End):
+            self._finish_with(exc)
+        elif isinstance(exc, (ConnectionError, OSError)):
+            self._finish_with(_End(None, why="connection lost"))
+        else:
+            _log.error("handling a device message failed", exc_info=exc)
+            self._finish_with(
+                _End.code(ErrorCode.INTERNAL_ERROR, "internal error", retry_after_ms=1000)
+            )
+
+    async def _open_ack(self, ack: Ack) -> None:
         """PROTOCOL.md: an Ack names a token this session sent; any other ends the session
-        with CHECKPOINT_INVALID. Nothing is sent back."""
-        token = self._sealed.get(ack.checkpoint)
-        if token is None:
-            try:
-                token = await self._registry.tokens.open(ack.checkpoint, self._binding())
-            except SyncTokenError as exc:
-                raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
+        with CHECKPOINT_INVALID. (Tokens sealed lately are matched by their bytes.)"""
+        try:
+            token = await self._registry.tokens.open(ack.checkpoint, self._binding())
+        except SyncTokenError as exc:
+            raise _End.code(ErrorCode.CHECKPOINT_INVALID, str(exc)) from None
+        self._on_ack(token)
+
+    def _on_ack(self, token: SyncToken) -> None:
+        """The device holds `token`'s checkpoint. Nothing is sent back."""
         self._acked = token
         self._observe_lag("ack", token)
         if token.done is None:
@@ -612,6 +799,9 @@ class DeviceSession:
             if self._acked_counter is None:
                 self._acked_counter = self._metrics.checkpoints_acked.labels(org=self.org.name)
             self._acked_counter.inc()
+
+    async def _answer_upload(self, upload: Upload) -> None:
+        self._sends.push(self._result_frame(await self._upload(upload)))
 
     async def _upload(self, upload: Upload) -> UploadResult:
         """Apply one batch before reading on: a device's batches apply in the order sent.
@@ -683,35 +873,50 @@ class DeviceSession:
 
     # --- timers -------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        """Ping at the heartbeat interval; warn before the token expires, end at expiry.
+    def _arm_timer(self) -> None:
+        deadline = min(self._next_ping, self._last_received + self._settings.idle_timeout)
+        self._timer = self._loop.call_at(deadline, self._tick, context=self._context)
+
+    def _tick(self) -> None:
+        """The session's one timer: the idle timeout, then the heartbeat (a timer handle
+        instead of a task per session, re-armed only when it fires)."""
+        self._timer = None
+        if self._end.done():
+            return
+        now = self._loop.time() + _TIMER_SLACK
+        if now >= self._last_received + self._settings.idle_timeout:
+            self._finish_with(_End.code(ErrorCode.IDLE_TIMEOUT, "no data within the idle timeout"))
+            return
+        if now >= self._next_ping and not self._heartbeat(ping=True):
+            return
+        self._arm_timer()
+
+    def _heartbeat(self, *, ping: bool) -> bool:
+        """Ping (but not at the first call), warn before the token expires, and set when to
+        ping next; False if the token has expired and the session ended.
 
         PROTOCOL.md, "Token lifetime": the session ends at ``exp`` plus the clock leeway
         that verification allows, so a token accepted at Hello is never ended at once.
         """
-        nonce = 0
-        warned = False
+        if ping:
+            self._nonce += 1
+            self._sends.push(Ping(nonce=self._nonce))
+        claims = self._claims
+        assert claims is not None
         leeway = self._verifier.leeway_seconds
-        while True:
-            claims = self._claims
-            assert claims is not None
-            now = time.time()
-            left = claims.expires_at - now
-            if left + leeway <= 0:
-                self._finish_with(_End.code(ErrorCode.TOKEN_EXPIRED, "the token expired"))
-                return
-            if left <= self._settings.token_expiry_warning and not warned:
-                warned = True
-                self._sends.push(TokenExpiring(expires_at=claims.expires_at))
-            elif left > self._settings.token_expiry_warning:
-                warned = False
-            wait = min(
-                self._settings.heartbeat_interval,
-                max(left - self._settings.token_expiry_warning, 0) or left + leeway,
-            )
-            await asyncio.sleep(max(wait, 0.01))
-            nonce += 1
-            self._sends.push(Ping(nonce=nonce))
+        warning = self._settings.token_expiry_warning
+        left = claims.expires_at - time.time()
+        if left + leeway <= 0:
+            self._finish_with(_End.code(ErrorCode.TOKEN_EXPIRED, "the token expired"))
+            return False
+        if left <= warning and not self._warned:
+            self._warned = True
+            self._sends.push(TokenExpiring(expires_at=claims.expires_at))
+        elif left > warning:
+            self._warned = False
+        wait = min(self._settings.heartbeat_interval, max(left - warning, 0) or left + leeway)
+        self._next_ping = self._loop.time() + max(wait, 0.01)
+        return True
 
     # --- writing and ending -------------------------------------------------------------
 
@@ -727,7 +932,7 @@ class DeviceSession:
             else:
                 chunks.append(conn.send(item))
         data = b"".join(chunks)
-        self._writer.write(data)
+        self._transport_of().write(data)
         self.stats.bytes_sent += len(data)
         if self.org is not None:
             counters = self._counters
@@ -749,8 +954,12 @@ class DeviceSession:
         the queue) while the transport holds more than DIRECT_WRITE_BUFFER unsent bytes, so
         a slow device still fills its bounded queue and is dropped (decision 5). Order is
         kept: the queue is empty and the writer task writes what it takes before it waits."""
-        transport = self._writer.transport
-        if transport.is_closing() or transport.get_write_buffer_size() > DIRECT_WRITE_BUFFER:
+        transport = self._transport_of()
+        if (
+            self._write_paused
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > DIRECT_WRITE_BUFFER
+        ):
             return False
         try:
             self._write_items(frames)
@@ -760,16 +969,38 @@ class DeviceSession:
             self._unsendable()
         return True
 
+    def _start_writer(self) -> None:
+        """Frames were queued (the transport was full): write them as it drains."""
+        if self._writer is None:
+            self._writer = self._loop.create_task(self._write_loop(), context=self._context)
+
     async def _write_loop(self) -> None:
-        writer = self._writer
+        """Write what is queued, wait until the transport takes more, until nothing is
+        queued; then the task ends (the next queued frame starts another)."""
         try:
-            while True:
-                self._write_items(await self._sends.take_all())
-                await writer.drain()
+            while items := self._sends.take():
+                self._write_items(items)
+                await self._drain()
         except (ConnectionError, OSError):
             self._finish_with(_End(None, why="connection lost"))
         except LocalProtocolError:
             self._unsendable()
+        finally:
+            self._writer = None
+
+    async def _drain(self) -> None:
+        """Wait while the transport holds more than its high-water mark unsent."""
+        while True:
+            if self._lost.done():
+                raise ConnectionResetError("the connection was lost")
+            if not self._write_paused:
+                return
+            await self._write_room.wait()
+
+    def _transport_of(self) -> asyncio.Transport:
+        transport = self._transport
+        assert transport is not None, "the session runs once its connection is made"
+        return transport
 
     def _unsendable(self) -> None:
         """A frame the connection refused to send (LocalProtocolError)."""
@@ -787,14 +1018,22 @@ class DeviceSession:
         )
 
     async def _write_now(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
+        self._transport_of().write(data)
+        await self._drain()
 
     def _finish_with(self, end: _End, last: Message | None = None) -> None:
-        if not self._end.done():
-            if last is not None:
-                end.raw = self._conn.send(last)
-            self._end.set_result(end)
+        """End the session (the first call counts): input is no longer handled, and the
+        sync loop, wherever it waits, is cancelled so that `run` goes on to `_finish`."""
+        if self._end.done():
+            return
+        if last is not None:
+            end.raw = self._conn.send(last)
+        self._end.set_result(end)
+        self._reading = False
+        task = self._sync_task
+        if task is not None and not self._end_cancelled:
+            self._end_cancelled = True
+            task.cancel()
 
     def _set_state(self, state: str) -> None:
         # The syncd_sessions gauge is sampled from the daemon's session set at scrape time
@@ -802,13 +1041,17 @@ class DeviceSession:
         self.state = state
 
     async def _finish(self, end: _End | None) -> None:
+        self._reading = False
         if self._download_slot is not None:
             self._download_slot.release()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in (self._busy, self._writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.org is not None:
             self.org.watchers.discard(self._on_config_change)
         if self._member is not None:
@@ -823,15 +1066,18 @@ class DeviceSession:
                     data = self._conn.send(end.error)
                 except Exception:
                     data = error_frame_for(RemoteProtocolError(end.error.message, end.error.code))
+        transport = self._transport_of()
         with contextlib.suppress(Exception):
             # close() sends what is buffered (the last frame) before the TLS close, so one
             # bounded wait for the close covers both; a drain and a timer of its own per
             # session were a tenth of a 10,000-session shutdown.
             if data:
-                self._writer.write(data)
-            self._writer.close()
+                transport.write(data)
+            transport.close()
             async with asyncio.timeout(4):
-                await self._writer.wait_closed()
+                await asyncio.shield(self._lost)
+        if not self._lost.done():
+            transport.abort()  # the device never finished the close: do not wait longer
         with contextlib.suppress(Exception):
             await self._devices.closed(self, _error_of(end))
 

@@ -1,13 +1,15 @@
 """The field-sales org most filter tests run against: teams, a related chain, claims.
 
 ``MODEL`` has profiles for owners, teams (a membership table), token claims and a custom
-predicate; ``seed`` adds an org with four accounts, three contacts, two tasks and two team
-members, so each filter kind has rows it must keep and rows it must leave out.
+predicate (``OWNERS_MODEL`` is the same with owners as its default profile); ``seed`` adds
+an org with four accounts, three contacts, two tasks and two team members, so each filter
+kind has rows it must keep and rows it must leave out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import uuid
 from typing import Any
 
@@ -38,6 +40,9 @@ MODEL["profiles"]["custom"] = {
         }
     },
 }
+
+OWNERS_MODEL: dict[str, Any] = copy.deepcopy(MODEL)
+OWNERS_MODEL["default_profile"] = "owners"  # accounts whose owner_id is the user
 
 
 def account(n: int, owner: int, team: int | None, amount: str = "50", name: str = "a") -> Any:

@@ -10,16 +10,12 @@ away). With reconnects, each connection left one such member behind.
 from __future__ import annotations
 
 import asyncio
-import copy
 from pathlib import Path
 
 from syncd.client import LocalDB
 from syncd.store import Changeset
 from tests.e2e.conftest import RunningDaemon, ingest, org_name
-from tests.e2e.field_org import MODEL, account, keys
-
-OWNERS_MODEL = copy.deepcopy(MODEL)
-OWNERS_MODEL["default_profile"] = "owners"  # accounts whose owner_id is the user
+from tests.e2e.field_org import OWNERS_MODEL, account, keys
 
 
 async def test_a_session_that_ends_is_no_longer_a_hub_member(
