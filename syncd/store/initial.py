@@ -25,7 +25,10 @@ statement per page on a pooled connection, never held while the caller waits on 
 
 Both read one page ahead: the next statement runs while the caller encodes and sends the
 current page (issue 4: the two used to take turns, each idle half the time). A page read
-ahead holds a connection only while its own statement runs.
+ahead holds a connection only while its own statement runs. Unfiltered keyset pages hold
+``KEY_PAGE_ROWS`` rows, handed out ``batch_size`` at a time: pages are chained, so each one
+costs a round trip and a statement on the download's critical path, and 1,000-row pages
+spent more of it there than in reading rows.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from syncd.store.feed import (
 from syncd.store.snapshot import Snapshot
 from syncd.store.sql import from_wire, ident, to_wire
 
-__all__ = ["BLOCK_PAGE_ROWS", "BlockPosition", "TableRewritten", "initial_pages"]
+__all__ = ["BLOCK_PAGE_ROWS", "KEY_PAGE_ROWS", "BlockPosition", "TableRewritten", "initial_pages"]
 
 
 #: Rows a block-range page holds at most: PostgreSQL sorts each page, and the daemon holds
@@ -56,6 +59,11 @@ __all__ = ["BLOCK_PAGE_ROWS", "BlockPosition", "TableRewritten", "initial_pages"
 #: ~10,000 rows reached the streaming ceiling, ~1,000 fell short of it by the statements'
 #: overhead. A page goes to the device as Changes of ``batch_size`` rows each.
 BLOCK_PAGE_ROWS = 10_000
+#: Rows an unfiltered key-ordered page holds at most (it goes to the device as Changes of
+#: ``batch_size`` rows each). Pages are chained (each starts after the last key of the one
+#: before), so every page costs a round trip, a statement and a wakeup of both processes on
+#: the critical path; see ARCHITECTURE.md, "First sync of a big device", for the measure.
+KEY_PAGE_ROWS = 5_000
 #: Blocks of the first range when the table has no size estimate yet (never analyzed).
 _FIRST_SPAN = 16
 #: The most blocks one range statement scans (1 GiB of 8 KiB blocks): a long stretch of
@@ -105,20 +113,24 @@ async def initial_pages(
     after: Any = None,
     storage_order: bool = False,
     page_rows: int = BLOCK_PAGE_ROWS,
+    key_page_rows: int = KEY_PAGE_ROWS,
 ) -> AsyncGenerator[ChangeBatch, None]:
     """Every row visible in ``snapshot``, after the position ``after`` (None: from the start).
 
     A ``BlockPosition``, or None with ``storage_order`` for an entity that ``reads_blocks``,
     reads heap block ranges of at most ``max(page_rows, batch_size)`` rows each; otherwise
-    keyset pages in key order (after the wire key ``after``). Each batch's ``last_key`` is the
-    position it reaches, of the same kind.
+    keyset pages in key order (after the wire key ``after``), of at most
+    ``max(key_page_rows, batch_size)`` rows each when unfiltered. Batches hold at most
+    ``batch_size`` rows; each batch's ``last_key`` is the position it reaches, of the same
+    kind.
     """
     blocks = after is None and storage_order and reads_blocks(sub)
     if isinstance(after, BlockPosition) or blocks:
         limit = max(page_rows, batch_size)
         scan = _block_pages(fetch, sub, snapshot, batch_size, limit, after)
     else:
-        scan = _keyset_pages(fetch, sub, snapshot, batch_size, after)
+        limit = max(key_page_rows, batch_size)
+        scan = _keyset_pages(fetch, sub, snapshot, batch_size, after, limit)
     # aclosing: closing this generator stops the statements the scan reads ahead at once.
     async with contextlib.aclosing(scan) as batches:
         async for batch in batches:
@@ -271,13 +283,16 @@ async def _keyset_pages(
     snapshot: Snapshot,
     batch_size: int,
     after: Any,
+    page_rows: int,
 ) -> AsyncGenerator[ChangeBatch, None]:
     """Rows visible in ``snapshot`` in key order, strictly after the wire key ``after``.
 
     Read-ahead: while the caller holds a page (encodes and sends it), the statement of the next
     page is already running, so PostgreSQL and the daemon work at the same time instead of in
     turns; at most two pages are held at once (three while a planned range that grew past its
-    bound is finished). Unfiltered, the next page starts where this one ended. Filtered, a
+    bound is finished). Unfiltered, the next page starts where this one ended, and a page
+    holds ``page_rows`` rows, given to the caller ``batch_size`` at a time with a turn of the
+    loop between them (the writer sends one while the next page's rows come in). Filtered, a
     result of one page is read whole in one statement; a bigger one is planned first
     (``_page_bounds``), then every range is known and read one ahead (a first page by LIMIT
     walked the primary key or read every matching row, and cost more than the plan).
@@ -285,7 +300,9 @@ async def _keyset_pages(
     e = sub.entity
     k = f"t.{ident(e.key)}"
     key = e.key_column
-    params: list[object] = [snapshot.as_pg(), batch_size]
+    # Filtered ranges are planned batch_size keys apart (and the one-page probe counts to it).
+    limit = batch_size if sub.filter is not None else page_rows
+    params: list[object] = [snapshot.as_pg(), limit]
     where = "pg_visible_in_snapshot(t._txid, $1::pg_snapshot)"
     if sub.filter is not None:
         where += f" AND ({filter_sql(sub, row_column('t'), params, snapshot)})"
@@ -323,12 +340,19 @@ async def _keyset_pages(
             if not rows:
                 continue
             last = rows[-1][key_index]
-            if len(rows) == batch_size and last != current.upper:
+            if len(rows) == limit and last != current.upper:
                 ahead.appendleft(page(last, current.upper))  # the range goes on
             # One turn of the loop puts the next statement on the wire before the caller's
             # encoding, which does not await, would hold it back.
             await asyncio.sleep(0)
-            yield ChangeBatch(e.name, rows, [], last)
+            if len(rows) <= batch_size:
+                yield ChangeBatch(e.name, rows, [], last)
+                continue
+            for i in range(0, len(rows), batch_size):
+                if i:
+                    await asyncio.sleep(0)  # the writer's turn, and the next page's rows'
+                chunk = rows[i : i + batch_size]
+                yield ChangeBatch(e.name, chunk, [], chunk[-1][key_index])
     finally:
         await _abandon([p.rows for p in ahead])
 

@@ -91,7 +91,8 @@ async def test_next_page_is_read_while_the_caller_holds_one(
     got: list[str] = []
     pages = 0
     async with asyncio.timeout(BOUND_S):
-        async for batch in initial_pages(fetch, sub, snapshot, 20):
+        # Unfiltered pages of 20 rows too (they hold KEY_PAGE_ROWS otherwise: one page here).
+        async for batch in initial_pages(fetch, sub, snapshot, 20, key_page_rows=20):
             pages += 1
             if len(batch.upserts) == 20:
                 # The caller has not asked for the next page, yet its statement has started.
@@ -114,7 +115,9 @@ async def test_caller_that_stops_early_leaves_nothing_running(
     fetch = CountingFetch(staging, answered=3 if filtered else 1)
     snapshot = await staging.current_checkpoint()
     async with asyncio.timeout(BOUND_S):
-        pages = initial_pages(fetch, sub, snapshot, 10)
+        # Unfiltered: pages of 40 rows, so the caller leaves holding the first of a page's
+        # batches while the next page is read.
+        pages = initial_pages(fetch, sub, snapshot, 10, key_page_rows=40)
         async with contextlib.aclosing(pages):
             async for _batch in pages:
                 assert fetch.running >= 1  # something is read ahead at the moment we leave
