@@ -136,6 +136,13 @@ class Metrics:
             ["org", "state"],
             registry=r,
         )
+        self.tls_handshakes = Gauge(
+            "syncd_tls_handshakes",
+            "Device connections accepted and not yet through TLS, by state: running (at most"
+            " sync.max_tls_handshakes) and waiting for a turn. Sampled at each scrape.",
+            ["state"],
+            registry=r,
+        )
         self.sessions_opened = Counter(
             "syncd_sessions_opened",
             "Device sessions that completed the handshake.",

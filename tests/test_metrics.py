@@ -140,6 +140,7 @@ def test_every_metric_is_prefixed_and_has_no_per_device_labels(metrics: Metrics)
         "syncd_rows_sent",
         "syncd_sessions",
         "syncd_sessions_opened",
+        "syncd_tls_handshakes",
         "syncd_upload_ops",
     }
     text = metrics.render().decode()

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import asyncpg
 
@@ -62,12 +62,15 @@ from syncd.server.admin_listener import start_admin_listener
 from syncd.server.admission import Admission
 from syncd.server.devices import DeviceControl
 from syncd.server.health import EmbeddedSupervisor, HealthMonitor
+from syncd.server.listener import DeviceListener
 from syncd.server.orgs import OrgRegistry
 from syncd.server.session import DeviceSession, SessionSettings
 from syncd.store import ControlStore, EmbeddedPostgres, EmbeddedPostgresError, OrgStores
 from syncd.store.staging import create_database
 
 __all__ = ["CONTROL_DATABASE", "Daemon"]
+
+_Bound = TypeVar("_Bound")
 
 _log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class _Running:
     devices: DeviceControl | None = None
     keys: RemoteKeySet | None = None
     health: HealthMonitor | None = None
-    device_server: asyncio.Server | None = None
+    device_server: DeviceListener | None = None
     admin: Any = None
     ops: asyncio.Server | None = None
     maintenance: list[asyncio.Task[None]] = field(default_factory=list)
@@ -126,7 +129,6 @@ class Daemon:
         self._verifier: TokenVerifier | None = None
         self._device_tls: ssl.SSLContext | None = None
         self._kept_settings: tuple[Config, SessionSettings] | None = None
-        self._handshakes = asyncio.Semaphore(config.sync.max_tls_handshakes)
         self._ticket_key_name: str | None = None
         self._run = _Running()
         sync = config.sync
@@ -211,12 +213,13 @@ class Daemon:
         run.device_server = await _listen(
             "server.listen",
             cfg.server.listen,
-            asyncio.get_running_loop().create_server(
-                self._new_session,
+            DeviceListener.bind(
                 cfg.server.listen.host,
                 cfg.server.listen.port,
-                backlog=4096,
-                start_serving=False,
+                tls,
+                self._new_session,
+                handshake_timeout=cfg.sync.handshake_timeout_seconds,
+                max_handshakes=cfg.sync.max_tls_handshakes,
             ),
         )
         self.device_port = run.device_server.sockets[0].getsockname()[1]
@@ -248,6 +251,7 @@ class Daemon:
         await run.health.check()
         self.metrics.on_scrape(self._sample_pools)
         self.metrics.on_scrape(self._sample_sessions)
+        self.metrics.on_scrape(self._sample_handshakes)
         self.metrics.on_scrape(lambda: self.metrics.ready.set(1 if self._ready()[0] else 0))
         run.maintenance = [
             asyncio.create_task(self._compact_forever(), name="compaction"),
@@ -270,7 +274,7 @@ class Daemon:
         if self._prepare is not None:
             await self._prepare(run.registry)
         run.admin = await self._start_admin(dev_key)
-        await run.device_server.start_serving()
+        run.device_server.start()
         self.started.set()
         _log.info(
             "syncd serving",
@@ -427,7 +431,8 @@ class Daemon:
             raise StartupError("admin.socket", f"{cfg.admin.socket}: {exc.strerror}") from None
 
     def _new_session(self) -> DeviceSession:
-        """The protocol of a device connection being accepted (its TLS handshake follows)."""
+        """The protocol of an accepted device connection (``DeviceListener``: its TLS
+        handshake runs first, under the handshake budget)."""
         run = self._run
         cfg = self.config
         assert run.registry is not None
@@ -448,7 +453,7 @@ class Daemon:
         )
 
     def _serve_device(self, session: DeviceSession) -> None:
-        """A device finished its TLS handshake: run its session in a task of its own."""
+        """A device's TLS handshake is done: run its session in a task of its own."""
         run = self._run
         if self.draining:
             session.going_away(_retry_ms(self.config), "server is draining")
@@ -463,8 +468,7 @@ class Daemon:
         run = self._run
         task = asyncio.current_task()
         try:
-            if await self._secure(session):
-                await session.run()
+            await session.run()
         except asyncio.CancelledError:
             # Shutdown cancels the sessions that outlive its grace, and this task ends
             # there. Nobody awaits a session's task, so a cancelled one that raised would
@@ -479,43 +483,6 @@ class Daemon:
             waves = self.gc_waves
             if waves is not None:
                 waves.ended()
-
-    async def _secure(self, session: DeviceSession) -> bool:
-        """The device's TLS handshake, at most ``sync.max_tls_handshakes`` at once.
-
-        Why (issue 10, reconnect storms): with TLS on the listening socket every accepted
-        connection's handshake ran at once, so 10,000 devices reconnecting shared the loop
-        10,000 ways, none finished early, and those past the handshake timeout were dropped
-        to retry (700-1,400 retries in three of five storms). Under a budget the early
-        handshakes finish early and their devices get on with their sessions, while later
-        connections wait, accepted and unread, for a turn; the timeout counts from the start
-        of a connection's own handshake (PROTOCOL.md, "Handshake deadlines")."""
-        tls = self._device_tls
-        assert tls is not None
-        plain = session.transport
-        async with self._handshakes:
-            if self.draining or plain.is_closing():
-                plain.abort()  # shutting down: the device reconnects to whoever serves next
-                return False
-            try:
-                secured = await asyncio.get_running_loop().start_tls(
-                    plain,
-                    session,
-                    tls,
-                    server_side=True,
-                    ssl_handshake_timeout=self.config.sync.handshake_timeout_seconds,
-                )
-            except (OSError, ssl.SSLError, TimeoutError, RuntimeError) as exc:
-                # Not a TLS client, a failed or timed-out handshake, or a device that gave
-                # up: nothing of a session began, and none is logged above debug.
-                _log.debug("TLS handshake failed", extra={"error": type(exc).__name__})
-                plain.abort()
-                return False
-        if secured is None:  # asyncio's type allows it; a server-side start_tls returns one
-            plain.abort()
-            return False
-        session.secured(secured)
-        return True
 
     async def _expire_connections(self) -> None:
         """After the embedded server restarted: no pooled connection of the dead one is
@@ -535,6 +502,12 @@ class Daemon:
             in_use, idle = org.staging.pool_usage()
             gauge.labels(org=org.name, state="in_use").set(in_use)
             gauge.labels(org=org.name, state="idle").set(idle)
+
+    def _sample_handshakes(self) -> None:
+        listener = self._run.device_server
+        gauge = self.metrics.tls_handshakes
+        gauge.labels(state="running").set(listener.running if listener is not None else 0)
+        gauge.labels(state="waiting").set(listener.waiting if listener is not None else 0)
 
     def _sample_sessions(self) -> None:
         """Set `syncd_sessions` from the sessions open right now.
@@ -698,9 +671,7 @@ class Daemon:
         return {task for task in tasks if not task.done()}
 
 
-async def _listen(
-    setting: str, address: HostPort, opening: Awaitable[asyncio.Server]
-) -> asyncio.Server:
+async def _listen(setting: str, address: HostPort, opening: Awaitable[_Bound]) -> _Bound:
     try:
         return await opening
     except OSError as exc:

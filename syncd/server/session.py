@@ -161,10 +161,8 @@ class DeviceSession(asyncio.Protocol):
     heartbeats. It holds no database connection while it waits on the network, and its
     outbox is bounded (ARCHITECTURE.md decision 5).
 
-    `serve(session)` is called when the TCP connection is accepted (`connection_made`,
-    reading paused); the caller runs the TLS handshake over `transport` with this session as
-    its protocol (``loop.start_tls``), hands the TLS transport to `secured` and runs
-    `session.run()`, in a task of its own.
+    `serve(session)` is called once the TLS handshake is done (`connection_made`); it must
+    run `session.run()` in a task of its own.
     """
 
     # Slots, not a dict: a dict of ~50 attributes was 1.6 KiB of every live device.
@@ -295,20 +293,9 @@ class DeviceSession(asyncio.Protocol):
     # --- asyncio protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """The TCP connection, before TLS: nothing is read until the handshake starts, so
-        the ClientHello waits in the kernel for ``start_tls`` instead of being read here."""
+        """The TLS handshake is done (``DeviceListener``)."""
         self._transport = cast(asyncio.Transport, transport)
-        self._transport.pause_reading()
         self._serve(self)
-
-    @property
-    def transport(self) -> asyncio.Transport:
-        """The connection's transport: TCP until `secured`, then TLS."""
-        return self._transport_of()
-
-    def secured(self, transport: asyncio.Transport) -> None:
-        """The TLS handshake is done: from now on the session speaks over `transport`."""
-        self._transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.stats.bytes_received += len(data)

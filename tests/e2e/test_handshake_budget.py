@@ -14,6 +14,14 @@ from tests.e2e.bare_device import Device
 from tests.e2e.conftest import RunningDaemon, org_name, run_daemon
 
 
+def _handshakes(running: RunningDaemon, state: str) -> float:
+    """``syncd_tls_handshakes{state}`` as a scrape would read it."""
+    metrics = running.daemon.metrics
+    metrics.refresh()
+    value: float = metrics.tls_handshakes.labels(state=state)._value.get()
+    return value
+
+
 async def _welcomed(running: RunningDaemon, org: str) -> Welcome:
     device = await Device.connect(running)
     try:
@@ -42,11 +50,13 @@ async def test_a_stalled_handshake_holds_its_turn_until_its_deadline(
         async with asyncio.timeout(60):
             # A TCP connection that never sends its ClientHello takes the only turn ...
             stalled_reader, stalled = await asyncio.open_connection("127.0.0.1", running.port)
-            # Accepted: the daemon's loop is this one, so one pass at a time, no timer
-            # (nothing in the daemon signals an accept to wait on).
-            while not running.daemon.session_tasks:  # noqa: ASYNC110
+            # Accepted and in its handshake (the daemon's loop is this one: one pass at a
+            # time, no timer; the gauge is what an operator would look at).
+            while _handshakes(running, "running") < 1:  # noqa: ASYNC110
                 await asyncio.sleep(0)
             waiting = asyncio.create_task(_welcomed(running, org))
+            while _handshakes(running, "waiting") < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0)  # the device's connection is accepted, and waits
             # ... until the daemon drops it at its handshake deadline; only then is the
             # device's handshake run, and the device served.
             with contextlib.suppress(ConnectionError):
