@@ -162,16 +162,17 @@ class DeviceSession(asyncio.Protocol):
     outbox is bounded (ARCHITECTURE.md decision 5).
 
     `serve(session)` is called once the TLS handshake is done (`connection_made`); it must
-    run `session.run()` in a task of its own.
+    run `session.run()` in a task of its own, which calls `ended(session)` as it ends.
     """
 
-    # Slots, not a dict: a dict of ~50 attributes was 1.6 KiB of every live device.
+    # Slots, not a dict: no per-session dict (issue 10, memory per live device).
     __slots__ = (
         "_acked",
         "_acked_counter",
         "_admission",
         "_busy",
         "_claims",
+        "_closed",
         "_complete",
         "_conn",
         "_context",
@@ -180,8 +181,9 @@ class DeviceSession(asyncio.Protocol):
         "_download_slot",
         "_download_started",
         "_dropped",
-        "_end",
         "_end_cancelled",
+        "_ended",
+        "_ended_with",
         "_identity",
         "_kept_binding",
         "_lag_children",
@@ -228,8 +230,10 @@ class DeviceSession(asyncio.Protocol):
         metrics: Metrics,
         admission: Admission,
         serve: Callable[[DeviceSession], object],
+        ended: Callable[[DeviceSession], object],
     ) -> None:
         self._serve = serve
+        self._ended_with = ended
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._received = Wakeup()
@@ -241,7 +245,10 @@ class DeviceSession(asyncio.Protocol):
         self._writer: asyncio.Task[None] | None = None
         self._write_paused = False
         self._write_room = Wakeup(is_set=True)
-        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._lost = False
+        """The transport called connection_lost."""
+        self._closed: asyncio.Future[None] | None = None
+        """What `_finish` waits on for the close (made only then: a future per session)."""
         self._timer: asyncio.TimerHandle | None = None
         self._last_received = 0.0
         self._next_ping = 0.0
@@ -272,7 +279,8 @@ class DeviceSession(asyncio.Protocol):
         self.org: OrgRuntime | None = None
         self._claims: Claims | None = None
         self._plan: DevicePlan | None = None
-        self._end: asyncio.Future[_End] = self._loop.create_future()
+        self._ended: _End | None = None
+        """What ends the session, once something has (the first `_finish_with`)."""
         self._wake = Wakeup()
         self._dropped: Snapshot | None = None
         self._replan = False
@@ -316,8 +324,10 @@ class DeviceSession(asyncio.Protocol):
         return False  # the transport closes; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._lost.done():
-            self._lost.set_result(None)
+        self._lost = True
+        closed = self._closed
+        if closed is not None and not closed.done():
+            closed.set_result(None)
         self._write_room.set()  # a writer waiting for room learns the connection is gone
         if exc is not None:
             self._finish_with(_End(None, why="connection lost"))
@@ -335,60 +345,67 @@ class DeviceSession(asyncio.Protocol):
     # --- entry points -------------------------------------------------------------------
 
     async def run(self) -> None:
-        # The whole session, its failure and its last line included, logs in its context.
+        """The whole session, its failure and its last line included, in its log context.
+
+        One coroutine frame for it all (``run`` and the sync loop's wait were three): an
+        idle live device's task holds this frame, `_sync`'s and a wait's (issue 10)."""
         with log_context(session=self.session_id):
-            await self._run()
-
-    async def _run(self) -> None:
-        started = time.monotonic()
-        end: _End | None = None
-        try:
-            hello = await asyncio.wait_for(self._receive_hello(), self._settings.handshake_timeout)
-            bind_log_context(device=hello.device_id, org=hello.org)
-            if hello.checkpoint is None:
-                self._download_started = started
-            await self._welcome(hello)
-            self._metrics.handshake_seconds.observe(time.monotonic() - started)
-            self._context = contextvars.copy_context()
-            self._start_reading()
-            end = await self._sync_until_end(hello)
-        except TimeoutError:
-            end = _End.code(ErrorCode.HANDSHAKE_TIMEOUT, "no Hello within the handshake timeout")
-        except _End as exc:
-            end = exc
-        except RemoteProtocolError as exc:
-            end = _End(raw=error_frame_for(exc), why=exc.code.name)
-            self._metrics.errors.labels(code=exc.code.name).inc()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            end = None
-        except StoreClosed:
-            # The org was removed (and maybe added again) while this session was starting:
-            # the device reconnects and meets whatever the org is now.
-            end = _End.code(ErrorCode.GOING_AWAY, "the org was reloaded", retry_after_ms=100)
-        except Exception:
-            _log.exception("session failed")
-            end = _End.code(ErrorCode.INTERNAL_ERROR, "internal error", retry_after_ms=1000)
-        finally:
-            await self._finish(end)
-            why = end.why if end is not None else "connection lost"
-            if self.stats.log_end(why):
-                self._metrics.refusals.labels(code=why).inc()
-
-    async def _sync_until_end(self, hello: Hello) -> _End:
-        """Run the sync loop in this task until something ends the session: `_finish_with`
-        cancels the loop (one task per session instead of a sync task beside a waiter)."""
-        task = asyncio.current_task()
-        assert task is not None
-        if not self._end.done():
-            self._sync_task = task
+            started = time.monotonic()
+            end: _End | None = None
+            task = asyncio.current_task()
+            assert task is not None
             try:
-                await self._sync(hello)
-            except asyncio.CancelledError:
-                if not self._end_cancelled or task.uncancel() > 0:
-                    raise  # cancelled from outside too (shutdown's grace is over)
+                hello = await asyncio.wait_for(
+                    self._receive_hello(), self._settings.handshake_timeout
+                )
+                bind_log_context(device=hello.device_id, org=hello.org)
+                if hello.checkpoint is None:
+                    self._download_started = started
+                await self._welcome(hello)
+                # Not held while the device stays connected: its token alone is ~500 bytes.
+                checkpoint = hello.checkpoint
+                del hello
+                self._metrics.handshake_seconds.observe(time.monotonic() - started)
+                self._context = contextvars.copy_context()
+                self._start_reading()
+                if self._ended is None:
+                    # The sync loop runs until something ends the session: `_finish_with`
+                    # cancels it here (one task per session, not a sync task and a waiter).
+                    self._sync_task = task
+                    try:
+                        await self._sync(checkpoint)
+                    except asyncio.CancelledError:
+                        if not self._end_cancelled or task.uncancel() > 0:
+                            raise  # cancelled from outside too (shutdown's grace is over)
+                    finally:
+                        self._sync_task = None
+                end = self._ended
+            except TimeoutError:
+                end = _End.code(
+                    ErrorCode.HANDSHAKE_TIMEOUT, "no Hello within the handshake timeout"
+                )
+            except _End as exc:
+                end = exc
+            except RemoteProtocolError as exc:
+                end = _End(raw=error_frame_for(exc), why=exc.code.name)
+                self._metrics.errors.labels(code=exc.code.name).inc()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                end = None
+            except StoreClosed:
+                # The org was removed (and maybe added again) while this session was
+                # starting: the device reconnects and meets whatever the org is now.
+                end = _End.code(ErrorCode.GOING_AWAY, "the org was reloaded", retry_after_ms=100)
+            except Exception:
+                _log.exception("session failed")
+                end = _End.code(ErrorCode.INTERNAL_ERROR, "internal error", retry_after_ms=1000)
             finally:
-                self._sync_task = None
-        return self._end.result()
+                try:
+                    await self._finish(end)
+                    why = end.why if end is not None else "connection lost"
+                    if self.stats.log_end(why):
+                        self._metrics.refusals.labels(code=why).inc()
+                finally:
+                    self._ended_with(self)
 
     def _observe_lag(self, when: str, token: SyncToken) -> None:
         if token.at is not None and self.org is not None:
@@ -521,12 +538,12 @@ class DeviceSession(asyncio.Protocol):
 
     # --- sync loop ----------------------------------------------------------------------
 
-    async def _sync(self, hello: Hello) -> None:
+    async def _sync(self, checkpoint: bytes | None) -> None:
         assert self.org is not None
         assert self._plan is not None
-        catch_up = self._catch_up_for(self.org)
-        resume = await catch_up.resume_point(hello.checkpoint, self._plan)
+        resume = await self._catch_up_for(self.org).resume_point(checkpoint, self._plan)
         while True:
+            catch_up = self._catch_up_for(self.org)
             until, until_at = await catch_up.run(resume, self._plan)
             if self._download_slot is not None:
                 self._download_slot.release()  # the first download is done
@@ -549,6 +566,9 @@ class DeviceSession(asyncio.Protocol):
             self._member = member
             try:
                 await self.org.hub.join(member, self._gap_sender(catch_up, plan))
+                # A live device waits below for as long as it stays connected: the catch-up
+                # (a CatchUp and its callbacks, ~800 bytes) is built again after, not held.
+                del catch_up
                 self._set_state("live")
                 while self._dropped is None and not self._replan:
                     self._wake.clear()
@@ -868,7 +888,7 @@ class DeviceSession(asyncio.Protocol):
         """The session's one timer: the idle timeout, then the heartbeat (a timer handle
         instead of a task per session, re-armed only when it fires)."""
         self._timer = None
-        if self._end.done():
+        if self._ended is not None:
             return
         now = self._loop.time() + _TIMER_SLACK
         if now >= self._last_received + self._settings.idle_timeout:
@@ -978,7 +998,7 @@ class DeviceSession(asyncio.Protocol):
     async def _drain(self) -> None:
         """Wait while the transport holds more than its high-water mark unsent."""
         while True:
-            if self._lost.done():
+            if self._lost:
                 raise ConnectionResetError("the connection was lost")
             if not self._write_paused:
                 return
@@ -1011,11 +1031,11 @@ class DeviceSession(asyncio.Protocol):
     def _finish_with(self, end: _End, last: Message | None = None) -> None:
         """End the session (the first call counts): input is no longer handled, and the
         sync loop, wherever it waits, is cancelled so that `run` goes on to `_finish`."""
-        if self._end.done():
+        if self._ended is not None:
             return
         if last is not None:
             end.raw = self._conn.send(last)
-        self._end.set_result(end)
+        self._ended = end
         self._reading = False
         task = self._sync_task
         if task is not None and not self._end_cancelled:
@@ -1061,9 +1081,11 @@ class DeviceSession(asyncio.Protocol):
             if data:
                 transport.write(data)
             transport.close()
-            async with asyncio.timeout(4):
-                await asyncio.shield(self._lost)
-        if not self._lost.done():
+            if not self._lost:
+                closed = self._closed = self._loop.create_future()
+                async with asyncio.timeout(4):
+                    await closed
+        if not self._lost:
             transport.abort()  # the device never finished the close: do not wait longer
         with contextlib.suppress(Exception):
             await self._devices.closed(self, _error_of(end))
