@@ -65,6 +65,7 @@ from syncd.server.health import EmbeddedSupervisor, HealthMonitor
 from syncd.server.listener import DeviceListener
 from syncd.server.orgs import OrgRegistry
 from syncd.server.session import DeviceSession, SessionSettings
+from syncd.server.session_clock import SessionClock
 from syncd.store import ControlStore, EmbeddedPostgres, EmbeddedPostgresError, OrgStores
 from syncd.store.staging import create_database
 
@@ -103,6 +104,8 @@ class _Running:
     maintenance: list[asyncio.Task[None]] = field(default_factory=list)
     sessions: set[DeviceSession] = field(default_factory=set)
     session_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    clock: SessionClock = field(default_factory=SessionClock)
+    """Every session's heartbeat and idle deadlines (one per run: its timer is this loop's)."""
 
 
 class Daemon:
@@ -451,6 +454,7 @@ class Daemon:
             admission=self.admission,
             serve=self._serve_device,
             ended=self._session_ended,
+            clock=run.clock,
         )
 
     def _serve_device(self, session: DeviceSession) -> None:

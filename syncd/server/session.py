@@ -17,8 +17,8 @@ task, not five (issue 10: memory per device, and a task wakeup per Ack).
   a writer task exists only while frames are queued behind a full transport, and joins
   every queued frame into one TLS write (ARCHITECTURE.md, ceilings: one write per small
   frame caps fan-out at ~60k frames/s);
-* one timer handle per session sends the heartbeat, warns before the token expires and
-  enforces the idle timeout.
+* one deadline per session in the daemon's `SessionClock` sends the heartbeat, warns
+  before the token expires and enforces the idle timeout.
 
 Whatever ends the session (a protocol error, an auth failure, the daemon draining, the
 device leaving) is funnelled into `_End`, which carries the Error code to send, if any.
@@ -83,6 +83,7 @@ from syncd.server.orgs import OrgRegistry, OrgRuntime
 from syncd.server.plan import DevicePlan, PlanError, plan_for
 from syncd.server.resume import Resume
 from syncd.server.send_queue import Outgoing, SendQueue
+from syncd.server.session_clock import SessionClock
 from syncd.server.session_log import SessionStats
 from syncd.server.sync_token import (
     Binding,
@@ -172,6 +173,7 @@ class DeviceSession(asyncio.Protocol):
         "_admission",
         "_busy",
         "_claims",
+        "_clock",
         "_closed",
         "_complete",
         "_conn",
@@ -231,6 +233,7 @@ class DeviceSession(asyncio.Protocol):
         admission: Admission,
         serve: Callable[[DeviceSession], object],
         ended: Callable[[DeviceSession], object],
+        clock: SessionClock,
     ) -> None:
         self._serve = serve
         self._ended_with = ended
@@ -249,7 +252,9 @@ class DeviceSession(asyncio.Protocol):
         """The transport called connection_lost."""
         self._closed: asyncio.Future[None] | None = None
         """What `_finish` waits on for the close (made only then: a future per session)."""
-        self._timer: asyncio.TimerHandle | None = None
+        self._clock = clock
+        self._timer: int | None = None
+        """This session's deadline in `clock` (its key), while one is set."""
         self._last_received = 0.0
         self._next_ping = 0.0
         self._nonce = 0
@@ -882,11 +887,20 @@ class DeviceSession(asyncio.Protocol):
 
     def _arm_timer(self) -> None:
         deadline = min(self._next_ping, self._last_received + self._settings.idle_timeout)
-        self._timer = self._loop.call_at(deadline, self._tick, context=self._context)
+        self._timer = self._clock.schedule(deadline, self)
+
+    def tick(self) -> None:
+        """The session clock's call (``SessionClock``), run in the session's log context."""
+        context = self._context
+        if context is None:
+            self._tick()
+        else:
+            context.run(self._tick)
 
     def _tick(self) -> None:
-        """The session's one timer: the idle timeout, then the heartbeat (a timer handle
-        instead of a task per session, re-armed only when it fires)."""
+        """The session's one deadline: the idle timeout, then the heartbeat (an entry in the
+        daemon's session clock instead of a task or a timer handle per session, re-armed
+        only when it fires)."""
         self._timer = None
         if self._ended is not None:
             return
@@ -1052,7 +1066,7 @@ class DeviceSession(asyncio.Protocol):
         if self._download_slot is not None:
             self._download_slot.release()
         if self._timer is not None:
-            self._timer.cancel()
+            self._clock.cancel(self._timer, self)
             self._timer = None
         for task in (self._busy, self._writer):
             if task is not None:
