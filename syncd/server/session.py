@@ -168,6 +168,7 @@ class DeviceSession(asyncio.Protocol):
 
     # Slots, not a dict: no per-session dict (issue 10, memory per live device).
     __slots__ = (
+        "_ack_lag",
         "_acked",
         "_acked_counter",
         "_admission",
@@ -188,7 +189,6 @@ class DeviceSession(asyncio.Protocol):
         "_ended_with",
         "_identity",
         "_kept_binding",
-        "_lag_children",
         "_last_received",
         "_loop",
         "_lost",
@@ -277,7 +277,7 @@ class DeviceSession(asyncio.Protocol):
             settings.send_queue_frames, direct=self._write_direct, on_queued=self._start_writer
         )
         self._counters: tuple[Any, Any] | None = None
-        self._lag_children: dict[str, Any] = {}
+        self._ack_lag: Any = None
         self._acked_counter: Any = None
         self.session_id = uuid.uuid4().hex
         self.device_id = ""
@@ -415,10 +415,11 @@ class DeviceSession(asyncio.Protocol):
     def _observe_lag(self, when: str, token: SyncToken) -> None:
         if token.at is not None and self.org is not None:
             lag = (datetime.now(UTC) - token.at).total_seconds()
-            child = self._lag_children.get(when)
-            if child is None:  # looked up once per session: an Ack per window per device
+            child = self._ack_lag if when == "ack" else None
+            if child is None:
                 child = self._metrics.device_lag_seconds.labels(org=self.org.name, when=when)
-                self._lag_children[when] = child
+                if when == "ack":  # kept: an Ack per window per device; "reconnect" is once
+                    self._ack_lag = child
             child.observe(max(lag, 0.0))
 
     def welcomed(self) -> bool:
@@ -847,6 +848,8 @@ class DeviceSession(asyncio.Protocol):
             hub.upload_finished()
         outcomes = Counter(r.status for r in result.results)
         self.stats.upload_batches += 1
+        if self.stats.upload_ops is None:
+            self.stats.upload_ops = Counter()
         self.stats.upload_ops.update(outcomes)
         _log.debug(
             "upload applied", extra={"batch_id": upload.batch_id, "outcomes": dict(outcomes)}

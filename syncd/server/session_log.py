@@ -25,7 +25,7 @@ _log = logging.getLogger("syncd.server.session")
 _CODE_NAMES = frozenset(ErrorCode.__members__)
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionStats:
     started: float = field(default_factory=time.monotonic)
     opened: bool = False
@@ -35,8 +35,9 @@ class SessionStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     upload_batches: int = 0
-    upload_ops: Counter[str] = field(default_factory=Counter)
-    """Uploaded operations by outcome (applied, conflict, rejected)."""
+    upload_ops: Counter[str] | None = None
+    """Uploaded operations by outcome (applied, conflict, rejected); None until the first
+    upload (most sessions never upload, and each holds its stats for as long as it lives)."""
 
     def log_opened(self, *, app_version: str, protocol_version: int, resumed: bool) -> None:
         self.opened = True
@@ -69,7 +70,7 @@ class SessionStats:
                 "bytes_sent": self.bytes_sent,
                 "bytes_received": self.bytes_received,
                 "upload_batches": self.upload_batches,
-                "upload_ops": dict(self.upload_ops),
+                "upload_ops": dict(self.upload_ops or {}),
             },
         )
         return False
