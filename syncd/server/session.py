@@ -707,11 +707,16 @@ class DeviceSession(asyncio.Protocol):
         if not self._reading:
             self._received.set()
         elif self._busy is None:
-            context = self._context
-            if context is None:
-                self._pump()
-            else:
-                context.run(self._pump)
+            self._in_context(self._pump)
+
+    def _in_context(self, work: Callable[[], None]) -> None:
+        """Run `work` in the session's log context: transport callbacks and the session
+        clock call in from outside it."""
+        context = self._context
+        if context is None:
+            work()
+        else:
+            context.run(work)
 
     def _pump(self) -> None:
         """Handle every complete message received so far, in order, until one must wait."""
@@ -894,11 +899,7 @@ class DeviceSession(asyncio.Protocol):
 
     def tick(self) -> None:
         """The session clock's call (``SessionClock``), run in the session's log context."""
-        context = self._context
-        if context is None:
-            self._tick()
-        else:
-            context.run(self._tick)
+        self._in_context(self._tick)
 
     def _tick(self) -> None:
         """The session's one deadline: the idle timeout, then the heartbeat (an entry in the
