@@ -249,3 +249,25 @@ def test_sessions_of_one_profile_share_the_welcome_summary_until_the_model_chang
     account = next(e for e in c.summary.entities if e.name == "account")
     assert "extra" in [col.name for col in account.columns]
     assert c.summary.fingerprint != a.summary.fingerprint
+
+
+def test_devices_following_the_same_piece_share_one_partition_object() -> None:
+    """Equal keys are equal rows (the hub already serves every member of a key from one
+    partition): plans share the object, so a team's devices hold one piece between them."""
+    m = model({"filter": CLAIM_TEAMS})
+    a, b = plan(m, "7", ("1", "2")), plan(m, "8", ("2", "3"))
+    (in_a,) = [x for x in of(a, "account") if x.value == 2]
+    (in_b,) = [x for x in of(b, "account") if x.value == 2]
+    assert in_a is in_b
+    assert {x.value for x in of(a, "account")} == {1, 2}  # each plan still has its own set
+    assert {x.value for x in of(b, "account")} == {2, 3}
+    wider = field_model()
+    del wider["memberships"]
+    wider["entities"]["account"]["columns"]["extra"] = "text"
+    wider["profiles"] = {
+        "sales": {"offline": True, "entities": {"account": {"filter": CLAIM_TEAMS}}}
+    }
+    other = ClientModel.parse(wider)
+    (changed,) = [x for x in of(plan(other, "7", ("2",)), "account") if x.value == 2]
+    assert changed is not in_a  # another wire layout is another key, another partition
+    assert changed.key != in_a.key

@@ -23,6 +23,7 @@ tokens and catch-up stay per entity: partitions are the live hub's business alon
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -160,7 +161,7 @@ def plan_for(
         bound: Any = None if row_filter is None else row_filter.identity
         subscriptions.append(Subscription(entity, row_filter))
         hashes[name] = _digest([entity.schema_json(), access.filter, bound])
-        partitions.extend(_partitions(entity, access, row_filter, _node_of(profile)))
+        partitions.extend(map(_shared, _partitions(entity, access, row_filter, _node_of(profile))))
     return DevicePlan(
         model_version,
         profile_name,
@@ -205,6 +206,20 @@ def _partitions(
         key = _digest([schema, f.identity])
         out.append(Partition(key, Subscription(entity, f), piece.column, piece.value))
     return tuple(out)
+
+
+#: Partitions by key, while some plan holds them: equal keys mean equal rows in the same
+#: wire layout (the live hub already serves every member of a key from the first partition
+#: it was given), so plans share one object per key instead of one each. A field worker's
+#: team pieces are shared by the whole team: 0.5-1 KiB of each live device (issue 10).
+_PARTITIONS: weakref.WeakValueDictionary[str, Partition] = weakref.WeakValueDictionary()
+
+
+def _shared(partition: Partition) -> Partition:
+    kept = _PARTITIONS.get(partition.key)
+    if kept is None:
+        _PARTITIONS[partition.key] = kept = partition
+    return kept
 
 
 #: The Welcome's model summary per (model, profile), shared by every session of the profile
