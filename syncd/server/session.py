@@ -109,8 +109,6 @@ _log = logging.getLogger(__name__)
 DIRECT_WRITE_BUFFER = 64 * 1024
 # Tokens kept per session for Acks (each ~100 bytes): devices ack within a frame or two.
 SEALED_KEPT = 4
-# A timer may run up to the loop's clock resolution early; a deadline this close counts.
-_TIMER_SLACK = 0.002
 
 
 @dataclass(frozen=True)
@@ -908,7 +906,7 @@ class DeviceSession(asyncio.Protocol):
         self._timer = None
         if self._ended is not None:
             return
-        now = self._loop.time() + _TIMER_SLACK
+        now = self._loop.time()  # the session clock never calls before the deadline
         if now >= self._last_received + self._settings.idle_timeout:
             self._finish_with(_End.code(ErrorCode.IDLE_TIMEOUT, "no data within the idle timeout"))
             return

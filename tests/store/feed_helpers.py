@@ -1,14 +1,46 @@
-"""Helpers for feed tests: a device replica fed window by window."""
+"""Helpers for feed tests: a device replica fed window by window, and accounts loaded and
+read back by initial downloads."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections import Counter
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from syncd.store import Snapshot, StagingStore, Subscription
+from syncd.model import ClientModel
+from syncd.store import ChangeBatch, Snapshot, StagingStore, Subscription, bulk_load
 
 BOUND_S = 30
+
+
+async def load_accounts(staging: StagingStore, crm_model: ClientModel, n: int) -> None:
+    """`n` accounts with random keys (so key order is not insertion order), analyzed."""
+    rows = [(uuid.uuid4(), f"a{i}", i % 4, None, None, 0) for i in range(n)]
+    pool = await staging.pool()
+    async with pool.acquire() as conn:
+        await bulk_load(conn, crm_model.entity("account"), rows)
+        await conn.execute("ANALYZE account")
+
+
+async def collect(
+    scan: AsyncGenerator[ChangeBatch, None], stop_after: int | None = None
+) -> list[ChangeBatch]:
+    """The batches of a download (``initial_pages``), or its first `stop_after`; bounded."""
+    out: list[ChangeBatch] = []
+    async with asyncio.timeout(BOUND_S), contextlib.aclosing(scan) as batches:
+        async for batch in batches:
+            out.append(batch)
+            if stop_after is not None and len(out) == stop_after:
+                break
+    return out
+
+
+def ids(batches: list[ChangeBatch]) -> list[str]:
+    """The keys of every upsert, in arrival order."""
+    return [row[0] for b in batches for row in b.upserts]
 
 
 class Replica:

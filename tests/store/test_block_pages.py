@@ -10,27 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections import Counter
 from typing import Any
 
 import pytest
 
 from syncd.model import ClientModel
-from syncd.store import ChangeBatch, Snapshot, StagingStore, Subscription, bulk_load
+from syncd.store import ChangeBatch, Snapshot, StagingStore, Subscription
 from syncd.store.initial import BlockPosition, TableRewritten, initial_pages
-from tests.store.feed_helpers import BOUND_S
+from tests.store.feed_helpers import BOUND_S, collect, ids, load_accounts
 
 PAGE = 40
 BATCH = 15
-
-
-async def load_accounts(staging: StagingStore, crm_model: ClientModel, n: int) -> None:
-    rows = [(uuid.uuid4(), f"a{i}", i % 4, None, None, 0) for i in range(n)]
-    pool = await staging.pool()
-    async with pool.acquire() as conn:
-        await bulk_load(conn, crm_model.entity("account"), rows)
-        await conn.execute("ANALYZE account")
 
 
 async def pages(
@@ -40,20 +31,10 @@ async def pages(
     after: Any = None,
     stop_after: int | None = None,
 ) -> list[ChangeBatch]:
-    out: list[ChangeBatch] = []
     scan = initial_pages(
         staging.fetch, sub, snapshot, BATCH, after=after, storage_order=True, page_rows=PAGE
     )
-    async with asyncio.timeout(BOUND_S), contextlib.aclosing(scan) as batches:
-        async for batch in batches:
-            out.append(batch)
-            if stop_after is not None and len(out) == stop_after:
-                break
-    return out
-
-
-def ids(batches: list[ChangeBatch]) -> list[str]:
-    return [row[0] for b in batches for row in b.upserts]
+    return await collect(scan, stop_after)
 
 
 async def truth(staging: StagingStore) -> dict[str, int]:

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from typing import Any
 
 import asyncpg
 import pytest
 
 from syncd.model import ClientModel
-from syncd.store import ChangeBatch, Snapshot, StagingStore, Subscription, bulk_load
+from syncd.store import ChangeBatch, Snapshot, StagingStore, Subscription
 from syncd.store.initial import KEY_PAGE_ROWS, initial_pages
-from tests.store.feed_helpers import BOUND_S
+from tests.store.feed_helpers import BOUND_S, collect, ids, load_accounts
 
 PAGE = 40
 BATCH = 15  # not a divisor of PAGE: a page ends with a short batch
@@ -48,14 +47,6 @@ class CountingFetch:
             self.running -= 1
 
 
-async def load(staging: StagingStore, crm_model: ClientModel, n: int) -> None:
-    rows = [(uuid.uuid4(), f"a{i}", i % 4, None, None, 0) for i in range(n)]
-    pool = await staging.pool()
-    async with pool.acquire() as conn:
-        await bulk_load(conn, crm_model.entity("account"), rows)
-    await staging.fetch("ANALYZE account")
-
-
 async def download(
     fetch: Any,
     sub: Subscription,
@@ -64,18 +55,8 @@ async def download(
     *,
     stop_after: int | None = None,
 ) -> list[ChangeBatch]:
-    out: list[ChangeBatch] = []
     scan = initial_pages(fetch, sub, snapshot, BATCH, after=after, key_page_rows=PAGE)
-    async with asyncio.timeout(BOUND_S), contextlib.aclosing(scan) as batches:
-        async for batch in batches:
-            out.append(batch)
-            if stop_after is not None and len(out) == stop_after:
-                break
-    return out
-
-
-def ids(batches: list[ChangeBatch]) -> list[str]:
-    return [row[0] for b in batches for row in b.upserts]
+    return await collect(scan, stop_after)
 
 
 async def all_ids(staging: StagingStore) -> list[str]:
@@ -85,7 +66,7 @@ async def all_ids(staging: StagingStore) -> list[str]:
 async def test_pages_of_many_batches_send_every_row_once_in_key_order(
     staging: StagingStore, crm_model: ClientModel
 ) -> None:
-    await load(staging, crm_model, 400)
+    await load_accounts(staging, crm_model, 400)
     sub = Subscription(crm_model.entity("account"))
     fetch = CountingFetch(staging)
     batches = await download(fetch, sub, await staging.current_checkpoint())
@@ -103,7 +84,7 @@ async def test_every_batch_position_resumes_exactly_after_it(
 ) -> None:
     """A device cut off after any batch, at a page's end or inside it, resumes with the
     rows after that batch's last key and no other."""
-    await load(staging, crm_model, 130)
+    await load_accounts(staging, crm_model, 130)
     sub = Subscription(crm_model.entity("account"))
     snapshot = await staging.current_checkpoint()
     whole = await download(staging.fetch, sub, snapshot)
@@ -118,7 +99,7 @@ async def test_every_batch_position_resumes_exactly_after_it(
 async def test_next_page_is_read_while_the_caller_holds_this_pages_batches(
     staging: StagingStore, crm_model: ClientModel
 ) -> None:
-    await load(staging, crm_model, 200)
+    await load_accounts(staging, crm_model, 200)
     sub = Subscription(crm_model.entity("account"))
     fetch = CountingFetch(staging)
     snapshot = await staging.current_checkpoint()
@@ -138,7 +119,7 @@ async def test_rows_written_after_the_snapshot_are_not_sent(
 ) -> None:
     """Writes between pages (and inside the page being handed out) belong to the window
     after the snapshot: the download holds exactly the snapshot's rows, each once."""
-    await load(staging, crm_model, 200)
+    await load_accounts(staging, crm_model, 200)
     sub = Subscription(crm_model.entity("account"))
     snapshot = await staging.current_checkpoint()
     want = await all_ids(staging)
@@ -176,7 +157,7 @@ async def test_batches_bigger_than_a_page_are_read_a_batch_per_statement(
     staging: StagingStore, crm_model: ClientModel, batch_size: int
 ) -> None:
     """A ``sync.batch_size`` at or above KEY_PAGE_ROWS keeps one page per batch."""
-    await load(staging, crm_model, 50)
+    await load_accounts(staging, crm_model, 50)
     sub = Subscription(crm_model.entity("account"))
     fetch = CountingFetch(staging)
     snapshot = await staging.current_checkpoint()
