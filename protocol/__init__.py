@@ -21,6 +21,7 @@ from protocol.connection import (
     error_frame_for,
     negotiate,
     prepare,
+    prepare_checkpoint,
 )
 from protocol.errors import (
     CodedError,
@@ -117,6 +118,7 @@ __all__ = [
     "error_frame_for",
     "negotiate",
     "prepare",
+    "prepare_checkpoint",
     "sent_by_device",
     "sent_by_server",
 ]

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import msgpack
 
+from protocol.codec import pack, pack_bin
 from protocol.compression import CODECS, MIN_COMPRESSED_PAYLOAD, compress, pick_codec
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.framing import (
@@ -40,7 +41,15 @@ from protocol.framing import (
     compressed_frame_header,
     frame_header,
 )
-from protocol.messages import Changes, Error, Hello, Message, Welcome
+from protocol.messages import (
+    MAX_CHECKPOINT_LENGTH,
+    Changes,
+    Checkpoint,
+    Error,
+    Hello,
+    Message,
+    Welcome,
+)
 from protocol.state import ConnectionState, Role, State
 from protocol.validate import check_name
 from protocol.wire import decode_payload, encode_frame
@@ -149,6 +158,23 @@ def negotiate(device_versions: Sequence[int], supported: Sequence[int]) -> int:
 def prepare(message: Message) -> PreparedFrame:
     """Encode `message` once, for send_prepared on one or many connections."""
     return PreparedFrame(type(message), encode_frame(message))
+
+
+# {"type": "checkpoint", "token": ...}: a map of two, then its first key, value and second key.
+_CHECKPOINT_HEAD: Final = b"\x82" + pack("type") + pack(Checkpoint.TYPE) + pack("token")
+
+
+def prepare_checkpoint(token: bytes) -> PreparedFrame:
+    """The frame of ``Checkpoint(token=token)``, byte for byte what `prepare` makes of it.
+
+    A live checkpoint carries a token sealed for one device, so the fan-out encodes one
+    Checkpoint per device per change: this builds it from its fixed bytes and the token
+    instead of a message object walked field by field (a sixth of the daemon's CPU per
+    delivered change at 3,000 devices, issue 10)."""
+    if type(token) is not bytes or len(token) > MAX_CHECKPOINT_LENGTH:
+        Checkpoint(token=token)  # raises the message's own error for a bad token
+    payload = _CHECKPOINT_HEAD + pack_bin(token)
+    return PreparedFrame(Checkpoint, frame_header(len(payload)) + payload)
 
 
 # Packs rows without a Python loop. Records and other row-like objects msgpack does not

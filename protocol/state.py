@@ -46,7 +46,15 @@ from protocol.messages import (
 __all__ = ["TRANSITIONS", "ConnectionState", "Origin", "Role", "State"]
 
 
-class Role(Enum):
+class _Hashed(Enum):
+    """An enum hashed by identity, as members compare. ``Enum.__hash__`` is Python code
+    (a hash of the name), and every frame sent or received looks up a key of two or three
+    members in TRANSITIONS: the fan-out paid it per device per change (issue 10)."""
+
+    __hash__ = object.__hash__
+
+
+class Role(_Hashed):
     """Which end of the connection a ``Connection`` plays: the transition table differs by role."""
 
     DEVICE = "device"
@@ -57,7 +65,7 @@ class Role(Enum):
         return Role.SERVER if self is Role.DEVICE else Role.DEVICE
 
 
-class State(Enum):
+class State(_Hashed):
     """Where a connection is in the conversation (PROTOCOL.md, "States"); both roles share it."""
 
     CONNECTING = "CONNECTING"  # device: must send Hello
@@ -70,7 +78,7 @@ class State(Enum):
     CLOSED = "CLOSED"  # Error, Goodbye or EOF: nothing more may be sent
 
 
-class Origin(Enum):
+class Origin(_Hashed):
     """Whether the keyed role sent the message or received it."""
 
     SENT = "sent"
@@ -103,6 +111,7 @@ def _anytime(union: Any) -> list[type[Message]]:
 
 
 D, S = Role.DEVICE, Role.SERVER
+_PEERS = {D: S, S: D}  # Role.peer without a property call per frame
 SENT, RECEIVED = Origin.SENT, Origin.RECEIVED
 _SESSION = (State.SYNCING, State.LIVE, State.CLOSING)
 
@@ -154,7 +163,7 @@ class ConnectionState:
             raise LocalProtocolError(
                 f"{sender.value} may not send {message_type.TYPE!r} in state {state.value}"
             )
-        receiver = sender.peer
+        receiver = _PEERS[sender]
         receiver_state = self.states[receiver]
         self.states[sender] = next_state
         self.states[receiver] = TRANSITIONS.get(

@@ -33,7 +33,10 @@ from protocol import (
     error_frame_for,
     negotiate,
     prepare,
+    prepare_checkpoint,
 )
+from protocol.codec import pack, pack_bin
+from protocol.messages import MAX_CHECKPOINT_LENGTH
 from protocol.state import TRANSITIONS, Origin
 from protocol.vectors.generate import SAMPLES
 from protocol.wire import decode_payload
@@ -270,6 +273,34 @@ def test_prepared_changes_fan_out_without_reencoding() -> None:
         assert link.device.next_event() == Changes(
             "account", [["k1", "a", 1], ["k2", None, 2]], ["gone"]
         )
+
+
+@pytest.mark.parametrize("size", [0, 1, 16, 80, 255, 256, MAX_CHECKPOINT_LENGTH])
+def test_a_prepared_checkpoint_is_the_messages_own_frame(size: int) -> None:
+    """The fan-out's per-device Checkpoint frame (built from fixed bytes and the token)
+    is exactly the frame of the message, and a device reads it as that message."""
+    token = bytes(range(256)) * 4
+    token = token[:size]
+    frame = prepare_checkpoint(token)
+    assert frame.data == prepare(Checkpoint(token=token)).data
+    assert frame.message_type is Checkpoint
+    link = Link()
+    link.go_live()
+    link.device.receive_data(link.server.send_prepared(frame))
+    assert link.device.next_event() == Checkpoint(token=token)
+
+
+def test_a_prepared_checkpoint_refuses_what_the_message_refuses() -> None:
+    with pytest.raises(LocalProtocolError):
+        prepare_checkpoint(b"x" * (MAX_CHECKPOINT_LENGTH + 1))
+    with pytest.raises(LocalProtocolError):
+        prepare_checkpoint("not bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70000])
+def test_pack_bin_is_msgpacks_bin(size: int) -> None:
+    data = b"\x07" * size
+    assert pack_bin(data) == pack(data)
 
 
 def test_encode_changes_accepts_record_like_rows_and_refuses_unpackable_values() -> None:
