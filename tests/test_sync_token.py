@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import hashlib
+import hmac
+import itertools
+from datetime import UTC, datetime, timedelta
 
 import msgpack
 import pytest
@@ -38,6 +41,84 @@ def token(**kwargs: object) -> SyncToken:
     }
     base.update(kwargs)
     return SyncToken(**base)  # type: ignore[arg-type]
+
+
+def reference_seal(key: bytes, t: SyncToken, binding: Binding, key_id: int = 1) -> bytes:
+    """The token as the module docstring lays it out, from msgpack and ``hmac`` themselves:
+    what tokens already on devices were sealed as, which the sealer must keep making."""
+    cp = t.checkpoint
+    gaps = [b - a for a, b in itertools.pairwise((cp.xmin, *cp.xip))]
+    micros = (
+        None
+        if t.at is None
+        else (t.at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    )
+    done = None
+    if t.done is not None:
+        bits = bytearray((max(t.done) // 8 + 1) if t.done else 0)
+        for i in t.done:
+            bits[i // 8] |= 1 << (i % 8)
+        done = bytes(bits)
+    progress = None if t.progress is None else t.progress.packed()
+    fields = [cp.xmin, cp.xmax - cp.xmin, gaps, micros, t.plan, done, progress]
+    payload = msgpack.packb(fields, use_bin_type=True)
+    user, device = binding.user.encode(), binding.device.encode()
+    bound = b"".join(
+        (
+            b"syncd sync token v1\x00",
+            len(binding.incarnation).to_bytes(2, "big"),
+            binding.incarnation,
+            len(user).to_bytes(4, "big"),
+            user,
+            len(device).to_bytes(4, "big"),
+            device,
+        )
+    )
+    mac = hmac.new(key, bound + payload, hashlib.sha256).digest()[:16]
+    sealed: bytes = msgpack.packb([1, key_id, payload, mac], use_bin_type=True)
+    return sealed
+
+
+_running = st.lists(st.integers(1, 2**20), max_size=8, unique=True)
+
+
+@given(
+    xmin=st.integers(1, 2**63),
+    running=_running,
+    micros=st.none() | st.integers(0, 2**52),
+    done=st.none() | st.frozensets(st.integers(0, 40), max_size=6),
+    progress=st.none() | st.builds(Progress, st.integers(0, 40), st.text(max_size=20)),
+    key=st.binary(min_size=1, max_size=100),
+    user=st.text(max_size=30),
+)
+def test_tokens_are_sealed_byte_for_byte_as_the_layout_says(
+    xmin: int,
+    running: list[int],
+    micros: int | None,
+    done: frozenset[int] | None,
+    progress: Progress | None,
+    key: bytes,
+    user: str,
+) -> None:
+    """The sealer packs a window's snapshot once and hashes the key's pads once (the live
+    fan-out seals a token per device per change); its bytes stay those of the layout, for
+    keys shorter and longer than SHA-256's block, twice in a row for the same snapshot."""
+    xip = tuple(sorted(xmin + r for r in running))
+    checkpoint = Snapshot(xmin, (xip[-1] if xip else xmin) + 1, xip)
+    at = (
+        None
+        if micros is None
+        else datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    )
+    t = token(checkpoint=checkpoint, at=at, done=done, progress=progress)
+    binding = Binding(b"\x05" * 16, user, "phone-9")
+    ring = Keyring({3: key})
+    expected = reference_seal(key, t, binding, key_id=3)
+    assert ring.seal(t, binding) == expected
+    assert ring.seal(t, binding) == expected  # the kept snapshot fields
+    other = token(checkpoint=Snapshot(xmin + 1, xmin + 2), at=at)
+    assert ring.seal(other, binding) == reference_seal(key, other, binding, key_id=3)
+    assert ring.open(expected, binding) == t
 
 
 def test_round_trip_with_progress_and_done() -> None:

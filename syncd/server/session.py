@@ -68,6 +68,7 @@ from protocol import (
     Welcome,
     error_frame_for,
     prepare,
+    prepare_checkpoint,
     sent_by_device,
 )
 from protocol import Checkpoint as CheckpointMsg
@@ -650,7 +651,7 @@ class DeviceSession(asyncio.Protocol):
         return data
 
     def _live_checkpoint(self, until: Snapshot, at: datetime) -> PreparedFrame:
-        return prepare(CheckpointMsg(token=self._seal(until, at)))
+        return prepare_checkpoint(self._seal(until, at))
 
     def _origin(self) -> str:
         """How the change log names this device's own uploads."""

@@ -42,13 +42,14 @@ import hashlib
 import hmac
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgpack
 import orjson
 
+from protocol.codec import pack_bin
 from syncd.model import MAX_PROFILE_ENTITIES
 from syncd.store import CheckpointError, Snapshot
 from syncd.store.initial import BlockPosition
@@ -103,10 +104,13 @@ class Binding:
     incarnation: bytes
     user: str
     device: str
+    mac_input: bytes = field(init=False, repr=False, compare=False)
+    """The bytes the MAC covers before the payload: the domain tag and the binding, each
+    length-prefixed. Made once: a live session seals a token per change it is sent."""
 
-    def mac_input(self) -> bytes:
+    def __post_init__(self) -> None:
         user, device = self.user.encode(), self.device.encode()
-        return b"".join(
+        prefix = b"".join(
             (
                 _DOMAIN,
                 len(self.incarnation).to_bytes(2, "big"),
@@ -117,6 +121,7 @@ class Binding:
                 device,
             )
         )
+        object.__setattr__(self, "mac_input", prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,18 +152,15 @@ class SyncToken:
     at: datetime | None = None
 
     def payload(self) -> bytes:
-        cp = self.checkpoint
-        if len(cp.xip) > MAX_XIP:
-            raise TokenTooLarge(f"snapshot lists {len(cp.xip)} running transactions")
+        """The payload's msgpack bytes: the array of seven fields in the module's layout."""
+        if self.done is None and self.progress is None:
+            # A complete token, the kind the live fan-out seals for every device of a
+            # window: the snapshot and time are the same for all of them, packed once.
+            return _snapshot_fields(self.checkpoint, self.at) + _plan_and_complete(self.plan)
         done = None if self.done is None else _bitmap(self.done)
         progress = None if self.progress is None else self.progress.packed()
-        at = None if self.at is None else _micros(self.at)
-        # Running transactions as gaps from the previous one: usually a byte or two each.
-        gaps = [b - a for a, b in itertools.pairwise((cp.xmin, *cp.xip))]
-        fields = [cp.xmin, cp.xmax - cp.xmin, gaps, at, self.plan]
-        fields += [done, progress]
-        data: bytes = msgpack.packb(fields, use_bin_type=True)
-        return data
+        rest: bytes = msgpack.packb([self.plan, done, progress], use_bin_type=True)
+        return _snapshot_fields(self.checkpoint, self.at) + rest[1:]  # [1:]: its header
 
     @classmethod
     def from_payload(cls, data: bytes) -> SyncToken:
@@ -194,6 +196,36 @@ class SyncToken:
         )
 
 
+# A msgpack array of seven, packed element by element: an array's bytes are its header
+# followed by each element's own packing, so the parts can be made apart and joined.
+_SEVEN_FIELDS = b"\x97"
+_COMPLETE: bytes = msgpack.packb(None) * 2  # done and progress nil: every entity complete
+_last_snapshot_fields: tuple[Snapshot | None, datetime | None, bytes] = (None, None, b"")
+
+
+def _snapshot_fields(cp: Snapshot, at: datetime | None) -> bytes:
+    """The array header and the first four fields (xmin, span, running as gaps, at), kept
+    for the last (snapshot, time) asked: a window's checkpoint seals one token per device
+    with the same two objects."""
+    global _last_snapshot_fields
+    last_cp, last_at, packed = _last_snapshot_fields
+    if cp is last_cp and at is last_at:
+        return packed
+    if len(cp.xip) > MAX_XIP:
+        raise TokenTooLarge(f"snapshot lists {len(cp.xip)} running transactions")
+    micros = None if at is None else _micros(at)
+    # Running transactions as gaps from the previous one: usually a byte or two each.
+    gaps = [b - a for a, b in itertools.pairwise((cp.xmin, *cp.xip))]
+    fields: bytes = msgpack.packb([cp.xmin, cp.xmax - cp.xmin, gaps, micros], use_bin_type=True)
+    packed = _SEVEN_FIELDS + fields[1:]  # [1:]: the four-array's one-byte header
+    _last_snapshot_fields = (cp, at, packed)
+    return packed
+
+
+def _plan_and_complete(plan: bytes) -> bytes:
+    return pack_bin(plan) + _COMPLETE
+
+
 def plan_digest(hashes: Mapping[str, str]) -> bytes:
     """A fixed-size name for an entity -> hash map: what a token carries instead of the map."""
     text = orjson.dumps(sorted(hashes.items()))
@@ -206,8 +238,9 @@ class Keyring:
     def __init__(self, keys: Mapping[int, bytes]) -> None:
         if not keys:
             raise ValueError("a keyring needs at least one key")
-        self._keys = dict(keys)
+        self._keys = {key_id: _MacKey(key) for key_id, key in keys.items()}
         self.current = max(self._keys)
+        self._head: bytes = b"\x94" + msgpack.packb(_FORMAT) + msgpack.packb(self.current)
 
     def __contains__(self, key_id: object) -> bool:
         return key_id in self._keys
@@ -215,7 +248,8 @@ class Keyring:
     def seal(self, token: SyncToken, binding: Binding) -> bytes:
         payload = token.payload()
         mac = self._mac(self.current, binding, payload)
-        data: bytes = msgpack.packb([_FORMAT, self.current, payload, mac], use_bin_type=True)
+        # [_FORMAT, key id, payload, mac], joined from its parts (``pack_bin``).
+        data = self._head + pack_bin(payload) + pack_bin(mac)
         if len(data) > _MAX_TOKEN_BYTES:
             raise TokenTooLarge(f"sync token of {len(data)} bytes exceeds {_MAX_TOKEN_BYTES}")
         return data
@@ -232,8 +266,34 @@ class Keyring:
         return SyncToken.from_payload(payload)
 
     def _mac(self, key_id: int, binding: Binding, payload: bytes) -> bytes:
-        digest = hmac.new(self._keys[key_id], binding.mac_input() + payload, hashlib.sha256)
-        return digest.digest()[:MAC_BYTES]
+        return self._keys[key_id].mac(binding.mac_input, payload)
+
+
+class _MacKey:
+    """HMAC-SHA256 (RFC 2104) with the key's two padded blocks hashed once.
+
+    The same MAC as ``hmac.new(key, message, sha256)``, from copies of the inner and outer
+    hash states: OpenSSL 3's one-shot HMAC looks the algorithm up on every call, 4.5 us a
+    token here against about 1.5, and the live fan-out seals one per device per change."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        block = hashlib.sha256().block_size
+        if len(key) > block:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(k ^ 0x36 for k in key))
+        self._outer = hashlib.sha256(bytes(k ^ 0x5C for k in key))
+
+    def mac(self, prefix: bytes, payload: bytes) -> bytes:
+        """The first MAC_BYTES of HMAC(key, prefix + payload)."""
+        inner = self._inner.copy()
+        inner.update(prefix)
+        inner.update(payload)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:MAC_BYTES]
 
 
 def split(data: bytes) -> tuple[int, bytes, bytes]:
