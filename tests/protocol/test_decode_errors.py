@@ -11,9 +11,12 @@ import struct
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from protocol import Connection, Error, ErrorCode, RemoteProtocolError, Role, error_frame_for
-from protocol.codec import MAX_DEPTH
+from protocol import Ack, Connection, Error, ErrorCode, RemoteProtocolError, Role, error_frame_for
+from protocol.codec import MAX_DEPTH, unpack
+from protocol.wire import decode_payload, from_wire
 from tests.protocol.helpers import Link
 
 
@@ -167,3 +170,55 @@ def test_the_error_frame_carries_the_message_to_the_peer() -> None:
     assert event == Error(
         ErrorCode.PROTOCOL_VIOLATION, "map key of msgpack type int: map keys must be str", None
     )
+
+
+def _general(payload: bytes) -> object:
+    """What the general decoder makes of `payload`: the message, or the error's text."""
+    try:
+        return from_wire(unpack(payload))
+    except RemoteProtocolError as exc:
+        return (exc.code, str(exc))
+
+
+def _decoded(payload: bytes) -> object:
+    try:
+        return decode_payload(payload)
+    except RemoteProtocolError as exc:
+        return (exc.code, str(exc))
+
+
+_ACK = _pairs(("type", _p("ack")), ("checkpoint", _p(b"t" * 90)))
+
+
+@given(
+    token=st.binary(max_size=1100),
+    cut=st.integers(0, 1200),
+    extra=st.binary(max_size=3),
+    flip=st.integers(0, 1200),
+)
+def test_acks_decode_as_the_general_decoder_decodes_them(
+    token: bytes, cut: int, extra: bytes, flip: int
+) -> None:
+    """Acks take a fast path (one per live device per change); whatever the bytes (a
+    token at every size up to past the limit, cut short, with bytes after it, a byte
+    flipped, the keys the other way round), the result or the error is the general one."""
+    exact = _pairs(("type", _p("ack")), ("checkpoint", _p(token)))
+    assert _decoded(exact) == _general(exact)
+    if len(token) <= 1024:
+        assert decode_payload(exact) == Ack(checkpoint=token)
+    for payload in (exact[:cut], exact + extra):
+        assert _decoded(payload) == _general(payload)
+    if exact:
+        flipped = bytearray(exact)
+        flipped[flip % len(exact)] ^= 0x01
+        assert _decoded(bytes(flipped)) == _general(bytes(flipped))
+    swapped = _pairs(("checkpoint", _p(token)), ("type", _p("ack")))
+    assert _decoded(swapped) == _general(swapped)
+    as_str = _pairs(("type", _p("ack")), ("checkpoint", _p(token.hex())))
+    assert _decoded(as_str) == _general(as_str)
+
+
+def test_an_ack_with_a_repeated_key_is_still_refused() -> None:
+    twice = _ACK[:1].replace(b"\x82", b"\x83") + _ACK[1:] + _p("checkpoint") + _p(b"u")
+    assert _decoded(twice) == _general(twice)
+    assert isinstance(_decoded(twice), tuple)
