@@ -34,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "DeviceTraffic", "Metrics"]
 
 # Labels a sample carries that are not labels of the metric's children.
 _SAMPLE_LABELS = frozenset({"le", "quantile"})
@@ -90,12 +90,40 @@ _GC_BUCKETS: Final = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 _HANDSHAKE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+class DeviceTraffic:
+    """One org's device I/O, counted as plain integers by its sessions and added to the
+    labelled counters (``syncd_bytes_sent`` and its neighbours) before each scrape.
+
+    A labelled counter's ``inc`` is three calls and a lock; the live fan-out counted four
+    per device per change (bytes and frames written, bytes read, the Ack), a few percent of
+    the daemon's CPU per delivery at 3,000 devices (issue 10). A scrape sees every count
+    made before it, as with the counters themselves."""
+
+    __slots__ = ("_flushed", "acks", "bytes_received", "bytes_sent", "frames_sent")
+
+    def __init__(self) -> None:
+        self.bytes_sent = 0
+        self.frames_sent = 0
+        """Frames written (CHANGES, checkpoints and the rest): ``syncd_batches_sent``."""
+        self.bytes_received = 0
+        self.acks = 0
+        self._flushed = (0, 0, 0, 0)
+
+    def take(self) -> tuple[int, int, int, int]:
+        """What was counted since the last call: bytes sent, frames sent, bytes received,
+        acks."""
+        now = (self.bytes_sent, self.frames_sent, self.bytes_received, self.acks)
+        before, self._flushed = self._flushed, now
+        return (now[0] - before[0], now[1] - before[1], now[2] - before[2], now[3] - before[3])
+
+
 class Metrics:
     """Every metric the daemon exports, registered in a registry of its own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._refreshers: list[Callable[[], None]] = []
+        self._traffic: dict[str, DeviceTraffic] = {}
         r = self.registry
         ProcessCollector(registry=r)
         Info("syncd_build", "The syncd version and Python running this instance.", registry=r).info(
@@ -258,6 +286,26 @@ class Metrics:
             registry=r,
         )
 
+    def traffic(self, org: str) -> DeviceTraffic:
+        """The device I/O tally of `org`'s sessions (one object per org, kept until the org
+        is forgotten)."""
+        found = self._traffic.get(org)
+        if found is None:
+            found = self._traffic[org] = DeviceTraffic()
+        return found
+
+    def _flush_traffic(self) -> None:
+        for org, traffic in self._traffic.items():
+            sent, frames, received, acks = traffic.take()
+            for counter, amount in (
+                (self.bytes_sent, sent),
+                (self.batches_sent, frames),
+                (self.bytes_received, received),
+                (self.checkpoints_acked, acks),
+            ):
+                if amount:
+                    counter.labels(org=org).inc(amount)
+
     def forget_org(self, org: str) -> None:
         """Drop every series labelled with `org`, when an org is deprovisioned.
 
@@ -265,6 +313,7 @@ class Metrics:
         forgotten without being listed here. A sample's labels come in the metric's label
         order; ``le`` (histogram buckets) and ``quantile`` belong to the sample, not the child.
         """
+        self._traffic.pop(org, None)
         for metric in vars(self).values():
             if not isinstance(metric, MetricWrapperBase):
                 continue
@@ -283,6 +332,7 @@ class Metrics:
         self._refreshers.append(refresh)
 
     def refresh(self) -> None:
+        self._flush_traffic()
         for refresh in self._refreshers:
             refresh()
 

@@ -110,6 +110,42 @@ async def test_metrics_endpoint_exposes_recorded_values(metrics: Metrics, port: 
     assert found["syncd_handshake_seconds_count", frozenset()] == 1
 
 
+async def test_device_traffic_reaches_its_counters_at_each_scrape(
+    metrics: Metrics, port: int
+) -> None:
+    """Sessions count their I/O as plain integers (``DeviceTraffic``); a scrape adds what
+    was counted since the one before, so the counters read what was counted, no more, and
+    an org forgotten starts again from nothing."""
+    traffic = metrics.traffic("acme")
+    assert metrics.traffic("acme") is traffic
+    traffic.bytes_sent += 4096
+    traffic.frames_sent += 2
+    traffic.bytes_received += 128
+    traffic.acks += 1
+    acme = frozenset({("org", "acme")})
+    _, _, body = await request(port, get("/metrics"))
+    found = samples(body)
+    assert found["syncd_bytes_sent_total", acme] == 4096
+    assert found["syncd_batches_sent_total", acme] == 2
+    assert found["syncd_bytes_received_total", acme] == 128
+    assert found["syncd_checkpoints_acked_total", acme] == 1
+    traffic.bytes_sent += 4
+    traffic.acks += 2
+    _, _, body = await request(port, get("/metrics"))
+    _, _, body = await request(port, get("/metrics"))  # a scrape with nothing new adds nothing
+    found = samples(body)
+    assert found["syncd_bytes_sent_total", acme] == 4100
+    assert found["syncd_checkpoints_acked_total", acme] == 3
+    assert found["syncd_batches_sent_total", acme] == 2
+    metrics.forget_org("acme")
+    assert metrics.traffic("acme") is not traffic
+    metrics.traffic("acme").acks += 1
+    _, _, body = await request(port, get("/metrics"))
+    found = samples(body)
+    assert found["syncd_checkpoints_acked_total", acme] == 1
+    assert ("syncd_bytes_sent_total", acme) not in found
+
+
 def test_every_metric_is_prefixed_and_has_no_per_device_labels(metrics: Metrics) -> None:
     names = {family.name for family in metrics.registry.collect()}
     process = {name for name in names if name.startswith("process_")}

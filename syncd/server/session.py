@@ -42,6 +42,7 @@ from protocol import (
     NEED_DATA,
     Ack,
     CaughtUp,
+    Changes,
     CodedError,
     Connection,
     ConnectionClosed,
@@ -75,7 +76,7 @@ from protocol import Checkpoint as CheckpointMsg
 from protocol.framing import HEADER_SIZE
 from syncd.auth import AuthError, Claims, TokenVerifier
 from syncd.logs import bind_log_context, log_context
-from syncd.metrics import Metrics
+from syncd.metrics import DeviceTraffic, Metrics
 from syncd.server.admission import Admission, DownloadSlot
 from syncd.server.catch_up import CatchUp
 from syncd.server.devices import DeviceControl
@@ -169,7 +170,6 @@ class DeviceSession(asyncio.Protocol):
     __slots__ = (
         "_ack_lag",
         "_acked",
-        "_acked_counter",
         "_admission",
         "_busy",
         "_claims",
@@ -178,7 +178,6 @@ class DeviceSession(asyncio.Protocol):
         "_complete",
         "_conn",
         "_context",
-        "_counters",
         "_devices",
         "_download_slot",
         "_download_started",
@@ -198,7 +197,6 @@ class DeviceSession(asyncio.Protocol):
         "_plan",
         "_reading",
         "_received",
-        "_received_counter",
         "_registry",
         "_replan",
         "_sealed",
@@ -207,6 +205,7 @@ class DeviceSession(asyncio.Protocol):
         "_settings",
         "_sync_task",
         "_timer",
+        "_traffic",
         "_transport",
         "_verifier",
         "_wake",
@@ -262,7 +261,7 @@ class DeviceSession(asyncio.Protocol):
         """The session's log context, for what runs in transport callbacks and timers."""
         self._sync_task: asyncio.Task[Any] | None = None
         self._end_cancelled = False
-        self._received_counter: Any = None
+        self._traffic: DeviceTraffic | None = None
         self._registry = registry
         self._devices = devices
         self._verifier = verifier
@@ -275,9 +274,7 @@ class DeviceSession(asyncio.Protocol):
         self._sends = SendQueue(
             settings.send_queue_frames, direct=self._write_direct, on_queued=self._start_writer
         )
-        self._counters: tuple[Any, Any] | None = None
         self._ack_lag: Any = None
-        self._acked_counter: Any = None
         self.session_id = uuid.uuid4().hex
         self.device_id = ""
         self.org: OrgRuntime | None = None
@@ -311,13 +308,9 @@ class DeviceSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.stats.bytes_received += len(data)
-        counter = self._received_counter
-        if counter is None and self.org is not None:
-            counter = self._received_counter = self._metrics.bytes_received.labels(
-                org=self.org.name
-            )
-        if counter is not None:
-            counter.inc(len(data))
+        traffic = self._traffic_of()
+        if traffic is not None:
+            traffic.bytes_received += len(data)
         self._last_received = self._loop.time()
         self._conn.receive_data(data)
         self._on_input()
@@ -812,10 +805,9 @@ class DeviceSession(asyncio.Protocol):
                 elapsed = time.monotonic() - self._download_started
                 self._metrics.first_sync_seconds.labels(org=self.org.name).observe(elapsed)
                 self._download_started = None
-        if self.org is not None:
-            if self._acked_counter is None:
-                self._acked_counter = self._metrics.checkpoints_acked.labels(org=self.org.name)
-            self._acked_counter.inc()
+        traffic = self._traffic_of()
+        if traffic is not None:
+            traffic.acks += 1
 
     async def _answer_upload(self, upload: Upload) -> None:
         self._sends.push(self._result_frame(await self._upload(upload)))
@@ -948,27 +940,33 @@ class DeviceSession(asyncio.Protocol):
         """Encode `items` in order and hand them to the transport as one write."""
         conn = self._conn
         chunks = []
-        frames = 0
+        changes = 0
         for item in items:
             if isinstance(item, PreparedFrame):
                 chunks.append(conn.send_prepared(item))
-                frames += 1
+                if item.message_type is Changes:
+                    changes += 1
             else:
                 chunks.append(conn.send(item))
         data = b"".join(chunks)
         self._transport_of().write(data)
+        self._count_sent(data, changes)
+
+    def _count_sent(self, data: bytes, changes: int = 0) -> None:
+        """Count bytes written to the transport (every write: the Welcome and a last
+        error frame are protocol bytes too), `changes` of them CHANGES frames."""
         self.stats.bytes_sent += len(data)
-        if self.org is not None:
-            counters = self._counters
-            if counters is None:
-                # Looked up once: a labels() call per write was 5% of a fleet's fan-out.
-                name = self.org.name
-                counters = self._counters = (
-                    self._metrics.bytes_sent.labels(org=name),
-                    self._metrics.batches_sent.labels(org=name),
-                )
-            counters[0].inc(len(data))
-            counters[1].inc(frames)
+        traffic = self._traffic_of()
+        if traffic is not None:
+            traffic.bytes_sent += len(data)
+            traffic.frames_sent += changes
+
+    def _traffic_of(self) -> DeviceTraffic | None:
+        """The org's I/O tally (``DeviceTraffic``), once Hello named the org."""
+        traffic = self._traffic
+        if traffic is None and self.org is not None:
+            traffic = self._traffic = self._metrics.traffic(self.org.name)
+        return traffic
 
     def _write_direct(self, frames: Sequence[Outgoing]) -> bool:
         """The live hub's fast path (``SendQueue.offer`` with nothing queued): write the
@@ -1043,6 +1041,7 @@ class DeviceSession(asyncio.Protocol):
 
     async def _write_now(self, data: bytes) -> None:
         self._transport_of().write(data)
+        self._count_sent(data)
         await self._drain()
 
     def _finish_with(self, end: _End, last: Message | None = None) -> None:
@@ -1097,6 +1096,7 @@ class DeviceSession(asyncio.Protocol):
             # session were a tenth of a 10,000-session shutdown.
             if data:
                 transport.write(data)
+                self._count_sent(data)
             transport.close()
             if not self._lost:
                 closed = self._closed = self._loop.create_future()
