@@ -416,7 +416,9 @@ def spy_on(daemon: DaemonProcess, phase: str) -> subprocess.Popen[bytes] | None:
     out = record.results_dir() / f"fleet-{phase}-{os.getpid()}.speedscope.json"
     spy = subprocess.Popen(
         [_py_spy(), "record", "--pid", str(daemon.pid), "--rate", "200",
-         "--nonblocking", "--format", "speedscope", "--output", str(out)],
+         "--format", "speedscope", "--output", str(out),
+         # Native stacks are read with the daemon paused; Python ones need not pause it.
+         *(["--native"] if Meter.native else ["--nonblocking"])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     print(f"profiling the daemon during {phase}: {out}", flush=True)
@@ -430,6 +432,8 @@ class Meter:
     speedscope file each, beside the run's results), the way the fleet's costs were found."""
 
     profile: frozenset[str] = frozenset()
+    native = False
+    """py-spy ``--native`` (C frames too)."""
     ops_port: int | None = None
     """The daemon's metrics endpoint, for its garbage collections."""
 
@@ -1020,6 +1024,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sample the daemon with py-spy during these phases",
     )
     parser.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: C frames too (uvloop, OpenSSL; a syscall's kernel time is its own)",
+    )
+    parser.add_argument(
         "--no-ticket-key",
         action="store_true",
         help="no server.tls_ticket_key: the storm after the restart does full TLS handshakes",
@@ -1053,6 +1062,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse(argv)
     Meter.profile = frozenset(args.profile)
+    Meter.native = args.native
     if args.profile and not Path(_py_spy()).exists():
         sys.exit("bench.fleet: --profile needs py-spy (pip install py-spy), not found")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
