@@ -43,13 +43,12 @@ from datetime import UTC, datetime
 
 from protocol import DEFAULT_MAX_FRAME_SIZE, PreparedFrame, encode_changes_within
 from syncd.metrics import Metrics
-from syncd.model import Column, Entity
 from syncd.server.plan import DevicePlan, Partition
+from syncd.server.touch_groups import TouchGroups
 from syncd.store import ResyncRequired, Snapshot, StagingStore
 from syncd.store.feed import (
     Subscription,
     WindowTimes,
-    dependencies,
     incremental_pages,
     origins_in_window,
     own_leavers,
@@ -149,6 +148,8 @@ class LiveHub:
         self._metrics = metrics
         self._members: set[LiveMember] = set()
         self._partitions: dict[str, _Live] = {}
+        self._groups: TouchGroups | None = None
+        """``_partitions`` grouped for a window's questions; None after it changed."""
         self._position: Snapshot | None = None
         self._position_at: datetime | None = None
         # Uploads applied by this instance's sessions: only windows that can hold one ask the
@@ -302,6 +303,7 @@ class LiveHub:
             live = self._partitions.get(partition.key)
             if live is None:
                 live = self._partitions[partition.key] = _Live(partition)
+                self._groups = None
             live.members.add(member)
 
     def leave(self, member: LiveMember) -> None:
@@ -314,6 +316,7 @@ class LiveHub:
                 live.members.discard(member)
                 if not live.members:
                     del self._partitions[partition.key]
+                    self._groups = None
 
     async def _run(self) -> None:
         while True:
@@ -381,12 +384,12 @@ class LiveHub:
     ) -> dict[str, _Read]:
         """Each live partition's frames for (since, until]; partitions with nothing are left
         out. Raises ResyncRequired if compaction removed part of the window meanwhile."""
+        groups = self._live_groups()
         if until == since:
             # Only time passed, and time moves nothing but time-relative partitions.
-            partitions = [p.partition for p in self._partitions.values()]
-            due = [p for p in partitions if p.time_relative]
+            due = [p for p in groups.partitions if p.time_relative]
         else:
-            due = await self._touched(since, [p.partition for p in self._partitions.values()])
+            due = await groups.touched(self._staging, since)
         encoded = self._metrics.frames_encoded.labels(org=self.org)
         reads: dict[str, _Read] = {}
         for partition in due:
@@ -454,49 +457,18 @@ class LiveHub:
         return own
 
     async def _touched(self, since: Snapshot, partitions: list[Partition]) -> list[Partition]:
-        """The partitions a window since ``since`` may have rows for: the whole partitions
-        whose tables were written, the pieces of split ones whose value a written row held
-        (one statement per split column, however many pieces and devices), and the keyed
-        ones (a related parent's owner, a staging membership) whose value a written row
-        leads to (one statement per shape, however many users)."""
-        due: list[Partition] = []
-        whole: list[Partition] = []
-        split: dict[tuple[str, str, str], tuple[Entity, Column, list[Partition]]] = {}
-        keyed: dict[str, list[Partition]] = {}
-        for p in partitions:
-            if p.keyed is not None:
-                keyed.setdefault(p.shape, []).append(p)
-                continue
-            if p.column is None:
-                whole.append(p)
-                continue
-            e = p.subscription.entity
-            key = (e.name, p.column.name, p.column.type)
-            split.setdefault(key, (e, p.column, []))[2].append(p)
-        due.extend(await self._whole_touched(since, whole))
-        for entity, column, pieces in split.values():
-            values = list(dict.fromkeys(p.value for p in pieces))
-            hit = await self._staging.touched_values(entity, column, values, since)
-            due.extend(p for p in pieces if p.value in hit)
-        for group in keyed.values():
-            path = group[0].keyed
-            assert path is not None
-            values = list(dict.fromkeys(p.value for p in group))
-            hit = await self._staging.touched_keyed(path, values, since)
-            due.extend(p for p in group if p.value in hit)
-        return due
+        """The partitions of `partitions` a window since ``since`` may have rows for: one
+        statement per kind of partition, however many devices (``TouchGroups``)."""
+        return await TouchGroups.of(partitions).touched(self._staging, since)
 
-    async def _whole_touched(self, since: Snapshot, whole: list[Partition]) -> list[Partition]:
-        """Whole partitions whose rows can have changed: a row moves only by a write to its
-        own table or to one its filter reads (or by time, for a time-relative filter), so a
-        partition none of whose tables was written has nothing in the window (one statement,
-        however many partitions)."""
-        if not whole:
-            return []
-        tables = {p: {p.subscription.entity.name, *dependencies(p.subscription)} for p in whole}
-        names = sorted(set().union(*tables.values()))
-        written = await self._staging.written_tables(since, names)
-        return [p for p in whole if p.time_relative or tables[p] & written]
+    def _live_groups(self) -> TouchGroups:
+        """The live partitions grouped for a window's questions, rebuilt only after members
+        joined or left: a window for one device then costs Python work per touched piece,
+        not per live device."""
+        groups = self._groups
+        if groups is None:
+            groups = self._groups = TouchGroups.of(p.partition for p in self._partitions.values())
+        return groups
 
     def _deliver(
         self,
@@ -550,5 +522,6 @@ class LiveHub:
     def _drop_all(self) -> None:
         members, self._members = self._members, set()
         self._partitions.clear()
+        self._groups = None
         for member in members:
             member.on_dropped(member.checkpoint)

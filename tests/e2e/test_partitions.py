@@ -175,3 +175,40 @@ async def shows(d: Device, key: str, column: int, value: Any) -> None:
             if rows and rows[0][column] == value:
                 return
             await d.client.checkpoint_applied.wait()
+
+
+async def test_a_team_nobody_followed_is_asked_for_once_its_device_is_live(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    """The hub keeps its live partitions grouped for a window's questions and rebuilds the
+    grouping only when members bring or take away partitions (``TouchGroups``): a device
+    whose team no live device held, joining after the hub has read windows, gets that
+    team's changes live. Without the rebuild the hub would never ask for team 4."""
+    org = org_name()
+    store = await seed(running, org)
+    registry = running.daemon.registry
+    assert registry is not None
+    await registry.control.assign_profile(org, "c", "claims")
+    await registry.reload(org)
+    async with live_devices(running, org, tmp_path) as dev:
+        a = dev["a"]
+        await move(store, 3, 1)  # a window read and grouped without team 4
+        await a.holds({acc(1), acc(2), acc(3)})
+        db = LocalDB.open(tmp_path / "c.sqlite")
+        c = Device(db, running.client(db, running.token(org, user="c", teams=["4"]), org))
+        stop = asyncio.Event()
+        live = asyncio.create_task(c.client.run_live(stop))
+        try:
+            async with asyncio.timeout(30):
+                await c.client.caught_up.wait()
+            await c.holds({acc(4)})
+            # The first move reaches C by its join's gap read or by a window; either way C
+            # is a member once it holds it, so the second can only come by a window.
+            await move(store, 1, 4)
+            await c.holds({acc(1), acc(4)})
+            await move(store, 2, 4)
+            await c.holds({acc(1), acc(2), acc(4)})
+            await a.holds({acc(3)})
+        finally:
+            stop.set()
+            await asyncio.wait_for(live, 30)
