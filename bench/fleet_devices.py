@@ -37,6 +37,7 @@ from typing import Any, Final
 import psutil
 import uvloop
 
+from bench.tls_offer import Offer, cheap_client_context, offering
 from protocol import (
     NEED_DATA,
     Ack,
@@ -57,7 +58,6 @@ from protocol import (
     Welcome,
 )
 from syncd.auth import mint_token
-from syncd.client.tls import client_context, offering
 
 READ_CHUNK: Final = 64 * 1024
 NAME_INDEX: Final = 2
@@ -146,8 +146,8 @@ class FleetDevice:
             ttl_seconds=TOKEN_TTL_S,
         )
         self.checkpoint: bytes | None = None
-        #: The TLS session of the last connection, offered on the next (as the SDK does).
-        self.tls_session: ssl.SSLSession | None = None
+        #: The TLS session of the last full handshake, offered on every connection after it.
+        self.tls_session: Offer | None = None
         self.live = False
         self.caught_up = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
@@ -171,7 +171,7 @@ class FleetDevice:
 
     async def _open(self, resume: bool, outcome: Outcome) -> None:
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            with offering(self.fleet.context, self.tls_session):
+            with offering(self.tls_session):
                 reader, writer = await asyncio.open_connection(
                     self.fleet.host,
                     self.fleet.port,
@@ -204,10 +204,11 @@ class FleetDevice:
                 # The ticket came before this frame. Taken only from a full handshake: a
                 # ticket keeps working under the same key, and CPython copies a session
                 # (serialized and parsed again, the server's certificate with it) each time
-                # `session` is read, ~0.3 ms, a third of these devices' CPU in a storm.
+                # `session` is read, ~0.3 ms, a third of these devices' CPU in a storm;
+                # offered without that copy too (``bench.tls_offer``).
                 session = ssl_object.session
                 if session is not None and session.has_ticket:
-                    self.tls_session = session
+                    self.tls_session = Offer(session)
         if isinstance(first, Error):
             writer.close()
             if first.code == ErrorCode.OVERLOADED:
@@ -284,7 +285,7 @@ class Fleet:
         self.port: int = setup["port"]
         self.source: str = setup["source"]
         self.token_key = Path(setup["token_key"]).read_bytes()
-        self.context = client_context(setup["ca_cert"])
+        self.context = cheap_client_context(setup["ca_cert"])
         self.devices: dict[int, FleetDevice] = {}
         self.arrivals: dict[int, Arrival] = {}
         self._waits: dict[int, tuple[int, asyncio.Future[None]]] = {}
