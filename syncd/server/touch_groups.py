@@ -38,15 +38,13 @@ class _Whole:
 class _Split:
     entity: Entity
     column: Column
-    values: list[object] = field(default_factory=list)
-    """The pieces' distinct values, in first-seen order: the question's parameter."""
     pieces: dict[object, list[Partition]] = field(default_factory=dict)
+    """The pieces by value: its keys are the question's values, looked up per answer."""
 
 
 @dataclass
 class _Keyed:
     path: KeyPath
-    values: list[object] = field(default_factory=list)
     pieces: dict[object, list[Partition]] = field(default_factory=dict)
 
 
@@ -71,7 +69,7 @@ class TouchGroups:
                 group = keyed.get(p.shape)
                 if group is None:
                     group = keyed[p.shape] = _Keyed(p.keyed)
-                _add_piece(group.values, group.pieces, p)
+                group.pieces.setdefault(p.value, []).append(p)
             elif p.column is None:
                 whole.partitions.append(p)
                 sub = p.subscription
@@ -82,7 +80,7 @@ class TouchGroups:
                 piece_group = split.get(key)
                 if piece_group is None:
                     piece_group = split[key] = _Split(e, p.column)
-                _add_piece(piece_group.values, piece_group.pieces, p)
+                piece_group.pieces.setdefault(p.value, []).append(p)
         whole.names = sorted(set().union(*whole.tables.values())) if whole.tables else []
         return cls(whole, list(split.values()), list(keyed.values()), every)
 
@@ -99,18 +97,10 @@ class TouchGroups:
                 p for p in whole.partitions if p.time_relative or whole.tables[p.key] & written
             )
         for group in self.split:
-            hit = await staging.touched_values(group.entity, group.column, group.values, since)
+            values = group.pieces.keys()
+            hit = await staging.touched_values(group.entity, group.column, values, since)
             due.extend(p for value in hit for p in group.pieces[value])
         for keyed in self.keyed:
-            hit = await staging.touched_keyed(keyed.path, keyed.values, since)
+            hit = await staging.touched_keyed(keyed.path, keyed.pieces.keys(), since)
             due.extend(p for value in hit for p in keyed.pieces[value])
         return due
-
-
-def _add_piece(values: list[object], pieces: dict[object, list[Partition]], p: Partition) -> None:
-    found = pieces.get(p.value)
-    if found is None:
-        values.append(p.value)
-        pieces[p.value] = [p]
-    else:
-        found.append(p)

@@ -51,7 +51,7 @@ how to spell a column. ``RowFilter`` is the minimal conjunction of ``=`` / ``IN`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
@@ -563,23 +563,51 @@ async def _window_leavers(
 
 
 async def touched_values(
-    fetch: Fetch, entity: Entity, column: Column, values: Sequence[object], since: Snapshot
+    fetch: Fetch, entity: Entity, column: Column, values: Collection[object], since: Snapshot
 ) -> set[object]:
     """Which of `values` rows written since `since` held in `column`, before or after the
     write: the pieces of a split filter (``predicates.partition``) a window can have rows for.
 
     A piece's rows move only by their own writes, so the other pieces need not be read at
     all; a superset (writes after the window too) only reads a piece for nothing. One
-    statement for all the pieces of a column.
+    statement for all the pieces of a column (two when a window wrote many values:
+    ``values_among``).
     """
     if not values:
         return set()
     params: list[object] = []
     inner = touched_since(since)(entity, column, params)
-    params.append(list(values))
-    array = f"${len(params)}::{SQL_TYPES[column.type]}[]"
+    return await values_among(fetch, inner, params, SQL_TYPES[column.type], values)
+
+
+#: Up to this many live values, `values_among` sends them all in one statement.
+FEW_VALUES = 32
+#: With more, it first reads the values a window wrote, if there are at most this many.
+WRITTEN_VALUES_LIMIT = 256
+
+
+async def values_among(
+    fetch: Fetch, inner: str, params: list[object], sql_type: str, values: Collection[object]
+) -> set[object]:
+    """Which of `values` the statement `inner` (one column of `sql_type`, with `params`)
+    yields. `values` is a set-like collection (a dict's keys): ``in`` is a lookup.
+
+    Sending every live value costs per value (asyncpg encodes the array, PostgreSQL unnests
+    it), and a fleet has one per device while a window usually wrote a few: with more than
+    FEW_VALUES, the values `inner` yields are read first, at most WRITTEN_VALUES_LIMIT of
+    them, and looked up in `values`. Only a window that wrote more reads them against the
+    array. Values come back as the column's Python type, which is the type filters coerce
+    their values to (``filters.values.coerce``), so they compare and hash alike."""
+    if len(values) > FEW_VALUES:
+        limit = len(params) + 1
+        sql = f"SELECT _w.v FROM ({inner}) AS _w(v) LIMIT ${limit}::int"
+        rows = await fetch(sql, *params, WRITTEN_VALUES_LIMIT + 1)
+        if len(rows) <= WRITTEN_VALUES_LIMIT:
+            return {r[0] for r in rows if r[0] in values}
+    ordered = list(values)
+    array = f"${len(params) + 1}::{sql_type}[]"
     sql = f"SELECT _p.i FROM unnest({array}) WITH ORDINALITY AS _p(v, i) WHERE _p.v IN ({inner})"
-    return {values[int(r[0]) - 1] for r in await fetch(sql, *params)}
+    return {ordered[int(r[0]) - 1] for r in await fetch(sql, *params, ordered)}
 
 
 async def origins_in_window(fetch: Fetch, since: Snapshot, snapshot: Snapshot) -> set[str]:

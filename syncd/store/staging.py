@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -224,13 +224,13 @@ class StagingStore:
     # -- what the live hub asks (so that it composes no SQL) -----------------------------
 
     async def touched_values(
-        self, entity: Entity, column: Column, values: Sequence[object], since: Snapshot
+        self, entity: Entity, column: Column, values: Collection[object], since: Snapshot
     ) -> set[object]:
         """Which `values` rows written since `since` held in `column` (``feed.touched_values``)."""
         return await touched_values(self.fetch, entity, column, values, since)
 
     async def touched_keyed(
-        self, path: KeyPath, values: Sequence[object], since: Snapshot
+        self, path: KeyPath, values: Collection[object], since: Snapshot
     ) -> set[object]:
         """Which `values` of keyed partitions of one shape a window since `since` may have
         rows for (``touched_keys.touched_keyed``)."""

@@ -25,12 +25,12 @@ fixed templates and quoted model identifiers; every value is a parameter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection
 
 from syncd.model import Column, Entity
 from syncd.predicates.bound import BCompare
 from syncd.predicates.partition import KeyPath
-from syncd.store.feed import Fetch
+from syncd.store.feed import Fetch, values_among
 from syncd.store.snapshot import Snapshot
 from syncd.store.sql import SQL_TYPES, ident
 
@@ -38,7 +38,7 @@ __all__ = ["touched_keyed"]
 
 
 async def touched_keyed(
-    fetch: Fetch, path: KeyPath, values: Sequence[object], since: Snapshot
+    fetch: Fetch, path: KeyPath, values: Collection[object], since: Snapshot
 ) -> set[object]:
     """Which of ``values`` (partitions of ``path``'s shape) a window since ``since`` may have
     rows or tombstones for. One statement, however many values."""
@@ -46,10 +46,9 @@ async def touched_keyed(
         return set()
     spell = _Spell(since)
     touched = spell.touched(path)
-    spell.params.append(list(values))
-    array = f"${len(spell.params)}::{SQL_TYPES[path.value_column.type]}[]"
-    sql = f"SELECT _p.i FROM unnest({array}) WITH ORDINALITY AS _p(v, i) WHERE _p.v IN ({touched})"
-    return {values[int(r[0]) - 1] for r in await fetch(sql, *spell.params)}
+    return await values_among(
+        fetch, touched, spell.params, SQL_TYPES[path.value_column.type], values
+    )
 
 
 class _Spell:

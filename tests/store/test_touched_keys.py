@@ -197,10 +197,19 @@ async def nonempty(store: StagingStore, p: Partition, since: Snapshot, until: Sn
     return False
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+def ghosts(like: object, n: int) -> list[object]:
+    """`n` values of `like`'s type that no row holds: live users with nothing in staging."""
+    if isinstance(like, int):
+        return [10_000 + i for i in range(n)]
+    return [f"ghost-{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize(("seed", "idle_users"), [(1, 0), (2, 0), (3, 40)])
 async def test_touched_keyed_names_every_partition_a_per_user_read_finds(
-    store: StagingStore, seed: int
+    store: StagingStore, seed: int, idle_users: int
 ) -> None:
+    """With `idle_users` more live values than FEW_VALUES allows in one statement, the
+    values a window wrote are read first and looked up (``feed.values_among``)."""
     rng = random.Random(seed)
     history = History(store, rng)
     await history.seed()
@@ -221,7 +230,9 @@ async def test_touched_keyed_names_every_partition_a_per_user_read_finds(
             for group in shapes.values():
                 path = group[0].keyed
                 assert path is not None
-                hit = await store.touched_keyed(path, [p.value for p in group], since)
+                values = [p.value for p in group] + ghosts(group[0].value, idle_users)
+                hit = await store.touched_keyed(path, dict.fromkeys(values).keys(), since)
+                assert not hit - set(values)
                 for p in group:
                     changed = await nonempty(store, p, since, now)
                     assert not changed or p.value in hit, (kind, p.subscription.entity.name)
