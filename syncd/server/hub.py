@@ -13,6 +13,8 @@ checkpoint (encoded once per distinct plan). Tombstones first because a row movi
 to team 8 is a tombstone of piece 7 and a row of piece 8, and a device holding both teams must
 keep it. A row is in at most one piece of a split entity, so no device gets it twice.
 
+A window owed to many members is offered to them a slice at a time, each member's windows in
+order, so a change for one device is not held behind an org-wide one (``live_windows``).
 A member whose queue is full is a slow device: it is dropped from the hub with the checkpoint
 of the last window it received whole and catches up on its own later, so one slow phone
 never grows memory or holds back the others.
@@ -43,7 +45,8 @@ from datetime import UTC, datetime
 
 from protocol import DEFAULT_MAX_FRAME_SIZE, PreparedFrame, encode_changes_within
 from syncd.metrics import Metrics
-from syncd.server.plan import DevicePlan, Partition
+from syncd.server.live_windows import SLICE, EncodedRead, LiveMember, Window, WindowOffers
+from syncd.server.plan import Partition
 from syncd.server.touch_groups import TouchGroups
 from syncd.store import ResyncRequired, Snapshot, StagingStore
 from syncd.store.feed import (
@@ -76,26 +79,6 @@ _log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class LiveMember:
-    """A caught-up session as the hub sees it."""
-
-    plan: DevicePlan
-    checkpoint: Snapshot
-    checkpoint_at: datetime | None
-    """The wall time of ``checkpoint`` (None: unknown, from an old token)."""
-    offer: Callable[[Sequence[PreparedFrame]], bool]
-    """Queue frames without waiting; False means the session's queue is full."""
-    on_dropped: Callable[[Snapshot], None]
-    """Called once if the hub drops the member, with the checkpoint it last received whole."""
-    checkpoint_frame: Callable[[Snapshot, datetime], PreparedFrame]
-    """The member's Checkpoint frame for a snapshot: tokens are sealed for one device each."""
-    origin: str | None = None
-    """How the change log names this device's own writes (``uploads.origin_of``)."""
-    rows_sent: int = 0
-    """Rows the hub queued for this member (the session's closing log line reports them)."""
-
-
-@dataclass(eq=False)
 class _Live:
     """A partition some member follows, and those members."""
 
@@ -110,18 +93,6 @@ class _Joining:
     member: LiveMember
     catch_up: Callable[[Snapshot, Snapshot, WindowTimes], Awaitable[None]]
     done: asyncio.Future[None]
-
-
-@dataclass
-class _Read:
-    """One partition's window, encoded: its tombstones and its rows in separate frames."""
-
-    entity: str
-    deletes: list[PreparedFrame] = field(default_factory=list)
-    upserts: list[PreparedFrame] = field(default_factory=list)
-    rows: int = 0
-    members: int = 0
-    """Members that were sent this read whole (its rows count once for each)."""
 
 
 class LiveHub:
@@ -140,6 +111,7 @@ class LiveHub:
         batch_size: int,
         metrics: Metrics,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        offer_slice: int = SLICE,
     ) -> None:
         self.org = org
         self._staging = staging
@@ -149,6 +121,7 @@ class LiveHub:
         self._members: set[LiveMember] = set()
         self._partitions: dict[str, _Live] = {}
         self._groups: TouchGroups | None = None
+        self._offers = WindowOffers(self._dropped, self._count_rows, offer_slice)
         """``_partitions`` grouped for a window's questions; None after it changed."""
         self._position: Snapshot | None = None
         self._position_at: datetime | None = None
@@ -175,6 +148,7 @@ class LiveHub:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self._offers.close()
         self._drop_all()
 
     @property
@@ -310,6 +284,7 @@ class LiveHub:
         if member not in self._members:
             return
         self._members.discard(member)
+        self._offers.forget(member)
         for partition in member.plan.partitions:
             live = self._partitions.get(partition.key)
             if live is not None:
@@ -329,6 +304,8 @@ class LiveHub:
                 if not any(p.partition.time_relative for p in self._partitions.values()):
                     continue
                 signalled_by_commit = False
+            # Windows still owed to many members bound what the hub holds (decision 5).
+            await self._offers.room()
             self._wake.clear()
             signalled = self._last_signal
             try:
@@ -376,12 +353,12 @@ class LiveHub:
             self._position = await self._staging.current_checkpoint()
             self._position_at = self.clock()
             return
-        self._deliver(reads, own, until, until_at)
+        self._offers.add(self._window(reads, own, until, until_at))
         self._position, self._position_at = until, until_at
 
     async def _read_window(
         self, since: Snapshot, until: Snapshot, times: WindowTimes
-    ) -> dict[str, _Read]:
+    ) -> dict[str, EncodedRead]:
         """Each live partition's frames for (since, until]; partitions with nothing are left
         out. Raises ResyncRequired if compaction removed part of the window meanwhile."""
         groups = self._live_groups()
@@ -391,10 +368,10 @@ class LiveHub:
         else:
             due = await groups.touched(self._staging, since)
         encoded = self._metrics.frames_encoded.labels(org=self.org)
-        reads: dict[str, _Read] = {}
+        reads: dict[str, EncodedRead] = {}
         for partition in due:
             sub = partition.subscription.at(times)
-            read = _Read(sub.entity.name)
+            read = EncodedRead(sub.entity.name)
             pages = incremental_pages(self._staging.fetch, sub, since, until, self._batch_size)
             async for batch in pages:
                 limit = self._max_frame_size
@@ -470,52 +447,35 @@ class LiveHub:
             groups = self._groups = TouchGroups.of(p.partition for p in self._partitions.values())
         return groups
 
-    def _deliver(
+    def _window(
         self,
-        reads: dict[str, _Read],
+        reads: dict[str, EncodedRead],
         own: dict[LiveMember, list[PreparedFrame]],
         until: Snapshot,
         until_at: datetime,
-    ) -> None:
-        """Offer every member with something in ``reads`` or ``own`` its frames and a
-        checkpoint."""
-        mine: dict[LiveMember, list[_Read]] = {m: [] for m in own if m in self._members}
+    ) -> Window:
+        """The window as it is owed: to every member following a partition it read, and
+        to every member with own leavers in it (``live_windows`` offers it)."""
+        owed: dict[LiveMember, list[EncodedRead]] = {m: [] for m in own if m in self._members}
         for key, read in reads.items():
             live = self._partitions.get(key)
             if live is None:
                 continue  # every member of it left while the window was read
             for member in live.members:
-                parts = mine.get(member)
+                parts = owed.get(member)
                 if parts is None:
-                    mine[member] = [read]
+                    owed[member] = [read]
                 else:
                     parts.append(read)
-        # Per member, the cheap path is the common one (its rows from one partition, no
-        # own leavers): a copy of that read's frames and the member's checkpoint. This
-        # loop runs per device per window, so what each step costs is what a fan-out to
-        # 10,000 devices costs 10,000 times (issue 10).
-        for member, parts in mine.items():
-            if len(parts) == 1:
-                read = parts[0]
-                frames = [*read.deletes, *read.upserts]
-            else:
-                frames = [f for r in parts for f in r.deletes]
-                frames.extend(f for r in parts for f in r.upserts)
-            if own:
-                frames.extend(own.get(member, ()))
-            frames.append(member.checkpoint_frame(until, until_at))
-            if member.offer(frames):
-                member.checkpoint, member.checkpoint_at = until, until_at
-                for r in parts:
-                    r.members += 1
-                    member.rows_sent += r.rows
-            else:
-                self.leave(member)
-                member.on_dropped(member.checkpoint)
-        sent: dict[str, int] = {}
-        for read in reads.values():
-            if read.members:
-                sent[read.entity] = sent.get(read.entity, 0) + read.rows * read.members
+        return Window(until, until_at, list(reads.values()), owed, own)
+
+    def _dropped(self, member: LiveMember) -> None:
+        """A member whose offer was refused (a slow device): it leaves and catches up on
+        its own from the last window it received whole."""
+        self.leave(member)
+        member.on_dropped(member.checkpoint)
+
+    def _count_rows(self, sent: dict[str, int]) -> None:
         for entity, count in sent.items():
             self._metrics.rows_sent.labels(org=self.org, entity=entity).inc(count)
 
@@ -523,5 +483,6 @@ class LiveHub:
         members, self._members = self._members, set()
         self._partitions.clear()
         self._groups = None
+        self._offers.clear()
         for member in members:
             member.on_dropped(member.checkpoint)

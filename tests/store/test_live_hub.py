@@ -188,3 +188,34 @@ async def test_joiners_at_once_read_their_gap_only_when_it_touched_their_rows(
         assert devices[2].keys() == set()
     finally:
         await hub.close()
+
+
+async def test_windows_offered_a_slice_at_a_time_reach_every_member_in_order(
+    staging: StagingStore, crm_model: ClientModel
+) -> None:
+    """With a slice of one member, every window of three members is queued and offered one
+    member per loop turn while the hub reads the next: each device still gets every row of
+    its owner, once, and its checkpoints in commit order after the rows they cover."""
+    hub = LiveHub("org", staging, batch_size=100, metrics=Metrics(), offer_slice=1)
+    start = await staging.current_checkpoint()
+    devices = [Device("1") for _ in range(3)]
+    try:
+        for device in devices:
+            await hub.join(member(crm_model, device, start), no_gap)
+        hub.start()
+        sent: list[dict[str, object]] = []
+        for n in range(4):  # four commits, signalled without waiting for any delivery
+            rows = [dict(r, owner_id=1) for r in accounts(5, start=100 * n)]
+            await ingest(staging, crm_model, rows)
+            sent.extend(rows)
+            hub.signal("account")
+        for device in devices:
+            await device.wait_for(len(sent))
+            assert device.keys() == {str(r["id"]) for r in sent}
+            upserts = [r[0] for f in device.frames if isinstance(f, Changes) for r in f.upserts]
+            assert len(upserts) == len(set(upserts))  # no row twice
+            marks = [int(f.token) for f in device.frames if isinstance(f, CheckpointMsg)]
+            assert marks == sorted(marks)
+            assert isinstance(device.frames[-1], CheckpointMsg)  # the rows came before it
+    finally:
+        await hub.close()
