@@ -148,17 +148,16 @@ async def test_queued_windows_are_bounded() -> None:
     hub = Hub(slice_size=1)
     members = [Phone(f"p{i}").member() for i in range(3)]
     for n in range(MAX_QUEUED):
-        async with asyncio.timeout(1):
-            await hub.offers.room()  # as the hub does before reading a window
-        hub.offers.add(window(n + 1, members, [f"k{n}"]))
+        assert not hub.offers.full
+        hub.offers.add(window(n + 1, members, [f"k{n}"]))  # no loop turn: all four queue
     assert hub.offers.queued == MAX_QUEUED
-    waiting = asyncio.ensure_future(hub.offers.room())
-    await asyncio.sleep(0)
-    assert not waiting.done()  # the hub would read no further
+    assert hub.offers.full  # the hub waits in room() before reading another window
     async with asyncio.timeout(10):
-        await waiting  # room again once one of them was offered to everyone
+        await hub.offers.room()  # room again once the oldest was offered to everyone
+        assert hub.offers.queued < MAX_QUEUED
         await hub.offers.drained()
     assert hub.offers.queued == 0
+    assert not hub.offers.full
 
 
 async def test_a_member_that_leaves_is_owed_nothing() -> None:

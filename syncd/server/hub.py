@@ -311,7 +311,8 @@ class LiveHub:
             try:
                 async with self._lock:
                     if self._members:
-                        await self._advance()
+                        with self._offers.reading():
+                            await self._advance()
                         if signalled_by_commit:
                             self._metrics.commit_to_send_seconds.labels(org=self.org).observe(
                                 time.monotonic() - signalled

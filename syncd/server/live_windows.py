@@ -1,4 +1,4 @@
-"""Live windows offered to their members in order, a slice of members at a time.
+"""Live windows offered to their members in order, a few milliseconds at a time.
 
 Strategy (issue 10; ARCHITECTURE.md decisions 4 and 5). The hub reads and encodes a window
 once per partition, and then every member following a partition it touched is offered its
@@ -9,14 +9,16 @@ length of a fan-out. So:
 
 * a window owed to at most ``SLICE`` members (a change for a team, for one device) is
   offered at once, when it is read;
-* a bigger one is queued and offered ``SLICE`` members at a time by a task of its own, with
-  a turn of the event loop between slices: the hub reads on meanwhile, acks are read, and
-  a small window read in between is offered at once;
+* a bigger one is queued and offered by a task of its own, ``TURN_SECONDS`` at a time with a
+  turn of the event loop between: the hub reads on meanwhile, acks are read, and a small
+  window read in between is offered at once;
 * each member still gets its windows in order: before a member is offered a window, every
   older window still owing it is offered to it first (the member jumps that window's queue),
   so a device never holds a checkpoint before every row that precedes it;
 * a member whose offer is refused (its queue is full: a slow device) is dropped from every
   window owing it and catches up on its own from the last window it received whole;
+* while the hub reads a window, queued windows wait (``reading``), so a small window is
+  read without waiting for offers and offered at once;
 * memory stays bounded: while ``MAX_QUEUED`` big windows wait, the hub waits for room
   before it reads the next window (``room``).
 """
@@ -26,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,11 +38,24 @@ from protocol import PreparedFrame
 from syncd.server.plan import DevicePlan
 from syncd.store import Snapshot
 
-__all__ = ["MAX_QUEUED", "SLICE", "EncodedRead", "LiveMember", "Window", "WindowOffers"]
+__all__ = [
+    "MAX_QUEUED",
+    "SLICE",
+    "TURN_SECONDS",
+    "EncodedRead",
+    "LiveMember",
+    "Window",
+    "WindowOffers",
+]
 
-#: Members offered a window between two turns of the event loop (~20 ms of the daemon's CPU
-#: at ~150 us a delivery), and the most a window may owe to be offered at once when read.
+#: The most members a window may owe to be offered at once when it is read (~20 ms of the
+#: daemon's CPU at ~150 us a delivery).
 SLICE = 128
+#: How long a queued window is offered before the event loop gets a turn. The hub reads a
+#: window in several statements, each a turn of the loop: with 128 members a turn (~20 ms,
+#: ~40 ms on busy cores), a change for one device read behind an org-wide one waited
+#: 250-750 ms at 3,000 devices; a few milliseconds keep that to a few per statement.
+TURN_SECONDS = 0.002
 #: Big windows queued at most; the hub waits for room before reading another.
 MAX_QUEUED = 4
 
@@ -113,6 +129,9 @@ class WindowOffers:
         self._room.set()
         self._drained = asyncio.Event()
         self._drained.set()
+        self._go = asyncio.Event()
+        self._go.set()
+        """Cleared while the hub reads a window (``reading``)."""
 
     @property
     def queued(self) -> int:
@@ -132,6 +151,23 @@ class WindowOffers:
             self._room.clear()
         if self._task is None:
             self._task = asyncio.create_task(self._offer_queued(), name="live-window-offers")
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """While the hub reads a window, queued windows wait. Each statement of a read
+        is a turn of the event loop, and a turn given to offers makes the read (a change
+        for one device behind an org-wide one) wait for it: at 3,000 devices, 2 ms turns
+        still left it 180-400 ms; the read is a few milliseconds, the fan-out waits that."""
+        self._go.clear()
+        try:
+            yield
+        finally:
+            self._go.set()
+
+    @property
+    def full(self) -> bool:
+        """MAX_QUEUED big windows wait: ``room`` blocks until one is offered to all."""
+        return not self._room.is_set()
 
     async def drained(self) -> None:
         """Wait until no window is owed to anyone."""
@@ -163,11 +199,11 @@ class WindowOffers:
     async def _offer_queued(self) -> None:
         try:
             while self._queued:
+                await self._go.wait()
                 window = self._queued[0]
                 owed = window.owed
-                for _ in range(self._slice):
-                    if not owed:
-                        break
+                turn_ends = time.perf_counter() + TURN_SECONDS
+                while owed:
                     member = next(iter(owed))
                     try:
                         self._offer(member, window)
@@ -175,6 +211,8 @@ class WindowOffers:
                         # Our bug, not the device's: it catches up on its own instead.
                         _log.exception("offering a live window failed")
                         self._refused(member)
+                    if time.perf_counter() >= turn_ends:
+                        break
                 if not owed:
                     self._queued.popleft()
                     self._done(window)
