@@ -13,7 +13,10 @@ this process commits the changes and reads every figure next to its same-run cei
   after the previous one reached its last device: last-device latency p50/p99 and the
   daemon's CPU per delivered change;
 * **one device**: changes each one device sees, at ``--rate``, on an idle fleet and again
-  while an org-wide change lands every second;
+  while an org-wide change lands every second; they go to ``--probes`` devices of org A
+  (every org-wide change, a team of their own) held by a process of their own, as a phone
+  has its own CPU: a fleet device's process has its thousands of neighbours' frames to
+  read first, which is the bench's backlog, not the daemon's latency;
 * **fairness**: org B's live p99 (a change all its devices see, 5 per second) before and
   while ``--storm-devices`` fresh devices of org A make their first download at once;
 * **storm**: the daemon restarts (its shutdown with every device live is timed) and every
@@ -182,6 +185,13 @@ class Worker:
 class Fleet:
     workers: list[Worker]
     owner_of: dict[int, int] = field(default_factory=dict)  # device index -> worker
+    probe: Worker | None = None
+    """The last of ``workers`` when ``--probes``: a few devices in a process of their own."""
+
+    @property
+    def loaded(self) -> list[Worker]:
+        """The processes holding the fleet proper (thousands of devices each)."""
+        return [w for w in self.workers if w is not self.probe]
 
     def worker_of(self, index: int) -> Worker:
         return self.workers[self.owner_of[index]]
@@ -189,10 +199,15 @@ class Fleet:
     async def each(self, name: str, **kwargs: Any) -> list[Any]:
         return list(await asyncio.gather(*(w.call(name, **kwargs) for w in self.workers)))
 
-    async def add(self, specs: Sequence[tuple[int, str, str, tuple[str, ...]]]) -> None:
+    async def add(
+        self, specs: Sequence[tuple[int, str, str, tuple[str, ...]]], on: Worker | None = None
+    ) -> None:
+        """Give the devices of `specs` to the loaded processes in turn, or all to `on`."""
         split: list[list[tuple[int, str, str, tuple[str, ...]]]] = [[] for _ in self.workers]
+        loaded = self.loaded
         for spec in specs:
-            w = spec[0] % len(self.workers)
+            worker = on if on is not None else loaded[spec[0] % len(loaded)]
+            w = self.workers.index(worker)
             self.owner_of[spec[0]] = w
             split[w].append(spec)
         await asyncio.gather(
@@ -510,11 +525,12 @@ async def ceiling_phase(fleet: Fleet, pki_dir: Path, count: int) -> tuple[float,
         line = await asyncio.to_thread(server.stdout.readline)
         port = int(line.split()[1])
         rss0 = rss_bytes(server.pid) or 0
-        per = [count // len(fleet.workers)] * len(fleet.workers)
+        loaded = fleet.loaded
+        per = [count // len(loaded)] * len(loaded)
         per[0] += count - sum(per)
         t0 = time.monotonic()
         results = await asyncio.gather(
-            *(w.call("echo", port=port, count=n) for w, n in zip(fleet.workers, per, strict=True))
+            *(w.call("echo", port=port, count=n) for w, n in zip(loaded, per, strict=True))
         )
         done = [t for r in results for t in r["done"]]
         failed = sum(r["failed"] for r in results)
@@ -566,6 +582,17 @@ def _specs(args: argparse.Namespace) -> tuple[list[Spec], list[Spec], list[Spec]
     return a, b, fresh
 
 
+def _probe_specs(args: argparse.Namespace) -> list[Spec]:
+    """Devices of org A like the others (every org-wide change, a team of their own), for
+    the one-device changes: in a process of their own, as a phone has its own CPU, so
+    their latency is the daemon's and the network's, not a device process's backlog."""
+    start = args.devices + args.org_b_devices + args.storm_devices
+    return [
+        (start + k, ORG_A, f"p{k}", (ALL_TEAM, str(OWN_BASE + start + k)))
+        for k in range(args.probes)
+    ]
+
+
 async def run(pg: PgServer, args: argparse.Namespace) -> None:
     report = Report()
     for org in (ORG_A, ORG_B):
@@ -586,9 +613,10 @@ async def run(pg: PgServer, args: argparse.Namespace) -> None:
     }
     Meter.ops_port = ops_port
     daemon = DaemonProcess(pg, overrides=overrides)
-    workers = [Worker(i) for i in range(args.workers)]
-    fleet = Fleet(workers)
+    workers = [Worker(i) for i in range(args.workers + (1 if args.probes else 0))]
+    fleet = Fleet(workers, probe=workers[-1] if args.probes else None)
     a_specs, b_specs, fresh_specs = _specs(args)
+    probe_specs = _probe_specs(args)
     try:
         endpoint = daemon.start()
         await asyncio.gather(
@@ -607,6 +635,8 @@ async def run(pg: PgServer, args: argparse.Namespace) -> None:
         # The ceiling first, while the daemon idles (its CPU is not the echo server's).
         ceiling_rate, ceiling_kib = await ceiling_phase(fleet, daemon.base / "certs", args.devices)
         await fleet.add(a_specs + b_specs)
+        if probe_specs:
+            await fleet.add(probe_specs, on=fleet.probe)
         await _phases(
             pg,
             args,
@@ -619,6 +649,7 @@ async def run(pg: PgServer, args: argparse.Namespace) -> None:
             b_specs,
             fresh_specs,
             port,
+            [s[0] for s in probe_specs],
         )
     finally:
         for w in workers:
@@ -647,6 +678,7 @@ async def _phases(
     b_specs: list[tuple[int, str, str, tuple[str, ...]]],
     fresh_specs: list[tuple[int, str, str, tuple[str, ...]]],
     port: int,
+    probes: list[int],
 ) -> None:
     run = record.current()
     changes = Changes(fleet)
@@ -657,7 +689,8 @@ async def _phases(
         rss0 = rss_bytes(daemon.pid) or 0
         async with Meter(daemon, fleet, pg, "connect") as m:
             t0 = time.monotonic()
-            out = await fleet.connect([s[0] for s in a_specs + b_specs], args.concurrency, False)
+            asked = [s[0] for s in a_specs + b_specs] + probes
+            out = await fleet.connect(asked, args.concurrency, False)
         connected = out["ok"]
         rss1 = rss_bytes(daemon.pid) or 0
         kib = (rss1 - rss0) / max(connected, 1) / KIB
@@ -671,7 +704,7 @@ async def _phases(
         report.add(
             "live devices connected and caught up",
             f"{connected:,}",
-            f"{len(a_specs) + len(b_specs):,} asked",
+            f"{len(asked):,} asked",
             GOALS["devices"],
             m.usage,
         )
@@ -687,7 +720,7 @@ async def _phases(
             [connected],
             phase="connect",
             cpu=m.usage.share(),
-            params={"asked": len(a_specs) + len(b_specs), "failed": out["failed"]},
+            params={"asked": len(asked), "failed": out["failed"]},
         )
         run.figure(
             "daemon RSS per live device",
@@ -708,7 +741,7 @@ async def _phases(
                 GOALS["fan1k"],
             ),
             (
-                f"1 change reaching all {args.devices:,} devices",
+                f"1 change reaching all {args.devices + len(probes):,} devices",
                 int(ALL_TEAM),
                 args.fanout_all_changes,
                 GOALS["fanall"],
@@ -778,7 +811,7 @@ async def _phases(
                     delay = start + k / args.rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)  # pacing the load
-                    i = rnd.randrange(len(a_specs))
+                    i = rnd.choice(probes) if probes else rnd.randrange(len(a_specs))
                     pending.append(
                         asyncio.ensure_future(
                             changes.deliver(commit_a, OWN_BASE + i, [fleet.worker_of(i)])
@@ -990,6 +1023,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=3, help="device processes")
     parser.add_argument(
+        "--probes",
+        type=int,
+        default=20,
+        help="org A devices in a process of their own that the one-device changes go to"
+        " (0: to random fleet devices, whose process has the fleet's backlog)",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=100,
@@ -1048,7 +1088,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
             f"--devices + --org-b-devices must stay under {budget:,}: the daemon may "
             f"hold {hard:,} descriptors (ulimit -Hn)"
         )
-    room = budget - args.devices - args.org_b_devices
+    room = budget - args.devices - args.org_b_devices - args.probes
     if args.storm_devices > room:
         print(
             f"--storm-devices {args.storm_devices:,} -> {room:,}: the daemon's descriptor "

@@ -41,7 +41,8 @@ TINY: dict[str, list[str]] = {
         # A variant of a bench is "bench:variant": the same module with other arguments.
         "firstsync:compression": "--compression --shape narrow,crm --rows 2000 --codec-rows 3000",
         "fleet": "--devices 20 --org-b-devices 4 --storm-devices 6 --storm-teams 2 --workers 2"
-        " --rows 500 --fanout-changes 2 --fanout-all-changes 2 --single-changes 4 --rate 20",
+        " --probes 2 --rows 500 --fanout-changes 2 --fanout-all-changes 2 --single-changes 4"
+        " --rate 20",
         "tls_resume": "--connections 8 --devices 2 --repeat 1",
     }.items()
 }
@@ -144,7 +145,8 @@ def test_fleet_connects_every_device_and_delivers_every_change(runs: Runs) -> No
     doc, out = runs("fleet")
     figures = {f["name"]: f for f in doc["figures"]}
     connected = figures["live devices connected"]
-    assert connected["value"] == connected["params"]["asked"] == 24
+    # 20 + 4 in two device processes, and 2 probes in a third (the one-device changes).
+    assert connected["value"] == connected["params"]["asked"] == 26
     fanouts = [f for f in doc["figures"] if f["phase"] == "fanout"]
     assert len(fanouts) == 2
     for f in fanouts:
@@ -154,7 +156,7 @@ def test_fleet_connects_every_device_and_delivers_every_change(runs: Runs) -> No
     storm = figures["reconnect storm, all caught up"]
     # Every handshake of the storm resumed: the restarted daemon has the same ticket key file.
     assert storm["params"] == {
-        "devices": 24,
+        "devices": 26,
         "busy": storm["params"]["busy"],
         "failed": 0,
         "tls_resumed": 1.0,
