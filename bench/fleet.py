@@ -412,7 +412,12 @@ def _log_problems(path: Path) -> str:
         if entry.get("msg") == "sessions drained":
             drained = {k: entry.get(k) for k in ("closed", "cancelled", "unfinished", "seconds")}
         if level in ("warning", "error", "critical"):
-            cause = f" ({entry['error']})" if entry.get("error") else ""  # e.g. a probe's
+            detail = entry.get("error") or entry.get("step")  # a probe's error, a step's name
+            cause = (
+                f" ({detail}, {entry.get('seconds', '')} s)"
+                if entry.get("step")
+                else (f" ({detail})" if detail else "")
+            )
             counts[(level, (str(entry.get("msg", "")) + cause)[:120])] += 1
             if not first_exception and entry.get("exc"):
                 first_exception = str(entry["exc"]).splitlines()[-1][:200]

@@ -611,19 +611,19 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if run.admin is not None:
-            await run.admin.close()
+            await _timed_step("admin socket", run.admin.close())
         if run.ops is not None:
             run.ops.close()
         if run.keys is not None:
-            await run.keys.close()
+            await _timed_step("token keys", run.keys.close())
         if run.devices is not None:
-            await run.devices.close()
+            await _timed_step("device records", run.devices.close())
         if run.registry is not None:
-            await run.registry.close()
+            await _timed_step("orgs", run.registry.close())
         if run.control is not None:
-            await run.control.close()
+            await _timed_step("control database", run.control.close())
         if run.embedded is not None:
-            await asyncio.to_thread(run.embedded.stop)
+            await _timed_step("embedded PostgreSQL", asyncio.to_thread(run.embedded.stop))
         if run.lock is not None:
             run.lock.release()
         self._gc_pauses.remove()
@@ -691,6 +691,20 @@ def _connect_error(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return (exc.strerror or str(exc)).lower()
     return str(exc).splitlines()[0] or type(exc).__name__
+
+
+#: A shutdown step after the sessions drained taking longer than this is logged: the service
+#: manager's stop timeout counts them too, and they do not grow with the fleet by design.
+SLOW_SHUTDOWN_STEP_SECONDS = 2.0
+
+
+async def _timed_step(step: str, work: Awaitable[object]) -> None:
+    """Await one step of the shutdown, and warn if it was slow (naming it)."""
+    started = time.monotonic()
+    await work
+    seconds = time.monotonic() - started
+    if seconds >= SLOW_SHUTDOWN_STEP_SECONDS:
+        _log.warning("slow shutdown step", extra={"step": step, "seconds": round(seconds, 3)})
 
 
 def _retry_ms(cfg: Config) -> int:
