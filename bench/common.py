@@ -280,6 +280,9 @@ class DaemonProcess:
         self._starts = 0
         self._profile = profile
         self._proc: subprocess.Popen[bytes] | None = None
+        self.killed = False
+        """The last stop() had to kill the daemon: it had not exited STOP_DEADLINE_S after
+        SIGTERM."""
 
     def start(self) -> Endpoint:
         pki = ensure_dev_pki(self.base / "certs")
@@ -328,9 +331,11 @@ class DaemonProcess:
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
+        self.killed = False
         try:
             proc.wait(STOP_DEADLINE_S)
         except subprocess.TimeoutExpired:
+            self.killed = True
             proc.kill()
             proc.wait(STOP_DEADLINE_S)
 

@@ -933,11 +933,12 @@ async def _phases(
         shutdown_s = time.monotonic() - t_stop
         if spy is not None:
             spy.wait(60)  # it ends with the daemon
-        print(f"shutdown with {live:,} live devices: {shutdown_s:.1f} s", flush=True)
+        killed = " (killed: it had not exited)" if daemon.killed else ""
+        print(f"shutdown with {live:,} live devices: {shutdown_s:.1f} s{killed}", flush=True)
         print(_log_problems(daemon.log_path), flush=True)
         report.add(
             "shutdown with every device live",
-            f"{shutdown_s:.1f} s",
+            f"{shutdown_s:.1f} s{', killed' if daemon.killed else ''}",
             "-",
             "well inside the 10 s grace",
         )
