@@ -21,7 +21,7 @@ import orjson
 
 from syncd.model import ClientModel
 from syncd.store.devices import DeviceRecords
-from syncd.store.pooling import SessionKeeper
+from syncd.store.pooling import SessionKeeper, close_pool
 from syncd.store.sql import ORG_RE
 from syncd.store.sync_errors import SyncErrors
 
@@ -228,7 +228,7 @@ class ControlStore:
         return store
 
     async def close(self) -> None:
-        await self._pool.close()
+        await close_pool(self._pool, "control")
 
     async def ping(self) -> None:
         """One round trip on a pooled connection (the daemon's health probe)."""

@@ -24,12 +24,16 @@ answering hundreds of statements a second "unreachable" and refused every new se
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 
 import asyncpg
 
-__all__ = ["SessionKeeper"]
+__all__ = ["POOL_CLOSE_SECONDS", "SessionKeeper", "close_pool"]
+
+_log = logging.getLogger(__name__)
 
 
 class SessionKeeper:
@@ -47,3 +51,24 @@ class SessionKeeper:
     def answered_within(self, seconds: float) -> bool:
         """Whether a connection came back healthy in the last `seconds`."""
         return time.monotonic() - self._answered_at <= seconds
+
+
+#: How long closing a pool waits for connections still in use before it terminates them.
+POOL_CLOSE_SECONDS = 5.0
+
+
+async def close_pool(pool: asyncpg.Pool, what: str, seconds: float = POOL_CLOSE_SECONDS) -> None:
+    """Close `pool`, waiting at most `seconds` for connections still in use.
+
+    ``Pool.close`` waits for every acquired connection to come back, without a bound: one
+    held by a task that never returns it would hold the daemon's exit until the service
+    manager kills it. Past the bound the pool is terminated and the wait logged."""
+    try:
+        async with asyncio.timeout(seconds):
+            await pool.close()
+    except TimeoutError:
+        _log.warning(
+            "pool closed by force: connections still in use",
+            extra={"pool": what, "seconds": seconds},
+        )
+        pool.terminate()

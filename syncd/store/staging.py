@@ -34,7 +34,7 @@ from syncd.store.feed import (
 from syncd.store.initial import initial_pages
 from syncd.store.lag import Lag, changes_after
 from syncd.store.listen import Listener
-from syncd.store.pooling import SessionKeeper
+from syncd.store.pooling import SessionKeeper, close_pool
 from syncd.store.schema import NOTIFY_CHANNEL, ensure_schema
 from syncd.store.snapshot import (
     MAX_RUNNING,
@@ -147,7 +147,7 @@ class StagingStore:
         self._closed = True
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            await close_pool(pool, "staging")
 
     async def provision(self, model: ClientModel) -> None:
         """Create or evolve the tables for ``model`` (adds only; see schema.py).
