@@ -10,9 +10,11 @@ change; the live hub takes over from the snapshot ``run`` returns. In order:
    CHECKPOINT_TOO_OLD; entities whose subscription changed, ``resync`` of those.
 2. ``run`` first finishes, at the token's own snapshot, a download the device was cut off
    from, so every entity is as current as the rest; then one incremental window moves the
-   complete entities to a new snapshot, and fresh ones are downloaded at that snapshot in
-   priority order, with a resumable checkpoint each time the interval announced in Welcome
-   fills and after the last entity of each priority.
+   complete entities to a new snapshot (skipping those whose partitions no write since the
+   token touched, asked once per snapshot for a round of sessions: ``quiet_entities``), and
+   fresh ones are downloaded at that snapshot in priority order, with a resumable checkpoint
+   each time the interval announced in Welcome fills and after the last entity of each
+   priority.
 3. ``send_gap`` is the hub's join callback: the few changes between that snapshot and the
    hub's position, queued without waiting (it runs under the hub's lock).
 
@@ -34,6 +36,7 @@ from syncd.metrics import Metrics
 from syncd.server.hub import timed
 from syncd.server.orgs import OrgRuntime
 from syncd.server.plan import DevicePlan
+from syncd.server.quiet_entities import quiet_entities
 from syncd.server.resume import CheckpointInterval, Resume
 from syncd.server.send_queue import SendQueue
 from syncd.server.session_log import SessionStats
@@ -181,11 +184,18 @@ class CatchUp:
             incremental, initial = [], list(plan.subscriptions)
         until, until_at = window.checkpoint, self._org.hub.clock()
         times = WindowTimes(resume.at, until_at)
+        moving = incremental
+        if window.since is not None and incremental:
+            # Asked with the round's other sessions of this snapshot (``quiet_entities``).
+            quiet = await quiet_entities(
+                staging, window.since, incremental, plan.partitions, self._origin
+            )
+            moving = [s for s in incremental if s.entity.name not in quiet]
         stream = ChangeStream(
             staging,
             window.since,
             until,
-            timed(incremental, times),
+            timed(moving, times),
             batch_size,
             origin=self._origin,
         )

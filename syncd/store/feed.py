@@ -619,6 +619,16 @@ async def origins_in_window(fetch: Fetch, since: Snapshot, snapshot: Snapshot) -
     return {r[0] for r in await fetch(sql, *_window_params(since, snapshot))}
 
 
+async def origins_since(fetch: Fetch, since: Snapshot) -> set[str]:
+    """The devices that wrote anything after `since`, up to now: a superset of every window
+    from `since`'s writers, for questions asked before (or for several) window ends."""
+    sql = (
+        "SELECT DISTINCT c.origin FROM _syncd_changes c WHERE c.origin IS NOT NULL"
+        " AND c.txid >= $1::xid8 AND NOT pg_visible_in_snapshot(c.txid, $2::pg_snapshot)"
+    )
+    return {r[0] for r in await fetch(sql, since.xmin, since.as_pg())}
+
+
 async def own_leavers(
     fetch: Fetch,
     sub: Subscription,
