@@ -606,10 +606,7 @@ class Daemon:
                     "seconds": round(time.monotonic() - started, 3),
                 },
             )
-        for task in run.maintenance:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _timed_step("maintenance tasks", _cancel_all(run.maintenance))
         if run.admin is not None:
             await _timed_step("admin socket", run.admin.close())
         if run.ops is not None:
@@ -698,13 +695,29 @@ def _connect_error(exc: BaseException) -> str:
 SLOW_SHUTDOWN_STEP_SECONDS = 2.0
 
 
+async def _cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _timed_step(step: str, work: Awaitable[object]) -> None:
-    """Await one step of the shutdown, and warn if it was slow (naming it)."""
+    """Await one step of the shutdown; once it has run SLOW_SHUTDOWN_STEP_SECONDS, warn
+    naming it (while it still runs: a step that never ends is the one to name), and say
+    how long it took if it ends."""
     started = time.monotonic()
-    await work
-    seconds = time.monotonic() - started
-    if seconds >= SLOW_SHUTDOWN_STEP_SECONDS:
-        _log.warning("slow shutdown step", extra={"step": step, "seconds": round(seconds, 3)})
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), SLOW_SHUTDOWN_STEP_SECONDS)
+        return
+    except TimeoutError:
+        _log.warning(
+            "slow shutdown step", extra={"step": step, "seconds": SLOW_SHUTDOWN_STEP_SECONDS}
+        )
+    await task
+    seconds = round(time.monotonic() - started, 3)
+    _log.warning("slow shutdown step done", extra={"step": step, "seconds": seconds})
 
 
 def _retry_ms(cfg: Config) -> int:
