@@ -102,6 +102,8 @@ class _Running:
     admin: Any = None
     ops: asyncio.Server | None = None
     maintenance: list[asyncio.Task[None]] = field(default_factory=list)
+    gc_waves: asyncio.Task[None] | None = None
+    """The collector's wave task (among ``maintenance``): stopped first at shutdown."""
     sessions: set[DeviceSession] = field(default_factory=set)
     session_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     clock: SessionClock = field(default_factory=SessionClock)
@@ -262,7 +264,8 @@ class Daemon:
             asyncio.create_task(run.devices.run(), name="instance-heartbeat"),
         ]
         if self.gc_waves is not None:
-            run.maintenance.append(asyncio.create_task(self.gc_waves.run(), name="gc-waves"))
+            run.gc_waves = asyncio.create_task(self.gc_waves.run(), name="gc-waves")
+            run.maintenance.append(run.gc_waves)
         if run.embedded is not None:
             supervisor = EmbeddedSupervisor(
                 run.embedded,
@@ -586,6 +589,11 @@ class Daemon:
             notify("STOPPING=1", "STATUS=draining")
         if run.device_server is not None:
             run.device_server.close()
+        if run.gc_waves is not None:
+            # Every session is about to end: a wave's full collection (1-2 s at 10,000
+            # sessions, longer on busy cores) would stall the drain for garbage the exit
+            # frees anyway.
+            run.gc_waves.cancel()
         retry_ms = _retry_ms(self.config)
         for session in list(run.sessions):
             session.going_away(retry_ms, "server is shutting down")
