@@ -44,3 +44,31 @@ async def test_a_slow_shutdown_step_is_a_warning_naming_it_while_it_runs(
     ]
     assert logged == [("slow shutdown step", "orgs"), ("slow shutdown step done", "orgs")]
     assert all(r.levelno == logging.WARNING for r in caplog.records if r.name.endswith("app"))
+
+
+async def test_a_step_past_its_bound_is_abandoned_and_said_so(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A maintenance task that does not end after its cancel does not hold the exit."""
+    monkeypatch.setattr(app, "SLOW_SHUTDOWN_STEP_SECONDS", 0.02)
+    never = asyncio.Event()
+    async with asyncio.timeout(5):
+        with caplog.at_level(logging.INFO, logger="syncd.server.app"):
+            await app._timed_step("stuck task", never.wait(), give_up=0.1)
+    logged = [r.getMessage() for r in caplog.records if getattr(r, "step", None) == "stuck task"]
+    assert logged == ["slow shutdown step", "shutdown step abandoned"]
+
+
+async def test_a_maintenance_task_that_had_failed_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails() -> None:
+        raise RuntimeError("probe crashed")
+
+    task = asyncio.create_task(fails(), name="health")
+    await asyncio.wait([task])
+    async with asyncio.timeout(5):
+        with caplog.at_level(logging.INFO, logger="syncd.server.app"):
+            await app._cancel(task)  # the shutdown goes on
+    (record,) = [r for r in caplog.records if r.getMessage() == "maintenance task had failed"]
+    assert getattr(record, "task", None) == "health"

@@ -614,7 +614,8 @@ class Daemon:
                     "seconds": round(time.monotonic() - started, 3),
                 },
             )
-        await _timed_step("maintenance tasks", _cancel_all(run.maintenance))
+        for task in run.maintenance:
+            await _timed_step(f"{task.get_name()} task", _cancel(task), MAINTENANCE_STOP_SECONDS)
         if run.admin is not None:
             await _timed_step("admin socket", run.admin.close())
         if run.ops is not None:
@@ -703,17 +704,29 @@ def _connect_error(exc: BaseException) -> str:
 SLOW_SHUTDOWN_STEP_SECONDS = 2.0
 
 
-async def _cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+#: A maintenance task still running this long after its cancel is left behind (logged): the
+#: process is exiting, and the pools it may hold close with a bound of their own.
+MAINTENANCE_STOP_SECONDS = 5.0
 
 
-async def _timed_step(step: str, work: Awaitable[object]) -> None:
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a maintenance task and wait for it; one that had failed is logged, not
+    raised (the shutdown goes on)."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise  # the shutdown itself is being cancelled
+    except Exception:
+        _log.exception("maintenance task had failed", extra={"task": task.get_name()})
+
+
+async def _timed_step(step: str, work: Awaitable[object], give_up: float | None = None) -> None:
     """Await one step of the shutdown; once it has run SLOW_SHUTDOWN_STEP_SECONDS, warn
     naming it (while it still runs: a step that never ends is the one to name), and say
-    how long it took if it ends."""
+    how long it took if it ends. With `give_up`, a step still running after that many
+    seconds is abandoned (and said so)."""
     started = time.monotonic()
     task = asyncio.ensure_future(work)
     try:
@@ -723,7 +736,12 @@ async def _timed_step(step: str, work: Awaitable[object]) -> None:
         _log.warning(
             "slow shutdown step", extra={"step": step, "seconds": SLOW_SHUTDOWN_STEP_SECONDS}
         )
-    await task
+    left = None if give_up is None else max(give_up - SLOW_SHUTDOWN_STEP_SECONDS, 0.0)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), left)
+    except TimeoutError:
+        _log.warning("shutdown step abandoned", extra={"step": step, "seconds": give_up})
+        return
     seconds = round(time.monotonic() - started, 3)
     _log.warning("slow shutdown step done", extra={"step": step, "seconds": seconds})
 

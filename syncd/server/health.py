@@ -89,8 +89,9 @@ class LoopLag:
     async def __aexit__(self, *exc: object) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            # asyncio.wait, not `await` under suppress(CancelledError): a cancel of the
+            # probing task arriving during this wait must end it, not be swallowed here.
+            await asyncio.wait([self._ticker])
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
