@@ -173,7 +173,7 @@ class SyncClient:
     a device cut off anywhere resumes where it stopped. Errors the server sends are raised as
     the typed ``ServerError`` subclasses of ``syncd.client.errors``. Given a
     ``syncd.client.client_context()``, each reconnect offers the TLS session of the last
-    connection (``tls_session_reused`` says whether the server took it).
+    full handshake (``tls_session_reused`` says whether the server took it).
     """
 
     def __init__(
@@ -229,7 +229,7 @@ class SyncClient:
         self.caught_up = asyncio.Event()
         self.checkpoint_applied = asyncio.Event()
         self._conn: Connection | None = None
-        #: The TLS session of the last connection and the name it was made for, offered on
+        #: The TLS session of the last full handshake and the name it was made for, offered on
         #: the next connect when `ssl_context` is a ``syncd.client.tls.ResumingContext``.
         self._tls_session: ssl.SSLSession | None = None
         self._tls_session_name = ""
@@ -366,10 +366,15 @@ class SyncClient:
         finally:
             # After the first frame, whatever it says (a busy refusal's retry resumes too): a
             # TLS 1.3 server sends its ticket right after the handshake, so by now the
-            # session holds it, and one without a ticket cannot be resumed.
-            session = ssl_object.session if ssl_object is not None else None
-            if session is not None and session.has_ticket:
-                self._tls_session, self._tls_session_name = session, tls_name
+            # session holds it, and one without a ticket cannot be resumed. Taken from a
+            # full handshake only: a ticket keeps working under the server's key, and
+            # CPython copies a session each time it is read (serialised and parsed back,
+            # the certificate with it: ~0.3 ms of a phone's CPU per reconnect). When the
+            # ticket no longer resumes, the full handshake that follows gives a new one.
+            if ssl_object is not None and not ssl_object.session_reused:
+                session = ssl_object.session
+                if session is not None and session.has_ticket:
+                    self._tls_session, self._tls_session_name = session, tls_name
         if not isinstance(message, Welcome):
             raise server_error(ErrorCode.UNEXPECTED_MESSAGE, f"expected Welcome, got {message!r}")
         self.welcome = message

@@ -1,4 +1,4 @@
-"""TLS session resumption on the device: offer the session of the last connection.
+"""TLS session resumption on the device: offer the session of the last full handshake.
 
 Why: a device that reconnects (after a drop, a GoingAway, the server's restart) with the
 ticket of its last session does a resumed handshake: no certificate to send and check, no
