@@ -7,6 +7,7 @@ its own (unique names), so tests never see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -83,12 +84,19 @@ async def org_stores(pg_dsn: str) -> AsyncIterator[OrgStores]:
         await stores.close_all()
 
 
-@pytest.fixture
-async def staging(org_stores: OrgStores, crm_model: ClientModel) -> AsyncIterator[StagingStore]:
-    """A provisioned staging database (CRM model) for a fresh org, dropped afterwards."""
+@contextlib.asynccontextmanager
+async def provisioned(org_stores: OrgStores, model: ClientModel) -> AsyncIterator[StagingStore]:
+    """A staging database provisioned for `model` under a fresh org, dropped afterwards."""
     org = unique_name("org")
-    store = await org_stores.provision(org, crm_model)
+    store = await org_stores.provision(org, model)
     try:
         yield store
     finally:
         await org_stores.deprovision(org)
+
+
+@pytest.fixture
+async def staging(org_stores: OrgStores, crm_model: ClientModel) -> AsyncIterator[StagingStore]:
+    """A provisioned staging database (CRM model) for a fresh org, dropped afterwards."""
+    async with provisioned(org_stores, crm_model) as store:
+        yield store

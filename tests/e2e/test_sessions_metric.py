@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from protocol import NEED_DATA, CaughtUp, Connection, Hello, Role
 from syncd.client import LocalDB
@@ -19,19 +20,23 @@ from tests.e2e.conftest import RunningDaemon, org_name, run_daemon
 Sessions = dict[tuple[str, str], float]
 
 
-async def scrape_sessions(port: int) -> Sessions:
-    """GET /metrics and return syncd_sessions by (org, state)."""
+async def scrape(port: int) -> list[Sample]:
+    """GET /metrics: every sample."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
     response = await reader.read()
     writer.close()
     await writer.wait_closed()
     _head, _, body = response.partition(b"\r\n\r\n")
+    return [s for family in text_string_to_metric_families(body.decode()) for s in family.samples]
+
+
+async def scrape_sessions(port: int) -> Sessions:
+    """GET /metrics and return syncd_sessions by (org, state)."""
     return {
         (s.labels["org"], s.labels["state"]): s.value
-        for family in text_string_to_metric_families(body.decode())
-        if family.name == "syncd_sessions"
-        for s in family.samples
+        for s in await scrape(port)
+        if s.name == "syncd_sessions"
     }
 
 
@@ -101,18 +106,7 @@ async def test_sessions_gauge_counts_open_sessions_by_state(
 
 async def scrape_org_counters(port: int, org: str) -> dict[str, float]:
     """GET /metrics: every sample labelled with `org` alone, by sample name."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    response = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    _head, _, body = response.partition(b"\r\n\r\n")
-    return {
-        s.name: s.value
-        for family in text_string_to_metric_families(body.decode())
-        for s in family.samples
-        if s.labels == {"org": org}
-    }
+    return {s.name: s.value for s in await scrape(port) if s.labels == {"org": org}}
 
 
 async def test_device_io_counters_add_up_to_what_the_devices_saw(

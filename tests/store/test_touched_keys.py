@@ -22,7 +22,7 @@ from syncd.model import ClientModel
 from syncd.server.plan import Partition, plan_for
 from syncd.store import OrgStores, Snapshot, StagingStore
 from syncd.store.feed import incremental_pages
-from tests.conftest import unique_name
+from tests.conftest import provisioned
 from tests.support.field_model import field_model
 
 USERS = ("6", "7", "8", "9")
@@ -54,12 +54,8 @@ def acc(n: int) -> uuid.UUID:
 
 @pytest.fixture
 async def store(org_stores: OrgStores) -> AsyncIterator[StagingStore]:
-    org = unique_name("org")
-    staging = await org_stores.provision(org, PARSED)
-    try:
+    async with provisioned(org_stores, PARSED) as staging:
         yield staging
-    finally:
-        await org_stores.deprovision(org)
 
 
 def keyed_partitions() -> list[Partition]:

@@ -18,7 +18,7 @@ import pytest
 from syncd.model import ClientModel
 from syncd.store import OrgStores, StagingStore
 from syncd.store.feed import FEW_VALUES, WRITTEN_VALUES_LIMIT
-from tests.conftest import unique_name
+from tests.conftest import provisioned
 from tests.support.field_model import field_model
 
 PARSED = ClientModel.parse(field_model())
@@ -28,12 +28,8 @@ CONTACT = PARSED.entity("contact")
 
 @pytest.fixture
 async def store(org_stores: OrgStores) -> AsyncIterator[StagingStore]:
-    org = unique_name("org")
-    staging = await org_stores.provision(org, PARSED)
-    try:
+    async with provisioned(org_stores, PARSED) as staging:
         yield staging
-    finally:
-        await org_stores.deprovision(org)
 
 
 async def add_accounts(store: StagingStore, teams: range) -> None:
