@@ -19,6 +19,7 @@ from syncd.client import LocalDB
 from syncd.store import Changeset
 from tests.e2e.conftest import RunningDaemon, ingest, org_name
 from tests.e2e.field_org import MODEL, account, keys
+from tests.e2e.statements import record_statements
 
 PROFILE: dict[str, Any] = {
     "offline": True,
@@ -43,14 +44,7 @@ async def test_window_skips_partitions_whose_tables_were_not_written(
     await registry.reload(org)
     runtime = registry.get(org)
     assert runtime is not None
-    statements: list[str] = []
-    inner = runtime.staging.fetch
-
-    async def recording(sql: str, *args: object) -> Any:
-        statements.append(sql)
-        return await inner(sql, *args)
-
-    runtime.staging.fetch = recording  # type: ignore[method-assign]
+    statements = record_statements(runtime.staging)
     db = LocalDB.open(tmp_path / "device.sqlite")
     client = running.client(db, running.token(org, user="7"), org)
     stop = asyncio.Event()

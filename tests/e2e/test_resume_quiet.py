@@ -23,6 +23,7 @@ from syncd.client import LocalDB
 from syncd.store import Changeset
 from tests.e2e.conftest import RunningDaemon, ingest, org_name
 from tests.e2e.field_org import acc, keys
+from tests.e2e.statements import record_statements
 from tests.support.field_model import field_model
 
 pytestmark = pytest.mark.timeout(90)
@@ -111,14 +112,7 @@ async def test_resuming_devices_read_only_windows_that_touched_their_partitions(
     assert not other.errors()
     clock.now = T0 + 7 * DAY
 
-    statements: list[str] = []
-    inner = runtime.staging.fetch
-
-    async def recording(sql: str, *args: object) -> Any:
-        statements.append(sql)
-        return await inner(sql, *args)
-
-    runtime.staging.fetch = recording  # type: ignore[method-assign]
+    statements = record_statements(runtime.staging)
     read: dict[str, bool] = {}
     for name in dbs:  # one at a time: each one's statements are its own
         statements.clear()
