@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from syncd.server.plan import DevicePlan, plan_for
 from syncd.server.quiet_entities import quiet_entities
 from syncd.store import Snapshot, StagingStore
 from syncd.store.feed import incremental_pages
+from tests.support.statements import record_statements
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,14 +46,7 @@ async def test_sessions_of_one_checkpoint_share_one_question(
         "INSERT INTO account (id, name, owner_id, status) VALUES (gen_random_uuid(), 'a', 3, 1)"
     )
     plans = [plan(crm_model, user) for user in USERS]
-    statements: list[str] = []
-    inner = staging.fetch
-
-    async def recording(sql: str, *args: object) -> Any:
-        statements.append(sql)
-        return await inner(sql, *args)
-
-    staging.fetch = recording  # type: ignore[method-assign]
+    statements = record_statements(staging)
     together = await ask(staging, since, plans)
     asked_together = len(statements)
     statements.clear()
@@ -61,7 +54,7 @@ async def test_sessions_of_one_checkpoint_share_one_question(
     assert asked_together == len(statements)  # 40 sessions cost what one does
     assert together[3] == alone[0] == {"note"}  # its account piece was written
     assert all(q == {"account", "note"} for i, q in enumerate(together) if i != 3)
-    await inner("INSERT INTO note (id, body) VALUES (1, 'x')")
+    await staging.fetch("INSERT INTO note (id, body) VALUES (1, 'x')")
     assert all("note" not in q for q in await ask(staging, since, plans))
 
 

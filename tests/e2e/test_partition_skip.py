@@ -19,7 +19,7 @@ from syncd.client import LocalDB
 from syncd.store import Changeset
 from tests.e2e.conftest import RunningDaemon, ingest, org_name
 from tests.e2e.field_org import MODEL, account, keys
-from tests.e2e.statements import record_statements
+from tests.support.statements import record_statements
 
 PROFILE: dict[str, Any] = {
     "offline": True,

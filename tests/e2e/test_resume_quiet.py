@@ -23,8 +23,8 @@ from syncd.client import LocalDB
 from syncd.store import Changeset
 from tests.e2e.conftest import RunningDaemon, ingest, org_name
 from tests.e2e.field_org import acc, keys
-from tests.e2e.statements import record_statements
 from tests.support.field_model import field_model
+from tests.support.statements import record_statements
 
 pytestmark = pytest.mark.timeout(90)
 
